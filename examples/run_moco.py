@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""MoCo-v2 pretraining (Chen et al. 2020, https://arxiv.org/abs/2003.04297) with seed_hf.
+
+It trains SEED teachers and the paper's "small student trained by SSL alone" baseline.
+
+    accelerate launch examples/run_moco.py --architecture resnet50 --dataset_name timm/imagenet-1k-wds \
+        --streaming --max_steps 1000000 --per_device_train_batch_size 64 --output_dir moco-r50
+
+With no dataset argument it trains on Fashion-MNIST (apt-get install -y dataset-fashion-mnist).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser, set_seed
+
+from seed_hf import MocoConfig, MocoForPretraining, MocoTrainer, SeedTrainingArguments, collate_batch
+from seed_hf.arguments import DataTrainingArguments, build_train_dataset, resolve_checkpoint, setup_logging
+
+
+@dataclass
+class ModelArguments:
+    """The MoCo-v2 encoder and its hyperparameters (None: MocoConfig's default)."""
+
+    architecture: str = field(default="resnet50", metadata={"help": "timm architecture of the encoder."})
+    model_args: str | None = field(default=None, metadata={"help": "JSON dict of extra timm.create_model args."})
+    projection_dim: int = field(default=128, metadata={"help": "Embedding width."})
+    head_hidden_dim: int | None = field(default=None, metadata={"help": "Hidden width of the MLP head."})
+    queue_size: int = field(default=65536, metadata={"help": "Number of negative keys K."})
+    temperature: float = field(default=0.2, metadata={"help": "InfoNCE temperature."})
+    momentum: float = field(default=0.999, metadata={"help": "Key encoder momentum."})
+    key_bn_splits: int = field(default=1, metadata={"help": "Shuffle-BN sub-batches of the key encoder per process."})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SeedTrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(argv[0])
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    logger = setup_logging(training_args)
+    last_checkpoint = resolve_checkpoint(training_args)
+    set_seed(training_args.seed)
+
+    _, image_size, in_chans, mean, std = data_args.resolved()
+    config = MocoConfig(
+        architecture=model_args.architecture,
+        model_args=json.loads(model_args.model_args) if model_args.model_args else None,
+        in_chans=in_chans,
+        image_size=image_size,
+        projection_dim=model_args.projection_dim,
+        head_hidden_dim=model_args.head_hidden_dim,
+        queue_size=model_args.queue_size,
+        contrastive_temperature=model_args.temperature,
+        momentum=model_args.momentum,
+        key_bn_splits=model_args.key_bn_splits,
+        image_mean=mean,
+        image_std=std,
+    )
+    model = MocoForPretraining(config)
+    train_dataset = build_train_dataset(data_args, 2, in_chans, config.image_mean, config.image_std, training_args.seed)
+    logger.info(f"MoCo-v2 {config.architecture}, lr {training_args.learning_rate:.4g}, dataset {type(train_dataset).__name__}")
+
+    trainer = MocoTrainer(model=model, args=training_args, train_dataset=train_dataset, data_collator=collate_batch)
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    return result.metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""SEED: self-supervised distillation of a frozen teacher into a small student
+(Fang et al., ICLR 2021, https://arxiv.org/abs/2101.04731).
+
+    accelerate launch examples/run_seed.py \
+        --teacher_name_or_path resnet50 --teacher_checkpoint moco_v2_800ep_pretrain.pth.tar \
+        --student_architecture efficientnet_b0 --dataset_name timm/imagenet-1k-wds --streaming \
+        --max_steps 1000000 --per_device_train_batch_size 32 --output_dir seed-effb0
+
+With no dataset argument it distils on Fashion-MNIST (apt-get install -y dataset-fashion-mnist).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser, set_seed
+
+from seed_hf import SeedConfig, SeedForDistillation, SeedTrainer, SeedTrainingArguments, collate_batch, load_teacher
+from seed_hf.arguments import DataTrainingArguments, build_train_dataset, resolve_checkpoint, setup_logging
+
+
+@dataclass
+class ModelArguments:
+    """Teacher, student and SEED hyperparameters (defaults: the paper's)."""
+
+    teacher_name_or_path: str = field(
+        metadata={"help": "seed_hf MoCo/SEED run folder, timm name (with --teacher_checkpoint) or hf-hub:org/name."}
+    )
+    teacher_checkpoint: str | None = field(
+        default=None, metadata={"help": "Local teacher weights: safetensors, timm or MoCo v1/v2 checkpoint."}
+    )
+    teacher_ssl_method: str | None = field(default=None, metadata={"help": "Provenance: moco_v2, swav, simclr, ..."})
+    student_architecture: str = field(default="resnet18", metadata={"help": "timm architecture of the student."})
+    student_model_args: str | None = field(default=None, metadata={"help": "JSON dict of extra timm.create_model args."})
+    projection_dim: int | None = field(default=None, metadata={"help": "Head output width (default: the teacher's)."})
+    head_hidden_dim: int | None = field(default=None, metadata={"help": "Head hidden width (default: pooled width)."})
+    queue_size: int = field(default=65536, metadata={"help": "K, queued teacher embeddings."})
+    student_temperature: float = field(default=0.2, metadata={"help": "τ_S."})
+    teacher_temperature: float = field(default=0.01, metadata={"help": "τ_T (official code: 1e-4)."})
+    loss_variant: str = field(default="official", metadata={"help": "official or batch_keys."})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SeedTrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(argv[0])
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    logger = setup_logging(training_args)
+    last_checkpoint = resolve_checkpoint(training_args)
+    set_seed(training_args.seed)
+
+    _, image_size, in_chans, mean, std = data_args.resolved()
+    teacher = load_teacher(model_args.teacher_name_or_path, model_args.teacher_checkpoint)
+    config = SeedConfig(
+        student_architecture=model_args.student_architecture,
+        student_model_args=json.loads(model_args.student_model_args) if model_args.student_model_args else None,
+        in_chans=in_chans,
+        image_size=image_size,
+        projection_dim=model_args.projection_dim or teacher.embed_dim,
+        head_hidden_dim=model_args.head_hidden_dim,
+        queue_size=model_args.queue_size,
+        student_temperature=model_args.student_temperature,
+        teacher_temperature=model_args.teacher_temperature,
+        loss_variant=model_args.loss_variant,
+        image_mean=mean,
+        image_std=std,
+        teacher_name_or_path=teacher.description,
+        teacher_ssl_method=model_args.teacher_ssl_method,
+    )
+    model = SeedForDistillation(config)
+    train_dataset = build_train_dataset(data_args, 1, in_chans, config.image_mean, config.image_std, training_args.seed)
+    logger.info(
+        f"SEED {config.student_architecture} <- {teacher.description}, lr {training_args.learning_rate:.4g}, "
+        f"K {config.queue_size}, tau_S {config.student_temperature}, tau_T {config.teacher_temperature}"
+    )
+
+    trainer = SeedTrainer(
+        model=model, teacher=teacher, args=training_args, train_dataset=train_dataset, data_collator=collate_batch
+    )
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    return result.metrics
+
+
+if __name__ == "__main__":
+    main()

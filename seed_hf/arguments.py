@@ -1,0 +1,143 @@
+"""Argument dataclasses and set-up helpers shared by the example scripts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import datasets
+import transformers
+from transformers.trainer_utils import get_last_checkpoint
+
+from .data import (
+    AUGMENTATION_PRESETS,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    ArrayImageDataset,
+    MultiViewTransform,
+    build_ssl_transform,
+    detect_image_column,
+    hf_transform,
+    load_fashion_mnist,
+    load_image_dataset,
+)
+
+__all__ = ["DataTrainingArguments", "build_train_dataset", "setup_logging", "resolve_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataTrainingArguments:
+    """Where the images come from and how they are augmented. With no source given, the
+    Fashion-MNIST train split of the Debian package `dataset-fashion-mnist` is used."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A datasets hub id (e.g. timm/imagenet-1k-wds) or a local dataset script."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset configuration name."})
+    train_dir: str | None = field(default=None, metadata={"help": "A local imagefolder."})
+    train_files: list[str] | None = field(default=None, metadata={"help": "Parquet or webdataset .tar files."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    image_column: str | None = field(
+        default=None, metadata={"help": "Image column (auto-detected among image/img/jpg/png/webp)."}
+    )
+    streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it."})
+    shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Shuffle buffer of a streamed dataset."})
+    fashion_mnist_dir: str | None = field(
+        default=None, metadata={"help": "Fashion-MNIST idx folder (default /usr/share/datasets/fashion-mnist)."}
+    )
+    augmentation: str | None = field(
+        default=None,
+        metadata={"help": f"Augmentation preset, one of {AUGMENTATION_PRESETS} (default: moco_v2, grayscale_small for Fashion-MNIST)."},
+    )
+    image_size: int | None = field(default=None, metadata={"help": "Training resolution (default 224, 32 for Fashion-MNIST)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
+
+    def __post_init__(self):
+        sources = [s for s in (self.dataset_name, self.train_dir, self.train_files) if s]
+        if len(sources) > 1:
+            raise ValueError("Pass at most one of --dataset_name, --train_dir, --train_files.")
+        if self.augmentation is not None and self.augmentation not in AUGMENTATION_PRESETS:
+            raise ValueError(f"--augmentation must be one of {AUGMENTATION_PRESETS}, got {self.augmentation!r}.")
+
+    @property
+    def uses_fashion_mnist(self) -> bool:
+        return not (self.dataset_name or self.train_dir or self.train_files)
+
+    def resolved(self) -> tuple[str, int, int, list[float] | None, list[float] | None]:
+        """(augmentation, image_size, in_chans, mean, std); mean/std None means model default."""
+        if self.uses_fashion_mnist:
+            return self.augmentation or "grayscale_small", self.image_size or 32, 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+        return self.augmentation or "moco_v2", self.image_size or 224, 3, None, None
+
+
+def build_train_dataset(data_args: DataTrainingArguments, num_views: int, in_chans: int, mean, std, seed: int = 42):
+    """Training dataset yielding ``pixel_values`` (and ``pixel_values_k`` for 2 views)."""
+    preset, image_size, _, _, _ = data_args.resolved()
+    transform = MultiViewTransform(build_ssl_transform(preset, image_size, mean, std), num_views)
+    if data_args.uses_fashion_mnist:
+        images, labels = load_fashion_mnist("train", data_args.fashion_mnist_dir)
+        if data_args.max_train_samples:
+            images, labels = images[: data_args.max_train_samples], labels[: data_args.max_train_samples]
+        return ArrayImageDataset(images, labels, transform)
+    dataset = load_image_dataset(
+        data_args.dataset_name,
+        data_args.dataset_config_name,
+        data_args.train_dir,
+        data_args.train_files,
+        data_args.train_split,
+        data_args.streaming,
+        data_args.cache_dir,
+    )
+    image_column = detect_image_column(dataset.column_names or [], data_args.image_column)
+    apply = hf_transform(transform, image_column, in_chans)
+    if data_args.streaming:
+        dataset = dataset.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
+        if data_args.max_train_samples:
+            dataset = dataset.take(data_args.max_train_samples)
+        return dataset.map(apply, batched=True, batch_size=16, remove_columns=dataset.column_names)
+    if data_args.max_train_samples:
+        dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+    dataset.set_transform(apply)
+    return dataset
+
+
+def setup_logging(training_args) -> logging.Logger:
+    """Per-process log levels as in the transformers examples."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    for lib_logger in (logger, logging.getLogger("seed_hf")):
+        lib_logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    return logging.getLogger("seed_hf")
+
+
+def resolve_checkpoint(training_args) -> str | None:
+    """The checkpoint to resume from: ``--resume_from_checkpoint`` or the last one in
+    ``output_dir``; raises on a non-empty ``output_dir`` without checkpoints."""
+    if training_args.resume_from_checkpoint is not None:
+        if training_args.resume_from_checkpoint in ("True", "true", True):
+            return get_last_checkpoint(training_args.output_dir)
+        return training_args.resume_from_checkpoint
+    if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
+        last = get_last_checkpoint(training_args.output_dir)
+        if last is None and len(os.listdir(training_args.output_dir)) > 0:
+            raise ValueError(
+                f"Output directory ({training_args.output_dir}) already exists and is not empty. "
+                "Use --overwrite_output_dir to overwrite it."
+            )
+        if last is not None:
+            logger.info(f"Checkpoint detected, resuming training at {last}.")
+        return last
+    return None

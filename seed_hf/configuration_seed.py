@@ -1,0 +1,130 @@
+"""SEED configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from .losses import LOSS_VARIANTS
+
+__all__ = ["SeedConfig", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SeedConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`SeedForDistillation`] model: a timm student, its projection head, the
+    queue of teacher embeddings and the SEED loss. Defaults follow the paper
+    (arXiv:2101.04731): ResNet-18 student, 128-d embeddings, K = 65536, τ_S = 0.2.
+
+    Args:
+        student_architecture (`str`, *optional*, defaults to `"resnet18"`):
+            Any `timm.list_models()` name of the student backbone.
+        student_model_args (`dict`, *optional*, defaults to `{}`):
+            Extra keyword arguments for `timm.create_model` (e.g. `{"drop_path_rate": 0.1}`).
+        in_chans (`int`, *optional*, defaults to 3):
+            Number of input channels of the student (1 for grayscale data).
+        image_size (`int`, *optional*, defaults to 224):
+            Training resolution (square), recorded for export and input validation.
+        projection_dim (`int`, *optional*, defaults to 128):
+            Output width of the projection head; must equal the teacher embedding width.
+        head_hidden_dim (`int`, *optional*, defaults to `None`):
+            Hidden width of the Linear-ReLU-Linear head; `None` uses the backbone's pooled
+            width (official code). The paper reports +2.3 top-1 for ResNet-18 with 2048.
+        queue_size (`int`, *optional*, defaults to 65536):
+            K, the number of queued teacher embeddings. Must be ≥ the global batch size.
+        student_temperature (`float`, *optional*, defaults to 0.2):
+            τ_S of the student softmax.
+        teacher_temperature (`float`, *optional*, defaults to 0.01):
+            τ_T of the teacher softmax. The official code uses 1e-4 (nearly one-hot target);
+            0.01 is the SEED_ICLR21 re-implementation's setting.
+        loss_variant (`str`, *optional*, defaults to `"official"`):
+            `"official"` (D⁺ = own key ∪ queue) or `"batch_keys"` (D⁺ = global batch keys ∪ queue).
+        queue_seed (`int`, *optional*, defaults to 0):
+            Seed of the queue's random initial content.
+        image_mean (`list[float]`, *optional*, defaults to `None`):
+            Per-channel normalisation mean of the training data (`None`: ImageNet's, or 0.5 for
+            one channel); written into exported students.
+        image_std (`list[float]`, *optional*, defaults to `None`):
+            Per-channel normalisation std of the training data (`None`: as `image_mean`).
+        teacher_name_or_path (`str`, *optional*, defaults to `None`):
+            Provenance only: the teacher spec the student was distilled from.
+        teacher_ssl_method (`str`, *optional*, defaults to `None`):
+            Provenance only: how the teacher was trained (`"moco_v2"`, `"swav"`, ...).
+
+    Example:
+
+    ```python
+    >>> from seed_hf import SeedConfig, SeedForDistillation
+    >>> config = SeedConfig(student_architecture="resnet18", queue_size=4096)
+    >>> model = SeedForDistillation(config)
+    >>> model.config.queue_size
+    4096
+    ```
+    """
+
+    model_type = "seed_distillation"
+
+    def __init__(
+        self,
+        student_architecture: str = "resnet18",
+        student_model_args: dict[str, Any] | None = None,
+        in_chans: int = 3,
+        image_size: int = 224,
+        projection_dim: int = 128,
+        head_hidden_dim: int | None = None,
+        queue_size: int = 65536,
+        student_temperature: float = 0.2,
+        teacher_temperature: float = 0.01,
+        loss_variant: str = "official",
+        queue_seed: int = 0,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        teacher_name_or_path: str | None = None,
+        teacher_ssl_method: str | None = None,
+        **kwargs,
+    ):
+        for name, value in (("student_temperature", student_temperature), ("teacher_temperature", teacher_temperature)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}.")
+        for name, value in (("queue_size", queue_size), ("projection_dim", projection_dim), ("in_chans", in_chans), ("image_size", image_size)):
+            if not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if head_hidden_dim is not None and head_hidden_dim <= 0:
+            raise ValueError(f"head_hidden_dim must be a positive integer or None, got {head_hidden_dim}.")
+        if loss_variant not in LOSS_VARIANTS:
+            raise ValueError(f"loss_variant must be one of {LOSS_VARIANTS}, got {loss_variant!r}.")
+        self.student_architecture = student_architecture
+        self.student_model_args = dict(student_model_args or {})
+        self.in_chans = in_chans
+        self.image_size = image_size
+        self.projection_dim = projection_dim
+        self.head_hidden_dim = head_hidden_dim
+        self.queue_size = queue_size
+        self.student_temperature = float(student_temperature)
+        self.teacher_temperature = float(teacher_temperature)
+        self.loss_variant = loss_variant
+        self.queue_seed = queue_seed
+        self.image_mean, self.image_std = default_normalization(in_chans, image_mean, image_std)
+        self.teacher_name_or_path = teacher_name_or_path
+        self.teacher_ssl_method = teacher_ssl_method
+        super().__init__(**kwargs)
+
+
+def default_normalization(
+    in_chans: int, mean: list[float] | None = None, std: list[float] | None = None
+) -> tuple[list[float], list[float]]:
+    """ImageNet statistics for 3 channels, 0.5/0.5 otherwise, unless given; validated."""
+    if mean is None:
+        mean = list(IMAGENET_MEAN) if in_chans == 3 else [0.5] * in_chans
+    if std is None:
+        std = list(IMAGENET_STD) if in_chans == 3 else [0.5] * in_chans
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise ValueError(f"image_mean/image_std need {in_chans} values (in_chans), got {mean} and {std}.")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"image_std must be > 0, got {std}.")
+    return mean, std

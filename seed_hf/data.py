@@ -1,0 +1,262 @@
+"""Datasets, augmentation presets and collators.
+
+* Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (idx files, offline): the
+  embedded default for the demo and the small-scale study.
+* Any ``datasets`` source: hub id, local ``imagefolder``, parquet / webdataset files,
+  map-style or streaming; augmentations run lazily in the dataloader workers.
+* Presets of the official code (``moco_v2`` default, ``moco_v1``, ``simclr``, ``swav``) plus
+  ``grayscale_small`` for 28-px grayscale data. Teacher and student see the same view.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+__all__ = [
+    "FASHION_MNIST_DIR",
+    "AUGMENTATION_PRESETS",
+    "load_fashion_mnist",
+    "build_ssl_transform",
+    "build_eval_transform",
+    "ArrayImageDataset",
+    "MultiViewTransform",
+    "convert_image",
+    "collate_batch",
+    "load_image_dataset",
+    "detect_image_column",
+]
+
+FASHION_MNIST_DIR = os.environ.get("SEED_HF_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = [0.286], [0.353]
+AUGMENTATION_PRESETS = ("moco_v2", "moco_v1", "simclr", "swav", "grayscale_small", "none")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Reads an (optionally gzipped) idx file: big-endian dims after a 4-byte magic."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte idx file.")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Returns ``(images (n, 28, 28) uint8, labels (n,) int64)`` of a Fashion-MNIST split."""
+    if split not in FASHION_MNIST_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    root = Path(root or FASHION_MNIST_DIR)
+    image_file, label_file = (root / name for name in FASHION_MNIST_FILES[split])
+    for file in (image_file, label_file):
+        if not file.is_file() and not file.with_suffix("").is_file():
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found at {root} (missing {file.name}). Install it with "
+                "`apt-get install -y dataset-fashion-mnist`, set SEED_HF_FASHION_MNIST_DIR, or pass "
+                "--dataset_name / --train_dir."
+            )
+    pick = lambda f: f if f.is_file() else f.with_suffix("")  # noqa: E731
+    return _read_idx(pick(image_file)), _read_idx(pick(label_file)).astype(np.int64)
+
+
+def convert_image(image: Any, in_chans: int) -> Any:
+    """Brings a PIL image (any mode: CMYK, palette, 16-bit, RGBA, grayscale) to ``in_chans``."""
+    if not isinstance(image, Image.Image):
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        image = Image.fromarray((array / max(array.max(), 1.0) * 255).astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    target = "L" if in_chans == 1 else "RGB"
+    return image if image.mode == target else image.convert(target)
+
+
+def _blur_kernel(image_size: int) -> int:
+    kernel = max(3, int(0.1 * image_size))
+    return kernel if kernel % 2 == 1 else kernel + 1
+
+
+def build_ssl_transform(
+    preset: str = "moco_v2",
+    image_size: int = 224,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+    scale: tuple[float, float] | None = None,
+) -> v2.Compose:
+    """Training augmentation of the official MoCo / SimCLR / SwAV / SEED code (torchvision v2).
+
+    Input: PIL image, ndarray ``(h, w[, c])`` or uint8 tensor ``(c, h, w)``; output: float
+    tensor ``(c, image_size, image_size)`` normalised with ``mean``/``std``.
+    """
+    if preset not in AUGMENTATION_PRESETS:
+        raise ValueError(f"augmentation preset must be one of {AUGMENTATION_PRESETS}, got {preset!r}.")
+    default_scale = {"moco_v2": (0.2, 1.0), "moco_v1": (0.2, 1.0), "simclr": (0.08, 1.0), "swav": (0.14, 1.0)}
+    crop = v2.RandomResizedCrop(image_size, scale=scale or default_scale.get(preset, (0.3, 1.0)), antialias=True)
+    blur = v2.RandomApply([v2.GaussianBlur(_blur_kernel(image_size), sigma=(0.1, 2.0))], p=0.5)
+    ops: list[Callable] = [v2.ToImage()]
+    if preset == "none":
+        ops += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    elif preset == "moco_v2":
+        ops += [crop, v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(0.2), blur]
+        ops += [v2.RandomHorizontalFlip()]
+    elif preset == "moco_v1":
+        ops += [crop, v2.RandomGrayscale(0.2), v2.ColorJitter(0.4, 0.4, 0.4, 0.4), v2.RandomHorizontalFlip()]
+    elif preset in ("simclr", "swav"):
+        ops += [crop, v2.RandomHorizontalFlip(), v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8)]
+        ops += [v2.RandomGrayscale(0.2), blur]
+    else:  # grayscale_small: 28-32 px single-channel data, no hue/saturation, no blur
+        ops += [crop, v2.RandomHorizontalFlip(), v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(ops)
+
+
+def build_eval_transform(
+    image_size: int = 224,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+    crop_pct: float = 0.875,
+) -> v2.Compose:
+    """Resize to ``image_size / crop_pct``, center-crop ``image_size``, normalise."""
+    resize = image_size if crop_pct >= 1.0 else int(round(image_size / crop_pct))
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resize, antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+class MultiViewTransform:
+    """Applies ``transform`` ``num_views`` times: ``pixel_values`` (+ ``pixel_values_k``, ...)."""
+
+    VIEW_KEYS = ("pixel_values", "pixel_values_k")
+
+    def __init__(self, transform: Callable, num_views: int = 1):
+        if num_views not in (1, 2):
+            raise ValueError(f"num_views must be 1 or 2, got {num_views}.")
+        self.transform = transform
+        self.num_views = num_views
+
+    def __call__(self, image: Any) -> dict[str, torch.Tensor]:
+        return {key: self.transform(image) for key in self.VIEW_KEYS[: self.num_views]}
+
+
+class ArrayImageDataset(Dataset):
+    """Map-style dataset over in-memory uint8 images ``(n, h, w)`` or ``(n, h, w, c)``.
+
+    Items are dicts: the keys of ``transform``'s output plus ``labels`` when labels are given.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None, transform: Callable):
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        if self.images.ndim == 3:
+            self.images = self.images.unsqueeze(1)  # n x 1 x h x w
+        elif self.images.ndim == 4 and self.images.shape[-1] in (1, 3):
+            self.images = self.images.permute(0, 3, 1, 2).contiguous()
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        out = self.transform(self.images[index])
+        if not isinstance(out, dict):
+            out = {"pixel_values": out}
+        if self.labels is not None:
+            out["labels"] = self.labels[index]
+        return out
+
+
+def collate_batch(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stacks the tensor fields of a list of examples (views, labels, ids)."""
+    batch = {}
+    for key in examples[0]:
+        values = [example[key] for example in examples]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], (int, np.integer)):
+            batch[key] = torch.tensor(values)
+    return batch
+
+
+IMAGE_COLUMN_CANDIDATES = ("image", "img", "jpg", "jpeg", "png", "webp", "pixel_values")
+
+
+def detect_image_column(column_names: Sequence[str], image_column: str | None = None) -> str:
+    """Returns ``image_column`` if present, else the first of image/img/jpg/png/webp found."""
+    if image_column is not None:
+        if image_column not in column_names:
+            raise ValueError(f"--image_column {image_column!r} not found; columns are {list(column_names)}.")
+        return image_column
+    for candidate in IMAGE_COLUMN_CANDIDATES:
+        if candidate in column_names:
+            return candidate
+    raise ValueError(f"No image column among {list(column_names)}; pass --image_column.")
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_dir: str | None = None,
+    train_files: Sequence[str] | None = None,
+    split: str = "train",
+    streaming: bool = False,
+    cache_dir: str | None = None,
+):
+    """``datasets.load_dataset`` for a hub id, an imagefolder or parquet/webdataset files."""
+    from datasets import load_dataset
+
+    if dataset_name is not None:
+        return load_dataset(dataset_name, dataset_config_name, split=split, streaming=streaming, cache_dir=cache_dir)
+    if train_dir is not None:
+        if not Path(train_dir).is_dir():
+            raise FileNotFoundError(f"--train_dir {train_dir!r} is not a folder.")
+        return load_dataset("imagefolder", data_dir=train_dir, split=split, streaming=streaming, cache_dir=cache_dir)
+    if train_files:
+        files = list(train_files)
+        builder = "webdataset" if all(str(f).endswith(".tar") for f in files) else "parquet"
+        return load_dataset(builder, data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir)
+    raise ValueError("Pass one of dataset_name, train_dir or train_files.")
+
+
+def hf_transform(
+    transform: Callable,
+    image_column: str,
+    in_chans: int,
+    label_column: str | None = None,
+) -> Callable[[dict[str, list]], dict[str, list]]:
+    """Batched ``set_transform``/``map`` function: image column → view tensors (+ labels)."""
+
+    def apply(examples: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for image in examples[image_column]:
+            views = transform(convert_image(image, in_chans))
+            if not isinstance(views, dict):
+                views = {"pixel_values": views}
+            for key, value in views.items():
+                out.setdefault(key, []).append(value)
+        if label_column is not None and label_column in examples:
+            out["labels"] = list(examples[label_column])
+        return out
+
+    return apply

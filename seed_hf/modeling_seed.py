@@ -1,0 +1,168 @@
+"""SEED distillation model: timm student + projection head + queue of teacher embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
+from .configuration_seed import SeedConfig
+from .distributed import all_gather_no_grad
+from .losses import seed_logits, soft_cross_entropy
+from .queue import EmbeddingQueue
+
+__all__ = ["SeedOutput", "SeedPreTrainedModel", "SeedForDistillation", "init_module_weights"]
+
+
+@dataclass
+class SeedOutput(ModelOutput):
+    """
+    Output of [`SeedForDistillation`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            SEED loss, returned when `teacher_embeds` is given.
+        student_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            L2-normalised student projections z^S.
+        teacher_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
+            L2-normalised teacher embeddings z^T.
+        logits (`torch.FloatTensor` of shape `(batch_size, 1 + queue_size)`, *optional*):
+            Student logits z^S·D⁺/τ_S (`(batch_size, global_batch_size + queue_size)` for `batch_keys`).
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, pooled_width)`):
+            Pooled backbone features: the representation used downstream.
+    """
+
+    loss: torch.FloatTensor | None = None
+    student_embeds: torch.FloatTensor | None = None
+    teacher_embeds: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+
+
+@torch.no_grad()
+def init_module_weights(module: nn.Module) -> None:
+    """Re-initialises modules missing from a checkpoint with their own default scheme.
+
+    Everything else (timm's own init, loaded weights) is left untouched.
+    """
+    if isinstance(module, EmbeddingQueue):
+        module.reset()
+    elif isinstance(module, (nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm)):
+        module.reset_parameters()
+
+
+class SeedPreTrainedModel(PreTrainedModel):
+    config_class = SeedConfig
+    base_model_prefix = "student"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SeedForDistillation"]
+    # Trainer: the loss is a per-batch mean, no num_items_in_batch re-scaling
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        init_module_weights(module)
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
+        self.student.set_grad_checkpointing(enable)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        self.student.set_grad_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.student.set_grad_checkpointing(False)
+
+
+class SeedForDistillation(SeedPreTrainedModel):
+    """
+    Student of SEED (arXiv:2101.04731): ``student`` (timm backbone, no classifier) → ``head``
+    (Linear-ReLU-Linear) → L2-normalised embedding, trained to match the teacher's similarity
+    distribution over ``queue`` (K teacher embeddings). The teacher is not part of this model:
+    [`SeedTrainer`] runs it and passes `teacher_embeds`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from seed_hf import SeedConfig, SeedForDistillation
+    >>> model = SeedForDistillation(SeedConfig(student_architecture="resnet18", queue_size=256))
+    >>> out = model(torch.randn(4, 3, 64, 64), teacher_embeds=torch.randn(4, 128))
+    >>> out.student_embeds.shape, out.logits.shape
+    (torch.Size([4, 128]), torch.Size([4, 257]))
+    ```
+    """
+
+    def __init__(self, config: SeedConfig):
+        super().__init__(config)
+        self.student = create_backbone(config.student_architecture, config.in_chans, config.student_model_args)
+        width = pooled_width(self.student)
+        self.head = ProjectionHead(width, config.head_hidden_dim or width, config.projection_dim)
+        self.queue = EmbeddingQueue(config.queue_size, config.projection_dim, seed=config.queue_seed)
+        self.post_init()
+
+    @property
+    def pooled_width(self) -> int:
+        return pooled_width(self.student)
+
+    def get_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features ``(batch, pooled_width)`` (the exported representation)."""
+        return pooled_features(self.student, pixel_values)
+
+    @torch.no_grad()
+    def enqueue(self, teacher_embeds: torch.Tensor) -> None:
+        """Pushes the teacher keys of the *global* batch ``(global_batch, projection_dim)``."""
+        self.queue.enqueue(F.normalize(teacher_embeds.float(), dim=1))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        teacher_embeds: torch.Tensor | None = None,
+        batch_teacher_embeds: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> SeedOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, in_chans, height, width)`):
+                The augmented view, the same one the teacher saw.
+            teacher_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
+                Teacher embeddings of `pixel_values`; when given, the loss is computed.
+            batch_teacher_embeds (`torch.FloatTensor` of shape `(global_batch_size, projection_dim)`, *optional*):
+                Teacher embeddings of the global batch, for `loss_variant="batch_keys"`;
+                gathered across processes here when not given.
+            return_dict (`bool`, *optional*):
+                Return a [`SeedOutput`] instead of a tuple.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        features = self.get_features(pixel_values)
+        student_embeds = F.normalize(self.head(features), dim=1)
+
+        loss = logits = None
+        if teacher_embeds is not None:
+            teacher_embeds = F.normalize(teacher_embeds.float(), dim=1)
+            if self.config.loss_variant == "batch_keys" and batch_teacher_embeds is None:
+                batch_teacher_embeds = all_gather_no_grad(teacher_embeds)
+            s_sims, t_sims = seed_logits(
+                student_embeds,
+                teacher_embeds,
+                self.queue.embeddings,
+                self.config.loss_variant,
+                batch_teacher_embeds,
+                normalize=False,
+            )
+            logits = s_sims / self.config.student_temperature
+            loss = soft_cross_entropy(logits, t_sims / self.config.teacher_temperature)
+
+        output = SeedOutput(
+            loss=loss,
+            student_embeds=student_embeds,
+            teacher_embeds=teacher_embeds,
+            logits=logits,
+            pooler_output=features,
+        )
+        return output if return_dict else output.to_tuple()

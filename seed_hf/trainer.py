@@ -1,0 +1,172 @@
+"""Trainers for SEED distillation and the MoCo-v2 baseline on top of ``transformers.Trainer``.
+
+``accelerate`` (through the Trainer) provides DDP, multi-node and mixed precision; these
+classes add the two things SEED needs: a frozen teacher outside the model, the optimizer
+and the checkpoints, and a queue that is updated with the global batch's keys *after* the
+backward pass (an in-place write before it would break autograd).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from .distributed import all_gather_no_grad
+from .teachers import FrozenTeacher
+
+__all__ = ["SeedTrainingArguments", "QueueTrainer", "SeedTrainer", "MocoTrainer", "scaled_learning_rate"]
+
+
+def scaled_learning_rate(base_learning_rate: float, total_batch_size: int) -> float:
+    """Linear scaling rule of MoCo / SEED: ``lr = base_lr × total_batch / 256``."""
+    return base_learning_rate * total_batch_size / 256
+
+
+@dataclass
+class SeedTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's optimisation defaults (SGD, cosine, wd 1e-4) and
+    the SEED specifics. `learning_rate` is derived from `base_learning_rate` when the latter is set."""
+
+    base_learning_rate: float | None = field(
+        default=0.03, metadata={"help": "lr = base_learning_rate × total batch / 256 (None: use --learning_rate)."}
+    )
+    channels_last: bool = field(default=False, metadata={"help": "Run student and teacher in channels_last."})
+    sync_bn: bool = field(
+        default=False, metadata={"help": "Convert the student's BatchNorm to SyncBatchNorm under DDP."}
+    )
+    optim: str = field(default="sgd", metadata={"help": "Optimizer (the paper: SGD, momentum 0.9)."})
+    optim_args: str | None = field(default="momentum=0.9", metadata={"help": "Optimizer arguments."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "Weight decay (the paper: 1e-4)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "LR schedule (the paper: cosine)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep all columns (views, labels)."})
+    report_to: None | str | list[str] = field(
+        default="none", metadata={"help": "Trackers to report to (tensorboard, wandb, ...)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow a non-empty output_dir that holds no checkpoint."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.base_learning_rate is not None:
+            total = self.per_device_train_batch_size * max(1, self.world_size) * self.gradient_accumulation_steps
+            self.learning_rate = scaled_learning_rate(self.base_learning_rate, total)
+
+
+def _unwrapped(trainer: Trainer, model: nn.Module | None = None) -> nn.Module:
+    return trainer.accelerator.unwrap_model(model if model is not None else trainer.model)
+
+
+class QueueTrainer(Trainer):
+    """Trainer for models with an ``enqueue(keys)`` method and a ``queue`` (SEED, MoCo).
+
+    ``compute_loss`` of a subclass stores the gathered keys in ``self._pending_keys``; they
+    are enqueued after the backward pass of ``training_step``. Logs include ``queue_fill``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pending_keys: torch.Tensor | None = None
+        self._validate_batch_size()
+        if getattr(self.args, "channels_last", False):
+            self.model.to(memory_format=torch.channels_last)
+        if getattr(self.args, "sync_bn", False) and self.args.world_size > 1:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+
+    def _validate_batch_size(self) -> None:
+        global_batch = self.args.per_device_train_batch_size * max(1, self.args.world_size)
+        if self.args.per_device_train_batch_size < 2:
+            raise ValueError(
+                "per_device_train_batch_size must be ≥ 2 (BatchNorm in training mode needs more than one sample)."
+            )
+        queue_size = _unwrapped(self).queue.size
+        if global_batch > queue_size:
+            raise ValueError(
+                f"queue_size ({queue_size}) is smaller than the global batch ({global_batch} = "
+                f"per_device_train_batch_size × {max(1, self.args.world_size)} processes): raise queue_size."
+            )
+
+    def _to_memory_format(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if getattr(self.args, "channels_last", False) and pixel_values.ndim == 4:
+            return pixel_values.contiguous(memory_format=torch.channels_last)
+        return pixel_values
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._pending_keys is not None:  # after backward: the queue was saved for autograd
+            _unwrapped(self, model).enqueue(self._pending_keys)
+            self._pending_keys = None
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs["queue_fill"] = round(_unwrapped(self).queue.fill_fraction, 4)
+        super().log(logs, start_time)
+
+
+class SeedTrainer(QueueTrainer):
+    """Distils a frozen ``teacher`` into a [`SeedForDistillation`] student.
+
+    The teacher is not part of the model: it is moved to the accelerator's device, runs in
+    eval mode under ``torch.no_grad`` and the accelerator's autocast on the **same**
+    augmented view as the student, and never reaches the optimizer or the checkpoints.
+
+    Args:
+        teacher (`FrozenTeacher` or `nn.Module`): maps ``pixel_values`` to embeddings
+            ``(batch, projection_dim)``.
+        All other arguments are those of `transformers.Trainer`.
+    """
+
+    def __init__(self, *args, teacher: nn.Module, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(teacher, FrozenTeacher):
+            teacher.requires_grad_(False)
+        teacher.eval()
+        self.teacher = teacher.to(self.args.device)
+        if getattr(self.args, "channels_last", False):
+            self.teacher.to(memory_format=torch.channels_last)
+        self._validate_teacher()
+
+    def _validate_teacher(self) -> None:
+        model = _unwrapped(self)
+        width = getattr(self.teacher, "embed_dim", None)
+        if width is not None and width != model.config.projection_dim:
+            raise ValueError(
+                f"The teacher's embedding width ({width}) differs from projection_dim "
+                f"({model.config.projection_dim}): set projection_dim={width}."
+            )
+        if any(p.requires_grad for p in self.teacher.parameters()):
+            raise ValueError("The teacher must be frozen (requires_grad=False).")
+
+    @torch.no_grad()
+    def teacher_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Teacher embeddings ``(batch, dim)`` in fp32, computed under autocast."""
+        with self.accelerator.autocast():
+            return self.teacher(pixel_values).float()
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+        pixel_values = self._to_memory_format(inputs["pixel_values"])
+        teacher_embeds = self.teacher_embeddings(pixel_values)
+        global_keys = all_gather_no_grad(teacher_embeds)
+        outputs = model(pixel_values=pixel_values, teacher_embeds=teacher_embeds, batch_teacher_embeds=global_keys)
+        if model.training:
+            self._pending_keys = global_keys
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+
+class MocoTrainer(QueueTrainer):
+    """Trains [`MocoForPretraining`]: two views, momentum keys enqueued after backward."""
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+        outputs = model(
+            pixel_values=self._to_memory_format(inputs["pixel_values"]),
+            pixel_values_k=self._to_memory_format(inputs["pixel_values_k"]),
+        )
+        if model.training:
+            self._pending_keys = all_gather_no_grad(outputs.key_embeds)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
