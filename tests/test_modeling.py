@@ -1,0 +1,101 @@
+import inspect
+import re
+
+import pytest
+import torch
+from helpers import IMAGE_SIZE, tiny_moco, tiny_seed_config, tiny_student
+from transformers import AutoConfig, AutoModel
+
+from seed_hf import MocoConfig, MocoForPretraining, SeedConfig, SeedForDistillation
+
+
+def _docstring_defaults(cls):
+    """name -> documented default, parsed from ``name (`type`, *optional*, defaults to X):``."""
+    pattern = re.compile(r"^\s+(\w+) \(`[^`]+`, \*optional\*, defaults to `?([^`:]+?)`?\):", re.M)
+    return dict(pattern.findall(cls.__doc__))
+
+
+@pytest.mark.parametrize("cls", [SeedConfig, MocoConfig])
+def test_config_docstring_defaults_match_signature(cls):
+    documented = _docstring_defaults(cls)
+    params = {k: v for k, v in inspect.signature(cls.__init__).parameters.items() if k not in ("self", "kwargs")}
+    assert set(documented) == set(params), set(documented) ^ set(params)
+    for name, text in documented.items():
+        default = params[name].default
+        if isinstance(default, str):
+            text = text.strip('"')
+        expected = {"{}": None}.get(text, text)
+        assert str(default) == str(expected) or (expected is None and default is None), (name, text, default)
+
+
+def test_config_serialises_and_validates():
+    config = tiny_seed_config(student_model_args={"drop_path_rate": 0.1}, teacher_temperature=1e-4)
+    restored = SeedConfig.from_dict(config.to_dict())
+    assert restored.student_model_args == {"drop_path_rate": 0.1}
+    assert restored.teacher_temperature == 1e-4
+    for bad, match in [
+        (dict(student_temperature=0), "student_temperature"),
+        (dict(teacher_temperature=-0.1), "teacher_temperature"),
+        (dict(queue_size=0), "queue_size"),
+        (dict(loss_variant="x"), "loss_variant"),
+        (dict(in_chans=1, image_mean=[0.1, 0.2]), "in_chans"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            tiny_seed_config(**bad)
+
+
+def test_unknown_student_architecture_is_named():
+    with pytest.raises(ValueError, match="student_architecture='resnet_does_not_exist'"):
+        SeedForDistillation(tiny_seed_config(student_architecture="resnet_does_not_exist"))
+
+
+def test_forward_shapes_and_head_width():
+    model = tiny_student(head_hidden_dim=48)
+    assert model.head[0].out_features == 48
+    x = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)
+    out = model(x, teacher_embeds=torch.randn(3, 16))
+    assert out.student_embeds.shape == (3, 16)
+    assert out.logits.shape == (3, 1 + 40)
+    assert out.pooler_output.shape == (3, model.pooled_width)
+    assert torch.allclose(out.student_embeds.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert model(x).loss is None
+    assert isinstance(model(x, return_dict=False), tuple)
+
+
+def test_grayscale_student():
+    model = tiny_student(in_chans=1)
+    assert model.config.image_mean == [0.5]
+    out = model(torch.randn(2, 1, IMAGE_SIZE, IMAGE_SIZE), teacher_embeds=torch.randn(2, 16))
+    assert torch.isfinite(out.loss)
+
+
+def test_save_load_round_trip_keeps_weights_and_queue(tmp_path):
+    model = tiny_student().eval()
+    model.queue.enqueue(torch.nn.functional.normalize(torch.randn(7, 16), dim=1))
+    model.save_pretrained(tmp_path)
+    loaded = SeedForDistillation.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded.queue.embeddings, model.queue.embeddings)
+    assert int(loaded.queue.ptr) == 7
+    x, t = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE), torch.randn(2, 16)
+    a, b = model(x, teacher_embeds=t), loaded(x, teacher_embeds=t)
+    assert torch.allclose(a.loss, b.loss, atol=1e-5)
+    assert (a.pooler_output - b.pooler_output).abs().max() <= 1e-5
+    # registered with the Auto classes under a namespaced model_type
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "seed_distillation"
+    assert isinstance(AutoModel.from_pretrained(tmp_path), SeedForDistillation)
+
+
+def test_moco_forward_round_trip_and_momentum(tmp_path):
+    model = tiny_moco(key_bn_splits=2, momentum=0.9)
+    x = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    before = next(model.encoder_k.parameters()).clone()
+    with torch.no_grad():
+        next(model.encoder.parameters()).add_(1.0)
+    out = model(x, pixel_values_k=x.flip(-1))
+    assert out.logits.shape == (4, 41) and torch.isfinite(out.loss)
+    after = next(model.encoder_k.parameters())
+    assert torch.allclose(after, 0.9 * before + 0.1 * next(model.encoder.parameters()), atol=1e-6)
+    assert not any(p.requires_grad for p in model.encoder_k.parameters())
+    model.save_pretrained(tmp_path)
+    loaded = MocoForPretraining.from_pretrained(tmp_path)
+    assert torch.equal(next(loaded.encoder_k.parameters()), after)

@@ -1,0 +1,67 @@
+import pytest
+import torch
+from helpers import IMAGE_SIZE, tiny_moco
+from safetensors.torch import save_file
+
+from seed_hf import load_teacher
+from seed_hf.backbones import ProjectionHead, create_backbone, pooled_features
+
+
+def _moco_v2_checkpoint(path, arch="test_resnet"):
+    """A checkpoint in the official MoCo-v2 layout: module.encoder_q.* (+ fc.0 / fc.2 MLP), encoder_k, queue."""
+    torch.manual_seed(0)
+    backbone = create_backbone(arch)
+    head = ProjectionHead(backbone.num_features, 24, 16)
+    state = {f"module.encoder_q.{k}": v for k, v in backbone.state_dict().items()}
+    state.update({f"module.encoder_q.fc.{k}": v for k, v in head.state_dict().items()})
+    state.update({f"module.encoder_k.{k}": v.clone() for k, v in backbone.state_dict().items()})
+    state["module.queue"] = torch.randn(16, 32)
+    torch.save({"epoch": 200, "arch": "resnet50", "state_dict": state}, path)
+    return backbone.eval(), head
+
+
+def test_moco_v2_checkpoint_with_mlp_head(tmp_path):
+    backbone, head = _moco_v2_checkpoint(tmp_path / "moco.pth.tar")
+    teacher = load_teacher("test_resnet", tmp_path / "moco.pth.tar")
+    assert teacher.embed_dim == 16
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    expected = torch.nn.functional.normalize(head(pooled_features(backbone, x)), dim=1)
+    assert torch.allclose(teacher(x), expected, atol=1e-5)
+
+
+def test_teacher_is_frozen_and_stays_in_eval():
+    teacher = load_teacher("test_resnet")
+    teacher.train()
+    assert not teacher.training and not any(m.training for m in teacher.modules())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    out = teacher(torch.randn(2, 1, IMAGE_SIZE, IMAGE_SIZE))  # 1-channel data, 3-channel teacher
+    assert out.shape == (2, teacher.embed_dim) and not out.requires_grad
+
+
+def test_safetensors_state_dict_and_key_mismatch(tmp_path):
+    backbone = create_backbone("test_resnet")
+    save_file(backbone.state_dict(), tmp_path / "w.safetensors")
+    teacher = load_teacher("test_resnet", tmp_path / "w.safetensors")
+    assert teacher.embed_dim == backbone.num_features
+    bad = {k: v for k, v in backbone.state_dict().items() if not k.startswith("conv1")}
+    bad["extra.weight"] = torch.zeros(1)
+    save_file(bad, tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match=r"missing keys \['conv1.*unexpected keys \['extra.weight'\]"):
+        load_teacher("test_resnet", tmp_path / "bad.safetensors")
+
+
+def test_seed_hf_moco_folder(tmp_path):
+    moco = tiny_moco().eval()
+    moco.save_pretrained(tmp_path)
+    teacher = load_teacher(str(tmp_path))
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert torch.allclose(teacher(x), moco.embed(x), atol=1e-5)
+
+
+def test_missing_teacher_file_and_unknown_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="teacher_checkpoint"):
+        load_teacher("test_resnet", tmp_path / "nope.safetensors")
+    with pytest.raises(ValueError, match="teacher_name_or_path"):
+        load_teacher("not_a_real_net")
+    with pytest.raises(FileNotFoundError, match="teacher_name_or_path"):
+        load_teacher(str(tmp_path / "missing" / "dir"))

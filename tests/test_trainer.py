@@ -1,0 +1,128 @@
+import json
+
+import pytest
+import torch
+from helpers import TensorImages, tiny_moco, tiny_student, tiny_teacher
+
+from seed_hf import MocoTrainer, SeedForDistillation, SeedTrainer, SeedTrainingArguments, collate_batch
+
+
+def _args(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        max_steps=4,
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    defaults.update(kwargs)
+    return SeedTrainingArguments(**defaults)
+
+
+def _seed_trainer(tmp_path, model=None, teacher=None, **kwargs):
+    return SeedTrainer(
+        model=model or tiny_student(),
+        teacher=teacher or tiny_teacher(),
+        args=_args(tmp_path, **kwargs),
+        train_dataset=TensorImages(64),
+        data_collator=collate_batch,
+    )
+
+
+def test_teacher_frozen_unchanged_and_queue_holds_teacher_keys(tmp_path):
+    teacher = tiny_teacher()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer = _seed_trainer(tmp_path, teacher=teacher)
+    assert not any(teacher is m or m is teacher.backbone for m in trainer.model.modules())
+    optimized = {id(p) for group in trainer.create_optimizer().param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in teacher.parameters()}
+    student_before = trainer.model.head[0].weight.clone()
+    trainer.train()
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k  # weights and BN running stats
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert not torch.equal(trainer.model.head[0].weight, student_before)
+    queue = trainer.model.queue
+    assert int(queue.num_filled) == 32 and int(queue.ptr) == 32
+    # the last enqueued keys are the teacher embeddings of the last batch
+    dataset = TensorImages(64)
+    all_embeds = teacher(dataset.images)
+    last = queue.embeddings[24:32]
+    dist = torch.cdist(last, all_embeds).min(dim=1).values
+    assert dist.max() < 1e-2  # fp32 conv results vary slightly with batch size; other keys are ~1 apart
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 4 and all(0 < loss < 100 for loss in losses)
+    assert trainer.state.log_history[0]["queue_fill"] == pytest.approx(8 / 40)
+
+
+def test_bad_input_fails_before_the_first_step(tmp_path):
+    with pytest.raises(ValueError, match="projection_dim"):
+        _seed_trainer(tmp_path, teacher=tiny_teacher(dim=32))
+    with pytest.raises(ValueError, match="queue_size"):
+        _seed_trainer(tmp_path, per_device_train_batch_size=48)
+    with pytest.raises(ValueError, match="per_device_train_batch_size"):
+        _seed_trainer(tmp_path, per_device_train_batch_size=1)
+
+
+def test_learning_rate_follows_linear_scaling(tmp_path):
+    args = _args(tmp_path, per_device_train_batch_size=64, base_learning_rate=0.03)
+    assert args.learning_rate == pytest.approx(0.03 * 64 / 256)
+    assert args.optim == "sgd" and args.lr_scheduler_type == "cosine" and args.weight_decay == 1e-4
+
+
+def test_resume_continues_with_same_queue_step_and_weights(tmp_path):
+    straight = _seed_trainer(tmp_path / "a", max_steps=6)
+    straight.train()
+
+    first = _seed_trainer(tmp_path / "b", max_steps=6, save_strategy="steps", save_steps=3)
+    # stop after the checkpoint at step 3, as if killed
+    first.args.max_steps = 6
+    first.add_callback(_StopAt(3))
+    first.train()
+    checkpoint = tmp_path / "b" / "checkpoint-3"
+    assert checkpoint.is_dir()
+    saved = SeedForDistillation.from_pretrained(checkpoint)
+    assert int(saved.queue.ptr) == 24  # 3 steps x 8 keys, saved with the checkpoint
+
+    resumed = _seed_trainer(tmp_path / "b", max_steps=6, save_strategy="steps", save_steps=3)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 6
+    assert torch.equal(resumed.model.queue.embeddings, straight.model.queue.embeddings)
+    for (name, a), b in zip(resumed.model.state_dict().items(), straight.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    state = json.loads((tmp_path / "b" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+
+
+class _StopAt:
+    def __init__(self, step):
+        self.step = step
+
+    def __getattr__(self, name):  # the other TrainerCallback hooks are no-ops
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+def test_moco_trainer_enqueues_keys(tmp_path):
+    trainer = MocoTrainer(
+        model=tiny_moco(key_bn_splits=2),
+        args=_args(tmp_path, max_steps=3),
+        train_dataset=TensorImages(64, views=2),
+        data_collator=collate_batch,
+    )
+    trainer.train()
+    assert int(trainer.model.queue.num_filled) == 24
+    assert all("queue_fill" in h for h in trainer.state.log_history if "loss" in h)
