@@ -28,6 +28,8 @@ class EvalArguments:
     linear_probe: bool = field(default=False, metadata={"help": "Also train a linear probe."})
     probe_epochs: int = field(default=30, metadata={"help": "Linear probe epochs."})
     label_fraction: float = field(default=1.0, metadata={"help": "Fraction of train labels (0.01, 0.1, 1.0)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N train images (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N test images (debugging)."})
     batch_size: int = field(default=512, metadata={"help": "Feature extraction batch size."})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "Device."})
     output_file: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
@@ -63,6 +65,9 @@ def evaluate_model(name: str, args: EvalArguments, splits) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
     splits = {s: load_fashion_mnist(s, args.fashion_mnist_dir) for s in ("train", "test")}
+    for split, limit in (("train", args.max_train_samples), ("test", args.max_eval_samples)):
+        if limit:
+            splits[split] = tuple(a[:limit] for a in splits[split])
     results = [evaluate_model(name, args, splits) for name in args.models]
     print(f"\n{'model':<40} {'params':>10} {'kNN top-1':>10} {'linear top-1':>13}")
     for r in results:
