@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"K {config.queue_size}, tau_S {config.student_temperature}, tau_T {config.teacher_temperature}"
     )
 
+    # the distillation folder (student + head + queue) is not what users load: export the student
+    # backbone as a timm-format repo at the end instead of letting the Trainer push checkpoints
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = SeedTrainer(
         model=model, teacher=teacher, args=training_args, train_dataset=train_dataset, data_collator=collate_batch
     )
@@ -87,6 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
+    if push_to_hub and training_args.should_save:
+        from seed_hf.hub import export_student, push_student_to_hub
+
+        if not training_args.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id org/name.")
+        folder = export_student(model, f"{training_args.output_dir}/export", repo_id=training_args.hub_model_id)
+        logger.info(push_student_to_hub(folder, training_args.hub_model_id, token=training_args.hub_token))
     return result.metrics
 
 
