@@ -83,7 +83,7 @@ def build_train_dataset(data_args: DataTrainingArguments, num_views: int, in_cha
         images, labels = load_fashion_mnist("train", data_args.fashion_mnist_dir)
         if data_args.max_train_samples:
             images, labels = images[: data_args.max_train_samples], labels[: data_args.max_train_samples]
-        return ArrayImageDataset(images, labels, transform)
+        return ArrayImageDataset(images, labels, transform, seed=seed)
     dataset = load_image_dataset(
         data_args.dataset_name,
         data_args.dataset_config_name,
@@ -132,7 +132,10 @@ def resolve_checkpoint(training_args) -> str | None:
         return training_args.resume_from_checkpoint
     if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
         last = get_last_checkpoint(training_args.output_dir)
-        if last is None and len(os.listdir(training_args.output_dir)) > 0:
+        from .trainer import STAGING_DIR
+
+        leftovers = [name for name in os.listdir(training_args.output_dir) if name != STAGING_DIR]
+        if last is None and leftovers:
             raise ValueError(
                 f"Output directory ({training_args.output_dir}) already exists and is not empty. "
                 "Use --overwrite_output_dir to overwrite it."

@@ -160,13 +160,23 @@ class MultiViewTransform:
         return {key: self.transform(image) for key in self.VIEW_KEYS[: self.num_views]}
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of one sample's augmentation: a function of (seed, epoch, index) only."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
+
+
 class ArrayImageDataset(Dataset):
     """Map-style dataset over in-memory uint8 images ``(n, h, w)`` or ``(n, h, w, c)``.
 
     Items are dicts: the keys of ``transform``'s output plus ``labels`` when labels are given.
+
+    With ``seed`` set (the default), each item's random augmentation draws from a generator
+    seeded by ``(seed, epoch, index)`` (the Trainer calls ``set_epoch``). The views then do
+    not depend on worker count, world size, prefetching or where a run was resumed: a resumed
+    run sees exactly the augmentations of an uninterrupted one, and 2 processes see those of 1.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None, transform: Callable):
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None, transform: Callable, seed: int | None = 0):
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         if self.images.ndim == 3:
             self.images = self.images.unsqueeze(1)  # n x 1 x h x w
@@ -174,12 +184,22 @@ class ArrayImageDataset(Dataset):
             self.images = self.images.permute(0, 3, 1, 2).contiguous()
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
         self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        out = self.transform(self.images[index])
+        if self.seed is None:
+            out = self.transform(self.images[index])
+        else:
+            with torch.random.fork_rng(devices=[]):  # leaves the global RNG stream untouched
+                torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+                out = self.transform(self.images[index])
         if not isinstance(out, dict):
             out = {"pixel_values": out}
         if self.labels is not None:

@@ -8,17 +8,30 @@ backward pass (an in-place write before it would break autograd).
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .distributed import all_gather_no_grad
 from .teachers import FrozenTeacher
 
-__all__ = ["SeedTrainingArguments", "QueueTrainer", "SeedTrainer", "MocoTrainer", "scaled_learning_rate"]
+__all__ = [
+    "SeedTrainingArguments",
+    "QueueTrainer",
+    "SeedTrainer",
+    "MocoTrainer",
+    "scaled_learning_rate",
+    "STAGING_DIR",
+]
+
+# checkpoints are written here, then renamed into place: a killed save is never resumed from
+STAGING_DIR = ".checkpoint-staging"
 
 
 def scaled_learning_rate(base_learning_rate: float, total_batch_size: int) -> float:
@@ -78,6 +91,38 @@ class QueueTrainer(Trainer):
         if getattr(self.args, "sync_bn", False) and self.args.world_size > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        if resume_from_checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        self._resume_rng_from = resume_from_checkpoint
+        self._rng_restored_from = None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    # Exact resume: transformers restores the RNG state only *after* prefetching the first
+    # batch of a resumed epoch, so that batch's random augmentation differs from the
+    # uninterrupted run. Restore it before the first fetch, once.
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if getattr(self, "_resume_rng_from", None):
+            self._load_rng_state(self._resume_rng_from)
+            self._resume_rng_from = None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    def _run_epoch(self, model, epoch, train_dataloader, *args, **kwargs):
+        # accelerate forwards set_epoch to the dataset only when the sampler has none, so a fresh
+        # run and a resumed one disagree; per-sample seeded augmentation needs the true epoch
+        dataset = self.train_dataset
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        return super()._run_epoch(model, epoch, train_dataloader, *args, **kwargs)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if checkpoint is None or checkpoint == getattr(self, "_rng_restored_from", None):
+            return
+        super()._load_rng_state(checkpoint)
+        self._rng_restored_from = checkpoint
+
     def _validate_batch_size(self) -> None:
         global_batch = self.args.per_device_train_batch_size * max(1, self.args.world_size)
         if self.args.per_device_train_batch_size < 2:
@@ -90,6 +135,37 @@ class QueueTrainer(Trainer):
                 f"queue_size ({queue_size}) is smaller than the global batch ({global_batch} = "
                 f"per_device_train_batch_size × {max(1, self.args.world_size)} processes): raise queue_size."
             )
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Atomic checkpoints: the Trainer writes ``checkpoint-N`` inside a staging folder, which
+        is renamed into ``output_dir`` once every rank has finished writing. A run killed while
+        saving leaves only the staging folder, which ``checkpoint-*`` discovery never matches."""
+        run_dir = self._get_output_dir(trial=trial)
+        staging = os.path.join(run_dir, STAGING_DIR)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save and os.path.isdir(os.path.join(staging, name)):
+            shutil.rmtree(os.path.join(staging, name))  # leftover of a killed save
+        self.accelerator.wait_for_everyone()
+        self._get_output_dir = lambda trial=None: staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir  # back to the class method
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(self.state.best_model_checkpoint))
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
+        self.accelerator.wait_for_everyone()
 
     def _to_memory_format(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if getattr(self.args, "channels_last", False) and pixel_values.ndim == 4:

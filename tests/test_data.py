@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+from conftest import requires_fashion_mnist
+from PIL import Image
+
+from seed_hf.data import (
+    ArrayImageDataset,
+    MultiViewTransform,
+    build_eval_transform,
+    build_ssl_transform,
+    collate_batch,
+    convert_image,
+    detect_image_column,
+    load_fashion_mnist,
+)
+
+
+@pytest.mark.parametrize("preset", ["moco_v2", "moco_v1", "simclr", "swav", "grayscale_small", "none"])
+def test_presets_give_normalised_views(preset):
+    transform = build_ssl_transform(preset, 32, [0.5] * 3, [0.25] * 3)
+    out = transform(Image.new("RGB", (50, 40), (200, 10, 30)))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="augmentation preset"):
+        build_ssl_transform("autoaugment")
+
+
+def test_per_sample_seeded_augmentation_depends_on_epoch_and_index_only():
+    images = (np.random.default_rng(0).random((4, 28, 28)) * 255).astype(np.uint8)
+    transform = MultiViewTransform(build_ssl_transform("grayscale_small", 32, [0.5], [0.5]), 2)
+    a, b = ArrayImageDataset(images, None, transform, seed=0), ArrayImageDataset(images, None, transform, seed=0)
+    torch.manual_seed(123)  # the global RNG does not matter
+    x = a[1]
+    torch.manual_seed(456)
+    assert torch.equal(x["pixel_values"], b[1]["pixel_values"])
+    assert not torch.equal(x["pixel_values"], x["pixel_values_k"])  # two different views
+    b.set_epoch(1)
+    assert not torch.equal(x["pixel_values"], b[1]["pixel_values"])
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "P", "I;16", "LA", "RGBA", "1", "L"])
+def test_convert_image_modes(mode):
+    image = Image.new(mode, (8, 8))
+    assert convert_image(image, 3).mode == "RGB"
+    assert convert_image(image, 1).mode == "L"
+
+
+def test_detect_image_column_and_collate():
+    assert detect_image_column(["label", "jpg"]) == "jpg"
+    assert detect_image_column(["img", "image"], "img") == "img"
+    with pytest.raises(ValueError, match="image_column"):
+        detect_image_column(["label"])
+    batch = collate_batch([{"pixel_values": torch.zeros(1, 2, 2), "labels": torch.tensor(1), "id": 3}] * 2)
+    assert batch["pixel_values"].shape == (2, 1, 2, 2) and batch["id"].tolist() == [3, 3]
+
+
+@requires_fashion_mnist
+def test_fashion_mnist_reader():
+    images, labels = load_fashion_mnist("test")
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert sorted(np.unique(labels).tolist()) == list(range(10))
+    out = build_eval_transform(32, [0.286], [0.353], crop_pct=1.0)(torch.from_numpy(images[:8]).unsqueeze(1))
+    assert out.shape == (8, 1, 32, 32)
