@@ -86,6 +86,8 @@ class QueueTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._pending_keys: torch.Tensor | None = None
         self._validate_batch_size()
+        self._validate_precision()
+        self._validate_image_size()
         if getattr(self.args, "channels_last", False):
             self.model.to(memory_format=torch.channels_last)
         if getattr(self.args, "sync_bn", False) and self.args.world_size > 1:
@@ -122,6 +124,31 @@ class QueueTrainer(Trainer):
             return
         super()._load_rng_state(checkpoint)
         self._rng_restored_from = checkpoint
+
+    def _validate_precision(self) -> None:
+        if self.args.fp16 and self.args.device.type == "cpu":
+            raise ValueError("fp16 mixed precision needs a GPU: on CPU train in fp32 (default) or pass --bf16.")
+
+    def _probe_input(self) -> torch.Tensor:
+        config = _unwrapped(self).config
+        return torch.zeros(2, config.in_chans, config.image_size, config.image_size, device=self.args.device)
+
+    @torch.no_grad()
+    def _validate_image_size(self) -> None:
+        """One tiny forward before the first step, so a size the student cannot take fails now."""
+        model = _unwrapped(self)
+        was_training = model.training
+        model.eval()
+        try:
+            model.get_features(self._probe_input())
+        except Exception as error:
+            raise ValueError(
+                f"The student ({getattr(model.config, 'student_architecture', None) or model.config.architecture}) "
+                f"cannot take {model.config.in_chans}x{model.config.image_size}x{model.config.image_size} images "
+                f"(image_size / in_chans): {error}"
+            ) from error
+        finally:
+            model.train(was_training)
 
     def _validate_batch_size(self) -> None:
         global_batch = self.args.per_device_train_batch_size * max(1, self.args.world_size)
@@ -208,9 +235,17 @@ class SeedTrainer(QueueTrainer):
             self.teacher.to(memory_format=torch.channels_last)
         self._validate_teacher()
 
+    @torch.no_grad()
     def _validate_teacher(self) -> None:
         model = _unwrapped(self)
-        width = getattr(self.teacher, "embed_dim", None)
+        try:
+            width = self.teacher(self._probe_input()).shape[-1]
+        except Exception as error:
+            raise ValueError(
+                f"The teacher cannot take the training images ({model.config.in_chans} channels, "
+                f"{model.config.image_size} px): {error}. A 1-channel teacher needs 1-channel data; 1-channel "
+                "data is repeated to 3 channels for 3-channel teachers."
+            ) from error
         if width is not None and width != model.config.projection_dim:
             raise ValueError(
                 f"The teacher's embedding width ({width}) differs from projection_dim "

@@ -126,3 +126,22 @@ def test_moco_trainer_enqueues_keys(tmp_path):
     trainer.train()
     assert int(trainer.model.queue.num_filled) == 24
     assert all("queue_fill" in h for h in trainer.state.log_history if "loss" in h)
+
+
+def test_validation_of_sizes_channels_and_precision(tmp_path):
+    from helpers import tiny_seed_config
+
+    from seed_hf import SeedForDistillation
+
+    vit = SeedForDistillation(tiny_seed_config(student_architecture="vit_tiny_patch16_224", student_model_args={"depth": 1, "embed_dim": 32, "num_heads": 2}))
+    with pytest.raises(ValueError, match="image_size"):
+        _seed_trainer(tmp_path, model=vit)
+    with pytest.raises(ValueError, match="1-channel teacher"):
+        _seed_trainer(tmp_path, teacher=tiny_teacher(in_chans=1))
+    with pytest.raises(ValueError, match="fp16"):
+        _seed_trainer(tmp_path, fp16=True)
+    # 1-channel data with a 3-channel teacher: adapted (channel repeated)
+    gray = tiny_student(in_chans=1)
+    trainer = SeedTrainer(model=gray, teacher=tiny_teacher(), args=_args(tmp_path, max_steps=1),
+                          train_dataset=TensorImages(16, channels=1), data_collator=collate_batch)
+    trainer.train()
