@@ -47,6 +47,7 @@ class FrozenTeacher(nn.Module):
         self.head = head if head is not None else nn.Identity()
         self.in_chans = in_chans
         self.description = description
+        self.fused_backbone: nn.Module | None = None
         self.requires_grad_(False)
         super().train(False)
         with torch.no_grad():
@@ -62,6 +63,29 @@ class FrozenTeacher(nn.Module):
         return super().train(False)  # always eval: frozen BN statistics, no dropout
 
     @torch.no_grad()
+    def optimize_for_inference(self, channels_last: bool = True, probe: torch.Tensor | None = None) -> FrozenTeacher:
+        """Folds BatchNorm into the preceding convolutions (``torch.fx`` conv-bn fusion; the teacher
+        is frozen, so this is exact up to rounding) and switches to channels_last. Falls back to the
+        eager backbone when the model cannot be traced or the fused output differs (> 1e-3)."""
+        from torch.fx.experimental.optimization import fuse
+
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        if self.fused_backbone is not None:
+            return self
+        try:
+            fused = fuse(self.backbone)  # GraphModule of forward(): pooled features (num_classes=0)
+            probe = probe if probe is not None else torch.randn(2, self.in_chans, 64, 64)
+            probe = probe.to(next(self.backbone.parameters()).device)
+            reference = pooled_features(self.backbone, probe)
+            if (fused(probe) - reference).abs().max() > 1e-3 * reference.abs().max().clamp_min(1.0):
+                return self
+        except Exception:  # not traceable: keep the eager backbone
+            return self
+        self.fused_backbone = fused
+        return self
+
+    @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.shape[1] != self.in_chans:
             if pixel_values.shape[1] == 1:
@@ -70,7 +94,11 @@ class FrozenTeacher(nn.Module):
                 raise ValueError(
                     f"The teacher expects {self.in_chans}-channel images, got {pixel_values.shape[1]}."
                 )
-        return F.normalize(self.head(pooled_features(self.backbone, pixel_values)).float(), dim=1)
+        if self.fused_backbone is not None:
+            features = self.fused_backbone(pixel_values)
+        else:
+            features = pooled_features(self.backbone, pixel_values)
+        return F.normalize(self.head(features).float(), dim=1)
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

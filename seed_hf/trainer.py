@@ -48,6 +48,9 @@ class SeedTrainingArguments(TrainingArguments):
         default=0.03, metadata={"help": "lr = base_learning_rate × total batch / 256 (None: use --learning_rate)."}
     )
     channels_last: bool = field(default=False, metadata={"help": "Run student and teacher in channels_last."})
+    optimize_teacher: bool = field(
+        default=True, metadata={"help": "Fold the frozen teacher's BatchNorm into its convolutions (exact, faster)."}
+    )
     sync_bn: bool = field(
         default=False, metadata={"help": "Convert the student's BatchNorm to SyncBatchNorm under DDP."}
     )
@@ -231,7 +234,10 @@ class SeedTrainer(QueueTrainer):
             teacher.requires_grad_(False)
         teacher.eval()
         self.teacher = teacher.to(self.args.device)
-        if getattr(self.args, "channels_last", False):
+        channels_last = getattr(self.args, "channels_last", False)
+        if getattr(self.args, "optimize_teacher", True) and isinstance(teacher, FrozenTeacher):
+            self.teacher.optimize_for_inference(channels_last=channels_last, probe=self._probe_input())
+        elif channels_last:
             self.teacher.to(memory_format=torch.channels_last)
         self._validate_teacher()
 
@@ -254,11 +260,12 @@ class SeedTrainer(QueueTrainer):
         if any(p.requires_grad for p in self.teacher.parameters()):
             raise ValueError("The teacher must be frozen (requires_grad=False).")
 
-    @torch.no_grad()
     def teacher_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Teacher embeddings ``(batch, dim)`` in fp32, computed under autocast."""
-        with self.accelerator.autocast():
-            return self.teacher(pixel_values).float()
+        """Teacher embeddings ``(batch, dim)`` in fp32, computed under autocast and inference_mode
+        (the clone turns the inference tensor into one autograd may save for the student's loss)."""
+        with torch.inference_mode(), self.accelerator.autocast():
+            embeds = self.teacher(pixel_values).float()
+        return embeds.clone()
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
         pixel_values = self._to_memory_format(inputs["pixel_values"])

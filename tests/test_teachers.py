@@ -65,3 +65,23 @@ def test_missing_teacher_file_and_unknown_name(tmp_path):
         load_teacher("not_a_real_net")
     with pytest.raises(FileNotFoundError, match="teacher_name_or_path"):
         load_teacher(str(tmp_path / "missing" / "dir"))
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "test_efficientnet", "test_vit"])
+def test_optimized_teacher_gives_the_same_embeddings(arch):
+    from seed_hf.teachers import FrozenTeacher
+
+    torch.manual_seed(0)
+    backbone = create_backbone(arch)
+    for m in backbone.modules():  # non-trivial BN statistics, so that folding them matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    teacher = FrozenTeacher(backbone, ProjectionHead(backbone.num_features, 16, 8), 3)
+    x = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    expected = teacher(x)
+    teacher.optimize_for_inference(channels_last=True, probe=x)
+    assert torch.allclose(teacher(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-4)
+    if arch == "test_resnet":
+        assert teacher.fused_backbone is not None
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.fused_backbone.modules())

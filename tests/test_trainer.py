@@ -44,8 +44,9 @@ def test_teacher_frozen_unchanged_and_queue_holds_teacher_keys(tmp_path):
     assert not optimized & {id(p) for p in teacher.parameters()}
     student_before = trainer.model.head[0].weight.clone()
     trainer.train()
-    for k, v in teacher.state_dict().items():
-        assert torch.equal(v, before[k]), k  # weights and BN running stats
+    after = teacher.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k  # weights and BN running stats
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert not torch.equal(trainer.model.head[0].weight, student_before)
     queue = trainer.model.queue
