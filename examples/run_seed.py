@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, set_seed
 
-from seed_hf import SeedConfig, SeedForDistillation, SeedTrainer, SeedTrainingArguments, collate_batch, load_teacher
+from seed_hf import (
+    SeedConfig,
+    SeedForDistillation,
+    SeedStudentGroup,
+    SeedTrainer,
+    SeedTrainingArguments,
+    collate_batch,
+    load_teacher,
+)
 from seed_hf.arguments import DataTrainingArguments, build_train_dataset, resolve_checkpoint, setup_logging
 
 
@@ -27,16 +35,32 @@ class ModelArguments:
     """Teacher, student and SEED hyperparameters (defaults: the paper's)."""
 
     teacher_name_or_path: str = field(
-        metadata={"help": "seed_hf MoCo/SEED run folder, timm name (with --teacher_checkpoint) or hf-hub:org/name."}
+        metadata={
+            "help": "seed_hf MoCo/SEED run folder, timm name (with --teacher_checkpoint) or hf-hub:org/name."
+        }
     )
     teacher_checkpoint: str | None = field(
         default=None, metadata={"help": "Local teacher weights: safetensors, timm or MoCo v1/v2 checkpoint."}
     )
-    teacher_ssl_method: str | None = field(default=None, metadata={"help": "Provenance: moco_v2, swav, simclr, ..."})
-    student_architecture: str = field(default="resnet18", metadata={"help": "timm architecture of the student."})
-    student_model_args: str | None = field(default=None, metadata={"help": "JSON dict of extra timm.create_model args."})
-    projection_dim: int | None = field(default=None, metadata={"help": "Head output width (default: the teacher's)."})
-    head_hidden_dim: int | None = field(default=None, metadata={"help": "Head hidden width (default: pooled width)."})
+    teacher_ssl_method: str | None = field(
+        default=None, metadata={"help": "Provenance: moco_v2, swav, simclr, ..."}
+    )
+    student_architecture: str = field(
+        default="resnet18",
+        metadata={
+            "help": "timm architecture of the student; several comma-separated names distil all of them "
+            "from one teacher forward per step (saved to output_dir/students/<name>)."
+        },
+    )
+    student_model_args: str | None = field(
+        default=None, metadata={"help": "JSON dict of extra timm.create_model args."}
+    )
+    projection_dim: int | None = field(
+        default=None, metadata={"help": "Head output width (default: the teacher's)."}
+    )
+    head_hidden_dim: int | None = field(
+        default=None, metadata={"help": "Head hidden width (default: pooled width)."}
+    )
     queue_size: int = field(default=65536, metadata={"help": "K, queued teacher embeddings."})
     student_temperature: float = field(default=0.2, metadata={"help": "τ_S."})
     teacher_temperature: float = field(default=0.01, metadata={"help": "τ_T (official code: 1e-4)."})
@@ -56,26 +80,40 @@ def main(argv: list[str] | None = None) -> dict:
 
     _, image_size, in_chans, mean, std = data_args.resolved()
     teacher = load_teacher(model_args.teacher_name_or_path, model_args.teacher_checkpoint)
-    config = SeedConfig(
-        student_architecture=model_args.student_architecture,
-        student_model_args=json.loads(model_args.student_model_args) if model_args.student_model_args else None,
-        in_chans=in_chans,
-        image_size=image_size,
-        projection_dim=model_args.projection_dim or teacher.embed_dim,
-        head_hidden_dim=model_args.head_hidden_dim,
-        queue_size=model_args.queue_size,
-        student_temperature=model_args.student_temperature,
-        teacher_temperature=model_args.teacher_temperature,
-        loss_variant=model_args.loss_variant,
-        image_mean=mean,
-        image_std=std,
-        teacher_name_or_path=teacher.description,
-        teacher_ssl_method=model_args.teacher_ssl_method,
+    architectures = [a.strip() for a in model_args.student_architecture.split(",") if a.strip()]
+    configs = [
+        SeedConfig(
+            student_architecture=architecture,
+            student_model_args=json.loads(model_args.student_model_args)
+            if model_args.student_model_args
+            else None,
+            in_chans=in_chans,
+            image_size=image_size,
+            projection_dim=model_args.projection_dim or teacher.embed_dim,
+            head_hidden_dim=model_args.head_hidden_dim,
+            queue_size=model_args.queue_size,
+            student_temperature=model_args.student_temperature,
+            teacher_temperature=model_args.teacher_temperature,
+            loss_variant=model_args.loss_variant,
+            image_mean=mean,
+            image_std=std,
+            teacher_name_or_path=teacher.description,
+            teacher_ssl_method=model_args.teacher_ssl_method,
+        )
+        for architecture in architectures
+    ]
+    config = configs[0]
+    if len(configs) == 1:
+        model = SeedForDistillation(config)
+    else:
+        model = SeedStudentGroup(
+            {c.student_architecture.replace(".", "_"): SeedForDistillation(c) for c in configs}
+        )
+    train_dataset = build_train_dataset(
+        data_args, 1, in_chans, config.image_mean, config.image_std, training_args.seed
     )
-    model = SeedForDistillation(config)
-    train_dataset = build_train_dataset(data_args, 1, in_chans, config.image_mean, config.image_std, training_args.seed)
     logger.info(
-        f"SEED {config.student_architecture} <- {teacher.description}, lr {training_args.learning_rate:.4g}, "
+        f"SEED {', '.join(architectures)} <- {teacher.description}, lr {training_args.learning_rate:.4g}, "
         f"K {config.queue_size}, tau_S {config.student_temperature}, tau_T {config.teacher_temperature}"
     )
 
@@ -83,20 +121,30 @@ def main(argv: list[str] | None = None) -> dict:
     # backbone as a timm-format repo at the end instead of letting the Trainer push checkpoints
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = SeedTrainer(
-        model=model, teacher=teacher, args=training_args, train_dataset=train_dataset, data_collator=collate_batch
+        model=model,
+        teacher=teacher,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=collate_batch,
     )
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
+    if isinstance(model, SeedStudentGroup) and training_args.should_save:
+        for folder in model.save_students(f"{training_args.output_dir}/students"):
+            logger.info(f"Saved student to {folder}")
     if push_to_hub and training_args.should_save:
         from seed_hf.hub import export_student, push_student_to_hub
 
         if not training_args.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id org/name.")
-        folder = export_student(model, f"{training_args.output_dir}/export", repo_id=training_args.hub_model_id)
-        logger.info(push_student_to_hub(folder, training_args.hub_model_id, token=training_args.hub_token))
+        students = model.students.items() if isinstance(model, SeedStudentGroup) else [("", model)]
+        for name, student in students:
+            repo_id = training_args.hub_model_id + (f"-{name}" if name else "")
+            folder = export_student(student, f"{training_args.output_dir}/export/{name}", repo_id=repo_id)
+            logger.info(push_student_to_hub(folder, repo_id, token=training_args.hub_token))
     return result.metrics
 
 

@@ -16,9 +16,10 @@ from .distributed import all_gather_no_grad
 from .losses import SeedLoss, seed_logits, seed_loss
 from .modeling_seed import SeedForDistillation, SeedOutput, SeedPreTrainedModel
 from .moco import MocoConfig, MocoForPretraining, MocoOutput
+from .multi_student import SeedGroupOutput, SeedStudentGroup
 from .queue import EmbeddingQueue
 from .teachers import FrozenTeacher, load_teacher
-from .trainer import MocoTrainer, SeedTrainer, SeedTrainingArguments
+from .trainer import KnnMonitor, MocoTrainer, SeedTrainer, SeedTrainingArguments
 
 __version__ = "0.1.0"
 
@@ -39,9 +40,12 @@ __all__ = [
     "MocoConfig",
     "MocoForPretraining",
     "MocoOutput",
+    "SeedStudentGroup",
+    "SeedGroupOutput",
     "FrozenTeacher",
     "load_teacher",
     "SeedTrainer",
+    "KnnMonitor",
     "MocoTrainer",
     "SeedTrainingArguments",
     "ArrayImageDataset",

@@ -15,13 +15,17 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from .data import collate_batch
 from .distributed import all_gather_no_grad
+from .evaluation import knn_accuracy
 from .teachers import FrozenTeacher
 
 __all__ = [
+    "KnnMonitor",
     "SeedTrainingArguments",
     "QueueTrainer",
     "SeedTrainer",
@@ -74,6 +78,17 @@ class SeedTrainingArguments(TrainingArguments):
             self.learning_rate = scaled_learning_rate(self.base_learning_rate, total)
 
 
+@dataclass
+class KnnMonitor:
+    """Labelled datasets (items with ``pixel_values`` and ``labels``) for the online kNN monitor."""
+
+    train_dataset: Any
+    eval_dataset: Any
+    k: int = 200
+    temperature: float = 0.07
+    batch_size: int = 256
+
+
 def _unwrapped(trainer: Trainer, model: nn.Module | None = None) -> nn.Module:
     return trainer.accelerator.unwrap_model(model if model is not None else trainer.model)
 
@@ -83,9 +98,18 @@ class QueueTrainer(Trainer):
 
     ``compute_loss`` of a subclass stores the gathered keys in ``self._pending_keys``; they
     are enqueued after the backward pass of ``training_step``. Logs include ``queue_fill``.
+
+    Args:
+        knn_monitor (`KnnMonitor`, *optional*): labelled train / test datasets; ``evaluate()``
+            (e.g. ``eval_strategy="steps"``) then reports weighted-kNN top-1 of the backbone's
+            pooled features, computed on all ranks from ``gather_for_metrics`` (no rank-0-only
+            collectives, so DDP cannot deadlock).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, knn_monitor: KnnMonitor | None = None, **kwargs):
+        self.knn_monitor = knn_monitor
+        if knn_monitor is not None and kwargs.get("eval_dataset") is None:
+            kwargs["eval_dataset"] = knn_monitor.eval_dataset  # the Trainer requires one for eval_strategy
         super().__init__(*args, **kwargs)
         self._pending_keys: torch.Tensor | None = None
         self._validate_batch_size()
@@ -166,6 +190,43 @@ class QueueTrainer(Trainer):
                 f"per_device_train_batch_size × {max(1, self.args.world_size)} processes): raise queue_size."
             )
 
+    @torch.no_grad()
+    def _gathered_features(self, model: nn.Module, dataset) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        loader = self.accelerator.prepare(
+            DataLoader(dataset, batch_size=self.knn_monitor.batch_size, collate_fn=collate_batch, shuffle=False)
+        )
+        features: dict[str, list[torch.Tensor]] = {}
+        labels = []
+        for batch in loader:
+            out = model.get_features(self._to_memory_format(batch["pixel_values"]))
+            for name, value in (out if isinstance(out, dict) else {"": out}).items():
+                features.setdefault(name, []).append(self.accelerator.gather_for_metrics(value.float()).cpu())
+            labels.append(self.accelerator.gather_for_metrics(batch["labels"]).cpu())
+        return {k: torch.cat(v) for k, v in features.items()}, torch.cat(labels)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        if self.knn_monitor is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        model = _unwrapped(self)
+        was_training = model.training
+        model.eval()
+        try:
+            train_features, train_labels = self._gathered_features(model, self.knn_monitor.train_dataset)
+            test_features, test_labels = self._gathered_features(model, self.knn_monitor.eval_dataset)
+        finally:
+            model.train(was_training)
+        metrics = {}
+        for name in train_features:
+            accuracy = knn_accuracy(
+                train_features[name], train_labels, test_features[name], test_labels,
+                self.knn_monitor.k, self.knn_monitor.temperature,
+            )
+            suffix = f"_{name}" if name else ""
+            metrics[f"{metric_key_prefix}_knn_top1{suffix}"] = accuracy["top1"]
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """Atomic checkpoints: the Trainer writes ``checkpoint-N`` inside a staging folder, which
         is renamed into ``output_dir`` once every rank has finished writing. A run killed while
@@ -212,6 +273,8 @@ class QueueTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             logs["queue_fill"] = round(_unwrapped(self).queue.fill_fraction, 4)
+            for name, value in (getattr(self, "_student_losses", None) or {}).items():
+                logs[f"loss_{name}"] = value
         super().log(logs, start_time)
 
 
@@ -274,6 +337,8 @@ class SeedTrainer(QueueTrainer):
         outputs = model(pixel_values=pixel_values, teacher_embeds=teacher_embeds, batch_teacher_embeds=global_keys)
         if model.training:
             self._pending_keys = global_keys
+            if getattr(outputs, "losses", None):  # a SeedStudentGroup: log each student's loss
+                self._student_losses = {k: v.detach().item() for k, v in outputs.losses.items()}
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 

@@ -146,3 +146,41 @@ def test_validation_of_sizes_channels_and_precision(tmp_path):
     trainer = SeedTrainer(model=gray, teacher=tiny_teacher(), args=_args(tmp_path, max_steps=1),
                           train_dataset=TensorImages(16, channels=1), data_collator=collate_batch)
     trainer.train()
+
+
+def test_one_teacher_feeds_several_students(tmp_path):
+    from seed_hf import SeedStudentGroup
+
+    group = SeedStudentGroup({"resnet": tiny_student(), "effnet": tiny_student(student_architecture="test_efficientnet")})
+    teacher = tiny_teacher()
+    calls = []
+    teacher.register_forward_hook(lambda *args: calls.append(1))
+    trainer = SeedTrainer(model=group, teacher=teacher, args=_args(tmp_path, max_steps=3),
+                          train_dataset=TensorImages(64), data_collator=collate_batch)
+    calls.clear()
+    trainer.train()
+    assert len(calls) == 3  # one teacher forward per step for both students
+    queues = [s.queue for s in group.students.values()]
+    assert torch.equal(queues[0].embeddings, queues[1].embeddings) and int(queues[0].num_filled) == 24
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged[-1]["loss"] == pytest.approx(logged[-1]["loss_resnet"] + logged[-1]["loss_effnet"], rel=1e-4)
+    folders = group.save_students(tmp_path / "students")
+    loaded = SeedForDistillation.from_pretrained(folders[1])
+    assert loaded.config.student_architecture == "test_efficientnet"
+    assert torch.equal(loaded.queue.embeddings, queues[1].embeddings)
+    with pytest.raises(ValueError, match="projection_dim"):
+        SeedStudentGroup({"a": tiny_student(), "b": tiny_student(projection_dim=8)})
+
+
+def test_online_knn_monitor_through_evaluate(tmp_path):
+    from seed_hf import KnnMonitor
+
+    trainer = SeedTrainer(
+        model=tiny_student(), teacher=tiny_teacher(), args=_args(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2),
+        train_dataset=TensorImages(64), data_collator=collate_batch,
+        knn_monitor=KnnMonitor(TensorImages(32, seed=1), TensorImages(16, seed=2), k=5, batch_size=8),
+    )
+    trainer.train()
+    knn = [h["eval_knn_top1"] for h in trainer.state.log_history if "eval_knn_top1" in h]
+    assert len(knn) == 2 and all(0 <= v <= 100 for v in knn)
+    assert trainer.model.training

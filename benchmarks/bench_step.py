@@ -1,0 +1,208 @@
+#!/usr/bin/env python
+"""SEED training-step throughput: seed_hf's step against an official-style eager step.
+
+Both use the same timm models and the same loss math; they run alternated in one process,
+median of --repeats after --warmup. The official-style step follows jacobswan1/SEED:
+NCHW, teacher under ``no_grad`` with its BatchNorm layers, einsum logits against a cloned
+(dim, K) queue, plain autograd. Ours is ``SeedTrainer.training_step`` (channels_last, teacher
+BN folded and under ``inference_mode``, one GEMM for student and teacher logits).
+
+It also reports the overhead: our step ÷ (teacher inference alone + student train step
+alone), i.e. how close the step is to the cost of its two unavoidable parts.
+
+    python benchmarks/bench_step.py                      # CPU: ResNet-18 <- ResNet-50, 224 px, batch 32
+    python benchmarks/bench_step.py --device cuda --batch_size 256 --bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from seed_hf import SeedConfig, SeedForDistillation, SeedStudentGroup, SeedTrainer, SeedTrainingArguments, collate_batch
+from seed_hf.backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
+from seed_hf.teachers import FrozenTeacher
+
+
+def build_teacher(arch: str, dim: int) -> FrozenTeacher:
+    backbone = create_backbone(arch, 3, None, "teacher")
+    width = pooled_width(backbone)
+    return FrozenTeacher(backbone, ProjectionHead(width, width, dim), 3, arch)
+
+
+class OfficialStyleStep:
+    """The official SEED step: eager NCHW models, einsum logits, queue buffer (dim, K) cloned."""
+
+    def __init__(self, student_arch, teacher, queue_size, dim, lr, device, tau_s=0.2, tau_t=0.01):
+        self.student = create_backbone(student_arch).to(device).train()
+        width = pooled_width(self.student)
+        self.head = ProjectionHead(width, width, dim).to(device)
+        self.teacher = teacher
+        self.queue = F.normalize(torch.randn(dim, queue_size, device=device), dim=0)
+        self.ptr = 0
+        params = [*self.student.parameters(), *self.head.parameters()]
+        self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+        self.tau_s, self.tau_t = tau_s, tau_t
+
+    def __call__(self, x: torch.Tensor, autocast: bool) -> None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            with torch.no_grad():
+                t = F.normalize(self.teacher.head(pooled_features(self.teacher.backbone, x)), dim=1)
+            s = F.normalize(self.head(pooled_features(self.student, x)), dim=1)
+        s, t = s.float(), t.float()
+        queue = self.queue.clone().detach()
+        logit_s = torch.cat([torch.einsum("nc,nc->n", s, t)[:, None], torch.einsum("nc,ck->nk", s, queue)], dim=1)
+        logit_t = torch.cat([torch.einsum("nc,nc->n", t, t)[:, None], torch.einsum("nc,ck->nk", t, queue)], dim=1)
+        loss = -(F.softmax(logit_t / self.tau_t, dim=1) * F.log_softmax(logit_s / self.tau_s, dim=1)).sum(1).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        n, k = t.shape[0], self.queue.shape[1]
+        idx = (torch.arange(n, device=t.device) + self.ptr) % k
+        self.queue[:, idx] = t.T
+        self.ptr = (self.ptr + n) % k
+
+
+def build_ours(args, teacher: FrozenTeacher, output_dir: str, num_students: int = 1):
+    config = SeedConfig(student_architecture=args.student, queue_size=args.queue_size, projection_dim=args.dim,
+                        image_size=args.image_size)
+    model = SeedForDistillation(config)
+    if num_students > 1:
+        model = SeedStudentGroup({f"s{i}": SeedForDistillation(config) for i in range(num_students)})
+    training_args = SeedTrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=args.batch_size, use_cpu=args.device == "cpu",
+        channels_last=not args.no_channels_last, bf16=args.bf16, report_to="none", disable_tqdm=True, max_steps=1,
+    )
+    trainer = SeedTrainer(model=model, teacher=teacher, args=training_args, train_dataset=[], data_collator=collate_batch)
+    if args.compile and num_students == 1:
+        trainer.model.student = torch.compile(trainer.model.student)
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # set by train(); we call training_step directly
+    return trainer
+
+
+def timed(fn, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", default="resnet18")
+    parser.add_argument("--teacher", default="resnet50")
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--queue_size", type=int, default=65536)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU; slow on this CPU)")
+    parser.add_argument("--no_channels_last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the student")
+    parser.add_argument("--num_students", type=int, default=2, help="students fed by one teacher forward (0: skip)")
+    parser.add_argument("--output_json", default=None)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    device = args.device
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    baseline_teacher = build_teacher(args.teacher, args.dim).to(device)
+    baseline = OfficialStyleStep(args.student, baseline_teacher, args.queue_size, args.dim, 0.03, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = build_ours(args, build_teacher(args.teacher, args.dim), tmp)
+        model, teacher = ours.model, ours.teacher
+        x_ours = x.contiguous(memory_format=torch.channels_last) if not args.no_channels_last else x
+        batch = {"pixel_values": x_ours}
+
+        def our_step():
+            ours.training_step(model, batch)
+            ours.optimizer.step()
+            ours.optimizer.zero_grad()
+
+        def teacher_alone():
+            ours.teacher_embeddings(x_ours)
+
+        student_opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
+
+        def student_alone():  # forward + backward + SGD of the same student, no teacher, no loss logic
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
+                out = model.head(model.get_features(x_ours))
+            out.float().square().mean().backward()
+            student_opt.step()
+            student_opt.zero_grad()
+
+        runs = {
+            "official_style": lambda: baseline(x, args.bf16),
+            "seed_hf": our_step,
+            "teacher_inference": teacher_alone,
+            "student_train": student_alone,
+        }
+        if args.num_students > 1:
+            group = build_ours(args, build_teacher(args.teacher, args.dim), tmp, args.num_students)
+
+            def group_step():
+                group.training_step(group.model, batch)
+                group.optimizer.step()
+                group.optimizer.zero_grad()
+
+            runs[f"group_of_{args.num_students}"] = group_step
+        times = {name: [] for name in runs}
+        for i in range(args.warmup + args.repeats):
+            for name, fn in runs.items():  # alternated, so drifts hit all equally
+                elapsed = timed(fn, device)
+                if i >= args.warmup:
+                    times[name].append(elapsed)
+    median = {name: statistics.median(v) for name, v in times.items()}
+    result = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "config": f"{args.student} <- {args.teacher}, {args.image_size}px, batch {args.batch_size}, K {args.queue_size}"
+        + (", bf16" if args.bf16 else ", fp32"),
+        "img_per_s": {name: args.batch_size / t for name, t in median.items()},
+        "ratio_seed_hf_vs_official": median["official_style"] / median["seed_hf"],
+        "overhead": median["seed_hf"] / (median["teacher_inference"] + median["student_train"]),
+        "limit_img_per_s": args.batch_size / (median["teacher_inference"] + median["student_train"]),
+        "median_s": median,
+        **(
+            {
+                "multi_student": {
+                    "students": args.num_students,
+                    "one_teacher_s": median[f"group_of_{args.num_students}"],
+                    "separate_runs_s": args.num_students * median["seed_hf"],
+                    "time_saved": 1 - median[f"group_of_{args.num_students}"] / (args.num_students * median["seed_hf"]),
+                }
+            }
+            if args.num_students > 1
+            else {}
+        ),
+        "repeats": args.repeats,
+    }
+    print(json.dumps(result, indent=2))
+    print(
+        f"\nseed_hf {result['img_per_s']['seed_hf']:.1f} img/s vs official-style {result['img_per_s']['official_style']:.1f} img/s"
+        f" -> ratio {result['ratio_seed_hf_vs_official']:.2f}; overhead {result['overhead']:.3f}"
+        f" (limit {result['limit_img_per_s']:.1f} img/s)"
+    )
+    if args.num_students > 1:
+        m = result["multi_student"]
+        print(f"{m['students']} students, one teacher forward: {m['one_teacher_s']:.3f} s/step vs "
+              f"{m['separate_runs_s']:.3f} s for separate runs -> {100 * m['time_saved']:.1f}% time saved")
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
