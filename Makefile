@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup demo test test-all lint clean
+.PHONY: setup demo study test test-all lint clean
 
 setup: $(VENV)/.installed
 	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
@@ -43,6 +43,9 @@ demo: setup
 	$(PY) examples/run_eval.py --models $(DEMO_DIR)/teacher $(DEMO_DIR)/student pixels \
 	  --output_file $(DEMO_DIR)/eval_results.json
 	@echo "Student written to $(DEMO_DIR)/student"
+
+study: setup
+	$(PY) examples/run_fmnist_study.py --output_dir results/fmnist
 
 test: setup
 	$(PY) -m pytest -q -x tests

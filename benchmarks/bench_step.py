@@ -25,7 +25,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from seed_hf import SeedConfig, SeedForDistillation, SeedStudentGroup, SeedTrainer, SeedTrainingArguments, collate_batch
+from seed_hf import (
+    SeedConfig,
+    SeedForDistillation,
+    SeedStudentGroup,
+    SeedTrainer,
+    SeedTrainingArguments,
+    collate_batch,
+)
 from seed_hf.backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
 from seed_hf.teachers import FrozenTeacher
 
@@ -57,9 +64,17 @@ class OfficialStyleStep:
             s = F.normalize(self.head(pooled_features(self.student, x)), dim=1)
         s, t = s.float(), t.float()
         queue = self.queue.clone().detach()
-        logit_s = torch.cat([torch.einsum("nc,nc->n", s, t)[:, None], torch.einsum("nc,ck->nk", s, queue)], dim=1)
-        logit_t = torch.cat([torch.einsum("nc,nc->n", t, t)[:, None], torch.einsum("nc,ck->nk", t, queue)], dim=1)
-        loss = -(F.softmax(logit_t / self.tau_t, dim=1) * F.log_softmax(logit_s / self.tau_s, dim=1)).sum(1).mean()
+        logit_s = torch.cat(
+            [torch.einsum("nc,nc->n", s, t)[:, None], torch.einsum("nc,ck->nk", s, queue)], dim=1
+        )
+        logit_t = torch.cat(
+            [torch.einsum("nc,nc->n", t, t)[:, None], torch.einsum("nc,ck->nk", t, queue)], dim=1
+        )
+        loss = (
+            -(F.softmax(logit_t / self.tau_t, dim=1) * F.log_softmax(logit_s / self.tau_s, dim=1))
+            .sum(1)
+            .mean()
+        )
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -70,16 +85,28 @@ class OfficialStyleStep:
 
 
 def build_ours(args, teacher: FrozenTeacher, output_dir: str, num_students: int = 1):
-    config = SeedConfig(student_architecture=args.student, queue_size=args.queue_size, projection_dim=args.dim,
-                        image_size=args.image_size)
+    config = SeedConfig(
+        student_architecture=args.student,
+        queue_size=args.queue_size,
+        projection_dim=args.dim,
+        image_size=args.image_size,
+    )
     model = SeedForDistillation(config)
     if num_students > 1:
         model = SeedStudentGroup({f"s{i}": SeedForDistillation(config) for i in range(num_students)})
     training_args = SeedTrainingArguments(
-        output_dir=output_dir, per_device_train_batch_size=args.batch_size, use_cpu=args.device == "cpu",
-        channels_last=not args.no_channels_last, bf16=args.bf16, report_to="none", disable_tqdm=True, max_steps=1,
+        output_dir=output_dir,
+        per_device_train_batch_size=args.batch_size,
+        use_cpu=args.device == "cpu",
+        channels_last=not args.no_channels_last,
+        bf16=args.bf16,
+        report_to="none",
+        disable_tqdm=True,
+        max_steps=1,
     )
-    trainer = SeedTrainer(model=model, teacher=teacher, args=training_args, train_dataset=[], data_collator=collate_batch)
+    trainer = SeedTrainer(
+        model=model, teacher=teacher, args=training_args, train_dataset=[], data_collator=collate_batch
+    )
     if args.compile and num_students == 1:
         trainer.model.student = torch.compile(trainer.model.student)
     trainer.create_optimizer()
@@ -98,7 +125,9 @@ def timed(fn, device: str) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--student", default="resnet18")
     parser.add_argument("--teacher", default="resnet50")
     parser.add_argument("--image_size", type=int, default=224)
@@ -111,7 +140,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU; slow on this CPU)")
     parser.add_argument("--no_channels_last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student")
-    parser.add_argument("--num_students", type=int, default=2, help="students fed by one teacher forward (0: skip)")
+    parser.add_argument(
+        "--num_students", type=int, default=2, help="students fed by one teacher forward (0: skip)"
+    )
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
 
@@ -166,7 +197,9 @@ def main(argv=None) -> dict:
                     times[name].append(elapsed)
     median = {name: statistics.median(v) for name, v in times.items()}
     result = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
         "config": f"{args.student} <- {args.teacher}, {args.image_size}px, batch {args.batch_size}, K {args.queue_size}"
         + (", bf16" if args.bf16 else ", fp32"),
         "img_per_s": {name: args.batch_size / t for name, t in median.items()},
@@ -180,7 +213,8 @@ def main(argv=None) -> dict:
                     "students": args.num_students,
                     "one_teacher_s": median[f"group_of_{args.num_students}"],
                     "separate_runs_s": args.num_students * median["seed_hf"],
-                    "time_saved": 1 - median[f"group_of_{args.num_students}"] / (args.num_students * median["seed_hf"]),
+                    "time_saved": 1
+                    - median[f"group_of_{args.num_students}"] / (args.num_students * median["seed_hf"]),
                 }
             }
             if args.num_students > 1
@@ -196,8 +230,10 @@ def main(argv=None) -> dict:
     )
     if args.num_students > 1:
         m = result["multi_student"]
-        print(f"{m['students']} students, one teacher forward: {m['one_teacher_s']:.3f} s/step vs "
-              f"{m['separate_runs_s']:.3f} s for separate runs -> {100 * m['time_saved']:.1f}% time saved")
+        print(
+            f"{m['students']} students, one teacher forward: {m['one_teacher_s']:.3f} s/step vs "
+            f"{m['separate_runs_s']:.3f} s for separate runs -> {100 * m['time_saved']:.1f}% time saved"
+        )
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump(result, f, indent=2)

@@ -27,9 +27,15 @@ class EvalArguments:
     knn_temperature: float = field(default=0.07, metadata={"help": "τ of the kNN vote weights."})
     linear_probe: bool = field(default=False, metadata={"help": "Also train a linear probe."})
     probe_epochs: int = field(default=30, metadata={"help": "Linear probe epochs."})
-    label_fraction: float = field(default=1.0, metadata={"help": "Fraction of train labels (0.01, 0.1, 1.0)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N train images (debugging)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N test images (debugging)."})
+    label_fraction: float = field(
+        default=1.0, metadata={"help": "Fraction of train labels (0.01, 0.1, 1.0)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use the first N train images (debugging)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use the first N test images (debugging)."}
+    )
     batch_size: int = field(default=512, metadata={"help": "Feature extraction batch size."})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "Device."})
     output_file: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
@@ -45,7 +51,12 @@ def evaluate_model(name: str, args: EvalArguments, splits) -> dict:
     for split, (images, labels) in splits.items():
         dataset = ArrayImageDataset(images, labels, lambda image: image)
         feats[split] = extract_features(
-            spec.module, dataset, args.batch_size, args.device, desc=f"{Path(name).name}/{split}", batch_transform=transform
+            spec.module,
+            dataset,
+            args.batch_size,
+            args.device,
+            desc=f"{Path(name).name}/{split}",
+            batch_transform=transform,
         )
     (x_train, y_train), (x_test, y_test) = feats["train"], feats["test"]
     if args.label_fraction < 1.0:
@@ -53,17 +64,28 @@ def evaluate_model(name: str, args: EvalArguments, splits) -> dict:
         x_train, y_train = x_train[keep], y_train[keep]
     result = {"model": name, "num_parameters": spec.num_parameters, "feature_dim": x_train.shape[1]}
     knn = knn_accuracy(x_train, y_train, x_test, y_test, args.knn_k, args.knn_temperature)
-    result.update({"knn_top1": knn["top1"], "knn_top5": knn["top5"], "knn_k": args.knn_k, "knn_temperature": args.knn_temperature})
+    result.update(
+        {
+            "knn_top1": knn["top1"],
+            "knn_top5": knn["top5"],
+            "knn_k": args.knn_k,
+            "knn_temperature": args.knn_temperature,
+        }
+    )
     if args.linear_probe:
         probe = linear_probe(x_train, y_train, x_test, y_test, epochs=args.probe_epochs)
-        result.update({"linear_top1": probe["top1"], "linear_top5": probe["top5"], "probe_epochs": args.probe_epochs})
+        result.update(
+            {"linear_top1": probe["top1"], "linear_top5": probe["top5"], "probe_epochs": args.probe_epochs}
+        )
     result["label_fraction"] = args.label_fraction
     result["dataset"] = "fashion_mnist"
     return result
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(
+        sys.argv[1:] if argv is None else argv
+    )
     splits = {s: load_fashion_mnist(s, args.fashion_mnist_dir) for s in ("train", "test")}
     for split, limit in (("train", args.max_train_samples), ("test", args.max_eval_samples)):
         if limit:

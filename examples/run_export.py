@@ -22,10 +22,16 @@ from seed_hf.hub import export_student, push_student_to_hub, upload_plan
 class ExportArguments:
     student_dir: str = field(metadata={"help": "SeedForDistillation run folder or checkpoint."})
     output_dir: str = field(metadata={"help": "Where to write the timm-format folder."})
-    eval_results: str | None = field(default=None, metadata={"help": "run_eval.py JSON; its student row goes into the card."})
+    eval_results: str | None = field(
+        default=None, metadata={"help": "run_eval.py JSON; its student row goes into the card."}
+    )
     hub_model_id: str | None = field(default=None, metadata={"help": "org/name on the Hub."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Upload the folder with HfApi().upload_folder."})
-    hub_token: str | None = field(default=None, metadata={"help": "Token (default: the logged-in one / HF_TOKEN)."})
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "Upload the folder with HfApi().upload_folder."}
+    )
+    hub_token: str | None = field(
+        default=None, metadata={"help": "Token (default: the logged-in one / HF_TOKEN)."}
+    )
     hub_private_repo: bool = field(default=False, metadata={"help": "Create a private repo."})
 
 
@@ -44,15 +50,20 @@ def training_summary(student_dir: str) -> dict:
     summary = {}
     if state_file.is_file():
         state = json.loads(state_file.read_text())
-        summary.update(steps=state.get("global_step"), epochs=round(state.get("epoch", 0), 2),
-                       batch_size=state.get("train_batch_size"))
+        summary.update(
+            steps=state.get("global_step"),
+            epochs=round(state.get("epoch", 0), 2),
+            batch_size=state.get("train_batch_size"),
+        )
     if args_file.is_file():
         summary["train_loss"] = json.loads(args_file.read_text()).get("train_loss")
     return summary
 
 
 def main(argv: list[str] | None = None) -> Path:
-    (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(
+        sys.argv[1:] if argv is None else argv
+    )
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id org/name.")
     folder = export_student(
@@ -64,7 +75,11 @@ def main(argv: list[str] | None = None) -> Path:
     )
     print(f"Exported {upload_plan(folder)} to {folder}")
     if args.push_to_hub:
-        print(push_student_to_hub(folder, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo))
+        print(
+            push_student_to_hub(
+                folder, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo
+            )
+        )
     return folder
 
 

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser, set_seed
 
 from seed_hf import MocoConfig, MocoForPretraining, MocoTrainer, SeedTrainingArguments, collate_batch
-from seed_hf.arguments import DataTrainingArguments, build_train_dataset, resolve_checkpoint, setup_logging
+from seed_hf.arguments import (
+    DataTrainingArguments,
+    build_knn_monitor,
+    build_train_dataset,
+    resolve_checkpoint,
+    setup_logging,
+)
 
 
 @dataclass
@@ -26,13 +32,17 @@ class ModelArguments:
     """The MoCo-v2 encoder and its hyperparameters (None: MocoConfig's default)."""
 
     architecture: str = field(default="resnet50", metadata={"help": "timm architecture of the encoder."})
-    model_args: str | None = field(default=None, metadata={"help": "JSON dict of extra timm.create_model args."})
+    model_args: str | None = field(
+        default=None, metadata={"help": "JSON dict of extra timm.create_model args."}
+    )
     projection_dim: int = field(default=128, metadata={"help": "Embedding width."})
     head_hidden_dim: int | None = field(default=None, metadata={"help": "Hidden width of the MLP head."})
     queue_size: int = field(default=65536, metadata={"help": "Number of negative keys K."})
     temperature: float = field(default=0.2, metadata={"help": "InfoNCE temperature."})
     momentum: float = field(default=0.999, metadata={"help": "Key encoder momentum."})
-    key_bn_splits: int = field(default=1, metadata={"help": "Shuffle-BN sub-batches of the key encoder per process."})
+    key_bn_splits: int = field(
+        default=1, metadata={"help": "Shuffle-BN sub-batches of the key encoder per process."}
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,10 +72,29 @@ def main(argv: list[str] | None = None) -> dict:
         image_std=std,
     )
     model = MocoForPretraining(config)
-    train_dataset = build_train_dataset(data_args, 2, in_chans, config.image_mean, config.image_std, training_args.seed)
-    logger.info(f"MoCo-v2 {config.architecture}, lr {training_args.learning_rate:.4g}, dataset {type(train_dataset).__name__}")
+    train_dataset = build_train_dataset(
+        data_args,
+        2,
+        in_chans,
+        config.image_mean,
+        config.image_std,
+        training_args.seed,
+        training_args.world_size,
+        training_args.dataloader_num_workers,
+    )
+    if data_args.streaming:  # the unsplit stream: accelerate shards it (splitting it here too drops data)
+        training_args.accelerator_config.dispatch_batches = False
+    logger.info(
+        f"MoCo-v2 {config.architecture}, lr {training_args.learning_rate:.4g}, dataset {type(train_dataset).__name__}"
+    )
 
-    trainer = MocoTrainer(model=model, args=training_args, train_dataset=train_dataset, data_collator=collate_batch)
+    trainer = MocoTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=collate_batch,
+        knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, image_size),
+    )
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)

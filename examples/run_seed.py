@@ -27,7 +27,13 @@ from seed_hf import (
     collate_batch,
     load_teacher,
 )
-from seed_hf.arguments import DataTrainingArguments, build_train_dataset, resolve_checkpoint, setup_logging
+from seed_hf.arguments import (
+    DataTrainingArguments,
+    build_knn_monitor,
+    build_train_dataset,
+    resolve_checkpoint,
+    setup_logging,
+)
 
 
 @dataclass
@@ -110,8 +116,17 @@ def main(argv: list[str] | None = None) -> dict:
             {c.student_architecture.replace(".", "_"): SeedForDistillation(c) for c in configs}
         )
     train_dataset = build_train_dataset(
-        data_args, 1, in_chans, config.image_mean, config.image_std, training_args.seed
+        data_args,
+        1,
+        in_chans,
+        config.image_mean,
+        config.image_std,
+        training_args.seed,
+        training_args.world_size,
+        training_args.dataloader_num_workers,
     )
+    if data_args.streaming:  # the unsplit stream: accelerate shards it (splitting it here too drops data)
+        training_args.accelerator_config.dispatch_batches = False
     logger.info(
         f"SEED {', '.join(architectures)} <- {teacher.description}, lr {training_args.learning_rate:.4g}, "
         f"K {config.queue_size}, tau_S {config.student_temperature}, tau_T {config.teacher_temperature}"
@@ -126,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         args=training_args,
         train_dataset=train_dataset,
         data_collator=collate_batch,
+        knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, image_size),
     )
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
     trainer.save_model()

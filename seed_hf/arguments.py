@@ -24,7 +24,13 @@ from .data import (
     load_image_dataset,
 )
 
-__all__ = ["DataTrainingArguments", "build_train_dataset", "setup_logging", "resolve_checkpoint"]
+__all__ = [
+    "DataTrainingArguments",
+    "build_train_dataset",
+    "build_knn_monitor",
+    "setup_logging",
+    "resolve_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,26 +41,47 @@ class DataTrainingArguments:
     Fashion-MNIST train split of the Debian package `dataset-fashion-mnist` is used."""
 
     dataset_name: str | None = field(
-        default=None, metadata={"help": "A datasets hub id (e.g. timm/imagenet-1k-wds) or a local dataset script."}
+        default=None,
+        metadata={"help": "A datasets hub id (e.g. timm/imagenet-1k-wds) or a local dataset script."},
     )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset configuration name."})
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The dataset configuration name."}
+    )
     train_dir: str | None = field(default=None, metadata={"help": "A local imagefolder."})
-    train_files: list[str] | None = field(default=None, metadata={"help": "Parquet or webdataset .tar files."})
+    train_files: list[str] | None = field(
+        default=None, metadata={"help": "Parquet or webdataset .tar files."}
+    )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     image_column: str | None = field(
         default=None, metadata={"help": "Image column (auto-detected among image/img/jpg/png/webp)."}
     )
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it."})
-    shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Shuffle buffer of a streamed dataset."})
+    shuffle_buffer_size: int = field(
+        default=10_000, metadata={"help": "Shuffle buffer of a streamed dataset."}
+    )
     fashion_mnist_dir: str | None = field(
-        default=None, metadata={"help": "Fashion-MNIST idx folder (default /usr/share/datasets/fashion-mnist)."}
+        default=None,
+        metadata={"help": "Fashion-MNIST idx folder (default /usr/share/datasets/fashion-mnist)."},
     )
     augmentation: str | None = field(
         default=None,
-        metadata={"help": f"Augmentation preset, one of {AUGMENTATION_PRESETS} (default: moco_v2, grayscale_small for Fashion-MNIST)."},
+        metadata={
+            "help": f"Augmentation preset, one of {AUGMENTATION_PRESETS} (default: moco_v2, grayscale_small for Fashion-MNIST)."
+        },
     )
-    image_size: int | None = field(default=None, metadata={"help": "Training resolution (default 224, 32 for Fashion-MNIST)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Training resolution (default 224, 32 for Fashion-MNIST)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the training set (debugging)."}
+    )
+    knn_monitor_samples: int = field(
+        default=0,
+        metadata={
+            "help": "Online kNN monitor on N Fashion-MNIST train / N//5 test images at each evaluation "
+            "(use with --eval_strategy steps --eval_steps M); 0 disables it."
+        },
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
 
     def __post_init__(self):
@@ -62,7 +89,9 @@ class DataTrainingArguments:
         if len(sources) > 1:
             raise ValueError("Pass at most one of --dataset_name, --train_dir, --train_files.")
         if self.augmentation is not None and self.augmentation not in AUGMENTATION_PRESETS:
-            raise ValueError(f"--augmentation must be one of {AUGMENTATION_PRESETS}, got {self.augmentation!r}.")
+            raise ValueError(
+                f"--augmentation must be one of {AUGMENTATION_PRESETS}, got {self.augmentation!r}."
+            )
 
     @property
     def uses_fashion_mnist(self) -> bool:
@@ -71,11 +100,40 @@ class DataTrainingArguments:
     def resolved(self) -> tuple[str, int, int, list[float] | None, list[float] | None]:
         """(augmentation, image_size, in_chans, mean, std); mean/std None means model default."""
         if self.uses_fashion_mnist:
-            return self.augmentation or "grayscale_small", self.image_size or 32, 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+            return (
+                self.augmentation or "grayscale_small",
+                self.image_size or 32,
+                1,
+                FASHION_MNIST_MEAN,
+                FASHION_MNIST_STD,
+            )
         return self.augmentation or "moco_v2", self.image_size or 224, 3, None, None
 
 
-def build_train_dataset(data_args: DataTrainingArguments, num_views: int, in_chans: int, mean, std, seed: int = 42):
+def warn_on_uneven_shards(num_shards: int, world_size: int, num_workers: int) -> bool:
+    """Streams are split by shard: with fewer shards than, or a count not divisible by, world_size ×
+    workers, some readers get more data than others (or none). Returns True when it warned."""
+    readers = max(1, world_size) * max(1, num_workers)
+    if num_shards % readers == 0:
+        return False
+    logger.warning(
+        f"The stream has {num_shards} shard(s) for {readers} readers (world_size × dataloader workers): readers get "
+        "uneven data. Use a shard count that is a multiple of world_size × dataloader_num_workers "
+        "(e.g. re-shard the parquet/webdataset files) for balanced, fast streaming."
+    )
+    return True
+
+
+def build_train_dataset(
+    data_args: DataTrainingArguments,
+    num_views: int,
+    in_chans: int,
+    mean,
+    std,
+    seed: int = 42,
+    world_size: int = 1,
+    num_workers: int = 0,
+):
     """Training dataset yielding ``pixel_values`` (and ``pixel_values_k`` for 2 views)."""
     preset, image_size, _, _, _ = data_args.resolved()
     transform = MultiViewTransform(build_ssl_transform(preset, image_size, mean, std), num_views)
@@ -94,12 +152,16 @@ def build_train_dataset(data_args: DataTrainingArguments, num_views: int, in_cha
         data_args.cache_dir,
     )
     image_column = detect_image_column(dataset.column_names or [], data_args.image_column)
-    apply = hf_transform(transform, image_column, in_chans)
+    # decode ourselves, so that a corrupt image is skipped and counted instead of killing the run
+    dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     if data_args.streaming:
+        warn_on_uneven_shards(dataset.num_shards, world_size, num_workers)
         dataset = dataset.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
         if data_args.max_train_samples:
             dataset = dataset.take(data_args.max_train_samples)
+        apply = hf_transform(transform, image_column, in_chans, drop_bad_rows=True)
         return dataset.map(apply, batched=True, batch_size=16, remove_columns=dataset.column_names)
+    apply = hf_transform(transform, image_column, in_chans)
     if data_args.max_train_samples:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
     dataset.set_transform(apply)
@@ -144,3 +206,23 @@ def resolve_checkpoint(training_args) -> str | None:
             logger.info(f"Checkpoint detected, resuming training at {last}.")
         return last
     return None
+
+
+def build_knn_monitor(data_args: DataTrainingArguments, mean, std, image_size: int):
+    """The online kNN monitor datasets (Fashion-MNIST), or None when disabled."""
+    if not data_args.knn_monitor_samples:
+        return None
+    if not data_args.uses_fashion_mnist:
+        raise ValueError(
+            "--knn_monitor_samples currently monitors on Fashion-MNIST; omit it for other datasets."
+        )
+    from .data import build_eval_transform
+    from .trainer import KnnMonitor
+
+    transform = build_eval_transform(image_size, mean, std, crop_pct=1.0)
+    n = data_args.knn_monitor_samples
+    splits = {}
+    for split, count in (("train", n), ("test", max(1, n // 5))):
+        images, labels = load_fashion_mnist(split, data_args.fashion_mnist_dir)
+        splits[split] = ArrayImageDataset(images[:count], labels[:count], transform, seed=None)
+    return KnnMonitor(splits["train"], splits["test"])

@@ -32,7 +32,9 @@ def create_backbone(
                 f"{argument_name}={architecture!r} is not a timm architecture (timm {timm.__version__})."
                 + (f" Close names: {close}." if close else " See timm.list_models().")
             )
-    return timm.create_model(architecture, pretrained=pretrained, num_classes=0, in_chans=in_chans, **model_args)
+    return timm.create_model(
+        architecture, pretrained=pretrained, num_classes=0, in_chans=in_chans, **model_args
+    )
 
 
 def pooled_width(backbone: nn.Module) -> int:

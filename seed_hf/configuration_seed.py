@@ -87,10 +87,18 @@ class SeedConfig(PretrainedConfig):
         teacher_ssl_method: str | None = None,
         **kwargs,
     ):
-        for name, value in (("student_temperature", student_temperature), ("teacher_temperature", teacher_temperature)):
+        for name, value in (
+            ("student_temperature", student_temperature),
+            ("teacher_temperature", teacher_temperature),
+        ):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}.")
-        for name, value in (("queue_size", queue_size), ("projection_dim", projection_dim), ("in_chans", in_chans), ("image_size", image_size)):
+        for name, value in (
+            ("queue_size", queue_size),
+            ("projection_dim", projection_dim),
+            ("in_chans", in_chans),
+            ("image_size", image_size),
+        ):
             if not (isinstance(value, int) and value > 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if head_hidden_dim is not None and head_hidden_dim <= 0:

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import gzip
+import io
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +38,8 @@ __all__ = [
     "detect_image_column",
 ]
 
+logger = logging.getLogger(__name__)
+
 FASHION_MNIST_DIR = os.environ.get("SEED_HF_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -57,7 +61,9 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
 
 
-def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(
+    split: str = "train", root: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns ``(images (n, 28, 28) uint8, labels (n,) int64)`` of a Fashion-MNIST split."""
     if split not in FASHION_MNIST_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
@@ -72,6 +78,52 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
             )
     pick = lambda f: f if f.is_file() else f.with_suffix("")  # noqa: E731
     return _read_idx(pick(image_file)), _read_idx(pick(label_file)).astype(np.int64)
+
+
+class DecodeStats:
+    """Counts images that could not be decoded (per process / dataloader worker) and logs them."""
+
+    def __init__(self, log_every: int = 100):
+        self.seen = 0
+        self.skipped = 0
+        self.log_every = log_every
+
+    def record(self, ok: bool, reason: str = "") -> None:
+        self.seen += 1
+        if not ok:
+            self.skipped += 1
+            if self.skipped == 1 or self.skipped % self.log_every == 0:
+                logger.warning(
+                    f"skipped {self.skipped} undecodable image(s) of {self.seen} seen so far ({reason})"
+                )
+
+
+DECODE_STATS = DecodeStats()
+
+
+def decode_image(value: Any, in_chans: int, stats: DecodeStats | None = DECODE_STATS) -> Image.Image | None:
+    """Decodes a datasets image cell (PIL image, bytes, or ``{"bytes", "path"}``) to ``in_chans``
+    channels; returns None (counted in ``stats``) for corrupt or truncated data."""
+    try:
+        if isinstance(value, dict):
+            value = value.get("bytes") or value.get("path")
+        if isinstance(value, (bytes, bytearray)):
+            image = Image.open(io.BytesIO(value))
+        elif isinstance(value, (str, os.PathLike)):
+            image = Image.open(value)
+        elif isinstance(value, Image.Image):
+            image = value
+        else:
+            raise TypeError(f"unsupported image cell {type(value).__name__}")
+        image.load()  # forces a full decode: truncated files fail here, not later in a transform
+        image = convert_image(image, in_chans)
+    except Exception as error:  # PIL raises many types for bad data
+        if stats is not None:
+            stats.record(False, f"{type(error).__name__}: {error}"[:120])
+        return None
+    if stats is not None:
+        stats.record(True)
+    return image
 
 
 def convert_image(image: Any, in_chans: int) -> Any:
@@ -107,13 +159,20 @@ def build_ssl_transform(
     if preset not in AUGMENTATION_PRESETS:
         raise ValueError(f"augmentation preset must be one of {AUGMENTATION_PRESETS}, got {preset!r}.")
     default_scale = {"moco_v2": (0.2, 1.0), "moco_v1": (0.2, 1.0), "simclr": (0.08, 1.0), "swav": (0.14, 1.0)}
-    crop = v2.RandomResizedCrop(image_size, scale=scale or default_scale.get(preset, (0.3, 1.0)), antialias=True)
+    crop = v2.RandomResizedCrop(
+        image_size, scale=scale or default_scale.get(preset, (0.3, 1.0)), antialias=True
+    )
     blur = v2.RandomApply([v2.GaussianBlur(_blur_kernel(image_size), sigma=(0.1, 2.0))], p=0.5)
     ops: list[Callable] = [v2.ToImage()]
     if preset == "none":
         ops += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
     elif preset == "moco_v2":
-        ops += [crop, v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(0.2), blur]
+        ops += [
+            crop,
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(0.2),
+            blur,
+        ]
         ops += [v2.RandomHorizontalFlip()]
     elif preset == "moco_v1":
         ops += [crop, v2.RandomGrayscale(0.2), v2.ColorJitter(0.4, 0.4, 0.4, 0.4), v2.RandomHorizontalFlip()]
@@ -176,7 +235,9 @@ class ArrayImageDataset(Dataset):
     run sees exactly the augmentations of an uninterrupted one, and 2 processes see those of 1.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None, transform: Callable, seed: int | None = 0):
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray | None, transform: Callable, seed: int | None = 0
+    ):
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         if self.images.ndim == 3:
             self.images = self.images.unsqueeze(1)  # n x 1 x h x w
@@ -208,7 +269,13 @@ class ArrayImageDataset(Dataset):
 
 
 def collate_batch(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stacks the tensor fields of a list of examples (views, labels, ids)."""
+    """Stacks the tensor fields of a list of examples (views, labels, ids); examples whose
+    image could not be decoded (no ``pixel_values``) are dropped."""
+    examples = [e for e in examples if e.get("pixel_values") is not None]
+    if not examples:
+        raise ValueError(
+            "Every image of this batch failed to decode; check the data (see the skipped-image log)."
+        )
     batch = {}
     for key in examples[0]:
         values = [example[key] for example in examples]
@@ -247,15 +314,21 @@ def load_image_dataset(
     from datasets import load_dataset
 
     if dataset_name is not None:
-        return load_dataset(dataset_name, dataset_config_name, split=split, streaming=streaming, cache_dir=cache_dir)
+        return load_dataset(
+            dataset_name, dataset_config_name, split=split, streaming=streaming, cache_dir=cache_dir
+        )
     if train_dir is not None:
         if not Path(train_dir).is_dir():
             raise FileNotFoundError(f"--train_dir {train_dir!r} is not a folder.")
-        return load_dataset("imagefolder", data_dir=train_dir, split=split, streaming=streaming, cache_dir=cache_dir)
+        return load_dataset(
+            "imagefolder", data_dir=train_dir, split=split, streaming=streaming, cache_dir=cache_dir
+        )
     if train_files:
         files = list(train_files)
         builder = "webdataset" if all(str(f).endswith(".tar") for f in files) else "parquet"
-        return load_dataset(builder, data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir)
+        return load_dataset(
+            builder, data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir
+        )
     raise ValueError("Pass one of dataset_name, train_dir or train_files.")
 
 
@@ -264,19 +337,30 @@ def hf_transform(
     image_column: str,
     in_chans: int,
     label_column: str | None = None,
+    drop_bad_rows: bool = False,
+    extra_columns: Sequence[str] = ("id",),
 ) -> Callable[[dict[str, list]], dict[str, list]]:
-    """Batched ``set_transform``/``map`` function: image column → view tensors (+ labels)."""
+    """Batched ``set_transform``/``map`` function: image column → view tensors (+ labels, ids)."""
 
     def apply(examples: dict[str, list]) -> dict[str, list]:
+        """Undecodable rows are dropped (streaming ``map``) or left with ``pixel_values=None``
+        (map-style ``set_transform``, which must keep the row count; ``collate_batch`` drops them)."""
         out: dict[str, list] = {}
-        for image in examples[image_column]:
-            views = transform(convert_image(image, in_chans))
+        keep_rows = not drop_bad_rows
+        for row, cell in enumerate(examples[image_column]):
+            image = decode_image(cell, in_chans)
+            if image is None and not keep_rows:
+                continue
+            views = {} if image is None else transform(image)
             if not isinstance(views, dict):
                 views = {"pixel_values": views}
-            for key, value in views.items():
-                out.setdefault(key, []).append(value)
-        if label_column is not None and label_column in examples:
-            out["labels"] = list(examples[label_column])
+            for key in views or {"pixel_values": None}:
+                out.setdefault(key, []).append(views.get(key))
+            for column in extra_columns:
+                if column in examples:
+                    out.setdefault(column, []).append(examples[column][row])
+            if label_column is not None and label_column in examples:
+                out.setdefault("labels", []).append(examples[label_column][row])
         return out
 
     return apply

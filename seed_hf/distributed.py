@@ -29,13 +29,22 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenates ``tensor`` from every rank along dim 0, in rank order.
 
     No gradient flows through the result (as MoCo's ``concat_all_gather``): it is used for
-    teacher keys, which never need one. All ranks must pass tensors of the same shape.
+    teacher keys, which never need one. Ranks may hold different batch sizes (a skipped
+    corrupt image, a last partial batch): rows are padded for the collective and trimmed.
 
-    Shape: ``(batch_size, ...)`` -> ``(world_size * batch_size, ...)``.
+    Shape: ``(batch_size_r, ...)`` on rank r -> ``(Σ_r batch_size_r, ...)``.
     """
     if not is_distributed() or world_size() == 1:
         return tensor.detach()
     tensor = tensor.detach().contiguous()
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.empty_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    longest = max(sizes)
+    if longest != tensor.shape[0]:
+        padding = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+        tensor = torch.cat([tensor, padding])
     gathered = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(gathered, tensor)
-    return torch.cat(gathered, dim=0)
+    return torch.cat([g[:n] for g, n in zip(gathered, sizes)], dim=0)

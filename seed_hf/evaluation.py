@@ -84,11 +84,24 @@ def load_encoder(name_or_path: str) -> EncoderSpec:
         backbone = timm.create_model(f"local-dir:{path}", pretrained=True, num_classes=0)
         cfg = config.get("pretrained_cfg", {})
         in_chans, size = cfg.get("input_size", (3, 224, 224))[0], cfg.get("input_size", (3, 224, 224))[-1]
-        spec = EncoderSpec(str(path), _PooledBackbone(backbone).eval(), in_chans, size, list(cfg.get("mean")), list(cfg.get("std")))
+        spec = EncoderSpec(
+            str(path),
+            _PooledBackbone(backbone).eval(),
+            in_chans,
+            size,
+            list(cfg.get("mean")),
+            list(cfg.get("std")),
+        )
         spec.num_parameters = _count(backbone)
         return spec
     return EncoderSpec(
-        str(path), _PooledBackbone(backbone).eval(), c.in_chans, c.image_size, list(c.image_mean), list(c.image_std), _count(backbone)
+        str(path),
+        _PooledBackbone(backbone).eval(),
+        c.in_chans,
+        c.image_size,
+        list(c.image_mean),
+        list(c.image_std),
+        _count(backbone),
     )
 
 
@@ -156,7 +169,9 @@ def weighted_knn_predict(
     return torch.cat(scores)
 
 
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, topk: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+def topk_accuracy(
+    scores: torch.Tensor, labels: torch.Tensor, topk: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
     """Top-k accuracies in percent from class scores ``(n, classes)``."""
     out = {}
     for k in topk:

@@ -31,7 +31,9 @@ def _load_student(model_or_dir: SeedForDistillation | str | os.PathLike) -> Seed
         return model_or_dir
     path = Path(model_or_dir)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{str(path)!r} is not a SeedForDistillation folder or checkpoint (no config.json).")
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a SeedForDistillation folder or checkpoint (no config.json)."
+        )
     return SeedForDistillation.from_pretrained(path)
 
 
@@ -144,8 +146,11 @@ def render_model_card(config, results: list[dict], training: dict[str, Any], rep
         if "knn_top1" in r:
             eval_results.append(
                 EvalResult(
-                    task_type="image-classification", dataset_type=name, dataset_name=name,
-                    metric_type="accuracy", metric_value=round(float(r["knn_top1"]), 2),
+                    task_type="image-classification",
+                    dataset_type=name,
+                    dataset_name=name,
+                    metric_type="accuracy",
+                    metric_value=round(float(r["knn_top1"]), 2),
                     metric_name=f"kNN top-1 (k={r.get('knn_k', 200)}, τ={r.get('knn_temperature', 0.07)})",
                     metric_config="knn",
                 )
@@ -153,9 +158,13 @@ def render_model_card(config, results: list[dict], training: dict[str, Any], rep
         if "linear_top1" in r:
             eval_results.append(
                 EvalResult(
-                    task_type="image-classification", dataset_type=name, dataset_name=name,
-                    metric_type="accuracy", metric_value=round(float(r["linear_top1"]), 2),
-                    metric_name="linear probe top-1", metric_config="linear_probe",
+                    task_type="image-classification",
+                    dataset_type=name,
+                    dataset_name=name,
+                    metric_type="accuracy",
+                    metric_value=round(float(r["linear_top1"]), 2),
+                    metric_name="linear probe top-1",
+                    metric_config="linear_probe",
                 )
             )
     card_data = ModelCardData(
@@ -202,11 +211,15 @@ def upload_plan(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     missing = [name for name in ("config.json", "model.safetensors") if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{folder} is not an exported student: missing {missing}. Run export_student first.")
+        raise FileNotFoundError(
+            f"{folder} is not an exported student: missing {missing}. Run export_student first."
+        )
     return [name for name in EXPORT_FILES if (folder / name).is_file()]
 
 
-def push_student_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False) -> str:
+def push_student_to_hub(
+    folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False
+) -> str:
     """Uploads exactly :func:`upload_plan` of ``folder`` with ``HfApi().upload_folder``.
 
     (timm's own push helper rewrites config.json in a form transformers cannot load.) The token
@@ -219,7 +232,10 @@ def push_student_to_hub(folder: str | os.PathLike, repo_id: str, token: str | No
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, allow_patterns=files, commit_message="Upload SEED student"
+            folder_path=str(folder),
+            repo_id=repo_id,
+            allow_patterns=files,
+            commit_message="Upload SEED student",
         )
     except Exception as error:  # network, auth: one clear message, token never included
         raise RuntimeError(

@@ -56,9 +56,7 @@ def seed_logits(
             "output width (projection_dim) must equal the teacher embedding width."
         )
     if queue.ndim != 2 or queue.shape[1] != student_embeds.shape[1]:
-        raise ValueError(
-            f"queue must have shape (k, {student_embeds.shape[1]}), got {tuple(queue.shape)}."
-        )
+        raise ValueError(f"queue must have shape (k, {student_embeds.shape[1]}), got {tuple(queue.shape)}.")
     # fp32 even under autocast: tau_T = 1e-4 gives logits of 1e4, which overflow fp16.
     with torch.autocast(device_type=student_embeds.device.type, enabled=False):
         s = student_embeds.float()

@@ -138,7 +138,9 @@ class MocoForPretraining(PreTrainedModel):
 
     def __init__(self, config: MocoConfig):
         super().__init__(config)
-        self.encoder = create_backbone(config.architecture, config.in_chans, config.model_args, "architecture")
+        self.encoder = create_backbone(
+            config.architecture, config.in_chans, config.model_args, "architecture"
+        )
         width = pooled_width(self.encoder)
         self.head = ProjectionHead(width, config.head_hidden_dim or width, config.projection_dim)
         self.encoder_k = copy.deepcopy(self.encoder)
@@ -177,7 +179,8 @@ class MocoForPretraining(PreTrainedModel):
             return F.normalize(self.head_k(pooled_features(self.encoder_k, pixel_values_k)), dim=1)
         perm = torch.randperm(n, device=pixel_values_k.device)
         chunks = [
-            self.head_k(pooled_features(self.encoder_k, chunk)) for chunk in pixel_values_k[perm].chunk(splits)
+            self.head_k(pooled_features(self.encoder_k, chunk))
+            for chunk in pixel_values_k[perm].chunk(splits)
         ]
         keys = torch.empty_like(torch.cat(chunks))
         keys[perm] = torch.cat(chunks)

@@ -100,7 +100,9 @@ class SeedForDistillation(SeedPreTrainedModel):
 
     def __init__(self, config: SeedConfig):
         super().__init__(config)
-        self.student = create_backbone(config.student_architecture, config.in_chans, config.student_model_args)
+        self.student = create_backbone(
+            config.student_architecture, config.in_chans, config.student_model_args
+        )
         width = pooled_width(self.student)
         self.head = ProjectionHead(width, config.head_hidden_dim or width, config.projection_dim)
         self.queue = EmbeddingQueue(config.queue_size, config.projection_dim, seed=config.queue_seed)

@@ -57,12 +57,16 @@ class SeedStudentGroup(nn.Module):
             raise ValueError("SeedStudentGroup needs at least one student.")
         for name in students:
             if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
-                raise ValueError(f"Student name {name!r} must be letters, digits, '_' or '-' (it becomes a folder).")
+                raise ValueError(
+                    f"Student name {name!r} must be letters, digits, '_' or '-' (it becomes a folder)."
+                )
         first = next(iter(students.values())).config
         for name, student in students.items():
             for key in ("in_chans", "image_size", "projection_dim"):
                 if getattr(student.config, key) != getattr(first, key):
-                    raise ValueError(f"Student {name!r} has {key}={getattr(student.config, key)}, the others {getattr(first, key)}.")
+                    raise ValueError(
+                        f"Student {name!r} has {key}={getattr(student.config, key)}, the others {getattr(first, key)}."
+                    )
         self.students = nn.ModuleDict(students)
 
     @property

@@ -63,7 +63,9 @@ class FrozenTeacher(nn.Module):
         return super().train(False)  # always eval: frozen BN statistics, no dropout
 
     @torch.no_grad()
-    def optimize_for_inference(self, channels_last: bool = True, probe: torch.Tensor | None = None) -> FrozenTeacher:
+    def optimize_for_inference(
+        self, channels_last: bool = True, probe: torch.Tensor | None = None
+    ) -> FrozenTeacher:
         """Folds BatchNorm into the preceding convolutions (``torch.fx`` conv-bn fusion; the teacher
         is frozen, so this is exact up to rounding) and switches to channels_last. Falls back to the
         eager backbone when the model cannot be traced or the fused output differs (> 1e-3)."""
@@ -120,7 +122,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def _convert_moco_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _convert_moco_keys(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Splits a MoCo v1/v2 state dict into (backbone, head) state dicts with timm names."""
     backbone, head = {}, {}
     prefixes = ("module.encoder_q.", "encoder_q.")
@@ -228,6 +232,10 @@ def load_teacher(
             backbone_state, head_state = _convert_moco_keys(state)
             head = _head_from_state(head_state)
         else:
-            backbone_state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.fc.", "classifier."))}
+            backbone_state = {
+                k: v for k, v in state.items() if not k.startswith(("fc.", "head.fc.", "classifier."))
+            }
         load_strict(backbone, backbone_state, f"teacher_checkpoint {str(checkpoint)!r}")
-    return FrozenTeacher(backbone, head, in_chans or 3, f"{name_or_path}" + (f"@{checkpoint}" if checkpoint else ""))
+    return FrozenTeacher(
+        backbone, head, in_chans or 3, f"{name_or_path}" + (f"@{checkpoint}" if checkpoint else "")
+    )

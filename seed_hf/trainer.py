@@ -49,11 +49,13 @@ class SeedTrainingArguments(TrainingArguments):
     the SEED specifics. `learning_rate` is derived from `base_learning_rate` when the latter is set."""
 
     base_learning_rate: float | None = field(
-        default=0.03, metadata={"help": "lr = base_learning_rate × total batch / 256 (None: use --learning_rate)."}
+        default=0.03,
+        metadata={"help": "lr = base_learning_rate × total batch / 256 (None: use --learning_rate)."},
     )
     channels_last: bool = field(default=False, metadata={"help": "Run student and teacher in channels_last."})
     optimize_teacher: bool = field(
-        default=True, metadata={"help": "Fold the frozen teacher's BatchNorm into its convolutions (exact, faster)."}
+        default=True,
+        metadata={"help": "Fold the frozen teacher's BatchNorm into its convolutions (exact, faster)."},
     )
     sync_bn: bool = field(
         default=False, metadata={"help": "Convert the student's BatchNorm to SyncBatchNorm under DDP."}
@@ -74,7 +76,9 @@ class SeedTrainingArguments(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         if self.base_learning_rate is not None:
-            total = self.per_device_train_batch_size * max(1, self.world_size) * self.gradient_accumulation_steps
+            total = (
+                self.per_device_train_batch_size * max(1, self.world_size) * self.gradient_accumulation_steps
+            )
             self.learning_rate = scaled_learning_rate(self.base_learning_rate, total)
 
 
@@ -154,7 +158,9 @@ class QueueTrainer(Trainer):
 
     def _validate_precision(self) -> None:
         if self.args.fp16 and self.args.device.type == "cpu":
-            raise ValueError("fp16 mixed precision needs a GPU: on CPU train in fp32 (default) or pass --bf16.")
+            raise ValueError(
+                "fp16 mixed precision needs a GPU: on CPU train in fp32 (default) or pass --bf16."
+            )
 
     def _probe_input(self) -> torch.Tensor:
         config = _unwrapped(self).config
@@ -193,7 +199,9 @@ class QueueTrainer(Trainer):
     @torch.no_grad()
     def _gathered_features(self, model: nn.Module, dataset) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         loader = self.accelerator.prepare(
-            DataLoader(dataset, batch_size=self.knn_monitor.batch_size, collate_fn=collate_batch, shuffle=False)
+            DataLoader(
+                dataset, batch_size=self.knn_monitor.batch_size, collate_fn=collate_batch, shuffle=False
+            )
         )
         features: dict[str, list[torch.Tensor]] = {}
         labels = []
@@ -204,7 +212,9 @@ class QueueTrainer(Trainer):
             labels.append(self.accelerator.gather_for_metrics(batch["labels"]).cpu())
         return {k: torch.cat(v) for k, v in features.items()}, torch.cat(labels)
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
         if self.knn_monitor is None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         model = _unwrapped(self)
@@ -218,8 +228,12 @@ class QueueTrainer(Trainer):
         metrics = {}
         for name in train_features:
             accuracy = knn_accuracy(
-                train_features[name], train_labels, test_features[name], test_labels,
-                self.knn_monitor.k, self.knn_monitor.temperature,
+                train_features[name],
+                train_labels,
+                test_features[name],
+                test_labels,
+                self.knn_monitor.k,
+                self.knn_monitor.temperature,
             )
             suffix = f"_{name}" if name else ""
             metrics[f"{metric_key_prefix}_knn_top1{suffix}"] = accuracy["top1"]
@@ -249,7 +263,9 @@ class QueueTrainer(Trainer):
                 shutil.rmtree(final)
             os.replace(os.path.join(staging, name), final)
             if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
-                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(self.state.best_model_checkpoint))
+                self.state.best_model_checkpoint = os.path.join(
+                    run_dir, os.path.basename(self.state.best_model_checkpoint)
+                )
             rotate_checkpoints(
                 output_dir=run_dir,
                 save_total_limit=self.args.save_total_limit,
@@ -263,7 +279,9 @@ class QueueTrainer(Trainer):
             return pixel_values.contiguous(memory_format=torch.channels_last)
         return pixel_values
 
-    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None
+    ) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self._pending_keys is not None:  # after backward: the queue was saved for autograd
             _unwrapped(self, model).enqueue(self._pending_keys)
@@ -330,11 +348,15 @@ class SeedTrainer(QueueTrainer):
             embeds = self.teacher(pixel_values).float()
         return embeds.clone()
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None
+    ):
         pixel_values = self._to_memory_format(inputs["pixel_values"])
         teacher_embeds = self.teacher_embeddings(pixel_values)
         global_keys = all_gather_no_grad(teacher_embeds)
-        outputs = model(pixel_values=pixel_values, teacher_embeds=teacher_embeds, batch_teacher_embeds=global_keys)
+        outputs = model(
+            pixel_values=pixel_values, teacher_embeds=teacher_embeds, batch_teacher_embeds=global_keys
+        )
         if model.training:
             self._pending_keys = global_keys
             if getattr(outputs, "losses", None):  # a SeedStudentGroup: log each student's loss
@@ -345,7 +367,9 @@ class SeedTrainer(QueueTrainer):
 class MocoTrainer(QueueTrainer):
     """Trains [`MocoForPretraining`]: two views, momentum keys enqueued after backward."""
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None
+    ):
         outputs = model(
             pixel_values=self._to_memory_format(inputs["pixel_values"]),
             pixel_values_k=self._to_memory_format(inputs["pixel_values_k"]),

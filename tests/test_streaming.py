@@ -1,0 +1,86 @@
+"""Streaming and map-style datasets from local parquet shards: DDP coverage, corrupt images."""
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SCRIPT = Path(__file__).with_name("stream_train.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _jpeg(rng, size=40) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def write_shards(folder: Path, shards: int, rows: int, corrupt_every: int = 0) -> list[str]:
+    """Parquet shards with an `id` column and an `image` column ({"bytes", "path"} structs)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    files, next_id = [], 0
+    for s in range(shards):
+        images, ids = [], []
+        for _ in range(rows):
+            data = _jpeg(rng)
+            if corrupt_every and next_id % corrupt_every == 0:
+                data = data[: len(data) // 3] if next_id % 2 else b"not an image at all"
+            images.append({"bytes": data, "path": None})
+            ids.append(next_id)
+            next_id += 1
+        path = folder / f"train-{s:05d}-of-{shards:05d}.parquet"
+        pq.write_table(pa.table({"image": images, "id": ids}), path)
+        files.append(str(path))
+    return files
+
+
+def _run(out: Path, files: list[str], steps: int, per_device: int, nproc: int, streaming: bool) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_DATASETS_CACHE": str(out / "cache")}
+    if nproc == 1:
+        cmd = [sys.executable, str(SCRIPT)]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}", str(SCRIPT)]
+    args = [str(out), str(len(files)), str(steps), str(per_device), "stream" if streaming else "map", *files]
+    result = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return [json.loads((out / f"ids_rank{r}.json").read_text()) for r in range(nproc)], result.stdout + result.stderr
+
+
+def test_two_processes_stream_every_sample_exactly_once(tmp_path):
+    files = write_shards(tmp_path, shards=8, rows=10)
+    ranks, _ = _run(tmp_path / "run", files, steps=10, per_device=4, nproc=2, streaming=True)
+    ids = ranks[0]["ids"] + ranks[1]["ids"]
+    print(f"rank0 {len(ranks[0]['ids'])} ids, rank1 {len(ranks[1]['ids'])} ids, unique {len(set(ids))} of 80")
+    assert sorted(ids) == list(range(80))  # every id once: no loss, no duplicates
+    assert len(ranks[0]["ids"]) == len(ranks[1]["ids"]) == 40
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_ten_percent_corrupt_images_are_skipped_and_counted(tmp_path, streaming):
+    files = write_shards(tmp_path, shards=2, rows=20, corrupt_every=10)  # ids 0, 10, 20, 30 are corrupt
+    ranks, logs = _run(tmp_path / "run", files, steps=4, per_device=8, nproc=1, streaming=streaming)
+    assert ranks[0]["steps"] == 4
+    assert not {0, 10, 20, 30} & set(ranks[0]["ids"])
+    assert "undecodable image" in logs
+
+
+def test_uneven_shard_count_warns(caplog):
+    from seed_hf.arguments import warn_on_uneven_shards
+
+    assert warn_on_uneven_shards(8, 2, 4) is False
+    assert warn_on_uneven_shards(6, 2, 4) is True
+    assert "world_size" in caplog.text
