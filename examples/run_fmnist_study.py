@@ -41,7 +41,10 @@ class StudyArguments:
     teacher_steps: int = field(default=2000, metadata={"help": "MoCo-v2 teacher steps."})
     student_steps: int = field(default=1000, metadata={"help": "Steps of each student (MoCo-v2 and SEED)."})
     batch_size: int = field(default=256, metadata={"help": "Batch size of every run."})
-    queue_size: int = field(default=16384, metadata={"help": "K for MoCo and SEED."})
+    queue_size: int = field(default=4096, metadata={"help": "K for MoCo and SEED."})
+    moco_momentum: float = field(default=0.99, metadata={"help": "MoCo key-encoder momentum (0.99 for short runs)."})
+    moco_temperature: float = field(default=0.1, metadata={"help": "MoCo InfoNCE temperature."})
+    base_learning_rate: float = field(default=0.06, metadata={"help": "lr = base × batch / 256 (SGD, cosine)."})
     teacher_temperature: float = field(default=0.01, metadata={"help": "SEED τ_T."})
     eval_steps: int = field(default=250, metadata={"help": "Online kNN monitor interval (steps)."})
     probe_epochs: int = field(default=30, metadata={"help": "Linear probe epochs."})
@@ -88,6 +91,10 @@ def _common(args: StudyArguments, run_dir: Path, steps: int) -> list[str]:
         "tensorboard",
         *(["--use_cpu"] if args.use_cpu else []),
     ]
+
+
+def _moco(args: StudyArguments) -> list[str]:
+    return ["--key_bn_splits", "4", "--momentum", str(args.moco_momentum), "--temperature", str(args.moco_temperature)]
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -180,10 +187,11 @@ Linear probe: logistic regression on frozen standardised features, AdamW, {args.
 
 ## Recipe
 - teacher: MoCo-v2 {args.teacher_architecture}, {args.teacher_steps} steps × batch {args.batch_size}
-  ({args.teacher_steps * args.batch_size / 60000:.1f} epochs), K={args.queue_size}, τ=0.2, momentum 0.999,
-  SGD lr 0.03×batch/256, cosine, wd 1e-4, `grayscale_small` augmentation at 32 px.
+  ({args.teacher_steps * args.batch_size / 60000:.1f} epochs), K={args.queue_size}, τ={args.moco_temperature},
+  momentum {args.moco_momentum}, shuffle-BN over 4 sub-batches, SGD lr {args.base_learning_rate}×batch/256, cosine,
+  wd 1e-4, `grayscale_small` augmentation at 32 px.
 - students: {args.student_architecture}, {args.student_steps} steps × batch {args.batch_size}
-  ({args.student_steps * args.batch_size / 60000:.1f} epochs) each; MoCo-v2 as above; SEED with
+  ({args.student_steps * args.batch_size / 60000:.1f} epochs) each, same optimiser; MoCo-v2 as above; SEED with
   K={args.queue_size}, τ_S=0.2, τ_T={args.teacher_temperature}, same view to teacher and student.
 
 ## Compute
