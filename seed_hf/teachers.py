@@ -6,6 +6,10 @@ Supported specs (``load_teacher(name_or_path, checkpoint=...)``):
   encoder + MLP head; ``SeedForDistillation`` → student + head);
 * a timm architecture name with local weights in ``checkpoint``: a timm/safetensors state
   dict, or a MoCo v1/v2 checkpoint (``module.encoder_q.*`` keys, MLP head kept);
+* a timm architecture name with a SimCLR, SwAV (``prototypes`` dropped) or official SEED
+  checkpoint: keys are converted to timm names, the projection head is rebuilt;
+* a transformers vision model (``hf:facebook/dinov2-base`` or a local folder): ViT / DINOv2
+  (CLS or pooled), CLIP (image embeds), re-normalised to the statistics it was trained with;
 * ``hf-hub:org/name`` or a bare timm name with ``pretrained=True`` (needs network).
 
 Only safetensors or ``torch.load(weights_only=True)`` are used: no pickle execution.
@@ -24,7 +28,15 @@ from torch import nn
 
 from .backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
 
-__all__ = ["FrozenTeacher", "load_teacher", "load_state_dict_file"]
+__all__ = [
+    "FrozenTeacher",
+    "TransformersVisionBackbone",
+    "load_teacher",
+    "load_state_dict_file",
+    "split_checkpoint",
+    "detect_checkpoint_layout",
+    "head_from_state",
+]
 
 
 class FrozenTeacher(nn.Module):
@@ -48,6 +60,11 @@ class FrozenTeacher(nn.Module):
         self.in_chans = in_chans
         self.description = description
         self.fused_backbone: nn.Module | None = None
+        # normalisation the teacher expects (None: the data's); see set_data_normalization
+        self.expected_mean: list[float] | None = None
+        self.expected_std: list[float] | None = None
+        self.register_buffer("input_scale", None, persistent=False)
+        self.register_buffer("input_shift", None, persistent=False)
         self.requires_grad_(False)
         super().train(False)
         with torch.no_grad():
@@ -61,6 +78,19 @@ class FrozenTeacher(nn.Module):
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         return super().train(False)  # always eval: frozen BN statistics, no dropout
+
+    def set_data_normalization(self, mean: list[float], std: list[float]) -> None:
+        """Inputs arrive normalised with the data's ``mean``/``std``; when the teacher was trained
+        with other statistics (CLIP, say), re-normalise: x' = (x·std + mean − mean_T) / std_T."""
+        if self.expected_mean is None or self.expected_std is None:
+            return
+        mean_d, std_d = torch.tensor(mean).expand(self.in_chans), torch.tensor(std).expand(self.in_chans)
+        mean_t, std_t = torch.tensor(self.expected_mean), torch.tensor(self.expected_std)
+        if torch.allclose(mean_d, mean_t) and torch.allclose(std_d, std_t):
+            return
+        device = next(self.parameters()).device
+        self.input_scale = (std_d / std_t).view(1, -1, 1, 1).to(device)
+        self.input_shift = ((mean_d - mean_t) / std_t).view(1, -1, 1, 1).to(device)
 
     @torch.no_grad()
     def optimize_for_inference(
@@ -96,11 +126,78 @@ class FrozenTeacher(nn.Module):
                 raise ValueError(
                     f"The teacher expects {self.in_chans}-channel images, got {pixel_values.shape[1]}."
                 )
+        if self.input_scale is not None:
+            pixel_values = pixel_values * self.input_scale + self.input_shift
         if self.fused_backbone is not None:
             features = self.fused_backbone(pixel_values)
-        else:
+        elif hasattr(self.backbone, "forward_features"):
             features = pooled_features(self.backbone, pixel_values)
+        else:
+            features = self.backbone(pixel_values)
         return F.normalize(self.head(features).float(), dim=1)
+
+
+class TransformersVisionBackbone(nn.Module):
+    """Pooled image embedding of a transformers vision model (ViT, DINOv2, CLIP, SigLIP, ...).
+
+    ``embedding``: ``"auto"`` (CLIP-style models: projected image embeds; others: pooler output,
+    else CLS), ``"cls"`` (first token of the last hidden state, after the final norm),
+    ``"mean"`` (mean of the patch tokens), ``"pooler"``. Output: ``(batch, num_features)``.
+    """
+
+    EMBEDDINGS = ("auto", "cls", "mean", "pooler")
+
+    def __init__(self, model: nn.Module, embedding: str = "auto"):
+        super().__init__()
+        if embedding not in self.EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {self.EMBEDDINGS}, got {embedding!r}.")
+        self.model = model
+        self.embedding = embedding
+        config = model.config
+        self.uses_image_features = embedding == "auto" and hasattr(model, "get_image_features")
+        vision_config = getattr(config, "vision_config", config)
+        if self.uses_image_features or (embedding == "auto" and hasattr(config, "projection_dim") and "WithProjection" in type(model).__name__):
+            self.num_features = int(getattr(config, "projection_dim", None) or vision_config.hidden_size)
+        else:
+            self.num_features = int(vision_config.hidden_size)
+        self.in_chans = int(getattr(vision_config, "num_channels", 3))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        kwargs = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in _forward_params(self.model) else {}
+        if self.uses_image_features:
+            out = self.model.get_image_features(pixel_values=pixel_values, **kwargs)
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+        out = self.model(pixel_values=pixel_values, **kwargs)
+        if getattr(out, "image_embeds", None) is not None and self.embedding == "auto":
+            return out.image_embeds
+        if self.embedding == "mean":
+            return out.last_hidden_state[:, 1:].mean(dim=1)
+        if self.embedding in ("auto", "pooler") and getattr(out, "pooler_output", None) is not None:
+            pooled = out.pooler_output
+            return pooled.flatten(1) if pooled.ndim > 2 else pooled
+        if self.embedding == "pooler":
+            raise ValueError(f"{type(self.model).__name__} has no pooler output; use embedding='cls' or 'mean'.")
+        return out.last_hidden_state[:, 0]
+
+
+def _forward_params(model: nn.Module) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _load_transformers_teacher(name_or_path: str, embedding: str) -> FrozenTeacher:
+    from transformers import AutoImageProcessor, AutoModel
+
+    model = AutoModel.from_pretrained(name_or_path)
+    backbone = TransformersVisionBackbone(model, embedding)
+    teacher = FrozenTeacher(backbone, None, backbone.in_chans, f"transformers:{name_or_path}")
+    try:  # the normalisation the teacher was trained with, from its image processor
+        processor = AutoImageProcessor.from_pretrained(name_or_path)
+        teacher.expected_mean, teacher.expected_std = list(processor.image_mean), list(processor.image_std)
+    except Exception:
+        pass
+    return teacher
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -122,36 +219,83 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def _convert_moco_keys(
-    state: dict[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Splits a MoCo v1/v2 state dict into (backbone, head) state dicts with timm names."""
+# Published SSL checkpoint layouts: (name, key prefix of the encoder, prefix of its projection
+# head inside the encoder keys, keys to drop). torchvision ResNet names equal timm's.
+CHECKPOINT_LAYOUTS = (
+    ("moco", ("module.encoder_q.", "encoder_q."), ("fc.",), ()),
+    ("seed", ("module.student.", "student."), ("fc.",), ()),
+    ("swav", ("module.", ""), ("projection_head.",), ("prototypes.",)),
+    ("simclr", ("module.backbone.", "backbone.", "module.encoder.", "encoder.", "module.", ""),
+     ("projection_head.", "projector.", "fc.", "head."), ()),
+)
+
+
+def detect_checkpoint_layout(state: dict[str, torch.Tensor]) -> str:
+    """Names the SSL checkpoint layout of a state dict: moco, seed, swav, simclr or plain."""
+    keys = list(state)
+    if any(k.startswith(("module.encoder_q.", "encoder_q.")) for k in keys):
+        return "moco"
+    if any(k.startswith(("module.student.", "student.")) for k in keys):
+        return "seed"
+    if any(k.split("module.", 1)[-1].startswith("prototypes.") for k in keys):
+        return "swav"
+    if any(k.split("module.", 1)[-1].startswith(("backbone.", "encoder.", "projection_head.", "projector."))
+           for k in keys):
+        return "simclr"
+    return "plain"
+
+
+def split_checkpoint(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Splits a MoCo v1/v2, SimCLR, SwAV or official-SEED state dict into (layout, backbone
+    state with timm names, projection-head state). Plain timm / torchvision state dicts keep
+    their keys, minus the classifier (``fc``/``classifier``/``head.fc``)."""
+    layout = detect_checkpoint_layout(state)
+    if layout == "plain":
+        backbone = {k.removeprefix("module."): v for k, v in state.items()}
+        return layout, {k: v for k, v in backbone.items() if not k.startswith(("fc.", "head.fc.", "classifier."))}, {}
+    _, prefixes, head_prefixes, dropped = next(entry for entry in CHECKPOINT_LAYOUTS if entry[0] == layout)
     backbone, head = {}, {}
-    prefixes = ("module.encoder_q.", "encoder_q.")
     for key, value in state.items():
         prefix = next((p for p in prefixes if key.startswith(p)), None)
-        if prefix is None:
+        if prefix is None:  # e.g. MoCo's encoder_k / queue, SEED's teacher
             continue
-        name = key[len(prefix) :]
-        if name.startswith("fc."):
-            head[name[3:]] = value
+        name = key[len(prefix):]
+        if name.startswith(dropped) or name in ("queue", "queue_ptr") or name.startswith(("encoder_k.", "teacher.")):
+            continue
+        head_prefix = next((p for p in head_prefixes if name.startswith(p)), None)
+        if head_prefix is not None:
+            head[name[len(head_prefix):]] = value
+        elif layout == "simclr" and name.startswith(("backbone.", "encoder.")):
+            backbone[name.split(".", 1)[1]] = value
         else:
             backbone[name] = value
-    return backbone, head
+    return layout, backbone, head
 
 
-def _head_from_state(head_state: dict[str, torch.Tensor]) -> nn.Module | None:
+def head_from_state(head_state: dict[str, torch.Tensor]) -> nn.Module | None:
+    """Rebuilds a projection head from its state dict: ``nn.Sequential`` indices whose weight is
+    2-D are Linear layers, those with running statistics BatchNorm1d, and the gaps ReLUs
+    (MoCo-v2 ``0,2``; SwAV ``0 Linear, 1 BN, 3 Linear``). A bare ``weight``/``bias`` is one Linear."""
     if not head_state:
         return None
-    if "0.weight" in head_state and "2.weight" in head_state:  # MoCo-v2 MLP
-        hidden, in_dim = head_state["0.weight"].shape
-        head = ProjectionHead(in_dim, hidden, head_state["2.weight"].shape[0])
-    elif "weight" in head_state:  # MoCo v1: a single linear layer
+    if "weight" in head_state:  # MoCo v1 / a single linear projection
         out_dim, in_dim = head_state["weight"].shape
-        head = nn.Linear(in_dim, out_dim)
+        head: nn.Module = nn.Linear(in_dim, out_dim, bias="bias" in head_state)
     else:
-        raise ValueError(f"Unrecognised head keys {sorted(head_state)}.")
-    head.load_state_dict(head_state)
+        indices = sorted({int(k.split(".", 1)[0]) for k in head_state if k.split(".", 1)[0].isdigit()})
+        if not indices or len(indices) != len({k.split(".", 1)[0] for k in head_state}):
+            raise ValueError(f"Unrecognised projection-head keys {sorted(head_state)[:10]}.")
+        layers: list[nn.Module] = []
+        for i in range(indices[-1] + 1):
+            weight = head_state.get(f"{i}.weight")
+            if f"{i}.running_mean" in head_state:
+                layers.append(nn.BatchNorm1d(head_state[f"{i}.running_mean"].shape[0]))
+            elif weight is not None and weight.ndim == 2:
+                layers.append(nn.Linear(weight.shape[1], weight.shape[0], bias=f"{i}.bias" in head_state))
+            else:
+                layers.append(nn.ReLU(inplace=True))
+        head = nn.Sequential(*layers)
+    load_strict(head, head_state, "the projection head")
     return head
 
 
@@ -184,6 +328,8 @@ def load_teacher(
     in_chans: int | None = None,
     model_args: dict[str, Any] | None = None,
     pretrained: bool | None = None,
+    use_head: bool = True,
+    embedding: str = "auto",
 ) -> FrozenTeacher:
     """Builds a [`FrozenTeacher`] from a spec (see the module docstring).
 
@@ -194,6 +340,11 @@ def load_teacher(
         model_args: extra ``timm.create_model`` arguments.
         pretrained: download timm's weights (default: only when no ``checkpoint`` is given and
             the spec is ``hf-hub:``).
+        use_head: keep the checkpoint's projection head (SEED distils after it: 128-d for MoCo-v2
+            and SwAV); False distils the pooled backbone features.
+        embedding: for transformers models: ``"auto"`` (CLIP: image embeds; others: pooler
+            output), ``"cls"`` (CLS token after the final norm), ``"mean"`` (mean patch token),
+            ``"pooler"``.
 
     Raises:
         FileNotFoundError: ``checkpoint`` or the folder is missing.
@@ -208,15 +359,15 @@ def load_teacher(
         if model_type in (None, "timm_wrapper"):  # a timm-format folder, e.g. an exported student
             name_or_path = f"local-dir:{path}"
             pretrained = True
-        else:
-            raise ValueError(
-                f"teacher_name_or_path {str(path)!r} holds a {model_type!r} model; supported folders are "
-                "seed_hf MoCo / SEED runs and timm-format folders."
-            )
+        else:  # a transformers vision model folder (ViT, DINOv2, CLIP, ...)
+            return _load_transformers_teacher(str(path), embedding)
+    elif str(name_or_path).startswith("hf:"):  # a transformers model on the Hub: hf:facebook/dinov2-base
+        return _load_transformers_teacher(str(name_or_path)[3:], embedding)
     elif os.sep in str(name_or_path) and not str(name_or_path).startswith(("hf-hub:", "hf_hub:")):
         raise FileNotFoundError(
             f"teacher_name_or_path {str(name_or_path)!r} is not a folder with a config.json. Pass a seed_hf "
-            "run folder, a timm architecture name (with teacher_checkpoint for local weights) or hf-hub:org/name."
+            "run folder, a timm name (with teacher_checkpoint for local weights), hf-hub:org/name (timm) or "
+            "hf:org/name (transformers)."
         )
 
     is_hub = str(name_or_path).startswith(("hf-hub:", "hf_hub:", "local-dir:"))
@@ -228,14 +379,9 @@ def load_teacher(
     head = None
     if checkpoint is not None:
         state = load_state_dict_file(checkpoint)
-        if any(k.startswith(("module.encoder_q.", "encoder_q.")) for k in state):
-            backbone_state, head_state = _convert_moco_keys(state)
-            head = _head_from_state(head_state)
-        else:
-            backbone_state = {
-                k: v for k, v in state.items() if not k.startswith(("fc.", "head.fc.", "classifier."))
-            }
-        load_strict(backbone, backbone_state, f"teacher_checkpoint {str(checkpoint)!r}")
+        layout, backbone_state, head_state = split_checkpoint(state)
+        head = head_from_state(head_state if use_head else {})
+        load_strict(backbone, backbone_state, f"teacher_checkpoint {str(checkpoint)!r} ({layout} layout)")
     return FrozenTeacher(
         backbone, head, in_chans or 3, f"{name_or_path}" + (f"@{checkpoint}" if checkpoint else "")
     )

@@ -315,6 +315,9 @@ class SeedTrainer(QueueTrainer):
             teacher.requires_grad_(False)
         teacher.eval()
         self.teacher = teacher.to(self.args.device)
+        if isinstance(teacher, FrozenTeacher):
+            config = _unwrapped(self).config
+            teacher.set_data_normalization(config.image_mean, config.image_std)
         channels_last = getattr(self.args, "channels_last", False)
         if getattr(self.args, "optimize_teacher", True) and isinstance(teacher, FrozenTeacher):
             self.teacher.optimize_for_inference(channels_last=channels_last, probe=self._probe_input())

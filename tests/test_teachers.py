@@ -85,3 +85,91 @@ def test_optimized_teacher_gives_the_same_embeddings(arch):
     if arch == "test_resnet":
         assert teacher.fused_backbone is not None
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.fused_backbone.modules())
+
+
+def _layout_checkpoint(path, layout):
+    """A tiny checkpoint in a published layout; returns the reference backbone and head."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    backbone = create_backbone("test_resnet").eval()
+    width = backbone.num_features
+    if layout == "swav":  # facebookresearch/swav: Linear-BN-ReLU-Linear head, prototypes
+        head = nn.Sequential(nn.Linear(width, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 16)).eval()
+        head[1].running_mean.uniform_(-1, 1)
+        state = {f"module.{k}": v for k, v in backbone.state_dict().items()}
+        state.update({f"module.projection_head.{k}": v for k, v in head.state_dict().items()})
+        state["module.prototypes.weight"] = torch.randn(30, 16)
+    elif layout == "simclr":  # PyTorch SimCLR re-implementations: backbone.* + projection_head.*
+        head = ProjectionHead(width, 24, 16)
+        state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+        state.update({f"projection_head.{k}": v for k, v in head.state_dict().items()})
+    else:  # official SEED: module.student.* (fc = MLP head) + module.teacher.*
+        head = ProjectionHead(width, width, 16)
+        state = {f"module.student.{k}": v for k, v in backbone.state_dict().items()}
+        state.update({f"module.student.fc.{k}": v for k, v in head.state_dict().items()})
+        state.update({f"module.teacher.{k}": v.clone() for k, v in backbone.state_dict().items()})
+        state["module.queue"] = torch.randn(16, 64)
+    torch.save({"state_dict": state, "epoch": 1}, path)
+    return backbone, head
+
+
+@pytest.mark.parametrize("layout", ["swav", "simclr", "seed"])
+def test_published_ssl_checkpoint_layouts(tmp_path, layout):
+    from seed_hf.teachers import detect_checkpoint_layout, load_state_dict_file
+
+    backbone, head = _layout_checkpoint(tmp_path / "ckpt.pth", layout)
+    assert detect_checkpoint_layout(load_state_dict_file(tmp_path / "ckpt.pth")) == layout
+    teacher = load_teacher("test_resnet", tmp_path / "ckpt.pth")
+    assert teacher.embed_dim == 16
+    x = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)
+    expected = torch.nn.functional.normalize(head(pooled_features(backbone, x)), dim=1)
+    assert torch.allclose(teacher(x), expected, atol=1e-5)
+    without_head = load_teacher("test_resnet", tmp_path / "ckpt.pth", use_head=False)
+    assert without_head.embed_dim == backbone.num_features
+
+
+def _tiny_transformers_model(kind, folder):
+    from transformers import (
+        CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model, ViTConfig, ViTImageProcessor, ViTModel,
+    )
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+    if kind == "vit":
+        model = ViTModel(ViTConfig(**small))
+    elif kind == "dinov2":
+        model = Dinov2Model(Dinov2Config(**small))
+    else:
+        model = CLIPModel(CLIPConfig(
+            vision_config=small, projection_dim=16,
+            text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99),
+        ))
+    model.eval().save_pretrained(folder)
+    ViTImageProcessor(image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25]).save_pretrained(folder)
+    return model
+
+
+@pytest.mark.parametrize("kind,embedding,dim", [("vit", "cls", 32), ("dinov2", "auto", 32), ("clip", "auto", 16), ("dinov2", "mean", 32)])
+def test_transformers_vision_teachers(tmp_path, kind, embedding, dim):
+    model = _tiny_transformers_model(kind, tmp_path)
+    teacher = load_teacher(str(tmp_path), embedding=embedding)
+    assert teacher.embed_dim == dim and teacher.expected_std == [0.25, 0.25, 0.25]
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        if kind == "clip":
+            reference = model.get_image_features(pixel_values=x).pooler_output
+        elif embedding == "mean":
+            reference = model(pixel_values=x).last_hidden_state[:, 1:].mean(1)
+        elif kind == "dinov2":
+            reference = model(pixel_values=x).pooler_output
+        else:
+            reference = model(pixel_values=x).last_hidden_state[:, 0]
+    assert torch.allclose(teacher(x), torch.nn.functional.normalize(reference, dim=1), atol=1e-5)
+    # data normalised with ImageNet statistics is re-normalised to the teacher's (0.5 / 0.25)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    teacher.set_data_normalization(mean, std)
+    raw = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    data = (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    expected = load_teacher(str(tmp_path), embedding=embedding)((raw - 0.5) / 0.25)
+    assert torch.allclose(teacher(data), expected, atol=1e-4)
