@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+
+from seed_hf.evaluation import knn_accuracy, label_subset, linear_probe, weighted_knn_predict
+
+
+def _clusters(n_per_class=30, classes=4, dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = 4 * torch.eye(dim)[:classes]  # orthogonal directions: separable by cosine
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    return centers[labels] + torch.randn(len(labels), dim, generator=g), labels
+
+
+def reference_knn(train, train_labels, test, k, tau, classes):
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    test = test / np.linalg.norm(test, axis=1, keepdims=True)
+    out = np.zeros((len(test), classes))
+    for i, x in enumerate(test):
+        sims = train @ x
+        for j in np.argsort(-sims)[:k]:
+            out[i, train_labels[j]] += np.exp(sims[j] / tau)
+    return out
+
+
+@pytest.mark.parametrize("k,chunk", [(1, 7), (5, 1024), (200, 3)])
+def test_weighted_knn_matches_reference(k, chunk):
+    x_train, y_train = _clusters()
+    x_test, _ = _clusters(seed=1)
+    got = weighted_knn_predict(x_train, y_train, x_test, k=k, temperature=0.07, num_classes=4, chunk_size=chunk)
+    expected = reference_knn(x_train.numpy(), y_train.numpy(), x_test.numpy(), min(k, len(x_train)), 0.07, 4)
+    assert np.allclose(got.numpy(), expected, rtol=1e-4)
+
+
+def test_knn_and_linear_probe_separate_clusters_and_fail_on_shuffled_labels():
+    x_train, y_train = _clusters()
+    x_test, y_test = _clusters(seed=1)
+    assert knn_accuracy(x_train, y_train, x_test, y_test, k=10)["top1"] > 95
+    assert linear_probe(x_train, y_train, x_test, y_test, epochs=50, learning_rate=0.05)["top1"] > 95
+    shuffled = y_test[torch.randperm(len(y_test), generator=torch.Generator().manual_seed(0))]
+    assert knn_accuracy(x_train, y_train, x_test, shuffled, k=10)["top1"] < 50
+
+
+def test_label_subset_is_class_balanced():
+    labels = np.repeat(np.arange(10), 100)
+    keep = label_subset(labels, 0.1)
+    assert len(keep) == 100 and np.all(np.bincount(labels[keep]) == 10)
+
+
+def test_evaluate_metric_module_loads_offline():
+    import evaluate
+
+    from seed_hf.metrics import KNN_ACCURACY_PATH
+
+    x_train, y_train = _clusters()
+    x_test, y_test = _clusters(seed=1)
+    metric = evaluate.load(KNN_ACCURACY_PATH)
+    result = metric.compute(predictions=x_test.numpy(), references=y_test.numpy(),
+                            train_features=x_train.numpy(), train_labels=y_train.numpy(), k=10)
+    assert result == pytest.approx(knn_accuracy(x_train, y_train, x_test, y_test, k=10))
