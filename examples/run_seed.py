@@ -71,6 +71,10 @@ class ModelArguments:
     student_temperature: float = field(default=0.2, metadata={"help": "τ_S."})
     teacher_temperature: float = field(default=0.01, metadata={"help": "τ_T (official code: 1e-4)."})
     loss_variant: str = field(default="official", metadata={"help": "official or batch_keys."})
+    num_small_crops: int = field(
+        default=0, metadata={"help": "Small crops per image distilled against a second queue (official SwAV setting: 6)."}
+    )
+    small_crop_size: int = field(default=96, metadata={"help": "Resolution of the small crops."})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -101,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
             student_temperature=model_args.student_temperature,
             teacher_temperature=model_args.teacher_temperature,
             loss_variant=model_args.loss_variant,
+            num_small_crops=model_args.num_small_crops,
+            small_crop_size=model_args.small_crop_size,
             image_mean=mean,
             image_std=std,
             teacher_name_or_path=teacher.description,
@@ -124,6 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.seed,
         training_args.world_size,
         training_args.dataloader_num_workers,
+        config.num_small_crops,
+        config.small_crop_size,
+        config.small_crop_scale,
     )
     if data_args.streaming:  # the unsplit stream: accelerate shards it (splitting it here too drops data)
         training_args.accelerator_config.dispatch_batches = False

@@ -133,10 +133,15 @@ def build_train_dataset(
     seed: int = 42,
     world_size: int = 1,
     num_workers: int = 0,
+    num_small_crops: int = 0,
+    small_crop_size: int = 96,
+    small_crop_scale: tuple[float, float] = (0.05, 0.14),
 ):
-    """Training dataset yielding ``pixel_values`` (and ``pixel_values_k`` for 2 views)."""
+    """Training dataset yielding ``pixel_values`` (``pixel_values_k`` for 2 views, and
+    ``pixel_values_small`` with ``num_small_crops`` small crops)."""
     preset, image_size, _, _, _ = data_args.resolved()
-    transform = MultiViewTransform(build_ssl_transform(preset, image_size, mean, std), num_views)
+    small = build_ssl_transform(preset, small_crop_size, mean, std, scale=tuple(small_crop_scale)) if num_small_crops else None
+    transform = MultiViewTransform(build_ssl_transform(preset, image_size, mean, std), num_views, small, num_small_crops)
     if data_args.uses_fashion_mnist:
         images, labels = load_fashion_mnist("train", data_args.fashion_mnist_dir)
         if data_args.max_train_samples:

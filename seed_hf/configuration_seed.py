@@ -43,6 +43,15 @@ class SeedConfig(PretrainedConfig):
             0.01 is the SEED_ICLR21 re-implementation's setting.
         loss_variant (`str`, *optional*, defaults to `"official"`):
             `"official"` (D⁺ = own key ∪ queue) or `"batch_keys"` (D⁺ = global batch keys ∪ queue).
+        num_small_crops (`int`, *optional*, defaults to 0):
+            Extra small crops per image (official SEED with SwAV teachers: 6). Each small crop is
+            distilled like the main view, against a second queue of small-crop teacher embeddings.
+        small_crop_size (`int`, *optional*, defaults to 96):
+            Resolution of the small crops.
+        small_crop_scale (`list[float]`, *optional*, defaults to `None`):
+            RandomResizedCrop area range of the small crops (`None`: the official [0.05, 0.14]).
+        small_queue_size (`int`, *optional*, defaults to `None`):
+            Size of the small-crop queue (`None`: `queue_size`); must hold one global batch of small crops.
         queue_seed (`int`, *optional*, defaults to 0):
             Seed of the queue's random initial content.
         image_mean (`list[float]`, *optional*, defaults to `None`):
@@ -80,6 +89,10 @@ class SeedConfig(PretrainedConfig):
         student_temperature: float = 0.2,
         teacher_temperature: float = 0.01,
         loss_variant: str = "official",
+        num_small_crops: int = 0,
+        small_crop_size: int = 96,
+        small_crop_scale: list[float] | None = None,
+        small_queue_size: int | None = None,
         queue_seed: int = 0,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
@@ -115,6 +128,17 @@ class SeedConfig(PretrainedConfig):
         self.student_temperature = float(student_temperature)
         self.teacher_temperature = float(teacher_temperature)
         self.loss_variant = loss_variant
+        if num_small_crops < 0:
+            raise ValueError(f"num_small_crops must be ≥ 0, got {num_small_crops}.")
+        small_crop_scale = [0.05, 0.14] if small_crop_scale is None else [float(v) for v in small_crop_scale]
+        if len(small_crop_scale) != 2 or not 0 < small_crop_scale[0] <= small_crop_scale[1] <= 1:
+            raise ValueError(f"small_crop_scale must be [min, max] within (0, 1], got {small_crop_scale}.")
+        if small_queue_size is not None and small_queue_size <= 0:
+            raise ValueError(f"small_queue_size must be a positive integer or None, got {small_queue_size}.")
+        self.num_small_crops = num_small_crops
+        self.small_crop_size = small_crop_size
+        self.small_crop_scale = small_crop_scale
+        self.small_queue_size = small_queue_size
         self.queue_seed = queue_seed
         self.image_mean, self.image_std = default_normalization(in_chans, image_mean, image_std)
         self.teacher_name_or_path = teacher_name_or_path

@@ -214,18 +214,28 @@ def build_eval_transform(
 
 
 class MultiViewTransform:
-    """Applies ``transform`` ``num_views`` times: ``pixel_values`` (+ ``pixel_values_k``, ...)."""
+    """Applies ``transform`` ``num_views`` times: ``pixel_values`` (+ ``pixel_values_k``), and
+    ``small_transform`` ``num_small_crops`` times: ``pixel_values_small`` ``(m, c, s, s)``."""
 
     VIEW_KEYS = ("pixel_values", "pixel_values_k")
 
-    def __init__(self, transform: Callable, num_views: int = 1):
+    def __init__(
+        self, transform: Callable, num_views: int = 1, small_transform: Callable | None = None, num_small_crops: int = 0
+    ):
         if num_views not in (1, 2):
             raise ValueError(f"num_views must be 1 or 2, got {num_views}.")
+        if num_small_crops and small_transform is None:
+            raise ValueError("num_small_crops needs a small_transform.")
         self.transform = transform
         self.num_views = num_views
+        self.small_transform = small_transform
+        self.num_small_crops = num_small_crops
 
     def __call__(self, image: Any) -> dict[str, torch.Tensor]:
-        return {key: self.transform(image) for key in self.VIEW_KEYS[: self.num_views]}
+        views = {key: self.transform(image) for key in self.VIEW_KEYS[: self.num_views]}
+        if self.num_small_crops:
+            views["pixel_values_small"] = torch.stack([self.small_transform(image) for _ in range(self.num_small_crops)])
+        return views
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

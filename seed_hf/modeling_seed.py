@@ -106,6 +106,10 @@ class SeedForDistillation(SeedPreTrainedModel):
         width = pooled_width(self.student)
         self.head = ProjectionHead(width, config.head_hidden_dim or width, config.projection_dim)
         self.queue = EmbeddingQueue(config.queue_size, config.projection_dim, seed=config.queue_seed)
+        if config.num_small_crops > 0:
+            self.small_queue = EmbeddingQueue(
+                config.small_queue_size or config.queue_size, config.projection_dim, seed=config.queue_seed + 1
+            )
         self.post_init()
 
     @property
@@ -117,9 +121,22 @@ class SeedForDistillation(SeedPreTrainedModel):
         return pooled_features(self.student, pixel_values)
 
     @torch.no_grad()
-    def enqueue(self, teacher_embeds: torch.Tensor) -> None:
-        """Pushes the teacher keys of the *global* batch ``(global_batch, projection_dim)``."""
+    def enqueue(self, teacher_embeds: torch.Tensor, small_teacher_embeds: torch.Tensor | None = None) -> None:
+        """Pushes the teacher keys of the *global* batch ``(global_batch, projection_dim)`` (and of
+        its small crops, ``(global_batch × num_small_crops, projection_dim)``, to the second queue)."""
         self.queue.enqueue(F.normalize(teacher_embeds.float(), dim=1))
+        if small_teacher_embeds is not None and hasattr(self, "small_queue"):
+            self.small_queue.enqueue(F.normalize(small_teacher_embeds.float(), dim=1))
+
+    def _distill(self, student_embeds, teacher_embeds, queue, batch_teacher_embeds):
+        teacher_embeds = F.normalize(teacher_embeds.float(), dim=1)
+        if self.config.loss_variant == "batch_keys" and batch_teacher_embeds is None:
+            batch_teacher_embeds = all_gather_no_grad(teacher_embeds)
+        s_sims, t_sims = seed_logits(
+            student_embeds, teacher_embeds, queue, self.config.loss_variant, batch_teacher_embeds, normalize=False
+        )
+        logits = s_sims / self.config.student_temperature
+        return soft_cross_entropy(logits, t_sims / self.config.teacher_temperature), logits, teacher_embeds
 
     def forward(
         self,
@@ -127,6 +144,9 @@ class SeedForDistillation(SeedPreTrainedModel):
         teacher_embeds: torch.Tensor | None = None,
         batch_teacher_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        small_pixel_values: torch.Tensor | None = None,
+        small_teacher_embeds: torch.Tensor | None = None,
+        batch_small_teacher_embeds: torch.Tensor | None = None,
     ) -> SeedOutput | tuple:
         r"""
         Args:
@@ -139,6 +159,13 @@ class SeedForDistillation(SeedPreTrainedModel):
                 gathered across processes here when not given.
             return_dict (`bool`, *optional*):
                 Return a [`SeedOutput`] instead of a tuple.
+            small_pixel_values (`torch.FloatTensor` of shape `(batch_size, num_small_crops, in_chans, s, s)`, *optional*):
+                Small crops of the same images; each is distilled against the second queue and
+                its loss added (official SEED small-patch variant).
+            small_teacher_embeds (`torch.FloatTensor` of shape `(batch_size * num_small_crops, projection_dim)`, *optional*):
+                Teacher embeddings of the flattened small crops.
+            batch_small_teacher_embeds (`torch.FloatTensor`, *optional*):
+                Global-batch small-crop keys for `loss_variant="batch_keys"`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         features = self.get_features(pixel_values)
@@ -146,19 +173,19 @@ class SeedForDistillation(SeedPreTrainedModel):
 
         loss = logits = None
         if teacher_embeds is not None:
-            teacher_embeds = F.normalize(teacher_embeds.float(), dim=1)
-            if self.config.loss_variant == "batch_keys" and batch_teacher_embeds is None:
-                batch_teacher_embeds = all_gather_no_grad(teacher_embeds)
-            s_sims, t_sims = seed_logits(
-                student_embeds,
-                teacher_embeds,
-                self.queue.embeddings,
-                self.config.loss_variant,
-                batch_teacher_embeds,
-                normalize=False,
+            loss, logits, teacher_embeds = self._distill(
+                student_embeds, teacher_embeds, self.queue.embeddings, batch_teacher_embeds
             )
-            logits = s_sims / self.config.student_temperature
-            loss = soft_cross_entropy(logits, t_sims / self.config.teacher_temperature)
+            if small_pixel_values is not None:
+                if small_teacher_embeds is None or not hasattr(self, "small_queue"):
+                    raise ValueError("small_pixel_values need small_teacher_embeds and config.num_small_crops > 0.")
+                # (n, m, c, h, w) -> (n·m, c, h, w): every small crop is one more distillation sample
+                small = small_pixel_values.flatten(0, 1)
+                small_embeds = F.normalize(self.head(self.get_features(small)), dim=1)
+                small_loss, _, _ = self._distill(
+                    small_embeds, small_teacher_embeds, self.small_queue.embeddings, batch_small_teacher_embeds
+                )
+                loss = loss + small_loss
 
         output = SeedOutput(
             loss=loss,

@@ -82,9 +82,9 @@ class SeedStudentGroup(nn.Module):
         return {name: student.get_features(pixel_values) for name, student in self.students.items()}
 
     @torch.no_grad()
-    def enqueue(self, teacher_embeds: torch.Tensor) -> None:
+    def enqueue(self, teacher_embeds: torch.Tensor, small_teacher_embeds: torch.Tensor | None = None) -> None:
         for student in self.students.values():
-            student.enqueue(teacher_embeds)
+            student.enqueue(teacher_embeds, small_teacher_embeds)
 
     def forward(
         self,
@@ -92,9 +92,10 @@ class SeedStudentGroup(nn.Module):
         teacher_embeds: torch.Tensor | None = None,
         batch_teacher_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        **small_crop_kwargs,
     ) -> SeedGroupOutput:
         losses = {
-            name: student(pixel_values, teacher_embeds, batch_teacher_embeds).loss
+            name: student(pixel_values, teacher_embeds, batch_teacher_embeds, **small_crop_kwargs).loss
             for name, student in self.students.items()
         }
         total = None if teacher_embeds is None else torch.stack(list(losses.values())).sum()

@@ -284,7 +284,8 @@ class QueueTrainer(Trainer):
     ) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self._pending_keys is not None:  # after backward: the queue was saved for autograd
-            _unwrapped(self, model).enqueue(self._pending_keys)
+            keys = self._pending_keys
+            _unwrapped(self, model).enqueue(*(keys if isinstance(keys, tuple) else (keys,)))
             self._pending_keys = None
         return loss
 
@@ -357,11 +358,19 @@ class SeedTrainer(QueueTrainer):
         pixel_values = self._to_memory_format(inputs["pixel_values"])
         teacher_embeds = self.teacher_embeddings(pixel_values)
         global_keys = all_gather_no_grad(teacher_embeds)
+        small_kwargs, small_keys = {}, None
+        if inputs.get("pixel_values_small") is not None:  # (n, m, c, s, s): small-patch variant
+            small = inputs["pixel_values_small"]
+            small_teacher = self.teacher_embeddings(self._to_memory_format(small.flatten(0, 1)))
+            small_keys = all_gather_no_grad(small_teacher)
+            small_kwargs = dict(
+                small_pixel_values=small, small_teacher_embeds=small_teacher, batch_small_teacher_embeds=small_keys
+            )
         outputs = model(
-            pixel_values=pixel_values, teacher_embeds=teacher_embeds, batch_teacher_embeds=global_keys
+            pixel_values=pixel_values, teacher_embeds=teacher_embeds, batch_teacher_embeds=global_keys, **small_kwargs
         )
         if model.training:
-            self._pending_keys = global_keys
+            self._pending_keys = global_keys if small_keys is None else (global_keys, small_keys)
             if getattr(outputs, "losses", None):  # a SeedStudentGroup: log each student's loss
                 self._student_losses = {k: v.detach().item() for k, v in outputs.losses.items()}
         return (outputs.loss, outputs) if return_outputs else outputs.loss

@@ -184,3 +184,25 @@ def test_online_knn_monitor_through_evaluate(tmp_path):
     knn = [h["eval_knn_top1"] for h in trainer.state.log_history if "eval_knn_top1" in h]
     assert len(knn) == 2 and all(0 <= v <= 100 for v in knn)
     assert trainer.model.training
+
+
+def test_small_patch_variant_uses_a_second_queue(tmp_path):
+    from seed_hf import ArrayImageDataset, build_ssl_transform
+    from seed_hf.data import MultiViewTransform
+
+    images = (torch.rand(32, 40, 40, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    transform = MultiViewTransform(build_ssl_transform("swav", 32), 1, build_ssl_transform("swav", 16, scale=(0.05, 0.14)), 3)
+    dataset = ArrayImageDataset(images, None, transform)
+    assert dataset[0]["pixel_values_small"].shape == (3, 3, 16, 16)
+    model = tiny_student(num_small_crops=3, small_queue_size=48)
+    trainer = SeedTrainer(model=model, teacher=tiny_teacher(), args=_args(tmp_path, max_steps=2),
+                          train_dataset=dataset, data_collator=collate_batch)
+    trainer.train()
+    assert int(model.queue.num_filled) == 16 and int(model.small_queue.num_filled) == 48  # 2 steps x 8 x 3 crops
+    x = torch.randn(2, 3, 32, 32)
+    small = torch.randn(2, 3, 3, 16, 16)
+    t, ts = torch.randn(2, 16), torch.randn(6, 16)
+    with_small = model(x, teacher_embeds=t, small_pixel_values=small, small_teacher_embeds=ts).loss
+    assert with_small > model(x, teacher_embeds=t).loss  # the small-crop term is added
+    with pytest.raises(ValueError, match="num_small_crops"):
+        tiny_student()(x, teacher_embeds=t, small_pixel_values=small, small_teacher_embeds=ts)
