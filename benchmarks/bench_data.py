@@ -43,15 +43,17 @@ class PilGaussianBlur:
 
 
 def official_transform(size: int) -> T.Compose:
-    return T.Compose([
-        T.RandomResizedCrop(size, scale=(0.2, 1.0)),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([PilGaussianBlur()], p=0.5),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(MEAN, STD),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([PilGaussianBlur()], p=0.5),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ]
+    )
 
 
 def make_images(folder: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
@@ -91,7 +93,9 @@ def rate(loader, n: int) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num_images", type=int, default=512)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -105,7 +109,9 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root, parquet = make_images(Path(tmp), args.num_images)
         baseline_ds = tv_datasets.ImageFolder(str(root), transform=official_transform(args.image_size))
-        ours_ds = datasets.load_dataset("parquet", data_files=str(parquet), split="train", cache_dir=f"{tmp}/cache")
+        ours_ds = datasets.load_dataset(
+            "parquet", data_files=str(parquet), split="train", cache_dir=f"{tmp}/cache"
+        )
         ours_ds = ours_ds.cast_column("image", datasets.Image(decode=False))
         ours_transform = build_ssl_transform("moco_v2", args.image_size, MEAN, STD)
         ours_ds.set_transform(hf_transform(ours_transform, "image", 3, label_column="label"))
@@ -141,7 +147,9 @@ def main(argv=None) -> dict:
         "image_size": args.image_size,
         "repeats": args.repeats,
     }
-    decode_share = (1 / median["decode_seed_hf"]) / (1 / median["decode_seed_hf"] + 1 / median["augment_seed_hf_v2"])
+    decode_share = (1 / median["decode_seed_hf"]) / (
+        1 / median["decode_seed_hf"] + 1 / median["augment_seed_hf_v2"]
+    )
     out["seed_hf_decode_share_of_time"] = decode_share
     print(json.dumps(out, indent=2))
     print(

@@ -153,7 +153,7 @@ def main(argv=None) -> dict:
     baseline = OfficialStyleStep(args.student, baseline_teacher, args.queue_size, args.dim, 0.03, device)
     with tempfile.TemporaryDirectory() as tmp:
         ours = build_ours(args, build_teacher(args.teacher, args.dim), tmp)
-        model, teacher = ours.model, ours.teacher
+        model = ours.model
         x_ours = x.contiguous(memory_format=torch.channels_last) if not args.no_channels_last else x
         batch = {"pixel_values": x_ours}
 

@@ -42,9 +42,13 @@ class StudyArguments:
     student_steps: int = field(default=1000, metadata={"help": "Steps of each student (MoCo-v2 and SEED)."})
     batch_size: int = field(default=256, metadata={"help": "Batch size of every run."})
     queue_size: int = field(default=4096, metadata={"help": "K for MoCo and SEED."})
-    moco_momentum: float = field(default=0.99, metadata={"help": "MoCo key-encoder momentum (0.99 for short runs)."})
+    moco_momentum: float = field(
+        default=0.99, metadata={"help": "MoCo key-encoder momentum (0.99 for short runs)."}
+    )
     moco_temperature: float = field(default=0.1, metadata={"help": "MoCo InfoNCE temperature."})
-    base_learning_rate: float = field(default=0.06, metadata={"help": "lr = base × batch / 256 (SGD, cosine)."})
+    base_learning_rate: float = field(
+        default=0.06, metadata={"help": "lr = base × batch / 256 (SGD, cosine)."}
+    )
     teacher_temperature: float = field(default=0.01, metadata={"help": "SEED τ_T."})
     eval_steps: int = field(default=250, metadata={"help": "Online kNN monitor interval (steps)."})
     probe_epochs: int = field(default=30, metadata={"help": "Linear probe epochs."})
@@ -94,7 +98,14 @@ def _common(args: StudyArguments, run_dir: Path, steps: int) -> list[str]:
 
 
 def _moco(args: StudyArguments) -> list[str]:
-    return ["--key_bn_splits", "4", "--momentum", str(args.moco_momentum), "--temperature", str(args.moco_temperature)]
+    return [
+        "--key_bn_splits",
+        "4",
+        "--momentum",
+        str(args.moco_momentum),
+        "--temperature",
+        str(args.moco_temperature),
+    ]
 
 
 def _history(run_dir: Path) -> list[dict]:

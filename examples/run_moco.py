@@ -12,7 +12,6 @@ With no dataset argument it trains on Fashion-MNIST (apt-get install -y dataset-
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, set_seed
@@ -22,6 +21,7 @@ from seed_hf.arguments import (
     DataTrainingArguments,
     build_knn_monitor,
     build_train_dataset,
+    parse_script_args,
     resolve_checkpoint,
     setup_logging,
 )
@@ -47,11 +47,7 @@ class ModelArguments:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SeedTrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(argv[0])
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    model_args, data_args, training_args = parse_script_args(parser, argv)
     logger = setup_logging(training_args)
     last_checkpoint = resolve_checkpoint(training_args)
     set_seed(training_args.seed)

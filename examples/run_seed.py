@@ -13,7 +13,6 @@ With no dataset argument it distils on Fashion-MNIST (apt-get install -y dataset
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, set_seed
@@ -31,6 +30,7 @@ from seed_hf.arguments import (
     DataTrainingArguments,
     build_knn_monitor,
     build_train_dataset,
+    parse_script_args,
     resolve_checkpoint,
     setup_logging,
 )
@@ -47,6 +47,15 @@ class ModelArguments:
     )
     teacher_checkpoint: str | None = field(
         default=None, metadata={"help": "Local teacher weights: safetensors, timm or MoCo v1/v2 checkpoint."}
+    )
+    teacher_model_args: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON dict of timm.create_model args of a timm teacher (e.g. SwAV RN50-w2 widths)."
+        },
+    )
+    teacher_embedding: str = field(
+        default="auto", metadata={"help": "transformers teachers: auto, cls, mean or pooler."}
     )
     teacher_ssl_method: str | None = field(
         default=None, metadata={"help": "Provenance: moco_v2, swav, simclr, ..."}
@@ -72,24 +81,28 @@ class ModelArguments:
     teacher_temperature: float = field(default=0.01, metadata={"help": "τ_T (official code: 1e-4)."})
     loss_variant: str = field(default="official", metadata={"help": "official or batch_keys."})
     num_small_crops: int = field(
-        default=0, metadata={"help": "Small crops per image distilled against a second queue (official SwAV setting: 6)."}
+        default=0,
+        metadata={
+            "help": "Small crops per image distilled against a second queue (official SwAV setting: 6)."
+        },
     )
     small_crop_size: int = field(default=96, metadata={"help": "Resolution of the small crops."})
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SeedTrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(argv[0])
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    model_args, data_args, training_args = parse_script_args(parser, argv)
     logger = setup_logging(training_args)
     last_checkpoint = resolve_checkpoint(training_args)
     set_seed(training_args.seed)
 
     _, image_size, in_chans, mean, std = data_args.resolved()
-    teacher = load_teacher(model_args.teacher_name_or_path, model_args.teacher_checkpoint)
+    teacher = load_teacher(
+        model_args.teacher_name_or_path,
+        model_args.teacher_checkpoint,
+        model_args=json.loads(model_args.teacher_model_args) if model_args.teacher_model_args else None,
+        embedding=model_args.teacher_embedding,
+    )
     architectures = [a.strip() for a in model_args.student_architecture.split(",") if a.strip()]
     configs = [
         SeedConfig(

@@ -14,8 +14,8 @@ from .data import (
 )
 from .distributed import all_gather_no_grad
 from .losses import SeedLoss, seed_logits, seed_loss
-from .modeling_seed import SeedForDistillation, SeedOutput, SeedPreTrainedModel
 from .moco import MocoConfig, MocoForPretraining, MocoOutput
+from .modeling_seed import SeedForDistillation, SeedOutput, SeedPreTrainedModel
 from .multi_student import SeedGroupOutput, SeedStudentGroup
 from .queue import EmbeddingQueue
 from .teachers import FrozenTeacher, load_teacher

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import transformers
@@ -85,6 +87,9 @@ class DataTrainingArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
 
     def __post_init__(self):
+        for name in ("dataset_name", "dataset_config_name", "train_dir"):
+            if getattr(self, name) == "":  # an emptied recipe field means "not set"
+                setattr(self, name, None)
         sources = [s for s in (self.dataset_name, self.train_dir, self.train_files) if s]
         if len(sources) > 1:
             raise ValueError("Pass at most one of --dataset_name, --train_dir, --train_files.")
@@ -140,8 +145,14 @@ def build_train_dataset(
     """Training dataset yielding ``pixel_values`` (``pixel_values_k`` for 2 views, and
     ``pixel_values_small`` with ``num_small_crops`` small crops)."""
     preset, image_size, _, _, _ = data_args.resolved()
-    small = build_ssl_transform(preset, small_crop_size, mean, std, scale=tuple(small_crop_scale)) if num_small_crops else None
-    transform = MultiViewTransform(build_ssl_transform(preset, image_size, mean, std), num_views, small, num_small_crops)
+    small = (
+        build_ssl_transform(preset, small_crop_size, mean, std, scale=tuple(small_crop_scale))
+        if num_small_crops
+        else None
+    )
+    transform = MultiViewTransform(
+        build_ssl_transform(preset, image_size, mean, std), num_views, small, num_small_crops
+    )
     if data_args.uses_fashion_mnist:
         images, labels = load_fashion_mnist("train", data_args.fashion_mnist_dir)
         if data_args.max_train_samples:
@@ -171,6 +182,23 @@ def build_train_dataset(
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
     dataset.set_transform(apply)
     return dataset
+
+
+def parse_script_args(parser, argv: list[str] | None = None) -> tuple:
+    """``HfArgumentParser`` dataclasses from the command line, or from a recipe ``.json`` given
+    first (keys starting with ``_`` are comments) followed by command-line overrides:
+    ``run_seed.py recipes/x.json --max_steps 2``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith(".json"):
+        recipe = json.loads(Path(argv.pop(0)).read_text())
+        flags: list[str] = []
+        for key, value in recipe.items():
+            if key.startswith("_") or value is None:
+                continue
+            flags.append(f"--{key}")
+            flags.extend(str(v) for v in value) if isinstance(value, list) else flags.append(str(value))
+        argv = flags + argv  # later flags win
+    return parser.parse_args_into_dataclasses(argv)
 
 
 def setup_logging(training_args) -> logging.Logger:

@@ -175,13 +175,20 @@ def build_ssl_transform(
     if preset not in AUGMENTATION_PRESETS:
         raise ValueError(f"augmentation preset must be one of {AUGMENTATION_PRESETS}, got {preset!r}.")
     default_scale = {"moco_v2": (0.2, 1.0), "moco_v1": (0.2, 1.0), "simclr": (0.08, 1.0), "swav": (0.14, 1.0)}
-    crop = v2.RandomResizedCrop(image_size, scale=scale or default_scale.get(preset, (0.3, 1.0)), antialias=True)
+    crop = v2.RandomResizedCrop(
+        image_size, scale=scale or default_scale.get(preset, (0.3, 1.0)), antialias=True
+    )
     blur = v2.RandomApply([RandomGaussianBlur(kernel_size=_blur_kernel(image_size))], p=0.5)
     ops: list[Callable] = []
     if preset == "none":
         ops += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
     elif preset == "moco_v2":
-        ops += [crop, v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(0.2), blur]
+        ops += [
+            crop,
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(0.2),
+            blur,
+        ]
         ops += [v2.RandomHorizontalFlip()]
     elif preset == "moco_v1":
         ops += [crop, v2.RandomGrayscale(0.2), v2.ColorJitter(0.4, 0.4, 0.4, 0.4), v2.RandomHorizontalFlip()]
@@ -220,7 +227,11 @@ class MultiViewTransform:
     VIEW_KEYS = ("pixel_values", "pixel_values_k")
 
     def __init__(
-        self, transform: Callable, num_views: int = 1, small_transform: Callable | None = None, num_small_crops: int = 0
+        self,
+        transform: Callable,
+        num_views: int = 1,
+        small_transform: Callable | None = None,
+        num_small_crops: int = 0,
     ):
         if num_views not in (1, 2):
             raise ValueError(f"num_views must be 1 or 2, got {num_views}.")
@@ -234,7 +245,9 @@ class MultiViewTransform:
     def __call__(self, image: Any) -> dict[str, torch.Tensor]:
         views = {key: self.transform(image) for key in self.VIEW_KEYS[: self.num_views]}
         if self.num_small_crops:
-            views["pixel_values_small"] = torch.stack([self.small_transform(image) for _ in range(self.num_small_crops)])
+            views["pixel_values_small"] = torch.stack(
+                [self.small_transform(image) for _ in range(self.num_small_crops)]
+            )
         return views
 
 

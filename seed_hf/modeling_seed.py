@@ -108,7 +108,9 @@ class SeedForDistillation(SeedPreTrainedModel):
         self.queue = EmbeddingQueue(config.queue_size, config.projection_dim, seed=config.queue_seed)
         if config.num_small_crops > 0:
             self.small_queue = EmbeddingQueue(
-                config.small_queue_size or config.queue_size, config.projection_dim, seed=config.queue_seed + 1
+                config.small_queue_size or config.queue_size,
+                config.projection_dim,
+                seed=config.queue_seed + 1,
             )
         self.post_init()
 
@@ -133,7 +135,12 @@ class SeedForDistillation(SeedPreTrainedModel):
         if self.config.loss_variant == "batch_keys" and batch_teacher_embeds is None:
             batch_teacher_embeds = all_gather_no_grad(teacher_embeds)
         s_sims, t_sims = seed_logits(
-            student_embeds, teacher_embeds, queue, self.config.loss_variant, batch_teacher_embeds, normalize=False
+            student_embeds,
+            teacher_embeds,
+            queue,
+            self.config.loss_variant,
+            batch_teacher_embeds,
+            normalize=False,
         )
         logits = s_sims / self.config.student_temperature
         return soft_cross_entropy(logits, t_sims / self.config.teacher_temperature), logits, teacher_embeds
@@ -178,12 +185,17 @@ class SeedForDistillation(SeedPreTrainedModel):
             )
             if small_pixel_values is not None:
                 if small_teacher_embeds is None or not hasattr(self, "small_queue"):
-                    raise ValueError("small_pixel_values need small_teacher_embeds and config.num_small_crops > 0.")
+                    raise ValueError(
+                        "small_pixel_values need small_teacher_embeds and config.num_small_crops > 0."
+                    )
                 # (n, m, c, h, w) -> (n·m, c, h, w): every small crop is one more distillation sample
                 small = small_pixel_values.flatten(0, 1)
                 small_embeds = F.normalize(self.head(self.get_features(small)), dim=1)
                 small_loss, _, _ = self._distill(
-                    small_embeds, small_teacher_embeds, self.small_queue.embeddings, batch_small_teacher_embeds
+                    small_embeds,
+                    small_teacher_embeds,
+                    self.small_queue.embeddings,
+                    batch_small_teacher_embeds,
                 )
                 loss = loss + small_loss
 

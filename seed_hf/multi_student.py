@@ -69,6 +69,13 @@ class SeedStudentGroup(nn.Module):
                     )
         self.students = nn.ModuleDict(students)
 
+    def state_dict(self, *args, **kwargs):
+        # channels_last weights are not contiguous: safetensors (Trainer checkpoints) needs them packed
+        state = super().state_dict(*args, **kwargs)
+        for key, value in state.items():
+            state[key] = value.contiguous()
+        return state
+
     @property
     def config(self):
         """The first student's config (shared fields: in_chans, image_size, projection_dim)."""

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
+from .backbones import create_backbone, pooled_features, pooled_width
 
 __all__ = [
     "FrozenTeacher",
@@ -156,14 +156,22 @@ class TransformersVisionBackbone(nn.Module):
         config = model.config
         self.uses_image_features = embedding == "auto" and hasattr(model, "get_image_features")
         vision_config = getattr(config, "vision_config", config)
-        if self.uses_image_features or (embedding == "auto" and hasattr(config, "projection_dim") and "WithProjection" in type(model).__name__):
+        if self.uses_image_features or (
+            embedding == "auto"
+            and hasattr(config, "projection_dim")
+            and "WithProjection" in type(model).__name__
+        ):
             self.num_features = int(getattr(config, "projection_dim", None) or vision_config.hidden_size)
         else:
             self.num_features = int(vision_config.hidden_size)
         self.in_chans = int(getattr(vision_config, "num_channels", 3))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        kwargs = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in _forward_params(self.model) else {}
+        kwargs = (
+            {"interpolate_pos_encoding": True}
+            if "interpolate_pos_encoding" in _forward_params(self.model)
+            else {}
+        )
         if self.uses_image_features:
             out = self.model.get_image_features(pixel_values=pixel_values, **kwargs)
             return out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -176,7 +184,9 @@ class TransformersVisionBackbone(nn.Module):
             pooled = out.pooler_output
             return pooled.flatten(1) if pooled.ndim > 2 else pooled
         if self.embedding == "pooler":
-            raise ValueError(f"{type(self.model).__name__} has no pooler output; use embedding='cls' or 'mean'.")
+            raise ValueError(
+                f"{type(self.model).__name__} has no pooler output; use embedding='cls' or 'mean'."
+            )
         return out.last_hidden_state[:, 0]
 
 
@@ -225,8 +235,12 @@ CHECKPOINT_LAYOUTS = (
     ("moco", ("module.encoder_q.", "encoder_q."), ("fc.",), ()),
     ("seed", ("module.student.", "student."), ("fc.",), ()),
     ("swav", ("module.", ""), ("projection_head.",), ("prototypes.",)),
-    ("simclr", ("module.backbone.", "backbone.", "module.encoder.", "encoder.", "module.", ""),
-     ("projection_head.", "projector.", "fc.", "head."), ()),
+    (
+        "simclr",
+        ("module.backbone.", "backbone.", "module.encoder.", "encoder.", "module.", ""),
+        ("projection_head.", "projector.", "fc.", "head."),
+        (),
+    ),
 )
 
 
@@ -239,32 +253,44 @@ def detect_checkpoint_layout(state: dict[str, torch.Tensor]) -> str:
         return "seed"
     if any(k.split("module.", 1)[-1].startswith("prototypes.") for k in keys):
         return "swav"
-    if any(k.split("module.", 1)[-1].startswith(("backbone.", "encoder.", "projection_head.", "projector."))
-           for k in keys):
+    if any(
+        k.split("module.", 1)[-1].startswith(("backbone.", "encoder.", "projection_head.", "projector."))
+        for k in keys
+    ):
         return "simclr"
     return "plain"
 
 
-def split_checkpoint(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def split_checkpoint(
+    state: dict[str, torch.Tensor],
+) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Splits a MoCo v1/v2, SimCLR, SwAV or official-SEED state dict into (layout, backbone
     state with timm names, projection-head state). Plain timm / torchvision state dicts keep
     their keys, minus the classifier (``fc``/``classifier``/``head.fc``)."""
     layout = detect_checkpoint_layout(state)
     if layout == "plain":
         backbone = {k.removeprefix("module."): v for k, v in state.items()}
-        return layout, {k: v for k, v in backbone.items() if not k.startswith(("fc.", "head.fc.", "classifier."))}, {}
+        return (
+            layout,
+            {k: v for k, v in backbone.items() if not k.startswith(("fc.", "head.fc.", "classifier."))},
+            {},
+        )
     _, prefixes, head_prefixes, dropped = next(entry for entry in CHECKPOINT_LAYOUTS if entry[0] == layout)
     backbone, head = {}, {}
     for key, value in state.items():
         prefix = next((p for p in prefixes if key.startswith(p)), None)
         if prefix is None:  # e.g. MoCo's encoder_k / queue, SEED's teacher
             continue
-        name = key[len(prefix):]
-        if name.startswith(dropped) or name in ("queue", "queue_ptr") or name.startswith(("encoder_k.", "teacher.")):
+        name = key[len(prefix) :]
+        if (
+            name.startswith(dropped)
+            or name in ("queue", "queue_ptr")
+            or name.startswith(("encoder_k.", "teacher."))
+        ):
             continue
         head_prefix = next((p for p in head_prefixes if name.startswith(p)), None)
         if head_prefix is not None:
-            head[name[len(head_prefix):]] = value
+            head[name[len(head_prefix) :]] = value
         elif layout == "simclr" and name.startswith(("backbone.", "encoder.")):
             backbone[name.split(".", 1)[1]] = value
         else:

@@ -364,10 +364,15 @@ class SeedTrainer(QueueTrainer):
             small_teacher = self.teacher_embeddings(self._to_memory_format(small.flatten(0, 1)))
             small_keys = all_gather_no_grad(small_teacher)
             small_kwargs = dict(
-                small_pixel_values=small, small_teacher_embeds=small_teacher, batch_small_teacher_embeds=small_keys
+                small_pixel_values=small,
+                small_teacher_embeds=small_teacher,
+                batch_small_teacher_embeds=small_keys,
             )
         outputs = model(
-            pixel_values=pixel_values, teacher_embeds=teacher_embeds, batch_teacher_embeds=global_keys, **small_kwargs
+            pixel_values=pixel_values,
+            teacher_embeds=teacher_embeds,
+            batch_teacher_embeds=global_keys,
+            **small_kwargs,
         )
         if model.training:
             self._pending_keys = global_keys if small_keys is None else (global_keys, small_keys)

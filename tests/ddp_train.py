@@ -29,15 +29,27 @@ def main(out_dir: str, global_batch: int, steps: int, variant: str, knn: bool = 
         **({"eval_strategy": "steps", "eval_steps": 2} if knn else {}),
     )
     # LayerNorm ViT: no per-rank BatchNorm statistics, so 2 x 8 must equal 1 x 16 exactly
-    model = tiny_student(student_architecture="test_vit", student_model_args={"img_size": 32}, loss_variant=variant)
+    model = tiny_student(
+        student_architecture="test_vit", student_model_args={"img_size": 32}, loss_variant=variant
+    )
     trainer = SeedTrainer(
-        model=model, teacher=tiny_teacher(), args=args, train_dataset=TensorImages(96), data_collator=collate_batch,
-        knn_monitor=KnnMonitor(TensorImages(30, seed=1), TensorImages(14, seed=2), k=5, batch_size=4) if knn else None,
+        model=model,
+        teacher=tiny_teacher(),
+        args=args,
+        train_dataset=TensorImages(96),
+        data_collator=collate_batch,
+        knn_monitor=KnnMonitor(TensorImages(30, seed=1), TensorImages(14, seed=2), k=5, batch_size=4)
+        if knn
+        else None,
     )
     trainer.train()
     rank = trainer.args.process_index
     torch.save(
-        {"queue": trainer.model.queue.embeddings, "ptr": int(trainer.model.queue.ptr), "head": trainer.model.head[2].weight.detach()},
+        {
+            "queue": trainer.model.queue.embeddings,
+            "ptr": int(trainer.model.queue.ptr),
+            "head": trainer.model.head[2].weight.detach(),
+        },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
     if rank == 0:
@@ -48,4 +60,10 @@ def main(out_dir: str, global_batch: int, steps: int, variant: str, knn: bool = 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], len(sys.argv) > 5 and sys.argv[5] == "knn")
+    main(
+        sys.argv[1],
+        int(sys.argv[2]),
+        int(sys.argv[3]),
+        sys.argv[4],
+        len(sys.argv) > 5 and sys.argv[5] == "knn",
+    )

@@ -6,8 +6,8 @@ import torch
 from torch.utils.data import Dataset
 
 from seed_hf import MocoConfig, MocoForPretraining, SeedConfig, SeedForDistillation
+from seed_hf.backbones import ProjectionHead, create_backbone, pooled_width
 from seed_hf.teachers import FrozenTeacher
-from seed_hf.backbones import create_backbone, ProjectionHead, pooled_width
 
 IMAGE_SIZE = 32
 
@@ -31,7 +31,9 @@ class TensorImages(Dataset):
 
 
 def tiny_seed_config(**kwargs) -> SeedConfig:
-    defaults = dict(student_architecture="test_resnet", queue_size=40, projection_dim=16, image_size=IMAGE_SIZE)
+    defaults = dict(
+        student_architecture="test_resnet", queue_size=40, projection_dim=16, image_size=IMAGE_SIZE
+    )
     defaults.update(kwargs)
     return SeedConfig(**defaults)
 
@@ -41,7 +43,9 @@ def tiny_student(**kwargs) -> SeedForDistillation:
     return SeedForDistillation(tiny_seed_config(**kwargs))
 
 
-def tiny_teacher(dim: int = 16, arch: str = "test_efficientnet", in_chans: int = 3, seed: int = 1, **model_args):
+def tiny_teacher(
+    dim: int = 16, arch: str = "test_efficientnet", in_chans: int = 3, seed: int = 1, **model_args
+):
     torch.manual_seed(seed)
     backbone = create_backbone(arch, in_chans, model_args)
     head = ProjectionHead(pooled_width(backbone), 32, dim)

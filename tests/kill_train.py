@@ -34,12 +34,24 @@ class KillAt(TrainerCallback):
 
 def main(out_dir: str, max_steps: int, kill_at: int, mode: str) -> None:
     args = SeedTrainingArguments(
-        output_dir=out_dir, per_device_train_batch_size=8, max_steps=max_steps, use_cpu=True, seed=0,
-        logging_steps=1, save_strategy="steps", save_steps=2, save_total_limit=2, report_to="none",
-        disable_tqdm=True, full_determinism=True,
+        output_dir=out_dir,
+        per_device_train_batch_size=8,
+        max_steps=max_steps,
+        use_cpu=True,
+        seed=0,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=2,
+        report_to="none",
+        disable_tqdm=True,
+        full_determinism=True,
     )
     trainer = SeedTrainer(
-        model=tiny_student(), teacher=tiny_teacher(), args=args, train_dataset=augmented_images(),
+        model=tiny_student(),
+        teacher=tiny_teacher(),
+        args=args,
+        train_dataset=augmented_images(),
         data_collator=collate_batch,
     )
     if mode == "step" and kill_at > 0:
@@ -53,9 +65,13 @@ def main(out_dir: str, max_steps: int, kill_at: int, mode: str) -> None:
             original(output_dir)
 
         trainer._save_optimizer_and_scheduler = killed_while_saving
-    checkpoint = resolve_checkpoint(SimpleNamespace(resume_from_checkpoint=None, output_dir=out_dir, overwrite_output_dir=False))
+    checkpoint = resolve_checkpoint(
+        SimpleNamespace(resume_from_checkpoint=None, output_dir=out_dir, overwrite_output_dir=False)
+    )
     trainer.train(resume_from_checkpoint=checkpoint)
-    torch.save({"state": trainer.model.state_dict(), "resumed_from": checkpoint}, os.path.join(out_dir, "final.pt"))
+    torch.save(
+        {"state": trainer.model.state_dict(), "resumed_from": checkpoint}, os.path.join(out_dir, "final.pt")
+    )
 
 
 if __name__ == "__main__":

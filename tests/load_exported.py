@@ -3,29 +3,36 @@
 argv: export folder, reference .pt holding {"x": RGB input, "f": the student's pooled features}.
 """
 
-import sys, json, torch
-assert "seed_hf" not in sys.modules
-from transformers import AutoModel, AutoImageProcessor, pipeline
-import timm
-from PIL import Image
+import json
+import sys
+
 import numpy as np
-d = sys.argv[1]; ref = torch.load(sys.argv[2])
-x, f = ref["x"], ref["f"]
-m = AutoModel.from_pretrained(d).eval()
-with torch.no_grad():
-    out = m(pixel_values=x).pooler_output
-r = {"automodel": (out - f).abs().max().item()}
-t = timm.create_model("local-dir:" + d, pretrained=True).eval()
-with torch.no_grad():
-    r["timm"] = (t(x) - f).abs().max().item()
-proc = AutoImageProcessor.from_pretrained(d)
-img = Image.fromarray((np.random.rand(40, 40) * 255).astype("uint8")).convert("RGB")
-pipe = pipeline("image-feature-extraction", model=d, image_processor=proc)
-v = pipe(img, pool=True)
-pv = proc(img, return_tensors="pt")["pixel_values"]
-with torch.no_grad():
-    direct = m(pixel_values=pv).pooler_output
-r["pipeline"] = (torch.tensor(v).reshape(-1) - direct.reshape(-1)).abs().max().item()
-r["pipeline_shape"] = list(torch.tensor(v).shape)
-r["seed_hf_imported"] = "seed_hf" in sys.modules
-print(json.dumps(r))
+import timm
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel, pipeline
+
+
+def main(folder: str, reference: str) -> dict:
+    assert "seed_hf" not in sys.modules
+    ref = torch.load(reference)
+    x, features = ref["x"], ref["f"]
+    model = AutoModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        result = {"automodel": (model(pixel_values=x).pooler_output - features).abs().max().item()}
+        timm_model = timm.create_model("local-dir:" + folder, pretrained=True).eval()
+        result["timm"] = (timm_model(x) - features).abs().max().item()
+    processor = AutoImageProcessor.from_pretrained(folder)
+    image = Image.fromarray((np.random.rand(40, 40) * 255).astype("uint8")).convert("RGB")
+    vector = pipeline("image-feature-extraction", model=folder, image_processor=processor)(image, pool=True)
+    with torch.no_grad():
+        direct = model(pixel_values=processor(image, return_tensors="pt")["pixel_values"]).pooler_output
+    vector = torch.tensor(vector)
+    result["pipeline"] = (vector.reshape(-1) - direct.reshape(-1)).abs().max().item()
+    result["pipeline_shape"] = list(vector.shape)
+    result["seed_hf_imported"] = "seed_hf" in sys.modules
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], sys.argv[2])))

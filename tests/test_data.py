@@ -31,7 +31,10 @@ def test_unknown_preset():
 def test_per_sample_seeded_augmentation_depends_on_epoch_and_index_only():
     images = (np.random.default_rng(0).random((4, 28, 28)) * 255).astype(np.uint8)
     transform = MultiViewTransform(build_ssl_transform("grayscale_small", 32, [0.5], [0.5]), 2)
-    a, b = ArrayImageDataset(images, None, transform, seed=0), ArrayImageDataset(images, None, transform, seed=0)
+    a, b = (
+        ArrayImageDataset(images, None, transform, seed=0),
+        ArrayImageDataset(images, None, transform, seed=0),
+    )
     torch.manual_seed(123)  # the global RNG does not matter
     x = a[1]
     torch.manual_seed(456)

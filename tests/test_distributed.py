@@ -20,15 +20,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(out: Path, nproc: int, variant: str, steps: int = 5, global_batch: int = 16, extra: tuple = ()) -> None:
+def _run(
+    out: Path, nproc: int, variant: str, steps: int = 5, global_batch: int = 16, extra: tuple = ()
+) -> None:
     out.mkdir(parents=True)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     if nproc == 1:
         cmd = [sys.executable, str(SCRIPT)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}", str(SCRIPT)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            f"--master_port={_free_port()}",
+            str(SCRIPT),
+        ]
     result = subprocess.run(
-        cmd + [str(out), str(global_batch), str(steps), variant, *extra], env=env, capture_output=True, text=True, timeout=600
+        cmd + [str(out), str(global_batch), str(steps), variant, *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

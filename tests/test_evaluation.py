@@ -27,7 +27,9 @@ def reference_knn(train, train_labels, test, k, tau, classes):
 def test_weighted_knn_matches_reference(k, chunk):
     x_train, y_train = _clusters()
     x_test, _ = _clusters(seed=1)
-    got = weighted_knn_predict(x_train, y_train, x_test, k=k, temperature=0.07, num_classes=4, chunk_size=chunk)
+    got = weighted_knn_predict(
+        x_train, y_train, x_test, k=k, temperature=0.07, num_classes=4, chunk_size=chunk
+    )
     expected = reference_knn(x_train.numpy(), y_train.numpy(), x_test.numpy(), min(k, len(x_train)), 0.07, 4)
     assert np.allclose(got.numpy(), expected, rtol=1e-4)
 
@@ -55,6 +57,11 @@ def test_evaluate_metric_module_loads_offline():
     x_train, y_train = _clusters()
     x_test, y_test = _clusters(seed=1)
     metric = evaluate.load(KNN_ACCURACY_PATH)
-    result = metric.compute(predictions=x_test.numpy(), references=y_test.numpy(),
-                            train_features=x_train.numpy(), train_labels=y_train.numpy(), k=10)
+    result = metric.compute(
+        predictions=x_test.numpy(),
+        references=y_test.numpy(),
+        train_features=x_train.numpy(),
+        train_labels=y_train.numpy(),
+        k=10,
+    )
     assert result == pytest.approx(knn_accuracy(x_train, y_train, x_test, y_test, k=10))

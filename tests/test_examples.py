@@ -14,27 +14,79 @@ import run_moco  # noqa: E402
 import run_seed  # noqa: E402
 
 COMMON = [
-    "--per_device_train_batch_size", "16", "--max_steps", "3", "--use_cpu", "--logging_steps", "1",
-    "--max_train_samples", "256", "--report_to", "none", "--disable_tqdm", "true", "--save_steps", "2",
+    "--per_device_train_batch_size",
+    "16",
+    "--max_steps",
+    "3",
+    "--use_cpu",
+    "--logging_steps",
+    "1",
+    "--max_train_samples",
+    "256",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--save_steps",
+    "2",
 ]
 
 
 @requires_fashion_mnist
 def test_moco_then_seed_then_eval(tmp_path):
     teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
-    run_moco.main(["--architecture", "test_resnet", "--queue_size", "64", "--key_bn_splits", "2", "--output_dir", str(teacher_dir), *COMMON])
+    run_moco.main(
+        [
+            "--architecture",
+            "test_resnet",
+            "--queue_size",
+            "64",
+            "--key_bn_splits",
+            "2",
+            "--output_dir",
+            str(teacher_dir),
+            *COMMON,
+        ]
+    )
     assert (teacher_dir / "model.safetensors").is_file() and (teacher_dir / "checkpoint-2").is_dir()
     metrics = run_seed.main(
-        ["--teacher_name_or_path", str(teacher_dir), "--student_architecture", "test_efficientnet",
-         "--queue_size", "64", "--teacher_temperature", "1e-4", "--output_dir", str(student_dir), *COMMON]
+        [
+            "--teacher_name_or_path",
+            str(teacher_dir),
+            "--student_architecture",
+            "test_efficientnet",
+            "--queue_size",
+            "64",
+            "--teacher_temperature",
+            "1e-4",
+            "--output_dir",
+            str(student_dir),
+            *COMMON,
+        ]
     )
     assert metrics["train_loss"] > 0
     config = json.loads((student_dir / "config.json").read_text())
     assert config["model_type"] == "seed_distillation" and config["in_chans"] == 1
     assert config["projection_dim"] == 128 and config["teacher_temperature"] == 1e-4
     out = tmp_path / "eval.json"
-    results = run_eval.main(["--models", str(teacher_dir), str(student_dir), "--output_file", str(out), "--knn_k", "20",
-                            "--max_train_samples", "2000", "--max_eval_samples", "500", "--linear_probe", "--probe_epochs", "2"])
+    results = run_eval.main(
+        [
+            "--models",
+            str(teacher_dir),
+            str(student_dir),
+            "--output_file",
+            str(out),
+            "--knn_k",
+            "20",
+            "--max_train_samples",
+            "2000",
+            "--max_eval_samples",
+            "500",
+            "--linear_probe",
+            "--probe_epochs",
+            "2",
+        ]
+    )
     assert [r["model"] for r in results] == [str(teacher_dir), str(student_dir)]
     assert all(0 <= r["knn_top1"] <= 100 for r in results)
     assert json.loads(out.read_text())[1]["knn_k"] == 20
@@ -42,8 +94,17 @@ def test_moco_then_seed_then_eval(tmp_path):
 
     # a finished run in the same output_dir resumes from its last checkpoint (no error)
     run_seed.main(
-        ["--teacher_name_or_path", str(teacher_dir), "--student_architecture", "test_efficientnet",
-         "--queue_size", "64", "--output_dir", str(student_dir), *COMMON]
+        [
+            "--teacher_name_or_path",
+            str(teacher_dir),
+            "--student_architecture",
+            "test_efficientnet",
+            "--queue_size",
+            "64",
+            "--output_dir",
+            str(student_dir),
+            *COMMON,
+        ]
     )
 
 
@@ -52,19 +113,42 @@ def test_moco_then_seed_then_eval(tmp_path):
     "extra,error,match",
     [
         (["--student_architecture", "effnet_b99"], ValueError, "student_architecture"),
-        (["--teacher_checkpoint", "/nonexistent/teacher.safetensors"], FileNotFoundError, "teacher_checkpoint"),
+        (
+            ["--teacher_checkpoint", "/nonexistent/teacher.safetensors"],
+            FileNotFoundError,
+            "teacher_checkpoint",
+        ),
         (["--queue_size", "8"], ValueError, "queue_size"),
         (["--student_temperature", "0"], ValueError, "student_temperature"),
         (["--projection_dim", "64"], ValueError, "projection_dim"),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, extra, error, match):
-    argv = ["--teacher_name_or_path", "test_resnet", "--student_architecture", "test_efficientnet",
-            "--queue_size", "64", "--output_dir", str(tmp_path / "out"), *COMMON]
+    argv = [
+        "--teacher_name_or_path",
+        "test_resnet",
+        "--student_architecture",
+        "test_efficientnet",
+        "--queue_size",
+        "64",
+        "--output_dir",
+        str(tmp_path / "out"),
+        *COMMON,
+    ]
     with pytest.raises(error, match=match):
         run_seed.main(argv + extra)
 
 
 def test_missing_fashion_mnist_names_the_apt_package(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
-        run_moco.main(["--architecture", "test_resnet", "--fashion_mnist_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), *COMMON])
+        run_moco.main(
+            [
+                "--architecture",
+                "test_resnet",
+                "--fashion_mnist_dir",
+                str(tmp_path),
+                "--output_dir",
+                str(tmp_path / "o"),
+                *COMMON,
+            ]
+        )

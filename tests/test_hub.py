@@ -18,7 +18,11 @@ def _check_in_fresh_process(folder: Path, x: torch.Tensor, features: torch.Tenso
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result = subprocess.run(
         [sys.executable, str(LOADER), str(folder), str(folder.parent / "ref.pt")],
-        capture_output=True, text=True, env=env, cwd=folder.parent, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=folder.parent,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -53,15 +57,24 @@ def test_card_metadata_results_and_round_trip(tmp_path):
     model = tiny_student(teacher_name_or_path="moco-r18", teacher_ssl_method="moco_v2")
     results = [{"dataset": "fashion_mnist", "knn_top1": 81.234, "knn_k": 200, "knn_temperature": 0.07}]
     (tmp_path / "eval.json").write_text(json.dumps(results))
-    folder = export_student(model, tmp_path / "e", eval_results=tmp_path / "eval.json", repo_id="org/seed-tiny",
-                            training_summary={"epochs": 3, "batch_size": 256})
+    folder = export_student(
+        model,
+        tmp_path / "e",
+        eval_results=tmp_path / "eval.json",
+        repo_id="org/seed-tiny",
+        training_summary={"epochs": 3, "batch_size": 256},
+    )
     card = ModelCard.load(folder / "README.md")
     data = card.data.to_dict()
     assert data["library_name"] == "timm" and data["pipeline_tag"] == "image-feature-extraction"
     assert "transformers" in data["tags"] and "base_model" not in data
     metrics = data["model-index"][0]["results"][0]["metrics"]
-    assert [m["value"] for m in metrics] == [81.23] and metrics[0]["config"] == "knn"  # no linear probe invented
-    assert "moco-r18" in card.text and 'pipeline("image-feature-extraction", model="org/seed-tiny")' in card.text
+    assert [m["value"] for m in metrics] == [81.23] and metrics[0][
+        "config"
+    ] == "knn"  # no linear probe invented
+    assert (
+        "moco-r18" in card.text and 'pipeline("image-feature-extraction", model="org/seed-tiny")' in card.text
+    )
     assert "pool=True" in card.text and "fang2021seed" in card.text
     assert ModelCard(str(card)).data.to_dict() == data
 

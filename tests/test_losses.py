@@ -12,7 +12,11 @@ def reference_seed_loss(s, t, queue, tau_s, tau_t, batch_keys=None):
     t = t / np.linalg.norm(t, axis=1, keepdims=True)
     losses = []
     for i in range(len(s)):
-        keys = [t[i]] if batch_keys is None else list(batch_keys / np.linalg.norm(batch_keys, axis=1, keepdims=True))
+        keys = (
+            [t[i]]
+            if batch_keys is None
+            else list(batch_keys / np.linalg.norm(batch_keys, axis=1, keepdims=True))
+        )
         keys = np.stack(keys + list(queue))
         zt = np.array([t[i] @ k for k in keys]) / tau_t
         zs = np.array([s[i] @ k for k in keys]) / tau_s
@@ -24,7 +28,10 @@ def reference_seed_loss(s, t, queue, tau_s, tau_t, batch_keys=None):
 
 def _inputs(n=8, k=37, c=16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    s, t = torch.randn(n, c, generator=g, dtype=torch.float64), torch.randn(n, c, generator=g, dtype=torch.float64)
+    s, t = (
+        torch.randn(n, c, generator=g, dtype=torch.float64),
+        torch.randn(n, c, generator=g, dtype=torch.float64),
+    )
     queue = F.normalize(torch.randn(k, c, generator=g, dtype=torch.float64), dim=1)
     return s, t, queue
 
@@ -44,7 +51,9 @@ def test_batch_keys_matches_reference(n, k):
     # this process holds rows 4..4+n of a global batch of n + 4 keys
     other = torch.randn(4, s.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     global_keys = torch.cat([other, t])
-    expected = reference_seed_loss(s.numpy(), t.numpy(), queue.numpy(), 0.2, 0.01, batch_keys=global_keys.numpy())
+    expected = reference_seed_loss(
+        s.numpy(), t.numpy(), queue.numpy(), 0.2, 0.01, batch_keys=global_keys.numpy()
+    )
     got = seed_loss(s, t, queue, 0.2, 0.01, variant="batch_keys", batch_teacher_embeds=global_keys).item()
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-5)
     # one process: the global batch is the local batch

@@ -18,7 +18,9 @@ def _docstring_defaults(cls):
 @pytest.mark.parametrize("cls", [SeedConfig, MocoConfig])
 def test_config_docstring_defaults_match_signature(cls):
     documented = _docstring_defaults(cls)
-    params = {k: v for k, v in inspect.signature(cls.__init__).parameters.items() if k not in ("self", "kwargs")}
+    params = {
+        k: v for k, v in inspect.signature(cls.__init__).parameters.items() if k not in ("self", "kwargs")
+    }
     assert set(documented) == set(params), set(documented) ^ set(params)
     for name, text in documented.items():
         default = params[name].default

@@ -28,8 +28,12 @@ def uninterrupted(tmp_path_factory):
     return torch.load(out / "final.pt")["state"]
 
 
-@pytest.mark.parametrize("mode,kill_at,expected_resume", [("step", 7, "checkpoint-6"), ("save", 6, "checkpoint-4")])
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, uninterrupted, mode, kill_at, expected_resume):
+@pytest.mark.parametrize(
+    "mode,kill_at,expected_resume", [("step", 7, "checkpoint-6"), ("save", 6, "checkpoint-4")]
+)
+def test_sigkill_then_resume_matches_uninterrupted_run(
+    tmp_path, uninterrupted, mode, kill_at, expected_resume
+):
     assert _run(tmp_path, 9, kill_at, mode) == -signal.SIGKILL
     if mode == "save":  # the half-written checkpoint exists only in the staging folder
         assert (tmp_path / STAGING_DIR / "checkpoint-6").is_dir()

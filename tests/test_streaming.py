@@ -46,18 +46,33 @@ def write_shards(folder: Path, shards: int, rows: int, corrupt_every: int = 0) -
 
 def _run(out: Path, files: list[str], steps: int, per_device: int, nproc: int, streaming: bool) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_DATASETS_CACHE": str(out / "cache")}
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        "HF_DATASETS_CACHE": str(out / "cache"),
+    }
     if nproc == 1:
         cmd = [sys.executable, str(SCRIPT)]
     else:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}", str(SCRIPT)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            f"--master_port={port}",
+            str(SCRIPT),
+        ]
     args = [str(out), str(len(files)), str(steps), str(per_device), "stream" if streaming else "map", *files]
     result = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return [json.loads((out / f"ids_rank{r}.json").read_text()) for r in range(nproc)], result.stdout + result.stderr
+    return [
+        json.loads((out / f"ids_rank{r}.json").read_text()) for r in range(nproc)
+    ], result.stdout + result.stderr
 
 
 def test_two_processes_stream_every_sample_exactly_once(tmp_path):

@@ -131,26 +131,51 @@ def test_published_ssl_checkpoint_layouts(tmp_path, layout):
 
 def _tiny_transformers_model(kind, folder):
     from transformers import (
-        CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model, ViTConfig, ViTImageProcessor, ViTModel,
+        CLIPConfig,
+        CLIPModel,
+        Dinov2Config,
+        Dinov2Model,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
     )
 
     torch.manual_seed(0)
-    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+    small = dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
     if kind == "vit":
         model = ViTModel(ViTConfig(**small))
     elif kind == "dinov2":
         model = Dinov2Model(Dinov2Config(**small))
     else:
-        model = CLIPModel(CLIPConfig(
-            vision_config=small, projection_dim=16,
-            text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99),
-        ))
+        model = CLIPModel(
+            CLIPConfig(
+                vision_config=small,
+                projection_dim=16,
+                text_config=dict(
+                    hidden_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    intermediate_size=64,
+                    vocab_size=99,
+                ),
+            )
+        )
     model.eval().save_pretrained(folder)
     ViTImageProcessor(image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25]).save_pretrained(folder)
     return model
 
 
-@pytest.mark.parametrize("kind,embedding,dim", [("vit", "cls", 32), ("dinov2", "auto", 32), ("clip", "auto", 16), ("dinov2", "mean", 32)])
+@pytest.mark.parametrize(
+    "kind,embedding,dim",
+    [("vit", "cls", 32), ("dinov2", "auto", 32), ("clip", "auto", 16), ("dinov2", "mean", 32)],
+)
 def test_transformers_vision_teachers(tmp_path, kind, embedding, dim):
     model = _tiny_transformers_model(kind, tmp_path)
     teacher = load_teacher(str(tmp_path), embedding=embedding)

@@ -134,7 +134,12 @@ def test_validation_of_sizes_channels_and_precision(tmp_path):
 
     from seed_hf import SeedForDistillation
 
-    vit = SeedForDistillation(tiny_seed_config(student_architecture="vit_tiny_patch16_224", student_model_args={"depth": 1, "embed_dim": 32, "num_heads": 2}))
+    vit = SeedForDistillation(
+        tiny_seed_config(
+            student_architecture="vit_tiny_patch16_224",
+            student_model_args={"depth": 1, "embed_dim": 32, "num_heads": 2},
+        )
+    )
     with pytest.raises(ValueError, match="image_size"):
         _seed_trainer(tmp_path, model=vit)
     with pytest.raises(ValueError, match="1-channel teacher"):
@@ -143,27 +148,41 @@ def test_validation_of_sizes_channels_and_precision(tmp_path):
         _seed_trainer(tmp_path, fp16=True)
     # 1-channel data with a 3-channel teacher: adapted (channel repeated)
     gray = tiny_student(in_chans=1)
-    trainer = SeedTrainer(model=gray, teacher=tiny_teacher(), args=_args(tmp_path, max_steps=1),
-                          train_dataset=TensorImages(16, channels=1), data_collator=collate_batch)
+    trainer = SeedTrainer(
+        model=gray,
+        teacher=tiny_teacher(),
+        args=_args(tmp_path, max_steps=1),
+        train_dataset=TensorImages(16, channels=1),
+        data_collator=collate_batch,
+    )
     trainer.train()
 
 
 def test_one_teacher_feeds_several_students(tmp_path):
     from seed_hf import SeedStudentGroup
 
-    group = SeedStudentGroup({"resnet": tiny_student(), "effnet": tiny_student(student_architecture="test_efficientnet")})
+    group = SeedStudentGroup(
+        {"resnet": tiny_student(), "effnet": tiny_student(student_architecture="test_efficientnet")}
+    )
     teacher = tiny_teacher()
     calls = []
     teacher.register_forward_hook(lambda *args: calls.append(1))
-    trainer = SeedTrainer(model=group, teacher=teacher, args=_args(tmp_path, max_steps=3),
-                          train_dataset=TensorImages(64), data_collator=collate_batch)
+    trainer = SeedTrainer(
+        model=group,
+        teacher=teacher,
+        args=_args(tmp_path, max_steps=3),
+        train_dataset=TensorImages(64),
+        data_collator=collate_batch,
+    )
     calls.clear()
     trainer.train()
     assert len(calls) == 3  # one teacher forward per step for both students
     queues = [s.queue for s in group.students.values()]
     assert torch.equal(queues[0].embeddings, queues[1].embeddings) and int(queues[0].num_filled) == 24
     logged = [h for h in trainer.state.log_history if "loss" in h]
-    assert logged[-1]["loss"] == pytest.approx(logged[-1]["loss_resnet"] + logged[-1]["loss_effnet"], rel=1e-4)
+    assert logged[-1]["loss"] == pytest.approx(
+        logged[-1]["loss_resnet"] + logged[-1]["loss_effnet"], rel=1e-4
+    )
     folders = group.save_students(tmp_path / "students")
     loaded = SeedForDistillation.from_pretrained(folders[1])
     assert loaded.config.student_architecture == "test_efficientnet"
@@ -176,8 +195,11 @@ def test_online_knn_monitor_through_evaluate(tmp_path):
     from seed_hf import KnnMonitor
 
     trainer = SeedTrainer(
-        model=tiny_student(), teacher=tiny_teacher(), args=_args(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2),
-        train_dataset=TensorImages(64), data_collator=collate_batch,
+        model=tiny_student(),
+        teacher=tiny_teacher(),
+        args=_args(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2),
+        train_dataset=TensorImages(64),
+        data_collator=collate_batch,
         knn_monitor=KnnMonitor(TensorImages(32, seed=1), TensorImages(16, seed=2), k=5, batch_size=8),
     )
     trainer.train()
@@ -190,15 +212,26 @@ def test_small_patch_variant_uses_a_second_queue(tmp_path):
     from seed_hf import ArrayImageDataset, build_ssl_transform
     from seed_hf.data import MultiViewTransform
 
-    images = (torch.rand(32, 40, 40, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
-    transform = MultiViewTransform(build_ssl_transform("swav", 32), 1, build_ssl_transform("swav", 16, scale=(0.05, 0.14)), 3)
+    images = (
+        (torch.rand(32, 40, 40, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    )
+    transform = MultiViewTransform(
+        build_ssl_transform("swav", 32), 1, build_ssl_transform("swav", 16, scale=(0.05, 0.14)), 3
+    )
     dataset = ArrayImageDataset(images, None, transform)
     assert dataset[0]["pixel_values_small"].shape == (3, 3, 16, 16)
     model = tiny_student(num_small_crops=3, small_queue_size=48)
-    trainer = SeedTrainer(model=model, teacher=tiny_teacher(), args=_args(tmp_path, max_steps=2),
-                          train_dataset=dataset, data_collator=collate_batch)
+    trainer = SeedTrainer(
+        model=model,
+        teacher=tiny_teacher(),
+        args=_args(tmp_path, max_steps=2),
+        train_dataset=dataset,
+        data_collator=collate_batch,
+    )
     trainer.train()
-    assert int(model.queue.num_filled) == 16 and int(model.small_queue.num_filled) == 48  # 2 steps x 8 x 3 crops
+    assert (
+        int(model.queue.num_filled) == 16 and int(model.small_queue.num_filled) == 48
+    )  # 2 steps x 8 x 3 crops
     x = torch.randn(2, 3, 32, 32)
     small = torch.randn(2, 3, 3, 16, 16)
     t, ts = torch.randn(2, 16), torch.randn(6, 16)

@@ -14,7 +14,9 @@ import evaluate
 import numpy as np
 import torch
 
-_DESCRIPTION = "Weighted k-nearest-neighbour accuracy (cosine similarity, exp(sim/τ) votes) of feature vectors."
+_DESCRIPTION = (
+    "Weighted k-nearest-neighbour accuracy (cosine similarity, exp(sim/τ) votes) of feature vectors."
+)
 _KWARGS = """
 Args:
     predictions: test feature vectors, (n_test, dim).
@@ -35,7 +37,10 @@ class KnnAccuracy(evaluate.Metric):
             citation="Wu et al., Unsupervised Feature Learning via Non-Parametric Instance Discrimination, CVPR 2018",
             inputs_description=_KWARGS,
             features=datasets.Features(
-                {"predictions": datasets.Sequence(datasets.Value("float32")), "references": datasets.Value("int64")}
+                {
+                    "predictions": datasets.Sequence(datasets.Value("float32")),
+                    "references": datasets.Value("int64"),
+                }
             ),
         )
 
