@@ -20,10 +20,11 @@ from seed_hf import MocoConfig, MocoForPretraining, MocoTrainer, SeedTrainingArg
 from seed_hf.arguments import (
     DataTrainingArguments,
     build_knn_monitor,
-    build_train_dataset,
+    build_script_dataset,
     parse_script_args,
     resolve_checkpoint,
     setup_logging,
+    train_and_save,
 )
 
 
@@ -68,18 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         image_std=std,
     )
     model = MocoForPretraining(config)
-    train_dataset = build_train_dataset(
-        data_args,
-        2,
-        in_chans,
-        config.image_mean,
-        config.image_std,
-        training_args.seed,
-        training_args.world_size,
-        training_args.dataloader_num_workers,
-    )
-    if data_args.streaming:  # the unsplit stream: accelerate shards it (splitting it here too drops data)
-        training_args.accelerator_config.dispatch_batches = False
+    train_dataset = build_script_dataset(data_args, training_args, config, num_views=2)
     logger.info(
         f"MoCo-v2 {config.architecture}, lr {training_args.learning_rate:.4g}, dataset {type(train_dataset).__name__}"
     )
@@ -91,12 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=collate_batch,
         knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, image_size),
     )
-    result = trainer.train(resume_from_checkpoint=last_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    return result.metrics
+    metrics = train_and_save(trainer, last_checkpoint)
+    return metrics
 
 
 if __name__ == "__main__":

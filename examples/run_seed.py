@@ -29,10 +29,11 @@ from seed_hf import (
 from seed_hf.arguments import (
     DataTrainingArguments,
     build_knn_monitor,
-    build_train_dataset,
+    build_script_dataset,
     parse_script_args,
     resolve_checkpoint,
     setup_logging,
+    train_and_save,
 )
 
 
@@ -134,21 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = SeedStudentGroup(
             {c.student_architecture.replace(".", "_"): SeedForDistillation(c) for c in configs}
         )
-    train_dataset = build_train_dataset(
-        data_args,
-        1,
-        in_chans,
-        config.image_mean,
-        config.image_std,
-        training_args.seed,
-        training_args.world_size,
-        training_args.dataloader_num_workers,
-        config.num_small_crops,
-        config.small_crop_size,
-        config.small_crop_scale,
-    )
-    if data_args.streaming:  # the unsplit stream: accelerate shards it (splitting it here too drops data)
-        training_args.accelerator_config.dispatch_batches = False
+    train_dataset = build_script_dataset(data_args, training_args, config, num_views=1)
     logger.info(
         f"SEED {', '.join(architectures)} <- {teacher.description}, lr {training_args.learning_rate:.4g}, "
         f"K {config.queue_size}, tau_S {config.student_temperature}, tau_T {config.teacher_temperature}"
@@ -165,11 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=collate_batch,
         knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, image_size),
     )
-    result = trainer.train(resume_from_checkpoint=last_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
+    metrics = train_and_save(trainer, last_checkpoint)
     if isinstance(model, SeedStudentGroup) and training_args.should_save:
         for folder in model.save_students(f"{training_args.output_dir}/students"):
             logger.info(f"Saved student to {folder}")
@@ -183,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
             repo_id = training_args.hub_model_id + (f"-{name}" if name else "")
             folder = export_student(student, f"{training_args.output_dir}/export/{name}", repo_id=repo_id)
             logger.info(push_student_to_hub(folder, repo_id, token=training_args.hub_token))
-    return result.metrics
+    return metrics
 
 
 if __name__ == "__main__":

@@ -259,3 +259,35 @@ def build_knn_monitor(data_args: DataTrainingArguments, mean, std, image_size: i
         images, labels = load_fashion_mnist(split, data_args.fashion_mnist_dir)
         splits[split] = ArrayImageDataset(images[:count], labels[:count], transform, seed=None)
     return KnnMonitor(splits["train"], splits["test"])
+
+
+def build_script_dataset(data_args: DataTrainingArguments, training_args, config, num_views: int):
+    """The example scripts' training set for a SEED or MoCo ``config``; for a stream it also
+    turns off batch dispatching, so accelerate shards the unsplit stream itself (splitting it
+    here as well would silently drop data)."""
+    dataset = build_train_dataset(
+        data_args,
+        num_views,
+        config.in_chans,
+        config.image_mean,
+        config.image_std,
+        training_args.seed,
+        training_args.world_size,
+        training_args.dataloader_num_workers,
+        getattr(config, "num_small_crops", 0),
+        getattr(config, "small_crop_size", 96),
+        getattr(config, "small_crop_scale", (0.05, 0.14)),
+    )
+    if data_args.streaming:
+        training_args.accelerator_config.dispatch_batches = False
+    return dataset
+
+
+def train_and_save(trainer, resume_from_checkpoint: str | None) -> dict:
+    """``train`` → ``save_model`` → metrics and state files, as the transformers examples do."""
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    return result.metrics

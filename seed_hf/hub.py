@@ -140,33 +140,29 @@ def render_model_card(config, results: list[dict], training: dict[str, Any], rep
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     dataset = training.get("dataset", "fashion_mnist")
-    eval_results = []
-    for r in results:
-        name = r.get("dataset", dataset)
-        if "knn_top1" in r:
-            eval_results.append(
-                EvalResult(
-                    task_type="image-classification",
-                    dataset_type=name,
-                    dataset_name=name,
-                    metric_type="accuracy",
-                    metric_value=round(float(r["knn_top1"]), 2),
-                    metric_name=f"kNN top-1 (k={r.get('knn_k', 200)}, τ={r.get('knn_temperature', 0.07)})",
-                    metric_config="knn",
-                )
-            )
-        if "linear_top1" in r:
-            eval_results.append(
-                EvalResult(
-                    task_type="image-classification",
-                    dataset_type=name,
-                    dataset_name=name,
-                    metric_type="accuracy",
-                    metric_value=round(float(r["linear_top1"]), 2),
-                    metric_name="linear probe top-1",
-                    metric_config="linear_probe",
-                )
-            )
+    # kNN and linear probe get distinct metric names/configs so the Hub groups them apart
+    metric_specs = (
+        (
+            "knn_top1",
+            "knn",
+            lambda r: f"kNN top-1 (k={r.get('knn_k', 200)}, τ={r.get('knn_temperature', 0.07)})",
+        ),
+        ("linear_top1", "linear_probe", lambda r: "linear probe top-1"),
+    )
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type=r.get("dataset", dataset),
+            dataset_name=r.get("dataset", dataset),
+            metric_type="accuracy",
+            metric_value=round(float(r[key]), 2),
+            metric_name=name(r),
+            metric_config=config_name,
+        )
+        for r in results
+        for key, config_name, name in metric_specs
+        if key in r
+    ]
     card_data = ModelCardData(
         library_name="timm",
         pipeline_tag="image-feature-extraction",
