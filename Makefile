@@ -29,13 +29,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml requirements.txt
 
 demo: setup
 	@echo "== 1/3 MoCo-v2 teacher (ResNet-18) on Fashion-MNIST =="
-	$(PY) examples/run_moco.py --architecture resnet18 --queue_size 16384 --key_bn_splits 4 \
+	$(PY) examples/run_moco.py --architecture resnet18 --queue_size 4096 --key_bn_splits 4 \
+	  --momentum 0.99 --temperature 0.1 --base_learning_rate 0.06 \
 	  --per_device_train_batch_size 256 --max_steps $(DEMO_TEACHER_STEPS) --warmup_steps 20 \
 	  --save_steps 100 --save_total_limit 1 --logging_steps 25 --use_cpu --disable_tqdm false \
 	  --output_dir $(DEMO_DIR)/teacher
 	@echo "== 2/3 SEED: distil the teacher into MobileNetV3-Small =="
 	$(PY) examples/run_seed.py --teacher_name_or_path $(DEMO_DIR)/teacher \
-	  --student_architecture mobilenetv3_small_100 --queue_size 16384 \
+	  --student_architecture mobilenetv3_small_100 --queue_size 4096 --base_learning_rate 0.06 \
 	  --per_device_train_batch_size 256 --max_steps $(DEMO_STUDENT_STEPS) --warmup_steps 20 \
 	  --save_steps 100 --save_total_limit 1 --logging_steps 25 --use_cpu --disable_tqdm false \
 	  --output_dir $(DEMO_DIR)/student

@@ -159,6 +159,30 @@ class RandomGaussianBlur:
         return v2.functional.gaussian_blur(image, [self.kernel_size] * 2, [sigma])
 
 
+class ToNormalizedTensor:
+    """PIL image / ndarray / uint8 tensor → float32 ``(c, h, w)`` normalised with ``mean``/``std``
+    in one pass (``x · 1/(255·std) − mean/std``): ToImage + ToDtype + Normalize fused."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        self.scale = (1.0 / (255.0 * std_t)).view(-1, 1, 1)
+        self.shift = (-mean_t / std_t).view(-1, 1, 1)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        if isinstance(image, Image.Image):
+            array = np.asarray(image)
+            tensor = torch.from_numpy(array.copy() if not array.flags.writeable else array)
+            tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        elif isinstance(image, np.ndarray):
+            tensor = torch.from_numpy(image)
+            tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        else:
+            tensor = image
+        if tensor.dtype != torch.uint8:  # already float in [0, 1]
+            return (tensor.float() * 255.0) * self.scale + self.shift
+        return torch.addcmul(self.shift, tensor.float(), self.scale)
+
+
 def build_ssl_transform(
     preset: str = "moco_v2",
     image_size: int = 224,
@@ -197,7 +221,9 @@ def build_ssl_transform(
         ops += [v2.RandomGrayscale(0.2), blur]
     else:  # grayscale_small: 28-32 px single-channel data, no hue/saturation, no blur
         ops += [crop, v2.RandomHorizontalFlip(), v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
-    ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if preset == "none" or preset == "grayscale_small":  # tensor inputs (Fashion-MNIST) go through v2 kernels
+        ops.insert(0, v2.ToImage())
+    ops.append(ToNormalizedTensor(mean, std))
     return v2.Compose(ops)
 
 
