@@ -43,13 +43,12 @@ class EvalArguments:
 
 def evaluate_model(name: str, args: EvalArguments, splits) -> dict:
     spec = load_encoder(name)
-    if spec.module is None:  # raw pixels, scaled to [0, 1]
-        transform = build_eval_transform(28, [0.0], [1.0], crop_pct=1.0)
-    else:
-        transform = build_eval_transform(spec.image_size, spec.mean, spec.std, crop_pct=1.0)
+    transform = build_eval_transform(
+        spec.image_size, spec.mean, spec.std, crop_pct=1.0
+    )  # pixels: 28 px, [0, 1]
     feats = {}
     for split, (images, labels) in splits.items():
-        dataset = ArrayImageDataset(images, labels, lambda image: image)
+        dataset = ArrayImageDataset(images, labels, None)
         feats[split] = extract_features(
             spec.module,
             dataset,

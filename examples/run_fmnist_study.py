@@ -152,7 +152,7 @@ def plot(args: StudyArguments, runs: dict[str, Path], out: Path, eval_rows: list
         transform = build_eval_transform(spec.image_size, spec.mean, spec.std, crop_pct=1.0)
         feats, y = extract_features(
             spec.module,
-            ArrayImageDataset(images[:3000], labels[:3000], lambda x: x),
+            ArrayImageDataset(images[:3000], labels[:3000], None),
             500,
             batch_transform=transform,
         )
@@ -319,6 +319,7 @@ def main(argv=None) -> list[dict]:
                 out / "students" / sub,
                 eval_results=[r for r in rows if r["name"] == name],
                 training_summary={
+                    "dataset": "fashion_mnist",
                     "steps": args.student_steps,
                     "batch_size": args.batch_size,
                     "epochs": round(args.student_steps * args.batch_size / 60000, 1),

@@ -164,7 +164,16 @@ def main(argv: list[str] | None = None) -> dict:
         students = model.students.items() if isinstance(model, SeedStudentGroup) else [("", model)]
         for name, student in students:
             repo_id = training_args.hub_model_id + (f"-{name}" if name else "")
-            folder = export_student(student, f"{training_args.output_dir}/export/{name}", repo_id=repo_id)
+            folder = export_student(
+                student,
+                f"{training_args.output_dir}/export/{name}",
+                training_summary={
+                    "dataset": data_args.dataset_name
+                    or (data_args.uses_fashion_mnist and "fashion_mnist")
+                    or None
+                },
+                repo_id=repo_id,
+            )
             logger.info(push_student_to_hub(folder, repo_id, token=training_args.hub_token))
     return metrics
 

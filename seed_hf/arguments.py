@@ -19,12 +19,14 @@ from .data import (
     FASHION_MNIST_STD,
     ArrayImageDataset,
     MultiViewTransform,
+    build_eval_transform,
     build_ssl_transform,
     detect_image_column,
     hf_transform,
     load_fashion_mnist,
     load_image_dataset,
 )
+from .trainer import STAGING_DIR, KnnMonitor
 
 __all__ = [
     "DataTrainingArguments",
@@ -227,8 +229,6 @@ def resolve_checkpoint(training_args) -> str | None:
         return training_args.resume_from_checkpoint
     if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
         last = get_last_checkpoint(training_args.output_dir)
-        from .trainer import STAGING_DIR
-
         leftovers = [name for name in os.listdir(training_args.output_dir) if name != STAGING_DIR]
         if last is None and leftovers:
             raise ValueError(
@@ -249,9 +249,6 @@ def build_knn_monitor(data_args: DataTrainingArguments, mean, std, image_size: i
         raise ValueError(
             "--knn_monitor_samples currently monitors on Fashion-MNIST; omit it for other datasets."
         )
-    from .data import build_eval_transform
-    from .trainer import KnnMonitor
-
     transform = build_eval_transform(image_size, mean, std, crop_pct=1.0)
     n = data_args.knn_monitor_samples
     splits = {}

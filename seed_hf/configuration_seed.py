@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from .losses import LOSS_VARIANTS
+from .losses import LOSS_VARIANTS, check_temperature
 
 __all__ = ["SeedConfig", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -100,12 +100,8 @@ class SeedConfig(PretrainedConfig):
         teacher_ssl_method: str | None = None,
         **kwargs,
     ):
-        for name, value in (
-            ("student_temperature", student_temperature),
-            ("teacher_temperature", teacher_temperature),
-        ):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}.")
+        check_temperature("student_temperature", student_temperature)
+        check_temperature("teacher_temperature", teacher_temperature)
         for name, value in (
             ("queue_size", queue_size),
             ("projection_dim", projection_dim),

@@ -169,18 +169,19 @@ class ToNormalizedTensor:
         self.shift = (-mean_t / std_t).view(-1, 1, 1)
 
     def __call__(self, image: Any) -> torch.Tensor:
-        if isinstance(image, Image.Image):
+        if isinstance(image, (Image.Image, np.ndarray)):
             array = np.asarray(image)
-            tensor = torch.from_numpy(array.copy() if not array.flags.writeable else array)
-            tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-        elif isinstance(image, np.ndarray):
-            tensor = torch.from_numpy(image)
+            tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
             tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         else:
             tensor = image
         if tensor.dtype != torch.uint8:  # already float in [0, 1]
             return (tensor.float() * 255.0) * self.scale + self.shift
         return torch.addcmul(self.shift, tensor.float(), self.scale)
+
+
+def _ndarray_to_image(image: Any) -> Any:
+    return v2.functional.to_image(image) if isinstance(image, np.ndarray) else image
 
 
 def build_ssl_transform(
@@ -221,8 +222,7 @@ def build_ssl_transform(
         ops += [v2.RandomGrayscale(0.2), blur]
     else:  # grayscale_small: 28-32 px single-channel data, no hue/saturation, no blur
         ops += [crop, v2.RandomHorizontalFlip(), v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
-    if preset == "none" or preset == "grayscale_small":  # tensor inputs (Fashion-MNIST) go through v2 kernels
-        ops.insert(0, v2.ToImage())
+    ops.insert(0, _ndarray_to_image)  # PIL and tensors go straight to the v2 kernels
     ops.append(ToNormalizedTensor(mean, std))
     return v2.Compose(ops)
 
@@ -287,6 +287,8 @@ class ArrayImageDataset(Dataset):
 
     Items are dicts: the keys of ``transform``'s output plus ``labels`` when labels are given.
 
+    ``transform=None`` yields the raw uint8 ``(c, h, w)`` tensor (for batch-level transforms).
+
     With ``seed`` set (the default), each item's random augmentation draws from a generator
     seeded by ``(seed, epoch, index)`` (the Trainer calls ``set_epoch``). The views then do
     not depend on worker count, world size, prefetching or where a run was resumed: a resumed
@@ -313,7 +315,9 @@ class ArrayImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if self.seed is None:
+        if self.transform is None:
+            out = self.images[index]
+        elif self.seed is None:
             out = self.transform(self.images[index])
         else:
             with torch.random.fork_rng(devices=[]):  # leaves the global RNG stream untouched
@@ -404,10 +408,9 @@ def hf_transform(
         """Undecodable rows are dropped (streaming ``map``) or left with ``pixel_values=None``
         (map-style ``set_transform``, which must keep the row count; ``collate_batch`` drops them)."""
         out: dict[str, list] = {}
-        keep_rows = not drop_bad_rows
         for row, cell in enumerate(examples[image_column]):
             image = decode_image(cell, in_chans)
-            if image is None and not keep_rows:
+            if image is None and drop_bad_rows:
                 continue
             views = {} if image is None else transform(image)
             if not isinstance(views, dict):

@@ -139,7 +139,8 @@ def render_model_card(config, results: list[dict], training: dict[str, Any], rep
     results (absent ones are left out), teacher, recipe, usage and citation."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    dataset = training.get("dataset", "fashion_mnist")
+    # the training set is only named when known: never assume one (results name their own)
+    dataset = training.get("dataset")
     # kNN and linear probe get distinct metric names/configs so the Hub groups them apart
     metric_specs = (
         (
@@ -152,8 +153,8 @@ def render_model_card(config, results: list[dict], training: dict[str, Any], rep
     eval_results = [
         EvalResult(
             task_type="image-classification",
-            dataset_type=r.get("dataset", dataset),
-            dataset_name=r.get("dataset", dataset),
+            dataset_type=r.get("dataset") or dataset or "unknown",
+            dataset_name=r.get("dataset") or dataset or "unknown",
             metric_type="accuracy",
             metric_value=round(float(r[key]), 2),
             metric_name=name(r),
@@ -173,7 +174,7 @@ def render_model_card(config, results: list[dict], training: dict[str, Any], rep
         eval_results=eval_results or None,
     )
     results_table = "\n".join(
-        f"| {r.get('dataset', dataset)} | {r['knn_top1']:.2f} | "
+        f"| {r.get('dataset') or dataset or 'unknown'} | {r['knn_top1']:.2f} | "
         + (f"{r['linear_top1']:.2f}" if "linear_top1" in r else "—")
         + " |"
         for r in results
@@ -240,12 +241,3 @@ def push_student_to_hub(
         ) from None
     logger.info(f"Pushed {files} to {repo_id}")
     return str(getattr(info, "commit_url", info))
-
-
-@torch.no_grad()
-def exported_features(folder: str | os.PathLike, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Pooled features of an exported folder through plain timm (a check used by tests)."""
-    import timm
-
-    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
-    return model.forward_head(model.forward_features(pixel_values), pre_logits=True)

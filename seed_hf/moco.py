@@ -182,8 +182,9 @@ class MocoForPretraining(PreTrainedModel):
             self.head_k(pooled_features(self.encoder_k, chunk))
             for chunk in pixel_values_k[perm].chunk(splits)
         ]
-        keys = torch.empty_like(torch.cat(chunks))
-        keys[perm] = torch.cat(chunks)
+        shuffled = torch.cat(chunks)
+        keys = torch.empty_like(shuffled)
+        keys[perm] = shuffled  # back to the input order
         return F.normalize(keys, dim=1)
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from .data import collate_batch
 from .distributed import all_gather_no_grad
@@ -126,20 +126,16 @@ class QueueTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if resume_from_checkpoint is True:
-            from transformers.trainer_utils import get_last_checkpoint
-
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-        self._resume_rng_from = resume_from_checkpoint
+        self._resume_checkpoint = resume_from_checkpoint
         self._rng_restored_from = None
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # Exact resume: transformers restores the RNG state only *after* prefetching the first
     # batch of a resumed epoch, so that batch's random augmentation differs from the
-    # uninterrupted run. Restore it before the first fetch, once.
+    # uninterrupted run. Restore it before the first fetch; _load_rng_state restores a checkpoint once.
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        if getattr(self, "_resume_rng_from", None):
-            self._load_rng_state(self._resume_rng_from)
-            self._resume_rng_from = None
+        self._load_rng_state(getattr(self, "_resume_checkpoint", None))
         return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     def _run_epoch(self, model, epoch, train_dataloader, *args, **kwargs):
@@ -198,11 +194,16 @@ class QueueTrainer(Trainer):
 
     @torch.no_grad()
     def _gathered_features(self, model: nn.Module, dataset) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        loader = self.accelerator.prepare(
-            DataLoader(
-                dataset, batch_size=self.knn_monitor.batch_size, collate_fn=collate_batch, shuffle=False
+        # prepared once per dataset: accelerate keeps every prepared loader, so re-preparing at each
+        # evaluation would pile them up
+        loaders = self.__dict__.setdefault("_knn_loaders", {})
+        if id(dataset) not in loaders:
+            loaders[id(dataset)] = self.accelerator.prepare(
+                DataLoader(
+                    dataset, batch_size=self.knn_monitor.batch_size, collate_fn=collate_batch, shuffle=False
+                )
             )
-        )
+        loader = loaders[id(dataset)]
         features: dict[str, list[torch.Tensor]] = {}
         labels = []
         for batch in loader:
