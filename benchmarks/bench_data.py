@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Input-pipeline throughput: decode + ``moco_v2`` augmentation, images/s per core.
 
-seed_hf's path (parquet of JPEG bytes → ``datasets`` → ``seed_hf.data.decode_image`` +
-torchvision-v2 ``build_ssl_transform``) against the official-style baseline (JPEG files →
+seed_hf's path (parquet of JPEG bytes → ``datasets`` → ``seed_hf.data.decode_image`` to an
+ndarray + ``build_ssl_transform`` with the default ``opencv`` backend: torchvision-v2
+parameters, OpenCV kernels) against the official-style baseline (JPEG files →
 ``torchvision.datasets.ImageFolder`` with the PIL loader → torchvision v1 transforms as in
 MoCo-v2's ``main_moco.py``) over the same images, alternated, median of --repeats, one
-process and one thread (so the rate is per core). Also times each stage alone (decode;
-augment from decoded images) so the dominant stage is visible.
+process and one thread (so the rate is per core). seed_hf's ``torchvision`` backend (PIL
+kernels) runs too, for reference. Also times each stage alone (decode; augment from decoded
+images) so the dominant stage is visible.
 
 The images are real: Fashion-MNIST, colourised and upscaled to 256–500 px JPEGs.
 
@@ -113,23 +115,30 @@ def main(argv=None) -> dict:
             "parquet", data_files=str(parquet), split="train", cache_dir=f"{tmp}/cache"
         )
         ours_ds = ours_ds.cast_column("image", datasets.Image(decode=False))
-        ours_transform = build_ssl_transform("moco_v2", args.image_size, MEAN, STD)
-        ours_ds.set_transform(hf_transform(ours_transform, "image", 3, label_column="label"))
+        ours_transform = build_ssl_transform("moco_v2", args.image_size, MEAN, STD, backend="opencv")
+        pil_transform = build_ssl_transform("moco_v2", args.image_size, MEAN, STD, backend="torchvision")
+        pil_ds = ours_ds.with_transform(hf_transform(pil_transform, "image", 3, label_column="label"))
+        ours_ds.set_transform(hf_transform(ours_transform, "image", 3, label_column="label", to_array=True))
         n = args.num_images
         loaders = {
             "baseline_imagefolder_pil": DataLoader(baseline_ds, batch_size=args.batch_size),
-            "seed_hf_parquet_v2": DataLoader(ours_ds, batch_size=args.batch_size, collate_fn=collate_batch),
+            "seed_hf_parquet_opencv": DataLoader(ours_ds, batch_size=args.batch_size, collate_fn=collate_batch),
+            "seed_hf_parquet_torchvision_backend": DataLoader(
+                pil_ds, batch_size=args.batch_size, collate_fn=collate_batch
+            ),
         }
         # stages alone: decode only, and augmentation of already-decoded images
         files = sorted(str(p) for p in root.rglob("*.jpg"))
         raw = [Path(f).read_bytes() for f in files]
         decoded_pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in raw]
+        decoded_arrays = [decode_image(b, 3, stats=None, to_array=True) for b in raw]
         official = official_transform(args.image_size)
         stages = {
             "decode_pil_convert (baseline)": lambda: [Image.open(f).convert("RGB") for f in files],
-            "decode_seed_hf": lambda: [decode_image(b, 3, stats=None) for b in raw],
+            "decode_seed_hf": lambda: [decode_image(b, 3, stats=None, to_array=True) for b in raw],
             "augment_official_v1_pil": lambda: [official(im) for im in decoded_pil],
-            "augment_seed_hf_v2": lambda: [ours_transform(im) for im in decoded_pil],
+            "augment_seed_hf_opencv": lambda: [ours_transform(a) for a in decoded_arrays],
+            "augment_seed_hf_torchvision_backend": lambda: [pil_transform(im) for im in decoded_pil],
         }
         results = {name: [] for name in [*loaders, *stages]}
         for _ in range(args.repeats):  # alternated
@@ -142,18 +151,20 @@ def main(argv=None) -> dict:
     median = {name: statistics.median(v) for name, v in results.items()}
     out = {
         "images_per_s_per_core": median,
-        "ratio_seed_hf_vs_baseline": median["seed_hf_parquet_v2"] / median["baseline_imagefolder_pil"],
+        "ratio_seed_hf_vs_baseline": median["seed_hf_parquet_opencv"] / median["baseline_imagefolder_pil"],
+        "ratio_torchvision_backend_vs_baseline": median["seed_hf_parquet_torchvision_backend"]
+        / median["baseline_imagefolder_pil"],
         "num_images": args.num_images,
         "image_size": args.image_size,
         "repeats": args.repeats,
     }
     decode_share = (1 / median["decode_seed_hf"]) / (
-        1 / median["decode_seed_hf"] + 1 / median["augment_seed_hf_v2"]
+        1 / median["decode_seed_hf"] + 1 / median["augment_seed_hf_opencv"]
     )
     out["seed_hf_decode_share_of_time"] = decode_share
     print(json.dumps(out, indent=2))
     print(
-        f"\nseed_hf {median['seed_hf_parquet_v2']:.1f} img/s/core vs baseline {median['baseline_imagefolder_pil']:.1f}"
+        f"\nseed_hf {median['seed_hf_parquet_opencv']:.1f} img/s/core vs baseline {median['baseline_imagefolder_pil']:.1f}"
         f" -> ratio {out['ratio_seed_hf_vs_baseline']:.2f}; decode is {100 * decode_share:.0f}% of seed_hf's per-image time"
     )
     if args.output_json:

@@ -109,6 +109,8 @@ def build_ours(args, teacher: FrozenTeacher, output_dir: str, num_students: int 
     )
     if args.compile and num_students == 1:
         trainer.model.student = torch.compile(trainer.model.student)
+    # as train() does: accelerate wraps the forward in its autocast (bf16) and places the model
+    trainer.model_wrapped = trainer.accelerator.prepare_model(trainer.model)
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # set by train(); we call training_step directly
     return trainer
@@ -148,6 +150,7 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(0)
     device = args.device
+    torch.backends.cudnn.benchmark = True  # both steps: fixed shapes, let cuDNN pick its kernels
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     baseline_teacher = build_teacher(args.teacher, args.dim).to(device)
     baseline = OfficialStyleStep(args.student, baseline_teacher, args.queue_size, args.dim, 0.03, device)
@@ -158,7 +161,7 @@ def main(argv=None) -> dict:
         batch = {"pixel_values": x_ours}
 
         def our_step():
-            ours.training_step(model, batch)
+            ours.training_step(ours.model_wrapped, batch)
             ours.optimizer.step()
             ours.optimizer.zero_grad()
 
@@ -184,7 +187,7 @@ def main(argv=None) -> dict:
             group = build_ours(args, build_teacher(args.teacher, args.dim), tmp, args.num_students)
 
             def group_step():
-                group.training_step(group.model, batch)
+                group.training_step(group.model_wrapped, batch)
                 group.optimizer.step()
                 group.optimizer.zero_grad()
 

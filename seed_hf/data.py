@@ -6,6 +6,8 @@
   map-style or streaming; augmentations run lazily in the dataloader workers.
 * Presets of the official code (``moco_v2`` default, ``moco_v1``, ``simclr``, ``swav``) plus
   ``grayscale_small`` for 28-px grayscale data. Teacher and student see the same view.
+  Two pixel backends with the same random parameters: ``opencv`` (default, ndarrays, fastest
+  per core; ``seed_hf.augment``) and ``torchvision`` (PIL / tensor kernels).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from . import augment
+
 __all__ = [
     "FASHION_MNIST_DIR",
     "AUGMENTATION_PRESETS",
+    "AUGMENTATION_BACKENDS",
     "load_fashion_mnist",
     "build_ssl_transform",
     "build_eval_transform",
@@ -47,6 +52,7 @@ FASHION_MNIST_FILES = {
 }
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = [0.286], [0.353]
 AUGMENTATION_PRESETS = ("moco_v2", "moco_v1", "simclr", "swav", "grayscale_small", "none")
+AUGMENTATION_BACKENDS = augment.AUGMENTATION_BACKENDS
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -101,12 +107,23 @@ class DecodeStats:
 DECODE_STATS = DecodeStats()
 
 
-def decode_image(value: Any, in_chans: int, stats: DecodeStats | None = DECODE_STATS) -> Image.Image | None:
-    """Decodes a datasets image cell (PIL image, bytes, or ``{"bytes", "path"}``) to ``in_chans``
-    channels; returns None (counted in ``stats``) for corrupt or truncated data."""
+def decode_image(
+    value: Any, in_chans: int, stats: DecodeStats | None = DECODE_STATS, to_array: bool = False
+) -> Image.Image | np.ndarray | None:
+    """Decodes a datasets image cell (PIL image, bytes, path or ``{"bytes", "path"}``) to
+    ``in_chans`` channels: a PIL image, or with ``to_array`` a uint8 ndarray ``(h, w[, c])``
+    (complete JPEGs then decode with libjpeg-turbo through OpenCV, the rest through PIL).
+    Returns None (counted in ``stats``) for corrupt or truncated data."""
     try:
         if isinstance(value, dict):
             value = value.get("bytes") or value.get("path")
+        if to_array and isinstance(value, (str, os.PathLike)):
+            value = Path(value).read_bytes()
+        array = augment.decode_jpeg(value, in_chans) if to_array and isinstance(value, bytes) else None
+        if array is not None:
+            if stats is not None:
+                stats.record(True)
+            return array
         if isinstance(value, (bytes, bytearray)):
             image = Image.open(io.BytesIO(value))
         elif isinstance(value, (str, os.PathLike)):
@@ -123,7 +140,7 @@ def decode_image(value: Any, in_chans: int, stats: DecodeStats | None = DECODE_S
         return None
     if stats is not None:
         stats.record(True)
-    return image
+    return np.asarray(image) if to_array else image
 
 
 def convert_image(image: Any, in_chans: int) -> Any:
@@ -145,8 +162,9 @@ def _blur_kernel(image_size: int) -> int:
 
 
 class RandomGaussianBlur:
-    """Gaussian blur with sigma ~ U(0.1, 2.0) as in MoCo-v2 / SimCLR: PIL's ``ImageFilter`` on PIL
-    images (several times faster than a tensor convolution on CPU), torchvision's otherwise."""
+    """Gaussian blur with sigma ~ U(0.1, 2.0) as in MoCo-v2 / SimCLR: OpenCV on ndarrays, PIL's
+    ``ImageFilter`` on PIL images (several times faster than a tensor convolution on CPU),
+    torchvision's on tensors."""
 
     def __init__(self, sigma: tuple[float, float] = (0.1, 2.0), kernel_size: int = 23):
         self.sigma = sigma
@@ -154,6 +172,8 @@ class RandomGaussianBlur:
 
     def __call__(self, image: Any) -> Any:
         sigma = float(torch.empty(()).uniform_(*self.sigma))
+        if isinstance(image, np.ndarray):
+            return augment.gaussian_blur(image, sigma, self.kernel_size)
         if isinstance(image, Image.Image):
             return image.filter(ImageFilter.GaussianBlur(radius=sigma))
         return v2.functional.gaussian_blur(image, [self.kernel_size] * 2, [sigma])
@@ -171,8 +191,10 @@ class ToNormalizedTensor:
     def __call__(self, image: Any) -> torch.Tensor:
         if isinstance(image, (Image.Image, np.ndarray)):
             array = np.asarray(image)
+            # channels-first copy in uint8 first: the float math then runs on contiguous memory
+            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+            array = np.ascontiguousarray(array)
             tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
-            tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         else:
             tensor = image
         if tensor.dtype != torch.uint8:  # already float in [0, 1]
@@ -184,23 +206,45 @@ def _ndarray_to_image(image: Any) -> Any:
     return v2.functional.to_image(image) if isinstance(image, np.ndarray) else image
 
 
+_BACKEND_OPS = {
+    "torchvision": (v2.RandomResizedCrop, v2.ColorJitter, v2.RandomGrayscale, v2.RandomHorizontalFlip),
+    "opencv": (
+        augment.ArrayRandomResizedCrop,
+        augment.ArrayColorJitter,
+        augment.ArrayRandomGrayscale,
+        augment.ArrayRandomHorizontalFlip,
+    ),
+}
+
+
 def build_ssl_transform(
     preset: str = "moco_v2",
     image_size: int = 224,
     mean: Sequence[float] = (0.485, 0.456, 0.406),
     std: Sequence[float] = (0.229, 0.224, 0.225),
     scale: tuple[float, float] | None = None,
+    backend: str = "opencv",
 ) -> v2.Compose:
     """Training augmentation of the official MoCo / SimCLR / SwAV / SEED code (torchvision v2).
 
-    Input: PIL image (the geometric and colour ops then run on PIL's kernels, the fastest on
-    CPU), ndarray ``(h, w[, c])`` or uint8 tensor ``(c, h, w)``; output: float tensor
-    ``(c, image_size, image_size)`` normalised with ``mean``/``std``.
+    Input: PIL image, ndarray ``(h, w[, c])`` or uint8 tensor ``(c, h, w)``; output: float
+    tensor ``(c, image_size, image_size)`` normalised with ``mean``/``std``.
+
+    ``backend="opencv"`` turns every input into an ndarray and runs OpenCV kernels
+    (``seed_hf.augment``); ``"torchvision"`` runs torchvision's PIL kernels on PIL images and
+    its tensor kernels otherwise. Both draw the same random parameters from torch's RNG.
     """
     if preset not in AUGMENTATION_PRESETS:
         raise ValueError(f"augmentation preset must be one of {AUGMENTATION_PRESETS}, got {preset!r}.")
+    if backend not in AUGMENTATION_BACKENDS:
+        raise ValueError(f"augmentation backend must be one of {AUGMENTATION_BACKENDS}, got {backend!r}.")
+    if preset == "none":  # deterministic resize + center crop: cheap on any backend
+        backend = "torchvision"
+    if backend == "opencv":
+        augment.require_opencv()
+    random_resized_crop, color_jitter, random_grayscale, random_flip = _BACKEND_OPS[backend]
     default_scale = {"moco_v2": (0.2, 1.0), "moco_v1": (0.2, 1.0), "simclr": (0.08, 1.0), "swav": (0.14, 1.0)}
-    crop = v2.RandomResizedCrop(
+    crop = random_resized_crop(
         image_size, scale=scale or default_scale.get(preset, (0.3, 1.0)), antialias=True
     )
     blur = v2.RandomApply([RandomGaussianBlur(kernel_size=_blur_kernel(image_size))], p=0.5)
@@ -210,19 +254,20 @@ def build_ssl_transform(
     elif preset == "moco_v2":
         ops += [
             crop,
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            v2.RandomGrayscale(0.2),
+            v2.RandomApply([color_jitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            random_grayscale(0.2),
             blur,
         ]
-        ops += [v2.RandomHorizontalFlip()]
+        ops += [random_flip()]
     elif preset == "moco_v1":
-        ops += [crop, v2.RandomGrayscale(0.2), v2.ColorJitter(0.4, 0.4, 0.4, 0.4), v2.RandomHorizontalFlip()]
+        ops += [crop, random_grayscale(0.2), color_jitter(0.4, 0.4, 0.4, 0.4), random_flip()]
     elif preset in ("simclr", "swav"):
-        ops += [crop, v2.RandomHorizontalFlip(), v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8)]
-        ops += [v2.RandomGrayscale(0.2), blur]
+        ops += [crop, random_flip(), v2.RandomApply([color_jitter(0.8, 0.8, 0.8, 0.2)], p=0.8)]
+        ops += [random_grayscale(0.2), blur]
     else:  # grayscale_small: 28-32 px single-channel data, no hue/saturation, no blur
-        ops += [crop, v2.RandomHorizontalFlip(), v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
-    ops.insert(0, _ndarray_to_image)  # PIL and tensors go straight to the v2 kernels
+        ops += [crop, random_flip(), v2.RandomApply([color_jitter(0.4, 0.4)], p=0.8)]
+    # PIL and tensors go straight to torchvision's kernels, everything to ndarrays for OpenCV's
+    ops.insert(0, augment.to_hwc_array if backend == "opencv" else _ndarray_to_image)
     ops.append(ToNormalizedTensor(mean, std))
     return v2.Compose(ops)
 
@@ -401,15 +446,17 @@ def hf_transform(
     label_column: str | None = None,
     drop_bad_rows: bool = False,
     extra_columns: Sequence[str] = ("id",),
+    to_array: bool = False,
 ) -> Callable[[dict[str, list]], dict[str, list]]:
-    """Batched ``set_transform``/``map`` function: image column → view tensors (+ labels, ids)."""
+    """Batched ``set_transform``/``map`` function: image column → view tensors (+ labels, ids).
+    ``to_array`` decodes to ndarrays (for the ``opencv`` augmentation backend)."""
 
     def apply(examples: dict[str, list]) -> dict[str, list]:
         """Undecodable rows are dropped (streaming ``map``) or left with ``pixel_values=None``
         (map-style ``set_transform``, which must keep the row count; ``collate_batch`` drops them)."""
         out: dict[str, list] = {}
         for row, cell in enumerate(examples[image_column]):
-            image = decode_image(cell, in_chans)
+            image = decode_image(cell, in_chans, to_array=to_array)
             if image is None and drop_bad_rows:
                 continue
             views = {} if image is None else transform(image)
