@@ -85,6 +85,45 @@ def make_images(folder: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
     return root, parquet
 
 
+def op_costs(decoded_pil: list, decoded_arrays: list, size: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Milliseconds per call of each ``moco_v2`` op, applied every time (p=1), for the official
+    PIL pipeline and seed_hf's opencv backend; crops are timed on the decoded images, the other
+    ops on 224-px crops of them."""
+    from seed_hf import augment
+    from seed_hf.data import RandomGaussianBlur, ToNormalizedTensor
+
+    pil_crops = [im.resize((size, size), Image.BILINEAR) for im in decoded_pil]
+    array_crops = [np.asarray(im).copy() for im in pil_crops]
+    official_ops = {
+        "random_resized_crop": (T.RandomResizedCrop(size, scale=(0.2, 1.0)), decoded_pil),
+        "color_jitter": (T.ColorJitter(0.4, 0.4, 0.4, 0.1), pil_crops),
+        "grayscale": (T.Grayscale(3), pil_crops),
+        "gaussian_blur": (PilGaussianBlur(), pil_crops),
+        "horizontal_flip": (T.RandomHorizontalFlip(1.0), pil_crops),
+        "to_tensor_normalize": (T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)]), pil_crops),
+    }
+    ours_ops = {
+        "random_resized_crop": (augment.ArrayRandomResizedCrop(size, scale=(0.2, 1.0)), decoded_arrays),
+        "color_jitter": (augment.ArrayColorJitter(0.4, 0.4, 0.4, 0.1), array_crops),
+        "grayscale": (augment.ArrayRandomGrayscale(1.0), array_crops),
+        "gaussian_blur": (RandomGaussianBlur(kernel_size=23), array_crops),
+        "horizontal_flip": (augment.ArrayRandomHorizontalFlip(1.0), array_crops),
+        "to_tensor_normalize": (ToNormalizedTensor(MEAN, STD), array_crops),
+    }
+    costs: dict[str, dict[str, float]] = {}
+    for pipeline, ops in (("official_pil", official_ops), ("seed_hf_opencv", ours_ops)):
+        costs[pipeline] = {}
+        for name, (op, images) in ops.items():
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for image in images:
+                    op(image)
+                runs.append(1000 * (time.perf_counter() - start) / len(images))
+            costs[pipeline][name] = statistics.median(runs)
+    return costs
+
+
 def rate(loader, n: int) -> float:
     start = time.perf_counter()
     count = 0
@@ -148,6 +187,7 @@ def main(argv=None) -> dict:
                 start = time.perf_counter()
                 fn()
                 results[name].append(n / (time.perf_counter() - start))
+        costs = op_costs(decoded_pil, decoded_arrays, args.image_size, args.repeats)
     median = {name: statistics.median(v) for name, v in results.items()}
     out = {
         "images_per_s_per_core": median,
@@ -162,11 +202,15 @@ def main(argv=None) -> dict:
         1 / median["decode_seed_hf"] + 1 / median["augment_seed_hf_opencv"]
     )
     out["seed_hf_decode_share_of_time"] = decode_share
+    out["ms_per_call_p1"] = costs
     print(json.dumps(out, indent=2))
     print(
         f"\nseed_hf {median['seed_hf_parquet_opencv']:.1f} img/s/core vs baseline {median['baseline_imagefolder_pil']:.1f}"
         f" -> ratio {out['ratio_seed_hf_vs_baseline']:.2f}; decode is {100 * decode_share:.0f}% of seed_hf's per-image time"
     )
+    print("ms per call (each op applied every time; moco_v2 applies jitter at p=0.8, grayscale 0.2, blur 0.5):")
+    for op in costs["official_pil"]:
+        print(f"  {op:22s} official PIL {costs['official_pil'][op]:6.3f}   seed_hf opencv {costs['seed_hf_opencv'][op]:6.3f}")
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(out, indent=2))
     return out

@@ -84,7 +84,7 @@ class OfficialStyleStep:
         self.ptr = (self.ptr + n) % k
 
 
-def build_ours(args, teacher: FrozenTeacher, output_dir: str, num_students: int = 1):
+def build_ours(args, teacher: FrozenTeacher, output_dir: str, num_students: int = 1, compiled: bool = False):
     config = SeedConfig(
         student_architecture=args.student,
         queue_size=args.queue_size,
@@ -100,6 +100,9 @@ def build_ours(args, teacher: FrozenTeacher, output_dir: str, num_students: int 
         use_cpu=args.device == "cpu",
         channels_last=not args.no_channels_last,
         bf16=args.bf16,
+        torch_compile=compiled,
+        teacher_dtype=args.teacher_dtype,
+        compile_teacher=compiled,
         report_to="none",
         disable_tqdm=True,
         max_steps=1,
@@ -107,8 +110,6 @@ def build_ours(args, teacher: FrozenTeacher, output_dir: str, num_students: int 
     trainer = SeedTrainer(
         model=model, teacher=teacher, args=training_args, train_dataset=[], data_collator=collate_batch
     )
-    if args.compile and num_students == 1:
-        trainer.model.student = torch.compile(trainer.model.student)
     # as train() does: accelerate wraps the forward in its autocast (bf16) and places the model
     trainer.model_wrapped = trainer.accelerator.prepare_model(trainer.model)
     trainer.create_optimizer()
@@ -141,7 +142,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU; slow on this CPU)")
     parser.add_argument("--no_channels_last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the student")
+    parser.add_argument(
+        "--teacher_dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float32"],
+        help="seed_hf's teacher precision (the official-style step keeps the run's precision)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time seed_hf with --torch_compile (student) and --compile_teacher (and their parts compiled)",
+    )
     parser.add_argument(
         "--num_students", type=int, default=2, help="students fed by one teacher forward (0: skip)"
     )
@@ -168,21 +179,41 @@ def main(argv=None) -> dict:
         def teacher_alone():
             ours.teacher_embeddings(x_ours)
 
-        student_opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
+        def student_alone_fn(model, compiled=False):
+            """Forward + backward + SGD of the same student, no teacher, no loss logic."""
+            opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
 
-        def student_alone():  # forward + backward + SGD of the same student, no teacher, no loss logic
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
-                out = model.head(model.get_features(x_ours))
-            out.float().square().mean().backward()
-            student_opt.step()
-            student_opt.zero_grad()
+            def embed(pixel_values):
+                return model.head(model.get_features(pixel_values))
+
+            embed = torch.compile(embed) if compiled else embed
+
+            def run():
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
+                    out = embed(x_ours)
+                out.float().square().mean().backward()
+                opt.step()
+                opt.zero_grad()
+
+            return run
 
         runs = {
             "official_style": lambda: baseline(x, args.bf16),
             "seed_hf": our_step,
             "teacher_inference": teacher_alone,
-            "student_train": student_alone,
+            "student_train": student_alone_fn(model),
         }
+        if args.compile:
+            fast = build_ours(args, build_teacher(args.teacher, args.dim), tmp, compiled=True)
+
+            def compiled_step():
+                fast.training_step(fast.model_wrapped, batch)
+                fast.optimizer.step()
+                fast.optimizer.zero_grad()
+
+            runs["seed_hf_compiled"] = compiled_step
+            runs["teacher_inference_compiled"] = lambda: fast.teacher_embeddings(x_ours)
+            runs["student_train_compiled"] = student_alone_fn(fast.model, compiled=True)
         if args.num_students > 1:
             group = build_ours(args, build_teacher(args.teacher, args.dim), tmp, args.num_students)
 
@@ -204,11 +235,21 @@ def main(argv=None) -> dict:
         if device == "cuda"
         else f"cpu ({torch.get_num_threads()} threads)",
         "config": f"{args.student} <- {args.teacher}, {args.image_size}px, batch {args.batch_size}, K {args.queue_size}"
-        + (", bf16" if args.bf16 else ", fp32"),
+        + (", bf16" if args.bf16 else ", fp32")
+        + ("" if args.teacher_dtype == "auto" else f", seed_hf teacher {args.teacher_dtype}"),
         "img_per_s": {name: args.batch_size / t for name, t in median.items()},
         "ratio_seed_hf_vs_official": median["official_style"] / median["seed_hf"],
         "overhead": median["seed_hf"] / (median["teacher_inference"] + median["student_train"]),
         "limit_img_per_s": args.batch_size / (median["teacher_inference"] + median["student_train"]),
+        **(
+            {
+                "ratio_compiled_vs_official": median["official_style"] / median["seed_hf_compiled"],
+                "overhead_compiled": median["seed_hf_compiled"]
+                / (median["teacher_inference_compiled"] + median["student_train_compiled"]),
+            }
+            if args.compile
+            else {}
+        ),
         "median_s": median,
         **(
             {
@@ -231,6 +272,11 @@ def main(argv=None) -> dict:
         f" -> ratio {result['ratio_seed_hf_vs_official']:.2f}; overhead {result['overhead']:.3f}"
         f" (limit {result['limit_img_per_s']:.1f} img/s)"
     )
+    if args.compile:
+        print(
+            f"compiled (--torch_compile --compile_teacher): {result['img_per_s']['seed_hf_compiled']:.1f} img/s"
+            f" -> ratio {result['ratio_compiled_vs_official']:.2f}; overhead {result['overhead_compiled']:.3f}"
+        )
     if args.num_students > 1:
         m = result["multi_student"]
         print(

@@ -14,6 +14,7 @@ import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
 from .data import (
+    AUGMENTATION_BACKENDS,
     AUGMENTATION_PRESETS,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
@@ -73,6 +74,13 @@ class DataTrainingArguments:
             "help": f"Augmentation preset, one of {AUGMENTATION_PRESETS} (default: moco_v2, grayscale_small for Fashion-MNIST)."
         },
     )
+    augmentation_backend: str = field(
+        default="opencv",
+        metadata={
+            "help": f"Pixel kernels of the augmentation, one of {AUGMENTATION_BACKENDS}: opencv (ndarrays, several "
+            "times faster per core) or torchvision (PIL/tensor kernels). Both draw the same random parameters."
+        },
+    )
     image_size: int | None = field(
         default=None, metadata={"help": "Training resolution (default 224, 32 for Fashion-MNIST)."}
     )
@@ -95,6 +103,10 @@ class DataTrainingArguments:
         sources = [s for s in (self.dataset_name, self.train_dir, self.train_files) if s]
         if len(sources) > 1:
             raise ValueError("Pass at most one of --dataset_name, --train_dir, --train_files.")
+        if self.augmentation_backend not in AUGMENTATION_BACKENDS:
+            raise ValueError(
+                f"--augmentation_backend must be one of {AUGMENTATION_BACKENDS}, got {self.augmentation_backend!r}."
+            )
         if self.augmentation is not None and self.augmentation not in AUGMENTATION_PRESETS:
             raise ValueError(
                 f"--augmentation must be one of {AUGMENTATION_PRESETS}, got {self.augmentation!r}."
@@ -147,13 +159,14 @@ def build_train_dataset(
     """Training dataset yielding ``pixel_values`` (``pixel_values_k`` for 2 views, and
     ``pixel_values_small`` with ``num_small_crops`` small crops)."""
     preset, image_size, _, _, _ = data_args.resolved()
+    backend = data_args.augmentation_backend
     small = (
-        build_ssl_transform(preset, small_crop_size, mean, std, scale=tuple(small_crop_scale))
+        build_ssl_transform(preset, small_crop_size, mean, std, scale=tuple(small_crop_scale), backend=backend)
         if num_small_crops
         else None
     )
     transform = MultiViewTransform(
-        build_ssl_transform(preset, image_size, mean, std), num_views, small, num_small_crops
+        build_ssl_transform(preset, image_size, mean, std, backend=backend), num_views, small, num_small_crops
     )
     if data_args.uses_fashion_mnist:
         images, labels = load_fashion_mnist("train", data_args.fashion_mnist_dir)
@@ -177,9 +190,9 @@ def build_train_dataset(
         dataset = dataset.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
         if data_args.max_train_samples:
             dataset = dataset.take(data_args.max_train_samples)
-        apply = hf_transform(transform, image_column, in_chans, drop_bad_rows=True)
+        apply = hf_transform(transform, image_column, in_chans, drop_bad_rows=True, to_array=backend == "opencv")
         return dataset.map(apply, batched=True, batch_size=16, remove_columns=dataset.column_names)
-    apply = hf_transform(transform, image_column, in_chans)
+    apply = hf_transform(transform, image_column, in_chans, to_array=backend == "opencv")
     if data_args.max_train_samples:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
     dataset.set_transform(apply)

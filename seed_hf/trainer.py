@@ -43,6 +43,9 @@ def scaled_learning_rate(base_learning_rate: float, total_batch_size: int) -> fl
     return base_learning_rate * total_batch_size / 256
 
 
+TEACHER_DTYPES = ("auto", "bfloat16", "float32")
+
+
 @dataclass
 class SeedTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the paper's optimisation defaults (SGD, cosine, wd 1e-4) and
@@ -56,6 +59,22 @@ class SeedTrainingArguments(TrainingArguments):
     optimize_teacher: bool = field(
         default=True,
         metadata={"help": "Fold the frozen teacher's BatchNorm into its convolutions (exact, faster)."},
+    )
+    teacher_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Precision of the frozen teacher's forward: auto (the run's mixed precision), bfloat16 "
+            "(bf16 autocast even when the student trains in fp32: ~2x faster teacher on CPUs with AVX512-BF16/AMX "
+            "and on GPUs), or float32 (fp32 teacher even under --bf16)."
+        },
+    )
+    compile_teacher: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the frozen teacher with inductor freezing (weights folded in as constants, "
+            "fused conv epilogues): ~20% faster teacher forward on CPU, one compile (~30 s) per input shape. "
+            "Combine with --torch_compile for the student."
+        },
     )
     sync_bn: bool = field(
         default=False, metadata={"help": "Convert the student's BatchNorm to SyncBatchNorm under DDP."}
@@ -75,6 +94,8 @@ class SeedTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(f"teacher_dtype must be one of {TEACHER_DTYPES}, got {self.teacher_dtype!r}.")
         if self.base_learning_rate is not None:
             total = (
                 self.per_device_train_batch_size * max(1, self.world_size) * self.gradient_accumulation_steps
@@ -326,6 +347,9 @@ class SeedTrainer(QueueTrainer):
         elif channels_last:
             self.teacher.to(memory_format=torch.channels_last)
         self._validate_teacher()
+        if getattr(self.args, "compile_teacher", False):
+            # after validation, so the probe batch does not make the batch size dynamic
+            self.teacher.compile(dynamic=False, options={"freezing": True})
 
     @torch.no_grad()
     def _validate_teacher(self) -> None:
@@ -346,10 +370,17 @@ class SeedTrainer(QueueTrainer):
         if any(p.requires_grad for p in self.teacher.parameters()):
             raise ValueError("The teacher must be frozen (requires_grad=False).")
 
+    def _teacher_autocast(self):
+        dtype = getattr(self.args, "teacher_dtype", "auto")
+        if dtype == "auto":
+            return self.accelerator.autocast()
+        return torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
     def teacher_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Teacher embeddings ``(batch, dim)`` in fp32, computed under autocast and inference_mode
-        (the clone turns the inference tensor into one autograd may save for the student's loss)."""
-        with torch.inference_mode(), self.accelerator.autocast():
+        """Teacher embeddings ``(batch, dim)`` in fp32, computed under ``teacher_dtype``'s autocast
+        and inference_mode (the clone turns the inference tensor into one autograd may save for
+        the student's loss)."""
+        with torch.inference_mode(), self._teacher_autocast():
             embeds = self.teacher(pixel_values).float()
         return embeds.clone()
 

@@ -239,3 +239,19 @@ def test_small_patch_variant_uses_a_second_queue(tmp_path):
     assert with_small > model(x, teacher_embeds=t).loss  # the small-crop term is added
     with pytest.raises(ValueError, match="num_small_crops"):
         tiny_student()(x, teacher_embeds=t, small_pixel_values=small, small_teacher_embeds=ts)
+
+
+def test_teacher_precision_and_compiled_teacher(tmp_path):
+    """teacher_dtype=bfloat16 runs the teacher in bf16 under an fp32 student (close, not equal);
+    compile_teacher gives the eager teacher's embeddings."""
+    x = TensorImages(8).images
+    eager = _seed_trainer(tmp_path).teacher_embeddings(x)
+    bf16 = _seed_trainer(tmp_path, teacher_dtype="bfloat16").teacher_embeddings(x)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, eager)
+    assert torch.nn.functional.cosine_similarity(bf16, eager).min() > 0.99
+    fp32 = _seed_trainer(tmp_path, teacher_dtype="float32").teacher_embeddings(x)
+    assert torch.equal(fp32, eager)  # fp32 run: "auto" and "float32" agree
+    compiled = _seed_trainer(tmp_path, compile_teacher=True).teacher_embeddings(x)
+    assert torch.allclose(compiled, eager, atol=1e-4)
+    with pytest.raises(ValueError, match="teacher_dtype"):
+        _args(tmp_path, teacher_dtype="fp8")
