@@ -38,6 +38,9 @@ class StudyArguments:
     )
     teacher_architecture: str = field(default="resnet18", metadata={"help": "Teacher (MoCo-v2)."})
     student_architecture: str = field(default="mobilenetv3_small_100", metadata={"help": "Small student."})
+    augmentation_backend: str = field(
+        default="opencv", metadata={"help": "Augmentation pixel kernels: opencv or torchvision."}
+    )
     teacher_steps: int = field(default=2000, metadata={"help": "MoCo-v2 teacher steps."})
     student_steps: int = field(default=1000, metadata={"help": "Steps of each student (MoCo-v2 and SEED)."})
     batch_size: int = field(default=256, metadata={"help": "Batch size of every run."})
@@ -91,6 +94,8 @@ def _common(args: StudyArguments, run_dir: Path, steps: int) -> list[str]:
         str(args.eval_steps),
         "--knn_monitor_samples",
         str(args.monitor_samples),
+        "--augmentation_backend",
+        args.augmentation_backend,
         "--report_to",
         "tensorboard",
         *(["--use_cpu"] if args.use_cpu else []),
@@ -200,7 +205,7 @@ Linear probe: logistic regression on frozen standardised features, AdamW, {args.
 - teacher: MoCo-v2 {args.teacher_architecture}, {args.teacher_steps} steps × batch {args.batch_size}
   ({args.teacher_steps * args.batch_size / 60000:.1f} epochs), K={args.queue_size}, τ={args.moco_temperature},
   momentum {args.moco_momentum}, shuffle-BN over 4 sub-batches, SGD lr {args.base_learning_rate}×batch/256, cosine,
-  wd 1e-4, `grayscale_small` augmentation at 32 px.
+  wd 1e-4, `grayscale_small` augmentation at 32 px ({args.augmentation_backend} kernels).
 - students: {args.student_architecture}, {args.student_steps} steps × batch {args.batch_size}
   ({args.student_steps * args.batch_size / 60000:.1f} epochs) each, same optimiser; MoCo-v2 as above; SEED with
   K={args.queue_size}, τ_S=0.2, τ_T={args.teacher_temperature}, same view to teacher and student.

@@ -27,6 +27,10 @@ from torchvision.transforms import v2
 
 try:
     import cv2
+
+    # one thread per process, also in spawned dataloader workers (which re-import this module):
+    # the workers are the parallelism, OpenCV's own pool would oversubscribe the cores
+    cv2.setNumThreads(1)
 except ImportError:  # optional where only models run (e.g. a GPU image without OpenCV)
     cv2 = None
 
@@ -40,8 +44,6 @@ def require_opencv() -> None:
             "The 'opencv' augmentation backend needs OpenCV: pip install opencv-python-headless "
             "(or choose the 'torchvision' backend, which runs PIL/tensor kernels)."
         )
-    # one thread per process: dataloader workers are the parallelism, OpenCV's pool would oversubscribe
-    cv2.setNumThreads(1)
 
 
 def to_hwc_array(image: Any) -> np.ndarray:
@@ -56,6 +58,8 @@ def to_hwc_array(image: Any) -> np.ndarray:
         raise TypeError(f"the opencv backend takes uint8 images, got {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise ValueError(f"the opencv backend takes 1- or 3-channel images, got shape {array.shape}")
     return np.ascontiguousarray(array)
 
 

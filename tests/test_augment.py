@@ -115,6 +115,8 @@ def test_bad_backend_and_bad_dtype():
         build_ssl_transform("moco_v2", backend="pillow-simd")
     with pytest.raises(TypeError, match="uint8"):
         build_ssl_transform("moco_v2", 32, backend="opencv")(torch.rand(3, 40, 40))
+    with pytest.raises(ValueError, match="1- or 3-channel"):
+        build_ssl_transform("moco_v2", 32, backend="opencv")(np.zeros((40, 40, 4), np.uint8))
 
 
 def jpeg_bytes(array: np.ndarray, mode: str = "RGB") -> bytes:
