@@ -17,6 +17,7 @@ import io
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -439,36 +440,42 @@ def load_image_dataset(
     raise ValueError("Pass one of dataset_name, train_dir or train_files.")
 
 
-def hf_transform(
-    transform: Callable,
-    image_column: str,
-    in_chans: int,
-    label_column: str | None = None,
-    drop_bad_rows: bool = False,
-    extra_columns: Sequence[str] = ("id",),
-    to_array: bool = False,
-) -> Callable[[dict[str, list]], dict[str, list]]:
+@dataclass
+class ImageColumnTransform:
     """Batched ``set_transform``/``map`` function: image column → view tensors (+ labels, ids).
-    ``to_array`` decodes to ndarrays (for the ``opencv`` augmentation backend)."""
 
-    def apply(examples: dict[str, list]) -> dict[str, list]:
-        """Undecodable rows are dropped (streaming ``map``) or left with ``pixel_values=None``
-        (map-style ``set_transform``, which must keep the row count; ``collate_batch`` drops them)."""
+    ``to_array`` decodes to ndarrays (for the ``opencv`` augmentation backend). Undecodable
+    rows are dropped with ``drop_bad_rows`` (streaming ``map``) or left with
+    ``pixel_values=None`` (map-style ``set_transform``, which must keep the row count;
+    ``collate_batch`` drops them). A picklable object, so that spawned dataloader workers
+    can receive it.
+    """
+
+    transform: Callable
+    image_column: str
+    in_chans: int
+    label_column: str | None = None
+    drop_bad_rows: bool = False
+    extra_columns: Sequence[str] = ("id",)
+    to_array: bool = False
+
+    def __call__(self, examples: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {}
-        for row, cell in enumerate(examples[image_column]):
-            image = decode_image(cell, in_chans, to_array=to_array)
-            if image is None and drop_bad_rows:
+        for row, cell in enumerate(examples[self.image_column]):
+            image = decode_image(cell, self.in_chans, to_array=self.to_array)
+            if image is None and self.drop_bad_rows:
                 continue
-            views = {} if image is None else transform(image)
+            views = {} if image is None else self.transform(image)
             if not isinstance(views, dict):
                 views = {"pixel_values": views}
             for key in views or {"pixel_values": None}:
                 out.setdefault(key, []).append(views.get(key))
-            for column in extra_columns:
+            for column in self.extra_columns:
                 if column in examples:
                     out.setdefault(column, []).append(examples[column][row])
-            if label_column is not None and label_column in examples:
-                out.setdefault("labels", []).append(examples[label_column][row])
+            if self.label_column is not None and self.label_column in examples:
+                out.setdefault("labels", []).append(examples[self.label_column][row])
         return out
 
-    return apply
+
+hf_transform = ImageColumnTransform  # the name the scripts and earlier releases use

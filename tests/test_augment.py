@@ -144,3 +144,11 @@ def test_decode_to_array_counts_truncated_and_corrupt(tmp_path):
     Image.fromarray(photo(7)).save(path)
     assert decode_image(str(path), 3, stats=stats, to_array=True).shape == (90, 120, 3)  # PNG: PIL path
     assert (stats.seen, stats.skipped) == (3, 2)
+
+
+def test_data_arguments_check_the_backend():
+    from seed_hf.arguments import DataTrainingArguments
+
+    assert DataTrainingArguments().augmentation_backend == "opencv"
+    with pytest.raises(ValueError, match="augmentation_backend"):
+        DataTrainingArguments(augmentation_backend="pil")

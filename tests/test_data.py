@@ -67,3 +67,18 @@ def test_fashion_mnist_reader():
     assert sorted(np.unique(labels).tolist()) == list(range(10))
     out = build_eval_transform(32, [0.286], [0.353], crop_pct=1.0)(torch.from_numpy(images[:8]).unsqueeze(1))
     assert out.shape == (8, 1, 32, 32)
+
+
+def test_image_column_transform_is_picklable_for_spawned_workers():
+    import io
+    import pickle
+
+    from seed_hf.data import hf_transform
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buffer, format="JPEG")
+    apply = hf_transform(build_ssl_transform("moco_v2", 16), "image", 3, label_column="label", to_array=True)
+    apply = pickle.loads(pickle.dumps(apply))
+    out = apply({"image": [{"bytes": buffer.getvalue()}, {"bytes": b"not an image"}], "label": [1, 2], "id": [7, 8]})
+    assert out["pixel_values"][0].shape == (3, 16, 16) and out["pixel_values"][1] is None
+    assert out["labels"] == [1, 2] and out["id"] == [7, 8]
