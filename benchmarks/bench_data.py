@@ -32,7 +32,13 @@ from torch.utils.data import DataLoader
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
-from seed_hf.data import build_ssl_transform, collate_batch, decode_image, hf_transform, load_fashion_mnist
+from seed_hf.data import (
+    ImageColumnTransform,
+    build_ssl_transform,
+    collate_batch,
+    decode_image,
+    load_fashion_mnist,
+)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -156,8 +162,8 @@ def main(argv=None) -> dict:
         ours_ds = ours_ds.cast_column("image", datasets.Image(decode=False))
         ours_transform = build_ssl_transform("moco_v2", args.image_size, MEAN, STD, backend="opencv")
         pil_transform = build_ssl_transform("moco_v2", args.image_size, MEAN, STD, backend="torchvision")
-        pil_ds = ours_ds.with_transform(hf_transform(pil_transform, "image", 3, label_column="label"))
-        ours_ds.set_transform(hf_transform(ours_transform, "image", 3, label_column="label", to_array=True))
+        pil_ds = ours_ds.with_transform(ImageColumnTransform(pil_transform, "image", 3, label_column="label"))
+        ours_ds.set_transform(ImageColumnTransform(ours_transform, "image", 3, label_column="label", to_array=True))
         n = args.num_images
         loaders = {
             "baseline_imagefolder_pil": DataLoader(baseline_ds, batch_size=args.batch_size),

@@ -117,6 +117,17 @@ def build_ours(args, teacher: FrozenTeacher, output_dir: str, num_students: int 
     return trainer
 
 
+def training_step_fn(trainer: SeedTrainer, batch: dict):
+    """One optimisation step of ``trainer`` on ``batch``, as its training loop runs it."""
+
+    def run():
+        trainer.training_step(trainer.model_wrapped, batch)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+
+    return run
+
+
 def timed(fn, device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -167,17 +178,8 @@ def main(argv=None) -> dict:
     baseline = OfficialStyleStep(args.student, baseline_teacher, args.queue_size, args.dim, 0.03, device)
     with tempfile.TemporaryDirectory() as tmp:
         ours = build_ours(args, build_teacher(args.teacher, args.dim), tmp)
-        model = ours.model
         x_ours = x.contiguous(memory_format=torch.channels_last) if not args.no_channels_last else x
         batch = {"pixel_values": x_ours}
-
-        def our_step():
-            ours.training_step(ours.model_wrapped, batch)
-            ours.optimizer.step()
-            ours.optimizer.zero_grad()
-
-        def teacher_alone():
-            ours.teacher_embeddings(x_ours)
 
         def student_alone_fn(model, compiled=False):
             """Forward + backward + SGD of the same student, no teacher, no loss logic."""
@@ -199,30 +201,18 @@ def main(argv=None) -> dict:
 
         runs = {
             "official_style": lambda: baseline(x, args.bf16),
-            "seed_hf": our_step,
-            "teacher_inference": teacher_alone,
-            "student_train": student_alone_fn(model),
+            "seed_hf": training_step_fn(ours, batch),
+            "teacher_inference": lambda: ours.teacher_embeddings(x_ours),
+            "student_train": student_alone_fn(ours.model),
         }
         if args.compile:
             fast = build_ours(args, build_teacher(args.teacher, args.dim), tmp, compiled=True)
-
-            def compiled_step():
-                fast.training_step(fast.model_wrapped, batch)
-                fast.optimizer.step()
-                fast.optimizer.zero_grad()
-
-            runs["seed_hf_compiled"] = compiled_step
+            runs["seed_hf_compiled"] = training_step_fn(fast, batch)
             runs["teacher_inference_compiled"] = lambda: fast.teacher_embeddings(x_ours)
             runs["student_train_compiled"] = student_alone_fn(fast.model, compiled=True)
         if args.num_students > 1:
             group = build_ours(args, build_teacher(args.teacher, args.dim), tmp, args.num_students)
-
-            def group_step():
-                group.training_step(group.model_wrapped, batch)
-                group.optimizer.step()
-                group.optimizer.zero_grad()
-
-            runs[f"group_of_{args.num_students}"] = group_step
+            runs[f"group_of_{args.num_students}"] = training_step_fn(group, batch)
         times = {name: [] for name in runs}
         for i in range(args.warmup + args.repeats):
             for name, fn in runs.items():  # alternated, so drifts hit all equally

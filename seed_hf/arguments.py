@@ -19,11 +19,11 @@ from .data import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     ArrayImageDataset,
+    ImageColumnTransform,
     MultiViewTransform,
     build_eval_transform,
     build_ssl_transform,
     detect_image_column,
-    hf_transform,
     load_fashion_mnist,
     load_image_dataset,
 )
@@ -160,6 +160,7 @@ def build_train_dataset(
     ``pixel_values_small`` with ``num_small_crops`` small crops)."""
     preset, image_size, _, _, _ = data_args.resolved()
     backend = data_args.augmentation_backend
+    to_array = backend == "opencv"  # the opencv backend takes decoded ndarrays
     small = (
         build_ssl_transform(preset, small_crop_size, mean, std, scale=tuple(small_crop_scale), backend=backend)
         if num_small_crops
@@ -190,9 +191,9 @@ def build_train_dataset(
         dataset = dataset.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
         if data_args.max_train_samples:
             dataset = dataset.take(data_args.max_train_samples)
-        apply = hf_transform(transform, image_column, in_chans, drop_bad_rows=True, to_array=backend == "opencv")
+        apply = ImageColumnTransform(transform, image_column, in_chans, drop_bad_rows=True, to_array=to_array)
         return dataset.map(apply, batched=True, batch_size=16, remove_columns=dataset.column_names)
-    apply = hf_transform(transform, image_column, in_chans, to_array=backend == "opencv")
+    apply = ImageColumnTransform(transform, image_column, in_chans, to_array=to_array)
     if data_args.max_train_samples:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
     dataset.set_transform(apply)

@@ -84,6 +84,11 @@ def gray(array: np.ndarray) -> np.ndarray:
     return array if array.ndim == 2 else cv2.cvtColor(array, cv2.COLOR_RGB2GRAY)
 
 
+def gray3(array: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma replicated to 3 channels."""
+    return cv2.cvtColor(gray(array), cv2.COLOR_GRAY2RGB)
+
+
 def _affine_lut(array: np.ndarray, scale: float, shift: float) -> np.ndarray:
     lut = np.clip(np.arange(256, dtype=np.float32) * scale + shift + 0.5, 0, 255).astype(np.uint8)
     return cv2.LUT(array, lut)
@@ -100,8 +105,7 @@ def adjust_contrast(array: np.ndarray, factor: float) -> np.ndarray:
 def adjust_saturation(array: np.ndarray, factor: float) -> np.ndarray:
     if array.ndim == 2:
         return array
-    luma = cv2.cvtColor(gray(array), cv2.COLOR_GRAY2RGB)
-    return cv2.addWeighted(array, factor, luma, 1.0 - factor, 0.0)
+    return cv2.addWeighted(array, factor, gray3(array), 1.0 - factor, 0.0)
 
 
 def adjust_hue(array: np.ndarray, factor: float) -> np.ndarray:
@@ -181,7 +185,7 @@ class ArrayRandomGrayscale(v2.RandomGrayscale):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not isinstance(inpt, np.ndarray):
             return super().transform(inpt, params)
-        return inpt if inpt.ndim == 2 else cv2.cvtColor(gray(inpt), cv2.COLOR_GRAY2RGB)
+        return inpt if inpt.ndim == 2 else gray3(inpt)
 
 
 class ArrayRandomHorizontalFlip(v2.RandomHorizontalFlip):

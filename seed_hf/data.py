@@ -38,6 +38,7 @@ __all__ = [
     "build_eval_transform",
     "ArrayImageDataset",
     "MultiViewTransform",
+    "ImageColumnTransform",
     "convert_image",
     "collate_batch",
     "load_image_dataset",
@@ -120,28 +121,30 @@ def decode_image(
             value = value.get("bytes") or value.get("path")
         if to_array and isinstance(value, (str, os.PathLike)):
             value = Path(value).read_bytes()
-        array = augment.decode_jpeg(value, in_chans) if to_array and isinstance(value, bytes) else None
-        if array is not None:
-            if stats is not None:
-                stats.record(True)
-            return array
-        if isinstance(value, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(value))
-        elif isinstance(value, (str, os.PathLike)):
-            image = Image.open(value)
-        elif isinstance(value, Image.Image):
-            image = value
-        else:
-            raise TypeError(f"unsupported image cell {type(value).__name__}")
-        image.load()  # forces a full decode: truncated files fail here, not later in a transform
-        image = convert_image(image, in_chans)
+        decoded = augment.decode_jpeg(value, in_chans) if to_array and isinstance(value, bytes) else None
+        if decoded is None:  # PIL: every other format, and JPEGs OpenCV does not take
+            decoded = _decode_with_pil(value, in_chans)
+            decoded = np.asarray(decoded) if to_array else decoded
     except Exception as error:  # PIL raises many types for bad data
         if stats is not None:
             stats.record(False, f"{type(error).__name__}: {error}"[:120])
         return None
     if stats is not None:
         stats.record(True)
-    return np.asarray(image) if to_array else image
+    return decoded
+
+
+def _decode_with_pil(value: Any, in_chans: int) -> Image.Image:
+    if isinstance(value, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(value))
+    elif isinstance(value, (str, os.PathLike)):
+        image = Image.open(value)
+    elif isinstance(value, Image.Image):
+        image = value
+    else:
+        raise TypeError(f"unsupported image cell {type(value).__name__}")
+    image.load()  # forces a full decode: truncated files fail here, not later in a transform
+    return convert_image(image, in_chans)
 
 
 def convert_image(image: Any, in_chans: int) -> Any:
@@ -477,5 +480,3 @@ class ImageColumnTransform:
                 out.setdefault("labels", []).append(examples[self.label_column][row])
         return out
 
-
-hf_transform = ImageColumnTransform  # the name the scripts and earlier releases use

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .backbones import pooled_features
+from .losses import check_temperature
 
 __all__ = [
     "EncoderSpec",
@@ -153,8 +154,7 @@ def weighted_knn_predict(
     """
     if k < 1:
         raise ValueError(f"k must be ≥ 1, got {k}.")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    check_temperature("temperature", temperature)
     num_classes = num_classes or int(train_labels.max()) + 1
     k = min(k, train_features.shape[0])
     train = F.normalize(train_features.float(), dim=1)

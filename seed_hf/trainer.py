@@ -315,7 +315,7 @@ class QueueTrainer(Trainer):
         if "loss" in logs:
             logs["queue_fill"] = round(_unwrapped(self).queue.fill_fraction, 4)
             for name, value in (getattr(self, "_student_losses", None) or {}).items():
-                logs[f"loss_{name}"] = value
+                logs[f"loss_{name}"] = value.item()
         super().log(logs, start_time)
 
 
@@ -409,7 +409,8 @@ class SeedTrainer(QueueTrainer):
         if model.training:
             self._pending_keys = global_keys if small_keys is None else (global_keys, small_keys)
             if getattr(outputs, "losses", None):  # a SeedStudentGroup: log each student's loss
-                self._student_losses = {k: v.detach().item() for k, v in outputs.losses.items()}
+                # detached tensors: .item() (a device sync) only when a log is written
+                self._student_losses = {k: v.detach() for k, v in outputs.losses.items()}
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 

@@ -49,21 +49,18 @@ def test_moco_then_seed_then_eval(tmp_path):
         ]
     )
     assert (teacher_dir / "model.safetensors").is_file() and (teacher_dir / "checkpoint-2").is_dir()
-    metrics = run_seed.main(
-        [
-            "--teacher_name_or_path",
-            str(teacher_dir),
-            "--student_architecture",
-            "test_efficientnet",
-            "--queue_size",
-            "64",
-            "--teacher_temperature",
-            "1e-4",
-            "--output_dir",
-            str(student_dir),
-            *COMMON,
-        ]
-    )
+    seed_args = [
+        "--teacher_name_or_path",
+        str(teacher_dir),
+        "--student_architecture",
+        "test_efficientnet",
+        "--queue_size",
+        "64",
+        "--output_dir",
+        str(student_dir),
+        *COMMON,
+    ]
+    metrics = run_seed.main([*seed_args, "--teacher_temperature", "1e-4"])
     assert metrics["train_loss"] > 0
     config = json.loads((student_dir / "config.json").read_text())
     assert config["model_type"] == "seed_distillation" and config["in_chans"] == 1
@@ -93,19 +90,7 @@ def test_moco_then_seed_then_eval(tmp_path):
     assert all(0 <= r["linear_top1"] <= 100 for r in results)
 
     # a finished run in the same output_dir resumes from its last checkpoint (no error)
-    run_seed.main(
-        [
-            "--teacher_name_or_path",
-            str(teacher_dir),
-            "--student_architecture",
-            "test_efficientnet",
-            "--queue_size",
-            "64",
-            "--output_dir",
-            str(student_dir),
-            *COMMON,
-        ]
-    )
+    run_seed.main(seed_args)
 
 
 @requires_fashion_mnist

@@ -141,14 +141,8 @@ def _tiny_transformers_model(kind, folder):
     )
 
     torch.manual_seed(0)
-    small = dict(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-    )
+    layers = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    small = dict(**layers, image_size=32, patch_size=8)
     if kind == "vit":
         model = ViTModel(ViTConfig(**small))
     elif kind == "dinov2":
@@ -158,13 +152,7 @@ def _tiny_transformers_model(kind, folder):
             CLIPConfig(
                 vision_config=small,
                 projection_dim=16,
-                text_config=dict(
-                    hidden_size=32,
-                    num_hidden_layers=1,
-                    num_attention_heads=2,
-                    intermediate_size=64,
-                    vocab_size=99,
-                ),
+                text_config=dict(**layers, vocab_size=99),
             )
         )
     model.eval().save_pretrained(folder)
