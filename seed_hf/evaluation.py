@@ -70,10 +70,9 @@ def load_encoder(name_or_path: str) -> EncoderSpec:
     config = json.loads(config_file.read_text())
     model_type = config.get("model_type")
     if model_type == "seed_moco":
-        from .moco import MocoForPretraining
+        from .moco import load_query_encoder
 
-        model = MocoForPretraining.from_pretrained(path)
-        backbone, c = model.encoder, model.config
+        backbone, _, c = load_query_encoder(path)
     elif model_type == "seed_distillation":
         from .modeling_seed import SeedForDistillation
 
@@ -163,7 +162,7 @@ def weighted_knn_predict(
         test = F.normalize(test_features[start : start + chunk_size].float(), dim=1)
         sims, idx = (test @ train.T).topk(k, dim=1)  # c x k
         weights = (sims / temperature).exp()
-        votes = torch.zeros(test.shape[0], num_classes, dtype=weights.dtype)
+        votes = torch.zeros(test.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
         votes.scatter_add_(1, train_labels[idx], weights)
         scores.append(votes)
     return torch.cat(scores)

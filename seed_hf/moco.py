@@ -7,7 +7,10 @@ baseline. It reuses the student backbone, the projection head and the queue of S
 from __future__ import annotations
 
 import copy
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +25,7 @@ from .losses import check_temperature
 from .modeling_seed import init_module_weights
 from .queue import EmbeddingQueue
 
-__all__ = ["MocoConfig", "MocoOutput", "MocoForPretraining"]
+__all__ = ["MocoConfig", "MocoOutput", "MocoForPretraining", "save_query_encoder", "load_query_encoder"]
 
 
 class MocoConfig(PretrainedConfig):
@@ -149,6 +152,9 @@ class MocoForPretraining(PreTrainedModel):
             p.requires_grad = False  # updated by momentum only; never in the optimizer
         self.queue = EmbeddingQueue(config.queue_size, config.projection_dim, seed=config.queue_seed)
         self.post_init()
+        # MoCo starts the key encoder as an exact copy of the query encoder (post_init re-drew
+        # the heads; the backbones keep timm's init)
+        self.head_k.load_state_dict(self.head.state_dict())
 
     def _init_weights(self, module: nn.Module) -> None:
         init_module_weights(module)
@@ -222,3 +228,55 @@ class MocoForPretraining(PreTrainedModel):
                 loss = F.cross_entropy(logits, labels)
         output = MocoOutput(loss=loss, logits=logits, query_embeds=q, key_embeds=k, pooler_output=features)
         return output if return_dict else output.to_tuple()
+
+
+def save_query_encoder(
+    model: MocoForPretraining,
+    save_directory: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Writes the inference half of a MoCo model (query encoder + MLP head, what a SEED teacher
+    needs) as ``config.json`` + ``model.safetensors``: a ResNet-18 is 23 MB in fp16 instead of
+    the 90 MB of the full training state (key encoder, queue). ``training`` (recipe, results) is
+    written to ``training.json`` next to them. :func:`load_query_encoder` reads it back."""
+    from safetensors.torch import save_file
+
+    save_directory = Path(save_directory)
+    save_directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(save_directory)
+    state = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+        if k.startswith(("encoder.", "head."))
+    }
+    save_file(state, str(save_directory / "model.safetensors"), metadata={"format": "pt"})
+    if training is not None:
+        (save_directory / "training.json").write_text(json.dumps(training, indent=2, default=str) + "\n")
+    return save_directory
+
+
+def load_query_encoder(path: str | os.PathLike) -> tuple[nn.Module, ProjectionHead, MocoConfig]:
+    """``(encoder, head, config)`` of a MoCo folder: a training run or checkpoint
+    (``save_pretrained``) or an inference-only folder of :func:`save_query_encoder`. Weights are
+    loaded strictly into fp32 modules; the key encoder and queue, when present, are ignored."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = MocoConfig.from_pretrained(path)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path} has no model.safetensors.")
+    state = load_file(str(weights))
+    encoder = create_backbone(config.architecture, config.in_chans, config.model_args, "architecture")
+    width = pooled_width(encoder)
+    head = ProjectionHead(width, config.head_hidden_dim or width, config.projection_dim)
+    for prefix, module in (("encoder.", encoder), ("head.", head)):
+        part = {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
+        result = module.load_state_dict(part, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"{weights} does not match {config.architecture!r} ({prefix.rstrip('.')}): missing keys "
+                f"{result.missing_keys[:10]}, unexpected keys {result.unexpected_keys[:10]}."
+            )
+    return encoder.eval(), head.eval(), config

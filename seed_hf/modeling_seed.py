@@ -46,14 +46,18 @@ class SeedOutput(ModelOutput):
 
 @torch.no_grad()
 def init_module_weights(module: nn.Module) -> None:
-    """Re-initialises modules missing from a checkpoint with their own default scheme.
+    """Initialises the modules seed_hf owns: projection heads (PyTorch's default Linear init) and
+    queues (random unit vectors).
 
-    Everything else (timm's own init, loaded weights) is left untouched.
+    ``PreTrainedModel.post_init`` calls this on every submodule; timm backbones are skipped on
+    purpose, so they keep timm's own init (zero-init of the last BN per residual block, ...).
     """
     if isinstance(module, EmbeddingQueue):
         module.reset()
-    elif isinstance(module, (nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm)):
-        module.reset_parameters()
+    elif isinstance(module, ProjectionHead):
+        for layer in module:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
 
 
 class SeedPreTrainedModel(PreTrainedModel):

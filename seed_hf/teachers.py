@@ -338,10 +338,10 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) ->
 
 def _load_seed_hf_folder(path: Path, model_type: str) -> FrozenTeacher:
     if model_type == "seed_moco":
-        from .moco import MocoForPretraining
+        from .moco import load_query_encoder
 
-        moco = MocoForPretraining.from_pretrained(path)
-        return FrozenTeacher(moco.encoder, moco.head, moco.config.in_chans, f"moco_v2:{path}")
+        encoder, head, config = load_query_encoder(path)
+        return FrozenTeacher(encoder, head, config.in_chans, f"moco_v2:{path}")
     from .modeling_seed import SeedForDistillation
 
     seed = SeedForDistillation.from_pretrained(path)

@@ -101,3 +101,50 @@ def test_moco_forward_round_trip_and_momentum(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = MocoForPretraining.from_pretrained(tmp_path)
     assert torch.equal(next(loaded.encoder_k.parameters()), after)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0", "mobilenetv3_small_100"])
+@pytest.mark.parametrize("model_cls", ["seed", "moco"])
+def test_backbone_keeps_timm_init(arch, model_cls):
+    """post_init must not re-initialise the timm backbone (zero-init-last BN, timm's conv init)."""
+    import timm
+
+    torch.manual_seed(0)
+    reference = timm.create_model(arch, num_classes=0).state_dict()
+    torch.manual_seed(0)
+    if model_cls == "seed":
+        model = SeedForDistillation(SeedConfig(student_architecture=arch, queue_size=64))
+        backbone = model.student
+    else:
+        model = MocoForPretraining(MocoConfig(architecture=arch, queue_size=64))
+        backbone = model.encoder
+    state = backbone.state_dict()
+    assert state.keys() == reference.keys()
+    for name, value in reference.items():
+        assert torch.equal(state[name], value), name
+
+
+def test_moco_key_encoder_starts_as_query_copy():
+    model = tiny_moco()
+    for q, k in zip(
+        [*model.encoder.state_dict().values(), *model.head.state_dict().values()],
+        [*model.encoder_k.state_dict().values(), *model.head_k.state_dict().values()],
+    ):
+        assert torch.equal(q, k)
+
+
+def test_query_encoder_folder_roundtrip(tmp_path):
+    from seed_hf import load_teacher
+    from seed_hf.moco import load_query_encoder, save_query_encoder
+
+    model = tiny_moco().eval()
+    save_query_encoder(model, tmp_path, dtype=torch.float16, training={"steps": 3})
+    encoder, head, config = load_query_encoder(tmp_path)
+    assert config.architecture == "test_resnet"
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        expected = model.embed(x)
+        got = torch.nn.functional.normalize(head(encoder.forward_head(encoder.forward_features(x), pre_logits=True)), dim=1)
+    assert (expected - got).abs().max() < 1e-2  # fp16 storage
+    teacher = load_teacher(str(tmp_path))
+    assert torch.allclose(teacher(x), got, atol=1e-5)
