@@ -1,8 +1,14 @@
 #!/usr/bin/env python
-"""Frozen-feature evaluation of SEED students, MoCo encoders and exported students:
-weighted kNN (k=200, τ=0.07) and an optional linear probe, on Fashion-MNIST's test split.
+"""Frozen-feature evaluation of SEED students, MoCo encoders and exported students: weighted
+kNN (k=200, τ=0.07) and a converged linear probe, with the preprocessing a Hub user gets
+(timm's evaluation transform from the model's data config).
 
-    python examples/run_eval.py --models outputs/teacher outputs/student pixels --linear_probe
+    python examples/run_eval.py --models outputs/teacher outputs/student pixels pixels_centred --linear_probe
+    python examples/run_eval.py --models exported/seed-effb0 --train_dir data/train --validation_dir data/val
+    python examples/run_eval.py --models exported/seed-effb0 --dataset_name cifar10 --image_column img
+
+With no dataset argument it evaluates on Fashion-MNIST (train → test). ``pixels`` is cosine kNN
+on raw [0, 1] pixels, ``pixels_centred`` the same after subtracting the train split's mean image.
 """
 
 from __future__ import annotations
@@ -15,88 +21,131 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from seed_hf.data import ArrayImageDataset, build_eval_transform, load_fashion_mnist
-from seed_hf.evaluation import extract_features, knn_accuracy, label_subset, linear_probe, load_encoder
+from seed_hf.evaluation import (
+    LINEAR_PROBE_PROTOCOL,
+    LabelledImages,
+    LabelledSplits,
+    eval_transform,
+    extract_features,
+    knn_accuracy,
+    label_subset,
+    linear_probe,
+    load_encoder,
+    load_labelled_splits,
+)
 
 
 @dataclass
 class EvalArguments:
-    models: list[str] = field(metadata={"help": "Run folders, timm-format folders, or 'pixels'."})
+    models: list[str] = field(
+        metadata={"help": "Run folders, timm-format (exported) folders, 'pixels' or 'pixels_centred'."}
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "datasets hub id or local dataset."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration name."})
+    train_dir: str | None = field(default=None, metadata={"help": "Labelled imagefolder for the kNN/probe fit."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Labelled imagefolder to evaluate on."})
+    train_split: str = field(default="train", metadata={"help": "Split of --dataset_name to fit on."})
+    validation_split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate on (default: validation, else test)."}
+    )
+    image_column: str = field(default="image", metadata={"help": "Image column of --dataset_name."})
+    label_column: str = field(default="label", metadata={"help": "Label column of --dataset_name."})
     fashion_mnist_dir: str | None = field(default=None, metadata={"help": "Fashion-MNIST idx folder."})
     knn_k: int = field(default=200, metadata={"help": "k of the weighted kNN."})
     knn_temperature: float = field(default=0.07, metadata={"help": "τ of the kNN vote weights."})
-    linear_probe: bool = field(default=False, metadata={"help": "Also train a linear probe."})
-    probe_epochs: int = field(default=30, metadata={"help": "Linear probe epochs."})
-    label_fraction: float = field(
-        default=1.0, metadata={"help": "Fraction of train labels (0.01, 0.1, 1.0)."}
+    linear_probe: bool = field(default=False, metadata={"help": "Also fit the converged linear probe."})
+    label_fractions: list[float] = field(
+        default_factory=lambda: [1.0],
+        metadata={"help": "Fractions of train labels to use, one result row each (e.g. 0.01 0.1 1.0)."},
     )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use the first N train images (debugging)."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use the first N test images (debugging)."}
-    )
-    batch_size: int = field(default=512, metadata={"help": "Feature extraction batch size."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N train images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N eval images."})
+    batch_size: int = field(default=256, metadata={"help": "Feature extraction batch size."})
+    num_workers: int = field(default=0, metadata={"help": "Dataloader workers for feature extraction."})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "Device."})
     output_file: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
 
 
-def evaluate_model(name: str, args: EvalArguments, splits) -> dict:
+def features_of(name: str, data: LabelledSplits, args: EvalArguments):
+    """(spec, train features, eval features) of one model; pixel baselines flatten the image."""
     spec = load_encoder(name)
-    transform = build_eval_transform(
-        spec.image_size, spec.mean, spec.std, crop_pct=1.0
-    )  # pixels: 28 px, [0, 1]
-    feats = {}
-    for split, (images, labels) in splits.items():
-        dataset = ArrayImageDataset(images, labels, None)
-        feats[split] = extract_features(
-            spec.module,
-            dataset,
-            args.batch_size,
-            args.device,
-            desc=f"{Path(name).name}/{split}",
-            batch_transform=transform,
+    transform = eval_transform(spec.data_config) if spec.data_config else None
+    out = []
+    for split, images, labels in (
+        ("train", data.train_images, data.train_labels),
+        ("eval", data.eval_images, data.eval_labels),
+    ):
+        dataset = LabelledImages(images, labels, transform)
+        out.append(
+            extract_features(
+                spec.module, dataset, args.batch_size, args.device, args.num_workers, desc=f"{Path(name).name}/{split}"
+            )
         )
-    (x_train, y_train), (x_test, y_test) = feats["train"], feats["test"]
-    if args.label_fraction < 1.0:
-        keep = torch.from_numpy(label_subset(y_train.numpy(), args.label_fraction))
-        x_train, y_train = x_train[keep], y_train[keep]
-    result = {"model": name, "num_parameters": spec.num_parameters, "feature_dim": x_train.shape[1]}
-    knn = knn_accuracy(x_train, y_train, x_test, y_test, args.knn_k, args.knn_temperature)
-    result.update(
-        {
-            "knn_top1": knn["top1"],
-            "knn_top5": knn["top5"],
-            "knn_k": args.knn_k,
-            "knn_temperature": args.knn_temperature,
+    (x_train, y_train), (x_eval, y_eval) = out
+    if name == "pixels_centred":  # the train split's mean image: the baseline a sceptical reader uses
+        mean = x_train.mean(0, keepdim=True)
+        x_train, x_eval = x_train - mean, x_eval - mean
+    return spec, (x_train, y_train), (x_eval, y_eval)
+
+
+def evaluate_model(name: str, args: EvalArguments, data: LabelledSplits) -> list[dict]:
+    spec, (x_train, y_train), (x_eval, y_eval) = features_of(name, data, args)
+    rows = []
+    for fraction in args.label_fractions:
+        xt, yt = x_train, y_train
+        if fraction < 1.0:
+            keep = torch.from_numpy(label_subset(y_train.numpy(), fraction))
+            xt, yt = x_train[keep], y_train[keep]
+        row = {
+            "model": name,
+            "num_parameters": spec.num_parameters,
+            "feature_dim": x_train.shape[1],
+            "dataset": data.name,
+            "eval_split": data.eval_split,
+            "num_train": len(yt),
+            "num_eval": len(y_eval),
+            "label_fraction": fraction,
+            "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in (spec.data_config or {}).items()}
+            or "raw [0, 1] pixels",
         }
-    )
-    if args.linear_probe:
-        probe = linear_probe(x_train, y_train, x_test, y_test, epochs=args.probe_epochs)
-        result.update(
-            {"linear_top1": probe["top1"], "linear_top5": probe["top5"], "probe_epochs": args.probe_epochs}
+        knn = knn_accuracy(xt, yt, x_eval, y_eval, min(args.knn_k, len(yt)), args.knn_temperature)
+        row.update(
+            knn_top1=knn["top1"], knn_top5=knn["top5"], knn_k=min(args.knn_k, len(yt)), knn_temperature=args.knn_temperature
         )
-    result["label_fraction"] = args.label_fraction
-    result["dataset"] = "fashion_mnist"
-    return result
+        if args.linear_probe:
+            probe = linear_probe(xt, yt, x_eval, y_eval)
+            row.update(
+                linear_top1=probe["top1"], linear_top5=probe["top5"], probe_l2=probe["l2"], probe_protocol=LINEAR_PROBE_PROTOCOL
+            )
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(
-        sys.argv[1:] if argv is None else argv
-    )
-    splits = {s: load_fashion_mnist(s, args.fashion_mnist_dir) for s in ("train", "test")}
-    for split, limit in (("train", args.max_train_samples), ("test", args.max_eval_samples)):
-        if limit:
-            splits[split] = tuple(a[:limit] for a in splits[split])
-    results = [evaluate_model(name, args, splits) for name in args.models]
-    print(f"\n{'model':<40} {'params':>10} {'kNN top-1':>10} {'linear top-1':>13}")
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    data = load_labelled_splits(
+        args.dataset_name,
+        args.dataset_config_name,
+        args.train_dir,
+        args.validation_dir,
+        args.train_split,
+        args.validation_split,
+        args.image_column,
+        args.label_column,
+        args.fashion_mnist_dir,
+    ).subsample(args.max_train_samples, args.max_eval_samples)
+    results = [row for name in args.models for row in evaluate_model(name, args, data)]
+    print(f"\n{data.name}: {len(data.train_labels)} train → {len(data.eval_labels)} {data.eval_split} images")
+    print(f"{'model':<40} {'labels':>7} {'params':>11} {'kNN top-1':>10} {'linear top-1':>13}")
     for r in results:
         linear = f"{r['linear_top1']:.2f}" if "linear_top1" in r else "-"
-        print(f"{r['model'][-40:]:<40} {r['num_parameters']:>10,} {r['knn_top1']:>10.2f} {linear:>13}")
+        print(
+            f"{r['model'][-40:]:<40} {r['label_fraction']:>6.0%} {r['num_parameters']:>11,} "
+            f"{r['knn_top1']:>10.2f} {linear:>13}"
+        )
     if args.output_file:
         Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_file).write_text(json.dumps(results, indent=2))
+        Path(args.output_file).write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 

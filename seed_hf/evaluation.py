@@ -1,15 +1,25 @@
-"""Frozen-feature evaluation: batched feature extraction, weighted kNN and a linear probe.
+"""Frozen-feature evaluation: the Hub preprocessing, batched feature extraction, weighted kNN
+and a converged linear probe.
+
+Preprocessing is timm's evaluation transform built from a ``data_config`` (the
+``pretrained_cfg`` an exported student carries): the exact transform ``AutoImageProcessor``,
+``pipeline("image-feature-extraction")`` and ``timm.data.create_transform`` apply, so the numbers
+measured here are the numbers a Hub user reproduces.
 
 Weighted kNN follows Wu et al. 2018 (InstDisc), as used by MoCo / SEED monitors: cosine
 similarities to the k nearest training features, votes weighted by ``exp(sim / τ)``.
+The linear probe is multinomial logistic regression on standardised frozen features, fitted to
+convergence with full-batch L-BFGS, its L2 strength chosen on a held-out 10% of the train split.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,26 +32,81 @@ from .backbones import pooled_features
 from .losses import check_temperature
 
 __all__ = [
+    "EVAL_INTERPOLATION",
+    "PIXEL_BASELINES",
+    "LINEAR_PROBE_PROTOCOL",
     "EncoderSpec",
+    "LabelledImages",
+    "LabelledSplits",
+    "load_labelled_splits",
+    "eval_data_config",
+    "eval_transform",
     "load_encoder",
     "extract_features",
     "weighted_knn_predict",
     "knn_accuracy",
     "linear_probe",
     "topk_accuracy",
+    "label_subset",
 ]
+
+logger = logging.getLogger(__name__)
+
+EVAL_INTERPOLATION = "bilinear"
+# raw pixels: cosine kNN on [0, 1] pixels; centred: minus the train split's mean image
+PIXEL_BASELINES = ("pixels", "pixels_centred")
+LINEAR_PROBE_PROTOCOL = (
+    "multinomial logistic regression on standardised frozen features, full-batch L-BFGS to convergence, "
+    "L2 weight chosen from {1e-6, 1e-5, 1e-4, 1e-3, 1e-2} on a held-out 10% of the train split, then refit on all of it"
+)
+
+
+def eval_data_config(
+    in_chans: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_pct: float = 1.0,
+    interpolation: str = EVAL_INTERPOLATION,
+) -> dict[str, Any]:
+    """timm ``data_config`` of the evaluation transform: resize the short side to
+    ``image_size / crop_pct``, centre-crop ``image_size``, normalise. Exports write it as their
+    ``pretrained_cfg`` and evaluation builds its transform from it: one definition for both."""
+    return {
+        "input_size": (int(in_chans), int(image_size), int(image_size)),
+        "interpolation": interpolation,
+        "mean": tuple(float(m) for m in mean),
+        "std": tuple(float(s) for s in std),
+        "crop_pct": float(crop_pct),
+        "crop_mode": "center",
+    }
+
+
+def eval_transform(data_config: dict[str, Any]) -> Callable:
+    """``timm.data.create_transform(**data_config)`` on PIL images, converted first to the mode
+    the model takes (``L`` for 1 channel, ``RGB`` for 3: what ``image.convert("RGB")`` does for
+    a Hub user of a 3-channel export)."""
+    from timm.data import create_transform
+
+    transform = create_transform(**data_config, is_training=False)
+    mode = "L" if data_config["input_size"][0] == 1 else "RGB"
+
+    def apply(image):
+        return transform(image.convert(mode))
+
+    return apply
 
 
 @dataclass
 class EncoderSpec:
-    """A frozen feature extractor and the preprocessing it was trained with."""
+    """A frozen feature extractor and the preprocessing it is evaluated with.
+
+    ``module`` is ``None`` for the pixel baselines (``data_config`` None: the image as a
+    ``[0, 1]`` tensor at its own size)."""
 
     name: str
-    module: nn.Module | None  # None: raw pixels
-    in_chans: int
-    image_size: int
-    mean: list[float]
-    std: list[float]
+    module: nn.Module | None
+    data_config: dict[str, Any] | None
     num_parameters: int = 0
 
 
@@ -59,10 +124,11 @@ def _count(module: nn.Module) -> int:
 
 
 def load_encoder(name_or_path: str) -> EncoderSpec:
-    """Loads the backbone to evaluate from a seed_hf run (MoCo encoder / SEED student) or a
-    timm-format folder (an exported student). ``"pixels"`` evaluates raw pixels."""
-    if name_or_path == "pixels":
-        return EncoderSpec("pixels", None, 1, 28, [0.0], [1.0])
+    """Loads the backbone to evaluate: a seed_hf MoCo run / teacher folder (query encoder), a
+    SEED run (student), or a timm-format folder (an exported student, with its own
+    ``pretrained_cfg``). ``"pixels"`` / ``"pixels_centred"`` evaluate raw pixels."""
+    if name_or_path in PIXEL_BASELINES:
+        return EncoderSpec(name_or_path, None, None)
     path = Path(name_or_path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -78,31 +144,48 @@ def load_encoder(name_or_path: str) -> EncoderSpec:
 
         model = SeedForDistillation.from_pretrained(path)
         backbone, c = model.student, model.config
-    else:
+    else:  # a timm-format folder: evaluate it exactly as timm / transformers users load it
         import timm
+        from timm.data import resolve_model_data_config
 
         backbone = timm.create_model(f"local-dir:{path}", pretrained=True, num_classes=0)
-        cfg = config.get("pretrained_cfg", {})
-        in_chans, size = cfg.get("input_size", (3, 224, 224))[0], cfg.get("input_size", (3, 224, 224))[-1]
-        spec = EncoderSpec(
-            str(path),
-            _PooledBackbone(backbone).eval(),
-            in_chans,
-            size,
-            list(cfg.get("mean")),
-            list(cfg.get("std")),
-        )
-        spec.num_parameters = _count(backbone)
-        return spec
-    return EncoderSpec(
-        str(path),
-        _PooledBackbone(backbone).eval(),
-        c.in_chans,
-        c.image_size,
-        list(c.image_mean),
-        list(c.image_std),
-        _count(backbone),
-    )
+        data_config = resolve_model_data_config(backbone)
+        return EncoderSpec(str(path), _PooledBackbone(backbone).eval(), data_config, _count(backbone))
+    data_config = eval_data_config(c.in_chans, c.image_size, c.image_mean, c.image_std)
+    return EncoderSpec(str(path), _PooledBackbone(backbone).eval(), data_config, _count(backbone))
+
+
+class LabelledImages(Dataset):
+    """``(image, label)`` pairs → ``{"pixel_values", "labels"}`` through ``transform``.
+
+    ``images``: uint8 arrays ``(n, h, w[, c])`` (Fashion-MNIST) or any sequence of PIL images
+    (e.g. a ``datasets`` column); ``transform=None`` gives the ``[0, 1]`` tensor of the image."""
+
+    def __init__(self, images, labels: Sequence[int] | np.ndarray, transform: Callable | None = None):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+        self.images = images
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int):
+        from PIL import Image
+
+        image = self.images[index]
+        return Image.fromarray(np.asarray(image)) if isinstance(image, np.ndarray) else image
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image = self.image(index)
+        if self.transform is None:
+            from torchvision.transforms.functional import pil_to_tensor
+
+            x = pil_to_tensor(image).float() / 255.0
+        else:
+            x = self.transform(image)
+        return {"pixel_values": x, "labels": self.labels[index]}
 
 
 @torch.no_grad()
@@ -118,8 +201,8 @@ def extract_features(
     """Runs ``encoder`` over ``dataset`` (items with ``pixel_values`` and ``labels``).
 
     ``batch_transform`` is applied to each stacked batch ``(b, c, h, w)`` (torchvision v2
-    transforms accept batches): much faster than per-sample transforms for small images.
-    Returns ``(features (n, d) float32 on CPU, labels (n,) long)``; ``encoder=None`` flattens pixels.
+    transforms accept batches). Returns ``(features (n, d) float32 on CPU, labels (n,) long)``;
+    ``encoder=None`` flattens pixels.
     """
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     if encoder is not None:
@@ -194,41 +277,74 @@ def knn_accuracy(
     return topk_accuracy(scores, test_labels)
 
 
+def _fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int, init: nn.Linear | None = None
+) -> nn.Linear:
+    """Multinomial logistic regression ``mean CE + l2/2 ||W||²`` (bias unpenalised), full-batch
+    L-BFGS with strong-Wolfe line search (scikit-learn's ``lbfgs`` solver, C = 1 / (n · l2))."""
+    classifier = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():  # the problem is convex: a warm start changes the speed, not the optimum
+        classifier.weight.copy_(init.weight if init is not None else torch.zeros_like(classifier.weight))
+        classifier.bias.copy_(init.bias if init is not None else torch.zeros_like(classifier.bias))
+    optimizer = torch.optim.LBFGS(
+        classifier.parameters(),
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(classifier(x), y) + 0.5 * l2 * classifier.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return classifier
+
+
 def linear_probe(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
     test_features: torch.Tensor,
     test_labels: torch.Tensor,
-    epochs: int = 100,
-    batch_size: int = 1024,
-    learning_rate: float = 1e-3,
-    weight_decay: float = 1e-5,
+    l2_grid: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+    val_fraction: float = 0.1,
+    max_iter: int = 300,
     seed: int = 0,
-) -> dict[str, float]:
-    """Logistic regression on frozen, cached, standardised features (AdamW, cosine LR).
+) -> dict[str, Any]:
+    """Converged linear probe (see ``LINEAR_PROBE_PROTOCOL``) on frozen, cached features.
 
-    Returns top-1 / top-5 (percent) on the test features.
+    Features are standardised with the train statistics. Each L2 weight of ``l2_grid`` is fitted
+    on ``1 − val_fraction`` of the train split and scored on the rest; the best is refitted on the
+    whole train split. Pass a one-element grid to fix the weight. Returns test ``top1``/``top5``
+    (percent), the chosen ``l2`` and the held-out accuracies.
     """
-    generator = torch.Generator().manual_seed(seed)
     mean, std = train_features.mean(0), train_features.std(0).clamp_min(1e-6)
     x_train, x_test = (train_features - mean) / std, (test_features - mean) / std
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    torch.manual_seed(seed)
-    classifier = nn.Linear(x_train.shape[1], num_classes)
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(x_train) / batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    for _ in tqdm(range(epochs), desc="linear probe", leave=False):
-        order = torch.randperm(len(x_train), generator=generator)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            loss = F.cross_entropy(classifier(x_train[idx]), train_labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+    validation, fits = {}, {}
+    if len(l2_grid) > 1:
+        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))
+        n_val = max(1, int(round(val_fraction * len(x_train))))
+        val, fit = order[:n_val], order[n_val:]
+        classifier = None
+        for l2 in sorted(l2_grid, reverse=True):  # strong → weak penalty, each warm-started from the last
+            classifier = _fit_logistic(x_train[fit], train_labels[fit], num_classes, l2, max_iter, classifier)
+            fits[l2] = classifier
+            with torch.no_grad():
+                validation[l2] = topk_accuracy(classifier(x_train[val]), train_labels[val], (1,))["top1"]
+        best = max(validation, key=lambda l2: (validation[l2], l2))  # ties: the stronger penalty
+    else:
+        best = float(l2_grid[0])
+    classifier = _fit_logistic(x_train, train_labels, num_classes, best, max_iter, fits.get(best))
     with torch.no_grad():
-        return topk_accuracy(classifier(x_test), test_labels)
+        result: dict[str, Any] = topk_accuracy(classifier(x_test), test_labels)
+    result.update(l2=best, validation_top1={str(k): v for k, v in validation.items()})
+    return result
 
 
 def label_subset(labels: np.ndarray | torch.Tensor, fraction: float, seed: int = 0) -> np.ndarray:
@@ -240,3 +356,119 @@ def label_subset(labels: np.ndarray | torch.Tensor, fraction: float, seed: int =
         idx = np.flatnonzero(labels == c)
         keep.append(rng.choice(idx, max(1, int(round(fraction * len(idx)))), replace=False))
     return np.sort(np.concatenate(keep))
+
+
+class _LazyColumn:
+    """``dataset[column]`` decoded one row at a time (a ``datasets`` image column)."""
+
+    def __init__(self, dataset, column: str):
+        self.dataset, self.column = dataset, column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[int(index)][self.column]
+
+
+@dataclass
+class LabelledSplits:
+    """Train and evaluation images with labels, and where they came from (recorded in results)."""
+
+    name: str
+    train_images: Any
+    train_labels: np.ndarray
+    eval_images: Any
+    eval_labels: np.ndarray
+    eval_split: str
+
+    def subsample(self, max_train: int | None = None, max_eval: int | None = None) -> LabelledSplits:
+        """The first ``max_train`` / ``max_eval`` images of each split (smoke runs)."""
+
+        def head(images, labels, n):
+            if not n or n >= len(labels):
+                return images, labels
+            images = images[:n] if isinstance(images, np.ndarray) else _Subset(images, n)
+            return images, labels[:n]
+
+        return LabelledSplits(
+            self.name,
+            *head(self.train_images, self.train_labels, max_train),
+            *head(self.eval_images, self.eval_labels, max_eval),
+            self.eval_split,
+        )
+
+
+class _Subset:
+    def __init__(self, items, n: int):
+        self.items, self.n = items, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):
+        if index >= self.n:
+            raise IndexError(index)
+        return self.items[index]
+
+
+def load_labelled_splits(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_dir: str | None = None,
+    validation_dir: str | None = None,
+    train_split: str = "train",
+    validation_split: str | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    fashion_mnist_dir: str | None = None,
+) -> LabelledSplits:
+    """Labelled images for kNN / linear-probe evaluation and the online kNN monitor.
+
+    * nothing given: Fashion-MNIST's train → test splits (``fashion_mnist_dir`` or Debian's);
+    * ``train_dir`` / ``validation_dir``: imagefolders (one sub-folder per class);
+    * ``dataset_name``: a ``datasets`` hub id or local dataset script/folder, its
+      ``train_split`` → ``validation_split`` (default: ``validation``, else ``test``), reading
+      ``image_column`` and ``label_column``.
+    """
+    if dataset_name is None and train_dir is None:
+        from .data import load_fashion_mnist
+
+        (xtr, ytr), (xte, yte) = (load_fashion_mnist(s, fashion_mnist_dir) for s in ("train", "test"))
+        return LabelledSplits("fashion_mnist", xtr, ytr, xte, yte, "test")
+    import datasets
+
+    if train_dir is not None:
+        if validation_dir is None:
+            raise ValueError("--train_dir needs --validation_dir (the labelled images to evaluate on).")
+        train = datasets.load_dataset("imagefolder", data_dir=train_dir, split="train")
+        evaluation = datasets.load_dataset("imagefolder", data_dir=validation_dir, split="train")
+        name, eval_split = Path(train_dir).resolve().parent.name or "imagefolder", "validation"
+        image_column, label_column = "image", "label"
+    else:
+        splits = datasets.load_dataset(dataset_name, dataset_config_name)
+        if train_split not in splits:
+            raise ValueError(f"{dataset_name} has no split {train_split!r}; splits: {list(splits)}.")
+        if validation_split is None:
+            validation_split = next((s for s in ("validation", "test") if s in splits), None)
+            if validation_split is None:
+                raise ValueError(f"{dataset_name} has no validation/test split; pass --validation_split ({list(splits)}).")
+        if validation_split not in splits:
+            raise ValueError(f"{dataset_name} has no split {validation_split!r}; splits: {list(splits)}.")
+        train, evaluation = splits[train_split], splits[validation_split]
+        name, eval_split = dataset_name, validation_split
+    for split_name, split in (("train", train), ("evaluation", evaluation)):
+        missing = [c for c in (image_column, label_column) if c not in split.column_names]
+        if missing:
+            raise ValueError(
+                f"The {split_name} data has no column(s) {missing}; its columns are {split.column_names}. "
+                "Pass --image_column / --label_column."
+            )
+    return LabelledSplits(
+        name,
+        _LazyColumn(train, image_column),
+        np.asarray(train[label_column]),
+        _LazyColumn(evaluation, image_column),
+        np.asarray(evaluation[label_column]),
+        eval_split,
+    )

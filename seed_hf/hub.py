@@ -18,12 +18,23 @@ import torch
 
 from .modeling_seed import SeedForDistillation
 
-__all__ = ["export_student", "render_model_card", "upload_plan", "push_student_to_hub", "EXPORT_FILES"]
+__all__ = [
+    "export_student",
+    "export_encoder",
+    "export_moco_encoder",
+    "render_model_card",
+    "describe_teacher",
+    "results_for",
+    "upload_plan",
+    "push_student_to_hub",
+    "EXPORT_FILES",
+]
 
 logger = logging.getLogger(__name__)
 
 EXPORT_FILES = ("README.md", "config.json", "model.safetensors")
-TEMPLATE = Path(__file__).with_name("templates") / "student_card.md"
+TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
+METHODS = {"seed": "SEED distillation", "moco_v2": "MoCo-v2"}
 
 
 def _load_student(model_or_dir: SeedForDistillation | str | os.PathLike) -> SeedForDistillation:
@@ -37,76 +48,209 @@ def _load_student(model_or_dir: SeedForDistillation | str | os.PathLike) -> Seed
     return SeedForDistillation.from_pretrained(path)
 
 
+def describe_teacher(name_or_path: str | None, ssl_method: str | None = None) -> dict[str, str | None]:
+    """What a card may say about a teacher spec (``FrozenTeacher.description`` or a user spec):
+    ``{"name", "method", "base_model"}``. Local paths are reduced to their folder name (a card
+    never carries a file system path); ``base_model`` is set only for Hub ids."""
+    if not name_or_path:
+        return {"name": None, "method": ssl_method, "base_model": None}
+    spec, method, base_model = str(name_or_path), ssl_method, None
+    prefix, _, rest = spec.partition(":")
+    if prefix in ("moco_v2", "seed") and rest:
+        spec, method = rest, method or prefix
+    elif prefix == "transformers" and rest:
+        spec, method = rest, method or "transformers"
+    checkpoint = None
+    if "@" in spec:
+        spec, checkpoint = spec.split("@", 1)
+    if spec.startswith(("hf-hub:", "hf_hub:", "hf:")):
+        base_model = spec.split(":", 1)[1]
+    elif spec.startswith("local-dir:") or os.sep in spec or Path(spec).exists():
+        spec = Path(spec.removeprefix("local-dir:")).name + " (local folder)"
+    elif method == "transformers" and "/" in spec:
+        base_model = spec
+    name = spec + (f" with weights {Path(checkpoint).name}" if checkpoint else "")
+    return {"name": name, "method": method, "base_model": base_model}
+
+
+def results_for(eval_results, *models: str | os.PathLike | None) -> list[dict]:
+    """The rows of an evaluation JSON (path or parsed list) whose ``model`` is one of ``models``
+    (same resolved path or same folder name). Warns when the file has rows but none match."""
+    if eval_results is None:
+        return []
+    rows = json.loads(Path(eval_results).read_text()) if isinstance(eval_results, (str, os.PathLike)) else eval_results
+    rows = list(rows if isinstance(rows, list) else [rows])
+    targets = {str(m) for m in models if m is not None}
+    resolved = {str(Path(t).resolve()) for t in targets}
+
+    def matches(row: dict) -> bool:
+        model = str(row.get("model", ""))
+        return model in targets or str(Path(model).resolve()) in resolved
+
+    matched = [r for r in rows if matches(r)]
+    if rows and not matched:
+        logger.warning(
+            f"No row of the evaluation results matches {sorted(targets)} (rows: "
+            f"{[r.get('model') for r in rows]}); the card gets no results. Evaluate this model with run_eval.py."
+        )
+    return matched
+
+
+def export_encoder(
+    backbone: torch.nn.Module,
+    out_dir: str | os.PathLike,
+    architecture: str,
+    model_args: dict[str, Any],
+    in_chans: int,
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    card_facts: dict[str, Any],
+    results: list[dict] | None = None,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+) -> Path:
+    """Writes a timm backbone as a timm-format folder (``config.json`` + ``model.safetensors``)
+    with a model card. Its ``pretrained_cfg`` is :func:`~seed_hf.evaluation.eval_data_config`:
+    the exact preprocessing of seed_hf's evaluation, which timm, ``AutoImageProcessor`` and the
+    pipeline rebuild. A 1-channel backbone is exported as a 3-channel one whose first conv
+    averages the channels (every Hub loader feeds RGB; on gray images it gives the same features)."""
+    from timm.models import save_for_hf
+
+    from .evaluation import eval_data_config
+
+    backbone = backbone.eval()
+    if in_chans == 1:
+        backbone, in_chans, mean, std = _grayscale_to_rgb(backbone, architecture, model_args), 3, mean * 3, std * 3
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_config = eval_data_config(in_chans, image_size, mean, std)
+    pretrained_cfg = {"tag": card_facts.get("method", "seed"), "num_classes": 0, "license": license, **data_config}
+    save_for_hf(
+        backbone,
+        str(out),
+        model_config={"pretrained_cfg": pretrained_cfg},
+        model_args={"in_chans": in_chans, **model_args},
+        safe_serialization=True,
+        data_config=data_config,
+    )
+    _fix_config_for_transformers(out / "config.json", pretrained_cfg)
+    from .backbones import pooled_width
+
+    facts = {
+        **card_facts,
+        "architecture": architecture,
+        "feature_dim": pooled_width(backbone),
+        "export_in_chans": in_chans,
+        "image_size": image_size,
+        "mean": [round(m, 4) for m in mean],
+        "std": [round(v, 4) for v in std],
+        "interpolation": data_config["interpolation"],
+        "format": "timm",
+    }
+    card = render_model_card(facts, results or [], repo_id or f"your-org/{out.name}", license)
+    card.save(out / "README.md")
+    return out
+
+
 def export_student(
     model_or_dir: SeedForDistillation | str | os.PathLike,
     out_dir: str | os.PathLike,
     eval_results: str | os.PathLike | list[dict] | None = None,
     training_summary: dict[str, Any] | None = None,
     repo_id: str | None = None,
-    crop_pct: float = 1.0,
-    interpolation: str = "bicubic",
+    license: str = "apache-2.0",
 ) -> Path:
-    """Writes the student backbone as a timm-format folder with a model card.
+    """Exports a SEED student backbone (see :func:`export_encoder`) with its card.
 
     Args:
         model_or_dir: a trained [`SeedForDistillation`] or a folder/checkpoint holding one.
         out_dir: destination folder (created; existing export files are overwritten).
-        eval_results: evaluation JSON path (or its parsed list) from ``run_eval.py``; only its
-            numbers go into the card's model-index.
-        training_summary: recipe facts for the card (epochs, batch size, dataset, steps).
+        eval_results: evaluation JSON (path or parsed list) of ``run_eval.py``: only the rows of
+            this student (matched by ``model``: the run folder or the export folder) go into the card.
+        training_summary: what the run recorded (``dataset``, ``steps``, ``epochs``, ``batch_size``).
         repo_id: Hub id used in the card's usage snippets.
-        crop_pct / interpolation: preprocessing recorded in ``pretrained_cfg``.
-
-    Returns:
-        The output folder.
+        license: license of the weights (card metadata and ``pretrained_cfg``).
     """
-    from timm.models import save_for_hf
-
     model = _load_student(model_or_dir)
     config = model.config
-    backbone = model.student.eval()
-    in_chans, mean, std = config.in_chans, list(config.image_mean), list(config.image_std)
-    if in_chans == 1:
-        # every loader (pipeline, AutoImageProcessor, timm transforms) feeds RGB: export a 3-channel
-        # model whose first conv averages the channels; on gray images (R=G=B) it equals the student
-        backbone, in_chans, mean, std = _grayscale_to_rgb(backbone, config), 3, mean * 3, std * 3
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    size = config.image_size
-    data_config = {
-        "input_size": (in_chans, size, size),
-        "mean": tuple(mean),
-        "std": tuple(std),
-        "crop_pct": crop_pct,
-        "interpolation": interpolation,
-        "crop_mode": "center",
+    teacher = describe_teacher(config.teacher_name_or_path, config.teacher_ssl_method)
+    facts = {
+        "method": "seed",
+        **(training_summary or {}),
+        "teacher": teacher,
+        "queue_size": config.queue_size,
+        "student_temperature": config.student_temperature,
+        "teacher_temperature": config.teacher_temperature,
+        "loss_variant": config.loss_variant,
+        "projection_dim": config.projection_dim,
+        "train_in_chans": config.in_chans,
     }
-    pretrained_cfg = {"tag": "seed", "num_classes": 0, "license": "apache-2.0", **data_config}
-    save_for_hf(
-        backbone,
-        str(out),
-        model_config={"pretrained_cfg": pretrained_cfg},
-        model_args={"in_chans": in_chans, **config.student_model_args},
-        safe_serialization=True,
-        data_config=data_config,
+    source = None if isinstance(model_or_dir, SeedForDistillation) else model_or_dir
+    return export_encoder(
+        model.student,
+        out_dir,
+        config.student_architecture,
+        dict(config.student_model_args),
+        config.in_chans,
+        config.image_size,
+        list(config.image_mean),
+        list(config.image_std),
+        facts,
+        results_for(eval_results, source, out_dir) if eval_results is not None else [],
+        repo_id,
+        license,
     )
-    _fix_config_for_transformers(out / "config.json", pretrained_cfg)
-    results = _read_results(eval_results)
-    card = render_model_card(config, results, training_summary or {}, repo_id or f"your-org/{out.name}")
-    card.save(out / "README.md")
-    return out
 
 
-def _grayscale_to_rgb(backbone: torch.nn.Module, config) -> torch.nn.Module:
+def export_moco_encoder(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    eval_results: str | os.PathLike | list[dict] | None = None,
+    training_summary: dict[str, Any] | None = None,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+) -> Path:
+    """Exports the query encoder of a MoCo-v2 run (the paper's "student trained by SSL alone"
+    baseline, or a teacher) as a timm-format folder with a MoCo-v2 card."""
+    from .moco import load_query_encoder
+
+    encoder, _, config = load_query_encoder(run_dir)
+    facts = {
+        "method": "moco_v2",
+        **(training_summary or {}),
+        "queue_size": config.queue_size,
+        "contrastive_temperature": config.contrastive_temperature,
+        "moco_momentum": config.momentum,
+        "projection_dim": config.projection_dim,
+        "train_in_chans": config.in_chans,
+    }
+    return export_encoder(
+        encoder,
+        out_dir,
+        config.architecture,
+        dict(config.model_args),
+        config.in_chans,
+        config.image_size,
+        list(config.image_mean),
+        list(config.image_std),
+        facts,
+        results_for(eval_results, run_dir, out_dir) if eval_results is not None else [],
+        repo_id,
+        license,
+    )
+
+
+def _grayscale_to_rgb(backbone: torch.nn.Module, architecture: str, model_args: dict[str, Any]) -> torch.nn.Module:
     """Copy of a 1-channel timm backbone taking 3 channels: first-conv weight repeated / 3."""
     from .backbones import create_backbone
 
-    rgb = create_backbone(config.student_architecture, 3, config.student_model_args)
+    rgb = create_backbone(architecture, 3, model_args)
     first_conv = backbone.pretrained_cfg.get("first_conv")
     state = dict(backbone.state_dict())
     key = f"{first_conv}.weight"
     if key not in state or state[key].shape[1] != 1:
-        raise ValueError(f"Cannot find the 1-channel first conv ({key!r}) of {config.student_architecture}.")
+        raise ValueError(f"Cannot find the 1-channel first conv ({key!r}) of {architecture}.")
     state[key] = state[key].repeat(1, 3, 1, 1) / 3
     rgb.load_state_dict(state)
     return rgb.eval()
@@ -126,28 +270,23 @@ def _fix_config_for_transformers(config_path: Path, pretrained_cfg: dict[str, An
     config_path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
-def _read_results(eval_results) -> list[dict]:
-    if eval_results is None:
-        return []
-    if isinstance(eval_results, (str, os.PathLike)):
-        eval_results = json.loads(Path(eval_results).read_text())
-    return list(eval_results if isinstance(eval_results, list) else [eval_results])
+def _article(word: str) -> str:
+    return "an" if str(word)[:1].lower() in "aeiou" else "a"
 
 
-def render_model_card(config, results: list[dict], training: dict[str, Any], repo_id: str):
-    """``huggingface_hub.ModelCard`` from ``model_cards/``-style template: metadata, measured
-    results (absent ones are left out), teacher, recipe, usage and citation."""
+def render_model_card(facts: dict[str, Any], results: list[dict], repo_id: str, license: str = "apache-2.0"):
+    """``huggingface_hub.ModelCard`` of an exported encoder from what the run and the evaluation
+    recorded (``facts``: method, architecture, training data and recipe, teacher; ``results``:
+    rows of ``run_eval.py``). Facts that were not recorded are left out, never guessed."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    # the training set is only named when known: never assume one (results name their own)
-    dataset = training.get("dataset")
+    method = facts.get("method", "seed")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}.")
+    dataset = facts.get("dataset")
     # kNN and linear probe get distinct metric names/configs so the Hub groups them apart
     metric_specs = (
-        (
-            "knn_top1",
-            "knn",
-            lambda r: f"kNN top-1 (k={r.get('knn_k', 200)}, τ={r.get('knn_temperature', 0.07)})",
-        ),
+        ("knn_top1", "knn", lambda r: f"kNN top-1 (k={r.get('knn_k', 200)}, τ={r.get('knn_temperature', 0.07)})"),
         ("linear_top1", "linear_probe", lambda r: "linear probe top-1"),
     )
     eval_results = [
@@ -155,51 +294,39 @@ def render_model_card(config, results: list[dict], training: dict[str, Any], rep
             task_type="image-classification",
             dataset_type=r.get("dataset") or dataset or "unknown",
             dataset_name=r.get("dataset") or dataset or "unknown",
+            dataset_split=r.get("eval_split"),
             metric_type="accuracy",
             metric_value=round(float(r[key]), 2),
             metric_name=name(r),
-            metric_config=config_name,
+            metric_config=config_name + (f"_{r['label_fraction']:g}_labels" if r.get("label_fraction", 1.0) < 1 else ""),
         )
         for r in results
         for key, config_name, name in metric_specs
         if key in r
     ]
+    teacher = facts.get("teacher") or {}
+    tags = ["timm", "transformers", "image-feature-extraction", "self-supervised"]
+    tags += ["distillation", "seed"] if method == "seed" else ["moco", "contrastive-learning"]
     card_data = ModelCardData(
         library_name="timm",
         pipeline_tag="image-feature-extraction",
-        license="apache-2.0",
-        tags=["timm", "transformers", "image-feature-extraction", "self-supervised", "distillation", "seed"],
-        datasets=[dataset] if dataset else None,
+        license=license,
+        tags=tags,
+        datasets=[dataset] if dataset and "/" in dataset else None,
+        base_model=teacher.get("base_model") if method == "seed" else None,
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
-    )
-    results_table = "\n".join(
-        f"| {r.get('dataset') or dataset or 'unknown'} | {r['knn_top1']:.2f} | "
-        + (f"{r['linear_top1']:.2f}" if "linear_top1" in r else "—")
-        + " |"
-        for r in results
-        if "knn_top1" in r
     )
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
         repo_id=repo_id,
-        architecture=config.student_architecture,
-        in_chans=config.in_chans,
-        image_size=config.image_size,
-        teacher=config.teacher_name_or_path or "unknown",
-        teacher_ssl_method=config.teacher_ssl_method or "unknown",
-        queue_size=config.queue_size,
-        student_temperature=config.student_temperature,
-        teacher_temperature=config.teacher_temperature,
-        loss_variant=config.loss_variant,
-        projection_dim=config.projection_dim,
-        epochs=training.get("epochs", "—"),
-        steps=training.get("steps", "—"),
-        batch_size=training.get("batch_size", "—"),
-        results_table=results_table or "| — | not evaluated | — |",
-        mean=config.image_mean,
-        std=config.image_std,
+        method=method,
+        method_name=METHODS[method],
+        article=_article(facts.get("architecture", "")),
+        facts=facts,
+        teacher=teacher,
+        results=results,
     )
 
 
