@@ -186,7 +186,7 @@ class QueueTrainer(Trainer):
         # every rank calls train(), so the reduction cannot deadlock
         skipped = int(self.accelerator.reduce(self._skipped_images, reduction="sum").item())
         output.metrics["skipped_images"] = skipped
-        if skipped:
+        if skipped and self.is_world_process_zero():
             logger.warning(
                 f"Skipped {skipped} undecodable image(s) in this run (all dataloader workers and processes); "
                 "the warnings above name them."
