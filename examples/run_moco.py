@@ -21,6 +21,9 @@ from seed_hf.arguments import (
     DataTrainingArguments,
     build_knn_monitor,
     build_script_dataset,
+    check_hub_arguments,
+    check_resumable,
+    finished_run_results,
     parse_script_args,
     resolve_checkpoint,
     setup_logging,
@@ -50,6 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SeedTrainingArguments))
     model_args, data_args, training_args = parse_script_args(parser, argv)
     logger = setup_logging(training_args)
+    check_hub_arguments(training_args)
+    if (results := finished_run_results(training_args)) is not None:
+        return results
     last_checkpoint = resolve_checkpoint(training_args)
     set_seed(training_args.seed)
 
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         image_mean=mean,
         image_std=std,
     )
+    check_resumable(last_checkpoint, [config])
     model = MocoForPretraining(config)
     train_dataset = build_script_dataset(data_args, training_args, config, num_views=2)
     logger.info(

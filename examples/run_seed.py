@@ -30,6 +30,9 @@ from seed_hf.arguments import (
     DataTrainingArguments,
     build_knn_monitor,
     build_script_dataset,
+    check_hub_arguments,
+    check_resumable,
+    finished_run_results,
     parse_script_args,
     resolve_checkpoint,
     setup_logging,
@@ -43,7 +46,8 @@ class ModelArguments:
 
     teacher_name_or_path: str = field(
         metadata={
-            "help": "seed_hf MoCo/SEED run folder, timm name (with --teacher_checkpoint) or hf-hub:org/name."
+            "help": "seed_hf MoCo/SEED run folder, timm name (with --teacher_checkpoint), hf-hub:org/name (timm) "
+            "or hf:org/name (transformers)."
         }
     )
     teacher_checkpoint: str | None = field(
@@ -53,6 +57,13 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "JSON dict of timm.create_model args of a timm teacher (e.g. SwAV RN50-w2 widths)."
+        },
+    )
+    allow_random_teacher: bool = field(
+        default=False,
+        metadata={
+            "help": "Accept a timm teacher name without weights (no --teacher_checkpoint, not hf-hub:): distils a "
+            "randomly initialised teacher, for smoke tests only."
         },
     )
     teacher_embedding: str = field(
@@ -94,6 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SeedTrainingArguments))
     model_args, data_args, training_args = parse_script_args(parser, argv)
     logger = setup_logging(training_args)
+    check_hub_arguments(training_args)
+    if (results := finished_run_results(training_args)) is not None:
+        return results
     last_checkpoint = resolve_checkpoint(training_args)
     set_seed(training_args.seed)
 
@@ -103,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         model_args.teacher_checkpoint,
         model_args=json.loads(model_args.teacher_model_args) if model_args.teacher_model_args else None,
         embedding=model_args.teacher_embedding,
+        allow_random=model_args.allow_random_teacher,
     )
     architectures = [a.strip() for a in model_args.student_architecture.split(",") if a.strip()]
     configs = [
@@ -128,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for architecture in architectures
     ]
+    check_resumable(last_checkpoint, configs)
     config = configs[0]
     if len(configs) == 1:
         model = SeedForDistillation(config)
@@ -159,8 +175,6 @@ def main(argv: list[str] | None = None) -> dict:
     if push_to_hub and training_args.should_save:
         from seed_hf.hub import export_student, push_student_to_hub
 
-        if not training_args.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id org/name.")
         students = model.students.items() if isinstance(model, SeedStudentGroup) else [("", model)]
         for name, student in students:
             repo_id = training_args.hub_model_id + (f"-{name}" if name else "")

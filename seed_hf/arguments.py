@@ -18,16 +18,19 @@ from .data import (
     AUGMENTATION_PRESETS,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
+    INDEX_COLUMN,
     ArrayImageDataset,
+    DecodeStats,
     ImageColumnTransform,
     MultiViewTransform,
     build_eval_transform,
     build_ssl_transform,
+    decode_image,
     detect_image_column,
     load_fashion_mnist,
     load_image_dataset,
 )
-from .trainer import STAGING_DIR, KnnMonitor
+from .trainer import STAGING_DIR, KnnMonitor, remove_staging_leftovers
 
 __all__ = [
     "DataTrainingArguments",
@@ -35,6 +38,9 @@ __all__ = [
     "build_knn_monitor",
     "setup_logging",
     "resolve_checkpoint",
+    "check_hub_arguments",
+    "check_resumable",
+    "finished_run_results",
 ]
 
 logger = logging.getLogger(__name__)
@@ -184,8 +190,7 @@ def build_train_dataset(
         data_args.cache_dir,
     )
     image_column = detect_image_column(dataset.column_names or [], data_args.image_column)
-    # decode ourselves, so that a corrupt image is skipped and counted instead of killing the run
-    dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    dataset = undecoded_images(dataset, image_column, in_chans, data_args)
     if data_args.streaming:
         warn_on_uneven_shards(dataset.num_shards, world_size, num_workers)
         dataset = dataset.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
@@ -196,7 +201,51 @@ def build_train_dataset(
     apply = ImageColumnTransform(transform, image_column, in_chans, to_array=to_array)
     if data_args.max_train_samples:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+    if not {"__key__", "id"} & set(dataset.column_names):  # lets the skipped-image log name a row
+        dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
     dataset.set_transform(apply)
+    return dataset
+
+
+def _source_name(data_args: DataTrainingArguments) -> str:
+    if data_args.dataset_name:
+        return f"--dataset_name {data_args.dataset_name!r}"
+    if data_args.train_dir:
+        return f"--train_dir {data_args.train_dir!r}"
+    return f"--train_files {list(data_args.train_files or [])}"
+
+
+def undecoded_images(
+    dataset, image_column: str, in_chans: int, data_args: DataTrainingArguments, num_probe: int = 16
+):
+    """``dataset`` with ``image_column`` left undecoded (decoded in the transform, so that a corrupt
+    image is skipped and counted instead of killing the run), after decoding its first ``num_probe``
+    images: a source none of whose images decode (a wrong --image_column, files that are not
+    images) stops here, before training, not at the first batch."""
+    columns = list(dataset.column_names or [])
+    hint = f"pass the column that holds the images with --image_column (columns: {columns})"
+    stats = DecodeStats(log_first=0)  # a probe: not logged as skipped training images
+    try:
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        probe = (
+            dataset.take(num_probe)
+            if data_args.streaming
+            else dataset.select(range(min(num_probe, len(dataset))))
+        )
+        for row in probe:
+            decode_image(row[image_column], in_chans, stats)
+    except (TypeError, ValueError, NotImplementedError) as error:  # arrow: a column of other values
+        raise ValueError(
+            f"Column {image_column!r} of {_source_name(data_args)} holds no images ({type(error).__name__}: "
+            f"{str(error)[:200]}): {hint}."
+        ) from error
+    if stats.seen == 0:
+        raise ValueError(f"{_source_name(data_args)} (split {data_args.train_split!r}) has no rows.")
+    if stats.skipped == stats.seen:
+        raise ValueError(
+            f"None of the first {stats.seen} images of {_source_name(data_args)} could be decoded from column "
+            f"{image_column!r} (last error: {stats.last_error}). Check the source's files, or {hint}."
+        )
     return dataset
 
 
@@ -232,6 +281,100 @@ def setup_logging(training_args) -> logging.Logger:
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
     return logging.getLogger("seed_hf")
+
+
+def check_hub_arguments(training_args) -> None:
+    """Refuses ``--push_to_hub`` without ``--hub_model_id`` before anything is trained."""
+    if training_args.push_to_hub and not training_args.hub_model_id:
+        raise ValueError(
+            "--push_to_hub needs --hub_model_id org/name (the Hub repository to create or update); "
+            "nothing was trained."
+        )
+
+
+def finished_run_results(training_args) -> dict | None:
+    """The train results of a run in ``output_dir`` that already reached the requested length.
+
+    Resuming it would train 0 steps and overwrite its results with zeros: the scripts return
+    these results instead (and say so). None when there is no such run, or with
+    ``--overwrite_output_dir``."""
+    output_dir = Path(training_args.output_dir)
+    state_file, results_file = output_dir / "trainer_state.json", output_dir / "train_results.json"
+    if training_args.overwrite_output_dir or not (state_file.is_file() and results_file.is_file()):
+        return None
+    state = json.loads(state_file.read_text())
+    step = state.get("global_step", 0)
+    if training_args.max_steps > 0:
+        target = training_args.max_steps
+    elif state.get("num_train_epochs") == training_args.num_train_epochs:
+        target = state.get("max_steps")
+    else:  # another length in epochs: the Trainer works out what is left
+        return None
+    if not target or step < target:
+        return None
+    logger.warning(
+        f"The run in {output_dir} is already complete ({step} of {target} steps): nothing to train, its results "
+        "are kept. Pass a larger --max_steps to train on, or --overwrite_output_dir to start over."
+    )
+    remove_staging_leftovers(str(output_dir))
+    return json.loads(results_file.read_text())
+
+
+# config fields that decide the shapes of a checkpoint's tensors
+RUN_FIELDS = (
+    "model_type",
+    "student_architecture",
+    "architecture",
+    "student_model_args",
+    "model_args",
+    "in_chans",
+    "projection_dim",
+    "head_hidden_dim",
+    "queue_size",
+    "num_small_crops",
+)
+
+
+def check_resumable(checkpoint: str | None, configs: list) -> None:
+    """Refuses to resume from a checkpoint of another model (architecture, widths, queue size) with
+    one message naming what the folder holds and what was asked for, instead of a state-dict
+    size-mismatch dump. ``configs``: the config of each model (one per student of a group)."""
+    if checkpoint is None:
+        return
+    config_file = Path(checkpoint) / "config.json"
+    requested = [c.to_dict() for c in configs]
+    if config_file.is_file():
+        saved = json.loads(config_file.read_text())
+        if len(requested) > 1:
+            names = [c.get("student_architecture") for c in requested]
+            held, asked = f"one student ({saved.get('student_architecture')})", f"students {names}"
+        else:
+            differences = [
+                key
+                for key in RUN_FIELDS
+                if key in saved or key in requested[0]
+                if saved.get(key) != requested[0].get(key)
+            ]
+            if not differences:
+                return
+            held = ", ".join(f"{key}={saved.get(key)!r}" for key in differences)
+            asked = ", ".join(f"{key}={requested[0].get(key)!r}" for key in differences)
+    else:  # a SeedStudentGroup checkpoint: students.<name>.* keys
+        weights = Path(checkpoint) / "model.safetensors"
+        if not weights.is_file():
+            return
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:
+            held_names = sorted({k.split(".")[1] for k in f.keys() if k.startswith("students.")})
+        asked_names = sorted(c.get("student_architecture", "").replace(".", "_") for c in requested)
+        if held_names == asked_names or not held_names:
+            return
+        held, asked = f"students {held_names}", f"students {asked_names}"
+    raise ValueError(
+        f"--output_dir {Path(checkpoint).parent} holds a run of {held} ({Path(checkpoint).name}), but this "
+        f"run asks for {asked}: pass another --output_dir, or --overwrite_output_dir to start a new run there."
+    )
 
 
 def resolve_checkpoint(training_args) -> str | None:
@@ -295,8 +438,21 @@ def build_script_dataset(data_args: DataTrainingArguments, training_args, config
 
 
 def train_and_save(trainer, resume_from_checkpoint: str | None) -> dict:
-    """``train`` → ``save_model`` → metrics and state files, as the transformers examples do."""
+    """``train`` → ``save_model`` → metrics and state files, as the transformers examples do. A
+    resumed run that had nothing left to train keeps the results it saved when it finished."""
+    start_step = None
+    if resume_from_checkpoint and (Path(resume_from_checkpoint) / "trainer_state.json").is_file():
+        start_step = json.loads((Path(resume_from_checkpoint) / "trainer_state.json").read_text())[
+            "global_step"
+        ]
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    results_file = Path(trainer.args.output_dir) / "train_results.json"
+    if trainer.state.global_step == start_step and results_file.is_file():
+        logger.warning(
+            f"The run in {trainer.args.output_dir} is already complete (step {start_step}): nothing was trained, "
+            "its results are kept."
+        )
+        return json.loads(results_file.read_text())
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)

@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["create_backbone", "pooled_width", "pooled_features", "ProjectionHead"]
+__all__ = ["create_backbone", "close_model_names", "pooled_width", "pooled_features", "ProjectionHead"]
 
 
 def create_backbone(
@@ -27,7 +27,7 @@ def create_backbone(
     if not architecture.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         name = architecture.split(".", 1)[0]
         if not timm.is_model(name):
-            close = timm.list_models(f"*{name[:6]}*")[:8]
+            close = close_model_names(name)
             raise ValueError(
                 f"{argument_name}={architecture!r} is not a timm architecture (timm {timm.__version__})."
                 + (f" Close names: {close}." if close else " See timm.list_models().")
@@ -35,6 +35,26 @@ def create_backbone(
     return timm.create_model(
         architecture, pretrained=pretrained, num_classes=0, in_chans=in_chans, **model_args
     )
+
+
+def close_model_names(name: str, limit: int = 8) -> list[str]:
+    """timm architectures close to ``name``, ignoring ``_``/``-`` and case (``mobilenet_v3_small`` →
+    ``mobilenetv3_small_100``, ``resnet_50`` → ``resnet50``): same spelling first, then difflib's
+    closest, then longer names starting with it."""
+    import difflib
+
+    def squeeze(text: str) -> str:
+        return text.replace("_", "").replace("-", "").lower()
+
+    by_squeezed: dict[str, list[str]] = {}
+    for model_name in timm.list_models():
+        by_squeezed.setdefault(squeeze(model_name), []).append(model_name)
+    query = squeeze(name)
+    keys = [query] if query in by_squeezed else []
+    keys += difflib.get_close_matches(query, list(by_squeezed), n=limit, cutoff=0.75)
+    keys += sorted((k for k in by_squeezed if k.startswith(query)), key=len)[:limit]
+    found = list(dict.fromkeys(n for key in keys for n in by_squeezed[key]))
+    return found[:limit] or timm.list_models(f"*{name[:6]}*")[:limit]
 
 
 def pooled_width(backbone: nn.Module) -> int:

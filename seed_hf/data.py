@@ -17,7 +17,7 @@ import io
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,18 +91,22 @@ def load_fashion_mnist(
 class DecodeStats:
     """Counts images that could not be decoded (per process / dataloader worker) and logs them."""
 
-    def __init__(self, log_every: int = 100):
+    def __init__(self, log_every: int = 100, log_first: int = 100):
         self.seen = 0
         self.skipped = 0
         self.log_every = log_every
+        self.log_first = log_first
+        self.last_error = ""
 
-    def record(self, ok: bool, reason: str = "") -> None:
+    def record(self, ok: bool, reason: str = "", name: str | None = None) -> None:
         self.seen += 1
         if not ok:
             self.skipped += 1
-            if self.skipped == 1 or self.skipped % self.log_every == 0:
+            self.last_error = reason
+            if self.skipped <= self.log_first or self.skipped % self.log_every == 0:
                 logger.warning(
-                    f"skipped {self.skipped} undecodable image(s) of {self.seen} seen so far ({reason})"
+                    f"skipped undecodable image {name or '(unnamed)'}: {reason} ({self.skipped} of "
+                    f"{self.seen} seen so far by this process)"
                 )
 
 
@@ -110,12 +114,16 @@ DECODE_STATS = DecodeStats()
 
 
 def decode_image(
-    value: Any, in_chans: int, stats: DecodeStats | None = DECODE_STATS, to_array: bool = False
+    value: Any,
+    in_chans: int,
+    stats: DecodeStats | None = DECODE_STATS,
+    to_array: bool = False,
+    name: str | None = None,
 ) -> Image.Image | np.ndarray | None:
     """Decodes a datasets image cell (PIL image, bytes, path or ``{"bytes", "path"}``) to
     ``in_chans`` channels: a PIL image, or with ``to_array`` a uint8 ndarray ``(h, w[, c])``
     (complete JPEGs then decode with libjpeg-turbo through OpenCV, the rest through PIL).
-    Returns None (counted in ``stats``) for corrupt or truncated data."""
+    Returns None (counted in ``stats``, logged with ``name``) for corrupt or truncated data."""
     try:
         if isinstance(value, dict):
             value = value.get("bytes") or value.get("path")
@@ -127,7 +135,7 @@ def decode_image(
             decoded = np.asarray(decoded) if to_array else decoded
     except Exception as error:  # PIL raises many types for bad data
         if stats is not None:
-            stats.record(False, f"{type(error).__name__}: {error}"[:120])
+            stats.record(False, f"{type(error).__name__}: {error}"[:120], name)
         return None
     if stats is not None:
         stats.record(True)
@@ -379,14 +387,23 @@ class ArrayImageDataset(Dataset):
         return out
 
 
+SKIPPED_KEY = "num_skipped_images"
+
+
 def collate_batch(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stacks the tensor fields of a list of examples (views, labels, ids); examples whose
-    image could not be decoded (no ``pixel_values``) are dropped."""
-    examples = [e for e in examples if e.get("pixel_values") is not None]
-    if not examples:
+    image could not be decoded (no ``pixel_values``) are dropped. Skipped images are counted in
+    ``num_skipped_images`` (one count per kept example; the trainers sum it over the run)."""
+    kept = [e for e in examples if e.get("pixel_values") is not None]
+    if not kept:
         raise ValueError(
             "Every image of this batch failed to decode; check the data (see the skipped-image log)."
         )
+    dropped = len(examples) - len(kept)
+    if dropped:
+        kept[0] = {**kept[0], SKIPPED_KEY: kept[0].get(SKIPPED_KEY, 0) + dropped}
+        kept = [{SKIPPED_KEY: 0, **e} for e in kept]
+    examples = kept
     batch = {}
     for key in examples[0]:
         values = [example[key] for example in examples]
@@ -397,6 +414,8 @@ def collate_batch(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return batch
 
 
+# row index column added to map-style sources whose rows have no path, key or id (see image_name)
+INDEX_COLUMN = "__index__"
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "jpg", "jpeg", "png", "webp", "pixel_values")
 
 
@@ -461,13 +480,32 @@ class ImageColumnTransform:
     drop_bad_rows: bool = False
     extra_columns: Sequence[str] = ("id",)
     to_array: bool = False
+    # bad rows dropped since the last kept one (drop_bad_rows): reported with a kept row, the next
+    # one of a later batch when a whole batch was bad
+    _dropped: int = field(default=0, init=False, repr=False)
+
+    def image_name(self, examples: dict[str, list], row: int, cell: Any) -> str:
+        """How the logs name a row: its file path, else its webdataset key, id or dataset index."""
+        path = cell.get("path") if isinstance(cell, dict) else cell
+        if isinstance(path, (str, os.PathLike)) and path:
+            return str(path)
+        for column in ("__key__", "id", INDEX_COLUMN):
+            if column in examples:
+                url = f" of {examples['__url__'][row]}" if "__url__" in examples else ""
+                return f"{column}={examples[column][row]!r}{url}"
+        return f"(row {row} of a batch; no path, key or id column)"
 
     def __call__(self, examples: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {}
         for row, cell in enumerate(examples[self.image_column]):
-            image = decode_image(cell, self.in_chans, to_array=self.to_array)
+            name = self.image_name(examples, row, cell)
+            image = decode_image(cell, self.in_chans, to_array=self.to_array, name=name)
             if image is None and self.drop_bad_rows:
+                self._dropped += 1
                 continue
+            if self.drop_bad_rows:  # every row carries the field: a stream keeps one schema
+                out.setdefault(SKIPPED_KEY, []).append(self._dropped)
+                self._dropped = 0
             views = {} if image is None else self.transform(image)
             if not isinstance(views, dict):
                 views = {"pixel_values": views}
@@ -478,5 +516,7 @@ class ImageColumnTransform:
                     out.setdefault(column, []).append(examples[column][row])
             if self.label_column is not None and self.label_column in examples:
                 out.setdefault("labels", []).append(examples[self.label_column][row])
+        if self._dropped and out.get(SKIPPED_KEY):  # trailing bad rows: report them with this batch
+            out[SKIPPED_KEY][-1] += self._dropped
+            self._dropped = 0
         return out
-

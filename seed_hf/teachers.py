@@ -244,8 +244,40 @@ CHECKPOINT_LAYOUTS = (
 )
 
 
+WRAPPER_PREFIXES = ("backbone.", "encoder.")
+CLASSIFIER_PREFIXES = ("fc.", "head.fc.", "classifier.")
+
+
+def _is_mlp_head(head_state: dict[str, torch.Tensor]) -> bool:
+    """True for an ``nn.Sequential`` head with hidden layers (≥ 2 Linear weights), as SimCLR and
+    MoCo-v2 projection heads have; a single Linear (an ImageNet ``fc``) is a classifier."""
+    linears = [
+        k
+        for k, v in head_state.items()
+        if k.split(".", 1)[0].isdigit() and k.endswith("weight") and v.ndim == 2
+    ]
+    return len(linears) >= 2
+
+
+def _wrapped_head(state: dict[str, torch.Tensor], head_prefix: str) -> dict[str, torch.Tensor]:
+    """The ``fc.``/``head.`` keys under a ``backbone.``/``encoder.`` wrapper prefix."""
+    out = {}
+    for key, value in state.items():
+        name = key.removeprefix("module.")
+        for wrapper in WRAPPER_PREFIXES:
+            if name.startswith(wrapper + head_prefix):
+                out[name[len(wrapper + head_prefix) :]] = value
+    return out
+
+
 def detect_checkpoint_layout(state: dict[str, torch.Tensor]) -> str:
-    """Names the SSL checkpoint layout of a state dict: moco, seed, swav, simclr or plain."""
+    """Names the SSL checkpoint layout of a state dict: moco, seed, swav, simclr or plain.
+
+    Keys under ``backbone.``/``encoder.`` are SimCLR only with a projection head: a
+    ``projection_head.``/``projector.`` module, or an ``fc``/``head`` with hidden layers. A plain
+    timm / torchvision state dict saved under such a prefix keeps its classifier (a single Linear,
+    e.g. ImageNet's 1000-way ``fc``), which is not a projection head: that is ``plain``.
+    """
     keys = list(state)
     if any(k.startswith(("module.encoder_q.", "encoder_q.")) for k in keys):
         return "moco"
@@ -253,12 +285,31 @@ def detect_checkpoint_layout(state: dict[str, torch.Tensor]) -> str:
         return "seed"
     if any(k.split("module.", 1)[-1].startswith("prototypes.") for k in keys):
         return "swav"
-    if any(
-        k.split("module.", 1)[-1].startswith(("backbone.", "encoder.", "projection_head.", "projector."))
-        for k in keys
-    ):
+    if any(k.split("module.", 1)[-1].startswith(("projection_head.", "projector.")) for k in keys):
         return "simclr"
+    if any(k.split("module.", 1)[-1].startswith(WRAPPER_PREFIXES) for k in keys):
+        if any(_is_mlp_head(_wrapped_head(state, p)) for p in ("fc.", "head.")):
+            return "simclr"
     return "plain"
+
+
+def _strip_wrapper(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Removes ``module.`` and a ``backbone.``/``encoder.`` prefix shared by every key."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    for wrapper in WRAPPER_PREFIXES:
+        if state and all(k.startswith(wrapper) for k in state):
+            return {k[len(wrapper) :]: v for k, v in state.items()}
+    return state
+
+
+def _drop_classifier(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drops the classifier of a timm / torchvision state dict (``fc``, ``classifier``, ``head.fc``,
+    a ViT's ``head``): the backbone is built with ``num_classes=0``."""
+    return {
+        k: v
+        for k, v in state.items()
+        if not k.startswith(CLASSIFIER_PREFIXES) and k not in ("head.weight", "head.bias")
+    }
 
 
 def split_checkpoint(
@@ -269,14 +320,10 @@ def split_checkpoint(
     their keys, minus the classifier (``fc``/``classifier``/``head.fc``)."""
     layout = detect_checkpoint_layout(state)
     if layout == "plain":
-        backbone = {k.removeprefix("module."): v for k, v in state.items()}
-        return (
-            layout,
-            {k: v for k, v in backbone.items() if not k.startswith(("fc.", "head.fc.", "classifier."))},
-            {},
-        )
+        return layout, _drop_classifier(_strip_wrapper(state)), {}
     _, prefixes, head_prefixes, dropped = next(entry for entry in CHECKPOINT_LAYOUTS if entry[0] == layout)
-    backbone, head = {}, {}
+    backbone: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}  # head candidates by prefix
     for key, value in state.items():
         prefix = next((p for p in prefixes if key.startswith(p)), None)
         if prefix is None:  # e.g. MoCo's encoder_k / queue, SEED's teacher
@@ -288,14 +335,24 @@ def split_checkpoint(
             or name.startswith(("encoder_k.", "teacher."))
         ):
             continue
+        if layout == "simclr" and name.startswith(WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
         head_prefix = next((p for p in head_prefixes if name.startswith(p)), None)
         if head_prefix is not None:
-            head[name[len(head_prefix) :]] = value
-        elif layout == "simclr" and name.startswith(("backbone.", "encoder.")):
-            backbone[name.split(".", 1)[1]] = value
+            parts.setdefault(head_prefix, {})[name[len(head_prefix) :]] = value
         else:
             backbone[name] = value
-    return layout, backbone, head
+    head: dict[str, torch.Tensor] = {}
+    for head_prefix in head_prefixes:  # in order of preference
+        part = parts.get(head_prefix)
+        if not part:
+            continue
+        explicit = layout != "simclr" or head_prefix in ("projection_head.", "projector.")
+        if not head and (explicit or _is_mlp_head(part)):
+            head = part
+        else:  # e.g. a classifier next to the projection head: not part of the embedding
+            backbone.update({f"{head_prefix}{k}": v for k, v in part.items()})
+    return layout, _drop_classifier(backbone), head
 
 
 def head_from_state(head_state: dict[str, torch.Tensor]) -> nn.Module | None:
@@ -325,15 +382,34 @@ def head_from_state(head_state: dict[str, torch.Tensor]) -> nn.Module | None:
     return head
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict(strict=True)`` with one message listing missing and unexpected keys."""
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{what} does not match the architecture: missing keys {result.missing_keys[:20]}"
-            f"{' …' if len(result.missing_keys) > 20 else ''}, unexpected keys {result.unexpected_keys[:20]}"
-            f"{' …' if len(result.unexpected_keys) > 20 else ''}."
-        )
+def _preview(items: list[str], limit: int = 5) -> str:
+    return f"{items[:limit]}" + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, architecture: str = "") -> None:
+    """``load_state_dict(strict=True)``, with one line listing missing, unexpected and mis-shaped keys
+    instead of torch's multi-line size-mismatch dump."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [
+        f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or misshaped:
+        target = f"the architecture {architecture!r}" if architecture else "the architecture"
+        problems = [
+            f"{name} keys {_preview(keys)}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+            if keys
+        ]
+        message = f"{what} does not match {target}: {', '.join(problems)}"
+        message += " (shapes: checkpoint vs model)." if misshaped else "."
+        if architecture:
+            message += " Weights of another architecture? Name the one they were trained with in teacher_name_or_path."
+        raise ValueError(message)
+    module.load_state_dict(state)
 
 
 def _load_seed_hf_folder(path: Path, model_type: str) -> FrozenTeacher:
@@ -356,6 +432,7 @@ def load_teacher(
     pretrained: bool | None = None,
     use_head: bool = True,
     embedding: str = "auto",
+    allow_random: bool = False,
 ) -> FrozenTeacher:
     """Builds a [`FrozenTeacher`] from a spec (see the module docstring).
 
@@ -371,10 +448,13 @@ def load_teacher(
         embedding: for transformers models: ``"auto"`` (CLIP: image embeds; others: pooler
             output), ``"cls"`` (CLS token after the final norm), ``"mean"`` (mean patch token),
             ``"pooler"``.
+        allow_random: accept a timm architecture without weights (no ``checkpoint``, not
+            ``pretrained``): a randomly initialised teacher, for tests and smoke runs only.
 
     Raises:
-        FileNotFoundError: ``checkpoint`` or the folder is missing.
-        ValueError: unknown architecture, or keys that do not match it.
+        FileNotFoundError: ``checkpoint`` or the folder (or its config.json) is missing.
+        ValueError: unknown architecture, keys that do not match it, or a timm architecture
+            without weights (unless ``allow_random``).
     """
     path = Path(name_or_path)
     config_file = path / "config.json"
@@ -387,11 +467,13 @@ def load_teacher(
             pretrained = True
         else:  # a transformers vision model folder (ViT, DINOv2, CLIP, ...)
             return _load_transformers_teacher(str(path), embedding)
+    elif path.is_dir() and not _is_timm_name(str(name_or_path)):
+        raise FileNotFoundError(_folder_without_config(path))
     elif str(name_or_path).startswith("hf:"):  # a transformers model on the Hub: hf:facebook/dinov2-base
         return _load_transformers_teacher(str(name_or_path)[3:], embedding)
     elif os.sep in str(name_or_path) and not str(name_or_path).startswith(("hf-hub:", "hf_hub:")):
         raise FileNotFoundError(
-            f"teacher_name_or_path {str(name_or_path)!r} is not a folder with a config.json. Pass a seed_hf "
+            f"teacher_name_or_path {str(name_or_path)!r} is no folder (it does not exist). Pass a seed_hf "
             "run folder, a timm name (with teacher_checkpoint for local weights), hf-hub:org/name (timm) or "
             "hf:org/name (transformers)."
         )
@@ -402,12 +484,57 @@ def load_teacher(
     backbone = create_backbone(
         str(name_or_path), in_chans or 3, model_args, "teacher_name_or_path", pretrained=pretrained
     )
+    random_weights = checkpoint is None and not pretrained
+    if random_weights and not allow_random:
+        # after create_backbone, so that a misspelt name gets its close-name suggestions first
+        raise ValueError(
+            f"teacher_name_or_path={str(name_or_path)!r} is a timm architecture without weights: SEED would "
+            "distil a randomly initialised teacher. Pass its weights with --teacher_checkpoint PATH (timm, "
+            "MoCo, SimCLR, SwAV or SEED checkpoint), a timm Hub model as hf-hub:org/name (e.g. "
+            "hf-hub:timm/resnet50.a1_in1k), a transformers model as hf:org/name, or a seed_hf run folder. "
+            "--allow_random_teacher (allow_random=True) distils a random teacher on purpose (smoke tests)."
+        )
     head = None
     if checkpoint is not None:
         state = load_state_dict_file(checkpoint)
         layout, backbone_state, head_state = split_checkpoint(state)
         head = head_from_state(head_state if use_head else {})
-        load_strict(backbone, backbone_state, f"teacher_checkpoint {str(checkpoint)!r} ({layout} layout)")
+        load_strict(
+            backbone,
+            backbone_state,
+            f"--teacher_checkpoint {str(checkpoint)!r} ({layout} layout)",
+            architecture=str(name_or_path),
+        )
+    description = f"{name_or_path}" + (f"@{checkpoint}" if checkpoint else "")
     return FrozenTeacher(
-        backbone, head, in_chans or 3, f"{name_or_path}" + (f"@{checkpoint}" if checkpoint else "")
+        backbone, head, in_chans or 3, description + (" (random weights)" if random_weights else "")
     )
+
+
+def _is_timm_name(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name.split(".", 1)[0])
+
+
+def _folder_without_config(path: Path) -> str:
+    """Why a folder without config.json is no teacher, and what to pass instead."""
+    message = (
+        f"teacher_name_or_path {str(path)!r} is a folder without a config.json: not a seed_hf run, "
+        "timm-format or transformers model folder."
+    )
+    checkpoints = sorted(
+        (p for p in path.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    weights = sorted(
+        p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin", ".tar")
+    )
+    if checkpoints:
+        message += f" It holds Trainer checkpoints: pass the last one, {str(checkpoints[-1])!r}."
+    elif weights:
+        message += (
+            f" For its weights ({weights[0]}) pass the timm architecture as teacher_name_or_path and "
+            f"--teacher_checkpoint {str(path / weights[0])!r}."
+        )
+    return message

@@ -112,6 +112,7 @@ def test_bad_input_is_one_clear_error(tmp_path, extra, error, match):
     argv = [
         "--teacher_name_or_path",
         "test_resnet",
+        "--allow_random_teacher",
         "--student_architecture",
         "test_efficientnet",
         "--queue_size",

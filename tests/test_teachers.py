@@ -30,7 +30,7 @@ def test_moco_v2_checkpoint_with_mlp_head(tmp_path):
 
 
 def test_teacher_is_frozen_and_stays_in_eval():
-    teacher = load_teacher("test_resnet")
+    teacher = load_teacher("test_resnet", allow_random=True)
     teacher.train()
     assert not teacher.training and not any(m.training for m in teacher.modules())
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -62,7 +62,7 @@ def test_missing_teacher_file_and_unknown_name(tmp_path):
     with pytest.raises(FileNotFoundError, match="teacher_checkpoint"):
         load_teacher("test_resnet", tmp_path / "nope.safetensors")
     with pytest.raises(ValueError, match="teacher_name_or_path"):
-        load_teacher("not_a_real_net")
+        load_teacher("not_a_real_net", allow_random=True)
     with pytest.raises(FileNotFoundError, match="teacher_name_or_path"):
         load_teacher(str(tmp_path / "missing" / "dir"))
 
@@ -186,3 +186,78 @@ def test_transformers_vision_teachers(tmp_path, kind, embedding, dim):
     data = (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     expected = load_teacher(str(tmp_path), embedding=embedding)((raw - 0.5) / 0.25)
     assert torch.allclose(teacher(data), expected, atol=1e-4)
+
+
+def test_timm_name_without_weights_is_refused():
+    with pytest.raises(ValueError, match="--teacher_checkpoint.*hf-hub:.*hf:.*--allow_random_teacher"):
+        load_teacher("test_resnet")
+    teacher = load_teacher("test_resnet", allow_random=True)
+    assert "random weights" in teacher.description
+
+
+@pytest.mark.parametrize(
+    "name,expected", [("mobilenet_v3_small", "mobilenetv3_small_100"), ("resnet_50", "'resnet50'")]
+)
+def test_misspelt_architecture_suggests_the_timm_name(name, expected):
+    with pytest.raises(ValueError, match="not a timm architecture") as error:
+        load_teacher(name, allow_random=True)
+    assert expected in str(error.value)
+
+
+def test_checkpoint_of_another_architecture_is_one_line(tmp_path):
+    import timm
+
+    save_file(timm.create_model("resnet18").state_dict(), tmp_path / "r18.safetensors")
+    with pytest.raises(ValueError) as error:
+        load_teacher("resnet50", tmp_path / "r18.safetensors")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("--teacher_checkpoint")
+    for part in (
+        "missing keys ['layer1.0.conv3.weight'",
+        "mis-shaped keys ['layer1.0.conv1.weight: (64, 64, 3, 3) vs (64, 64, 1, 1)'",
+    ):
+        assert part in message, message
+    # a mismatch in shapes only (1- vs 3-channel stem) is named too, not torch's size-mismatch dump
+    save_file(create_backbone("test_resnet", in_chans=1).state_dict(), tmp_path / "gray.safetensors")
+    with pytest.raises(
+        ValueError, match=r"mis-shaped keys \['conv1.0.weight: \(\d+, 1, 3, 3\) vs \(\d+, 3, 3, 3\)'\]"
+    ):
+        load_teacher("test_resnet", tmp_path / "gray.safetensors")
+
+
+def test_prefixed_timm_state_dict_keeps_no_classifier_head(tmp_path):
+    """A plain timm state dict saved under ``encoder.``: its 1000-way ``fc`` is a classifier, not a
+    SimCLR projection head; a real SimCLR head under ``encoder.fc`` has a hidden layer."""
+    import timm
+
+    from seed_hf.teachers import detect_checkpoint_layout
+
+    torch.manual_seed(0)
+    classifier = timm.create_model("test_resnet", num_classes=1000).eval()
+    state = {f"encoder.{k}": v for k, v in classifier.state_dict().items()}
+    assert detect_checkpoint_layout(state) == "plain"
+    torch.save(state, tmp_path / "prefixed.pth")
+    teacher = load_teacher("test_resnet", tmp_path / "prefixed.pth")
+    assert teacher.embed_dim == classifier.num_features != 1000
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    expected = torch.nn.functional.normalize(pooled_features(classifier, x), dim=1)
+    assert torch.allclose(teacher(x), expected, atol=1e-5)
+
+    head = ProjectionHead(classifier.num_features, 24, 16)
+    mlp = {f"encoder.{k}": v for k, v in classifier.state_dict().items() if not k.startswith("fc.")}
+    mlp.update({f"encoder.fc.{k}": v for k, v in head.state_dict().items()})
+    assert detect_checkpoint_layout(mlp) == "simclr"
+    torch.save(mlp, tmp_path / "simclr.pth")
+    assert load_teacher("test_resnet", tmp_path / "simclr.pth").embed_dim == 16
+
+
+def test_folder_without_config_is_named_as_such(tmp_path, monkeypatch):
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    save_file(create_backbone("test_resnet").state_dict(), folder / "model.safetensors")
+    monkeypatch.chdir(tmp_path)
+    for spec in ("teacher", str(folder)):  # a relative name has no path separator
+        with pytest.raises(FileNotFoundError, match="folder without a config.json") as error:
+            load_teacher(spec)
+        assert "not a timm architecture" not in str(error.value)
+        assert "--teacher_checkpoint" in str(error.value)

@@ -1,0 +1,202 @@
+"""The example scripts as a user runs them: --help, the learning-rate rule, re-runs of a finished
+run, output_dirs of another model, Hub arguments, staging folders and undecodable images."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import tiny_student, tiny_teacher
+from test_streaming import write_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+import run_moco  # noqa: E402
+import run_seed  # noqa: E402
+
+from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E402
+from seed_hf.arguments import DataTrainingArguments, build_train_dataset, parse_script_args  # noqa: E402
+from seed_hf.trainer import STAGING_DIR  # noqa: E402
+
+SCRIPTS = sorted((ROOT / "examples").glob("*.py"))
+
+
+def test_every_example_script_prints_its_help():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    runs = {
+        script.name: subprocess.Popen(
+            [sys.executable, str(script), "--help"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for script in SCRIPTS
+    }
+    assert len(runs) >= 4
+    for name, run in runs.items():
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, f"{name} --help failed:\n{err[-3000:]}"
+        assert "usage:" in out and "--" in out, name
+        if name == "run_seed.py":  # the learning-rate rule is stated where users look for it
+            text = " ".join(out.split())
+            assert "used as is when given. Default: base_learning_rate × global batch / 256" in text
+
+
+def _seed_args(out: Path, files: list[str], *extra: str) -> list[str]:
+    return [
+        "--teacher_name_or_path",
+        "test_resnet",
+        "--allow_random_teacher",
+        "--student_architecture",
+        "test_efficientnet",
+        "--queue_size",
+        "64",
+        "--train_files",
+        *files,
+        "--image_size",
+        "32",
+        "--augmentation",
+        "none",
+        "--per_device_train_batch_size",
+        "8",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--output_dir",
+        str(out),
+        "--cache_dir",
+        str(out.parent / "cache"),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "flags,expected_lr",
+    [
+        ([], 0.03 * 16 / 256),
+        (["--base_learning_rate", "0.1"], 0.1 * 16 / 256),
+        (["--gradient_accumulation_steps", "2"], 0.03 * 32 / 256),
+        (["--learning_rate", "0.5"], 0.5),
+        (["--learning_rate", "0.5", "--base_learning_rate", "0.1"], 0.5),
+    ],
+)
+def test_learning_rate_rule_through_the_cli_parser(tmp_path, flags, expected_lr):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((run_seed.ModelArguments, DataTrainingArguments, SeedTrainingArguments))
+    argv = ["--teacher_name_or_path", "x", "--output_dir", str(tmp_path), "--use_cpu", "--report_to", "none"]
+    _, _, training_args = parse_script_args(parser, [*argv, "--per_device_train_batch_size", "16", *flags])
+    trainer = SeedTrainer(
+        model=tiny_student(),
+        teacher=tiny_teacher(),
+        args=training_args,
+        train_dataset=[],
+        data_collator=collate_batch,
+    )
+    optimizer = trainer.create_optimizer()
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx(
+        [expected_lr] * len(optimizer.param_groups)
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 2-step run_seed.py run on local parquet shards."""
+    folder = tmp_path_factory.mktemp("finished")
+    files = write_shards(folder, shards=2, rows=8)
+    out = folder / "run"
+    metrics = run_seed.main(_seed_args(out, files))
+    return out, files, metrics
+
+
+def test_short_run_leaves_no_staging_folder(finished_run):
+    out, _, metrics = finished_run
+    assert (out / "checkpoint-2").is_dir() and metrics["train_loss"] > 0
+    assert not (out / STAGING_DIR).exists()
+
+
+def test_rerunning_a_finished_run_keeps_its_results(finished_run, caplog):
+    out, files, metrics = finished_run
+    kept = ("train_results.json", "all_results.json", "trainer_state.json", "model.safetensors")
+    before = {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns) for name in kept}
+    (out / STAGING_DIR / "checkpoint-9").mkdir(parents=True)  # what a save killed in a later run leaves
+    assert run_seed.main(_seed_args(out, files)) == metrics
+    assert "already complete (2 of 2 steps)" in caplog.text and "results are kept" in caplog.text
+    assert {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns) for name in kept} == before
+    assert json.loads((out / "train_results.json").read_text())["train_loss"] > 0
+    assert not (out / STAGING_DIR).exists()
+
+
+def test_output_dir_of_another_architecture_is_one_clear_message(finished_run):
+    out, files, _ = finished_run
+    argv = _seed_args(out, files, "--max_steps", "4")
+    argv[argv.index("test_efficientnet")] = "test_resnet"
+    with pytest.raises(ValueError) as error:
+        run_seed.main(argv)
+    message = str(error.value)
+    assert "holds a run of student_architecture='test_efficientnet' (checkpoint-2)" in message, message
+    assert "asks for student_architecture='test_resnet'" in message and "size mismatch" not in message
+
+
+@pytest.mark.parametrize("script", [run_seed, run_moco])
+def test_push_to_hub_without_model_id_is_refused_before_training(tmp_path, script):
+    argv = _seed_args(tmp_path / "out", ["unused.parquet"], "--push_to_hub")
+    if script is run_moco:
+        argv = ["--architecture", "test_resnet", *argv[argv.index("--queue_size") :]]
+    with pytest.raises(ValueError, match="--push_to_hub needs --hub_model_id"):
+        script.main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_skipped_images_are_totalled_over_dataloader_workers(tmp_path):
+    # ids 0, 5, 10, 15 of 16 are corrupt; 2 steps x 8 images = one epoch, read by 2 worker processes
+    files = write_shards(tmp_path, shards=2, rows=8, corrupt_every=5)
+    argv = _seed_args(tmp_path / "out", files, "--dataloader_num_workers", "2", "--save_strategy", "no")
+    metrics = run_seed.main(argv)
+    assert metrics["skipped_images"] == 4
+    assert json.loads((tmp_path / "out" / "train_results.json").read_text())["skipped_images"] == 4
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_skipped_image_log_names_the_row(tmp_path, caplog, monkeypatch, streaming):
+    from seed_hf.data import DECODE_STATS
+
+    monkeypatch.setattr(DECODE_STATS, "skipped", 0)  # names are logged for the first images of a process
+    files = write_shards(tmp_path, shards=1, rows=8, corrupt_every=3)  # ids 0, 3, 6
+    data_args = DataTrainingArguments(
+        train_files=files,
+        streaming=streaming,
+        image_size=16,
+        augmentation="none",
+        cache_dir=str(tmp_path / "c"),
+    )
+    dataset = build_train_dataset(data_args, 1, 3, [0.5] * 3, [0.5] * 3)
+    rows = list(dataset) if streaming else [dataset[i] for i in range(len(dataset))]
+    for bad in (0, 3, 6):
+        assert f"skipped undecodable image id={bad}:" in caplog.text
+    batch = collate_batch(rows)
+    assert batch["num_skipped_images"].sum() == 3 and len(batch["pixel_values"]) == 5
+
+
+def test_source_without_a_decodable_image_stops_before_training(tmp_path):
+    files = write_shards(tmp_path, shards=1, rows=20, corrupt_every=1)
+    with pytest.raises(
+        ValueError, match=r"None of the first 16 images of --train_files .* column 'image'.*--image_column"
+    ):
+        run_seed.main(_seed_args(tmp_path / "out", files))
+    assert not (tmp_path / "out").exists()
+    # a column that holds no images (here: the ids), streamed
+    (tmp_path / "good").mkdir()
+    good = write_shards(tmp_path / "good", shards=1, rows=4)
+    data_args = DataTrainingArguments(train_files=good, streaming=True, image_column="id", image_size=16)
+    with pytest.raises(ValueError, match="Column 'id' of --train_files .* holds no images.*--image_column"):
+        build_train_dataset(data_args, 1, 3, [0.5] * 3, [0.5] * 3)
