@@ -29,7 +29,10 @@ def test_recipe_dry_run(tmp_path, recipe):
     else:
         _layout_checkpoint(checkpoint, "swav")
     architectures = config["student_architecture"].split(",")
-    tiny = ["test_efficientnet", "test_resnet"][: len(architectures)]
+    if len(architectures) == 1:  # a stand-in of the same family, so that its timm args apply
+        tiny = ["test_resnet" if architectures[0].startswith("resnet") else "test_efficientnet"]
+    else:
+        tiny = ["test_efficientnet", "test_resnet"][: len(architectures)]
     students = ",".join(tiny)
     student_args = json.loads(config.get("student_model_args") or "{}")
     if set(student_args) == set(architectures):  # per-student args: keep them, on the stand-ins
@@ -105,6 +108,8 @@ def test_recipes_carry_the_official_settings():
             "mobilenetv3": {"drop_rate": 0.2},
         }
         for architecture in config["student_architecture"].split(","):
+            if architecture.startswith("resnet"):  # torchvision-style init: no zero-init of the last BN
+                assert json.loads(config["student_model_args"]) == {"zero_init_last": False}
             family = architecture.split("_")[0]
             if family in official_regularisation:
                 args = json.loads(config["student_model_args"])[architecture]
