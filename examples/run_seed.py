@@ -113,7 +113,8 @@ def student_model_args_for(architecture: str, architectures: list[str], value: s
         return parsed[architecture]
     if set(parsed) & set(architectures):
         raise ValueError(
-            f"--student_model_args keyed by architecture must name every student {architectures}, got {sorted(parsed)}."
+            f"--student_model_args keyed by architecture must name every student {architectures}, "
+            f"got {sorted(parsed)}."
         )
     return parsed
 

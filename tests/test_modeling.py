@@ -178,7 +178,8 @@ class OfficialSmallPatchQueues:
 def test_small_queue_follows_the_official_enqueue(keys):
     """Two ranks x 2 images x 3 small crops, K = 8: 3 steps wrap the queues around once. The
     default (first_crop) matches the official reference exactly, all_crops does not."""
-    model = tiny_student(queue_size=8, num_small_crops=3, small_queue_keys=keys, small_queue_size=None if keys == "first_crop" else 36)
+    small_queue_size = None if keys == "first_crop" else 36
+    model = tiny_student(queue_size=8, num_small_crops=3, small_queue_keys=keys, small_queue_size=small_queue_size)
     if keys == "first_crop":
         reference = OfficialSmallPatchQueues(model.queue.embeddings, model.small_queue.embeddings)
     g = torch.Generator().manual_seed(0)
