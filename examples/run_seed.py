@@ -80,7 +80,11 @@ class ModelArguments:
         },
     )
     student_model_args: str | None = field(
-        default=None, metadata={"help": "JSON dict of extra timm.create_model args."}
+        default=None,
+        metadata={
+            "help": "JSON dict of extra timm.create_model args (e.g. {\"drop_rate\": 0.2}); with several "
+            "students, a dict keyed by architecture gives each its own ({\"efficientnet_b0\": {...}, ...})."
+        },
     )
     projection_dim: int | None = field(
         default=None, metadata={"help": "Head output width (default: the teacher's)."}
@@ -99,6 +103,31 @@ class ModelArguments:
         },
     )
     small_crop_size: int = field(default=96, metadata={"help": "Resolution of the small crops."})
+    small_queue_keys: str = field(
+        default="first_crop",
+        metadata={
+            "help": "Small-crop keys enqueued per image: first_crop (official: one, in lockstep with the "
+            "main queue) or all_crops."
+        },
+    )
+
+
+def student_model_args_for(architecture: str, architectures: list[str], value: str | None) -> dict | None:
+    """``--student_model_args`` for one student: the JSON dict itself, or its entry for
+    ``architecture`` when its keys are exactly the student architectures (per-student args)."""
+    if not value:
+        return None
+    parsed = json.loads(value)
+    if not isinstance(parsed, dict):
+        raise ValueError(f"--student_model_args must be a JSON dict, got {value!r}.")
+    if set(parsed) == set(architectures):
+        return parsed[architecture]
+    if set(parsed) & set(architectures):
+        raise ValueError(
+            f"--student_model_args keyed by architecture must name every student {architectures}, "
+            f"got {sorted(parsed)}."
+        )
+    return parsed
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -123,9 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
     configs = [
         SeedConfig(
             student_architecture=architecture,
-            student_model_args=json.loads(model_args.student_model_args)
-            if model_args.student_model_args
-            else None,
+            student_model_args=student_model_args_for(
+                architecture, architectures, model_args.student_model_args
+            ),
             in_chans=in_chans,
             image_size=image_size,
             projection_dim=model_args.projection_dim or teacher.embed_dim,
@@ -136,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
             loss_variant=model_args.loss_variant,
             num_small_crops=model_args.num_small_crops,
             small_crop_size=model_args.small_crop_size,
+            small_queue_keys=model_args.small_queue_keys,
             image_mean=mean,
             image_std=std,
             teacher_name_or_path=teacher.description,

@@ -8,10 +8,13 @@ from transformers import PretrainedConfig
 
 from .losses import LOSS_VARIANTS, check_temperature
 
-__all__ = ["SeedConfig", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["SeedConfig", "IMAGENET_MEAN", "IMAGENET_STD", "SMALL_QUEUE_KEYS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# which small-crop teacher keys enter the small queue: the official code's first crop of each
+# image, or every crop
+SMALL_QUEUE_KEYS = ("first_crop", "all_crops")
 
 
 class SeedConfig(PretrainedConfig):
@@ -51,7 +54,13 @@ class SeedConfig(PretrainedConfig):
         small_crop_scale (`list[float]`, *optional*, defaults to `None`):
             RandomResizedCrop area range of the small crops (`None`: the official [0.05, 0.14]).
         small_queue_size (`int`, *optional*, defaults to `None`):
-            Size of the small-crop queue (`None`: `queue_size`); must hold one global batch of small crops.
+            Size of the small-crop queue (`None`: `queue_size`, as in the official code); must hold
+            the small-crop keys of one global batch.
+        small_queue_keys (`str`, *optional*, defaults to `"first_crop"`):
+            Small-crop teacher keys enqueued after each step: `"first_crop"` (official: the first
+            small crop of each image, one key per image, so with `small_queue_size=None` the small
+            queue fills in lockstep with the main queue, same size and pointer) or `"all_crops"`
+            (all `num_small_crops` keys of each image).
         queue_seed (`int`, *optional*, defaults to 0):
             Seed of the queue's random initial content.
         image_mean (`list[float]`, *optional*, defaults to `None`):
@@ -93,6 +102,7 @@ class SeedConfig(PretrainedConfig):
         small_crop_size: int = 96,
         small_crop_scale: list[float] | None = None,
         small_queue_size: int | None = None,
+        small_queue_keys: str = "first_crop",
         queue_seed: int = 0,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
@@ -134,7 +144,10 @@ class SeedConfig(PretrainedConfig):
         self.num_small_crops = num_small_crops
         self.small_crop_size = small_crop_size
         self.small_crop_scale = small_crop_scale
+        if small_queue_keys not in SMALL_QUEUE_KEYS:
+            raise ValueError(f"small_queue_keys must be one of {SMALL_QUEUE_KEYS}, got {small_queue_keys!r}.")
         self.small_queue_size = small_queue_size
+        self.small_queue_keys = small_queue_keys
         self.queue_seed = queue_seed
         self.image_mean, self.image_std = default_normalization(in_chans, image_mean, image_std)
         self.teacher_name_or_path = teacher_name_or_path

@@ -4,8 +4,10 @@
   embedded default for the demo and the small-scale study.
 * Any ``datasets`` source: hub id, local ``imagefolder``, parquet / webdataset files,
   map-style or streaming; augmentations run lazily in the dataloader workers.
-* Presets of the official code (``moco_v2`` default, ``moco_v1``, ``simclr``, ``swav``) plus
-  ``grayscale_small`` for 28-px grayscale data. Teacher and student see the same view.
+* Presets of the official code (``moco_v2`` default, ``moco_v1``, ``simclr``, ``swav``), the
+  official SEED code's own ``seed_simclr`` / ``seed_swav`` (weaker than SimCLR's / SwAV's, see
+  :func:`build_ssl_transform`) plus ``grayscale_small`` for 28-px grayscale data. Teacher and
+  student see the same view.
   Two pixel backends with the same random parameters: ``opencv`` (default, ndarrays, fastest
   per core; ``seed_hf.augment``) and ``torchvision`` (PIL / tensor kernels).
 """
@@ -53,7 +55,9 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = [0.286], [0.353]
-AUGMENTATION_PRESETS = ("moco_v2", "moco_v1", "simclr", "swav", "grayscale_small", "none")
+AUGMENTATION_PRESETS = (
+    "moco_v2", "moco_v1", "simclr", "swav", "seed_simclr", "seed_swav", "grayscale_small", "none"
+)
 AUGMENTATION_BACKENDS = augment.AUGMENTATION_BACKENDS
 
 
@@ -245,6 +249,19 @@ def build_ssl_transform(
     ``backend="opencv"`` turns every input into an ndarray and runs OpenCV kernels
     (``seed_hf.augment``); ``"torchvision"`` runs torchvision's PIL kernels on PIL images and
     its tensor kernels otherwise. Both draw the same random parameters from torch's RNG.
+
+    Presets (crop scale, then ops in order; jitter = brightness/contrast/saturation/hue, its
+    four ops in random order as torchvision's ``ColorJitter`` does):
+
+    * ``moco_v2``: scale (0.2, 1); jitter 0.4/0.4/0.4/0.1 p=0.8; grayscale p=0.2; blur p=0.5; flip.
+    * ``moco_v1``: scale (0.2, 1); grayscale p=0.2; jitter 0.4/0.4/0.4/0.4 always; flip.
+    * ``simclr`` / ``swav``: scale (0.08, 1) / (0.14, 1); flip; jitter 0.8/0.8/0.8/0.2 p=0.8;
+      grayscale p=0.2; blur p=0.5 (SimCLR's strength).
+    * ``seed_simclr``: what the official SEED code (jacobswan1/SEED ``tools/utils.py``
+      ``simclr_aug``, used by ``main.py`` for SimCLR teachers) actually runs: ``moco_v1``.
+    * ``seed_swav``: the official SEED ``swav_aug`` (SwAV teachers, ``main.py`` and
+      ``main_small-patch.py``; ``swav_small_aug`` with the small-crop scale): ``moco_v2`` with
+      scale (0.14, 1), in MoCo-v2's op order.
     """
     if preset not in AUGMENTATION_PRESETS:
         raise ValueError(f"augmentation preset must be one of {AUGMENTATION_PRESETS}, got {preset!r}.")
@@ -255,7 +272,14 @@ def build_ssl_transform(
     if backend == "opencv":
         augment.require_opencv()
     random_resized_crop, color_jitter, random_grayscale, random_flip = _BACKEND_OPS[backend]
-    default_scale = {"moco_v2": (0.2, 1.0), "moco_v1": (0.2, 1.0), "simclr": (0.08, 1.0), "swav": (0.14, 1.0)}
+    default_scale = {
+        "moco_v2": (0.2, 1.0),
+        "moco_v1": (0.2, 1.0),
+        "simclr": (0.08, 1.0),
+        "swav": (0.14, 1.0),
+        "seed_simclr": (0.2, 1.0),
+        "seed_swav": (0.14, 1.0),
+    }
     crop = random_resized_crop(
         image_size, scale=scale or default_scale.get(preset, (0.3, 1.0)), antialias=True
     )
@@ -263,7 +287,7 @@ def build_ssl_transform(
     ops: list[Callable] = []
     if preset == "none":
         ops += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-    elif preset == "moco_v2":
+    elif preset in ("moco_v2", "seed_swav"):
         ops += [
             crop,
             v2.RandomApply([color_jitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
@@ -271,7 +295,7 @@ def build_ssl_transform(
             blur,
         ]
         ops += [random_flip()]
-    elif preset == "moco_v1":
+    elif preset in ("moco_v1", "seed_simclr"):
         ops += [crop, random_grayscale(0.2), color_jitter(0.4, 0.4, 0.4, 0.4), random_flip()]
     elif preset in ("simclr", "swav"):
         ops += [crop, random_flip(), v2.RandomApply([color_jitter(0.8, 0.8, 0.8, 0.2)], p=0.8)]

@@ -128,10 +128,28 @@ class SeedForDistillation(SeedPreTrainedModel):
 
     @torch.no_grad()
     def enqueue(self, teacher_embeds: torch.Tensor, small_teacher_embeds: torch.Tensor | None = None) -> None:
-        """Pushes the teacher keys of the *global* batch ``(global_batch, projection_dim)`` (and of
-        its small crops, ``(global_batch × num_small_crops, projection_dim)``, to the second queue)."""
+        """Pushes the teacher keys of the *global* batch ``(global_batch, projection_dim)`` to the
+        queue, and those of its small crops to the second queue.
+
+        ``small_teacher_embeds`` is ``(global_batch × num_small_crops, projection_dim)``: each
+        process's flattened ``(n, m)`` crops, gathered in process order, so rows ``i·m … i·m+m−1``
+        belong to image ``i``. With ``config.small_queue_keys="first_crop"`` (default) only row
+        ``i·m`` of each image is enqueued, as the official code does: jacobswan1/SEED
+        ``seed/small_patch_builder.py``, ``SEED.forward`` passes ``t_small_emb.view(B, N, dim)[:, 0]``
+        ("use just one of the small patches as enqueue samples") to ``_dequeue_and_enqueue``, which
+        gathers it and writes it at the main queue's pointer into a ``small_queue`` of the same
+        size K. ``"all_crops"`` enqueues every row.
+        """
         self.queue.enqueue(F.normalize(teacher_embeds.float(), dim=1))
         if small_teacher_embeds is not None and hasattr(self, "small_queue"):
+            crops = self.config.num_small_crops
+            if small_teacher_embeds.ndim != 2 or small_teacher_embeds.shape[0] % crops:
+                raise ValueError(
+                    f"small_teacher_embeds must be (images × num_small_crops={crops}, dim), "
+                    f"got {tuple(small_teacher_embeds.shape)}."
+                )
+            if self.config.small_queue_keys == "first_crop":
+                small_teacher_embeds = small_teacher_embeds.view(-1, crops, small_teacher_embeds.shape[1])[:, 0]
             self.small_queue.enqueue(F.normalize(small_teacher_embeds.float(), dim=1))
 
     def _distill(self, student_embeds, teacher_embeds, queue, batch_teacher_embeds):

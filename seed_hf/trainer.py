@@ -54,7 +54,8 @@ def scaled_learning_rate(base_learning_rate: float, total_batch_size: int) -> fl
     return base_learning_rate * total_batch_size / 256
 
 
-TEACHER_DTYPES = ("auto", "bfloat16", "float32")
+TEACHER_DTYPES = ("auto", "bfloat16", "float16", "float32")
+_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -90,7 +91,16 @@ class SeedTrainingArguments(TrainingArguments):
         metadata={
             "help": "Precision of the frozen teacher's forward: auto (the run's mixed precision), bfloat16 "
             "(bf16 autocast even when the student trains in fp32: ~2x faster teacher on CPUs with AVX512-BF16/AMX "
-            "and on GPUs), or float32 (fp32 teacher even under --bf16)."
+            "and on GPUs), float16 (fp16 autocast, the official SEED code's teacher precision) or float32 "
+            "(fp32 teacher even under --bf16)."
+        },
+    )
+    decay_all_parameters: bool = field(
+        default=False,
+        metadata={
+            "help": "Apply weight_decay to every parameter, biases and norm layers included, as the official "
+            "SEED / MoCo code does (torch.optim.SGD(model.parameters(), weight_decay=...)); default: the "
+            "Trainer's grouping, which exempts biases and norm weights."
         },
     )
     compile_teacher: bool = field(
@@ -339,6 +349,12 @@ class QueueTrainer(Trainer):
             )
         self.accelerator.wait_for_everyone()
 
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Every parameter with ``decay_all_parameters`` (official SEED), else the Trainer's choice."""
+        if getattr(self.args, "decay_all_parameters", False):
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
+
     def _to_memory_format(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if getattr(self.args, "channels_last", False) and pixel_values.ndim == 4:
             return pixel_values.contiguous(memory_format=torch.channels_last)
@@ -420,7 +436,9 @@ class SeedTrainer(QueueTrainer):
         dtype = getattr(self.args, "teacher_dtype", "auto")
         if dtype == "auto":
             return self.accelerator.autocast()
-        return torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+        return torch.autocast(
+            self.args.device.type, dtype=_AUTOCAST_DTYPES.get(dtype, torch.bfloat16), enabled=dtype != "float32"
+        )
 
     def teacher_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Teacher embeddings ``(batch, dim)`` in fp32, computed under ``teacher_dtype``'s autocast

@@ -152,3 +152,52 @@ def test_data_arguments_check_the_backend():
     assert DataTrainingArguments().augmentation_backend == "opencv"
     with pytest.raises(ValueError, match="augmentation_backend"):
         DataTrainingArguments(augmentation_backend="pil")
+
+
+class TorchSigmaBlur:
+    """The official ``GaussianBlur`` (PIL ``ImageFilter.GaussianBlur(radius=sigma)``, sigma in
+    [0.1, 2]) drawing sigma from torch's RNG, as ours does, instead of Python's ``random``."""
+
+    def __call__(self, image):
+        from PIL import ImageFilter
+
+        return image.filter(ImageFilter.GaussianBlur(radius=float(torch.empty(()).uniform_(0.1, 2.0))))
+
+
+def official_seed_augmentation(name: str, size: int = 224, scale=(0.14, 1.0)):
+    """Reference of jacobswan1/SEED ``tools/utils.py`` ``simclr_aug`` (= MoCo-v1's) and
+    ``swav_aug`` / ``swav_small_aug`` (MoCo-v2's with another crop scale), torchvision v1 API."""
+    from torchvision import transforms as T
+
+    normalize = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    if name == "seed_simclr":
+        ops = [T.RandomResizedCrop(size, scale=(0.2, 1.0)), T.RandomGrayscale(p=0.2)]
+        ops += [T.ColorJitter(0.4, 0.4, 0.4, 0.4), T.RandomHorizontalFlip()]
+    else:
+        ops = [T.RandomResizedCrop(size, scale=scale), T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8)]
+        ops += [T.RandomGrayscale(p=0.2), T.RandomApply([TorchSigmaBlur()], p=0.5), T.RandomHorizontalFlip()]
+    return T.Compose(ops + [T.ToTensor(), normalize])
+
+
+@pytest.mark.parametrize(
+    "preset, size, scale",
+    [("seed_simclr", 64, None), ("seed_swav", 64, None), ("seed_swav", 32, (0.05, 0.14))],
+    ids=["seed_simclr", "seed_swav", "seed_swav-small-crop"],
+)
+def test_seed_presets_are_the_official_seed_augmentations(preset, size, scale):
+    """Same seed → the official pipeline's view, to float rounding (torchvision backend, PIL
+    kernels as in the official code); the opencv backend draws the same parameters (above)."""
+    ours = build_ssl_transform(preset, size, scale=scale, backend="torchvision")
+    reference = official_seed_augmentation(preset, size, scale or (0.14, 1.0))
+    for seed in range(12):
+        image = Image.fromarray(photo(seed))
+        torch.manual_seed(seed)
+        a = ours(image)
+        torch.manual_seed(seed)
+        b = reference(image)
+        assert torch.allclose(a, b, atol=1e-5), (preset, seed, (a - b).abs().max())
+    # and they are not the stronger SimCLR/SwAV presets of the same crop
+    torch.manual_seed(0)
+    strong = build_ssl_transform(preset.removeprefix("seed_"), size, scale=scale, backend="torchvision")(image)
+    torch.manual_seed(0)
+    assert not torch.allclose(strong, ours(image), atol=1e-3)

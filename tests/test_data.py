@@ -5,6 +5,7 @@ from conftest import requires_fashion_mnist
 from PIL import Image
 
 from seed_hf.data import (
+    AUGMENTATION_PRESETS,
     ArrayImageDataset,
     MultiViewTransform,
     build_eval_transform,
@@ -16,7 +17,7 @@ from seed_hf.data import (
 )
 
 
-@pytest.mark.parametrize("preset", ["moco_v2", "moco_v1", "simclr", "swav", "grayscale_small", "none"])
+@pytest.mark.parametrize("preset", AUGMENTATION_PRESETS)
 def test_presets_give_normalised_views(preset):
     transform = build_ssl_transform(preset, 32, [0.5] * 3, [0.25] * 3)
     out = transform(Image.new("RGB", (50, 40), (200, 10, 30)))

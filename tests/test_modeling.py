@@ -148,3 +148,55 @@ def test_query_encoder_folder_roundtrip(tmp_path):
     assert (expected - got).abs().max() < 1e-2  # fp16 storage
     teacher = load_teacher(str(tmp_path))
     assert torch.allclose(teacher(x), got, atol=1e-5)
+
+
+class OfficialSmallPatchQueues:
+    """Hand-written reference of the official small-patch enqueue (jacobswan1/SEED
+    ``seed/small_patch_builder.py``, ``SEED.forward`` + ``SEED._dequeue_and_enqueue``): queues
+    are ``(dim, K)``, one shared pointer, ``assert K % batch == 0``; each rank passes its
+    teacher keys and the first of its ``N`` small-crop keys per image, gathered across ranks."""
+
+    def __init__(self, queue: torch.Tensor, small_queue: torch.Tensor):
+        self.K = queue.shape[0]
+        self.queue = queue.t().clone()
+        self.small_queue = small_queue.t().clone()
+        self.queue_ptr = 0
+
+    def step(self, t_emb_per_rank: list[torch.Tensor], t_small_emb_per_rank: list[torch.Tensor], n_crops: int):
+        dim = self.queue.shape[0]
+        firsts = [t.view(-1, n_crops, dim)[:, 0].contiguous() for t in t_small_emb_per_rank]
+        keys, small_keys = torch.cat(t_emb_per_rank), torch.cat(firsts)  # concat_all_gather
+        batch_size = keys.shape[0]
+        ptr = self.queue_ptr
+        assert self.K % batch_size == 0
+        self.queue[:, ptr : ptr + batch_size] = keys.t()
+        self.small_queue[:, ptr : ptr + batch_size] = small_keys.t()
+        self.queue_ptr = (ptr + batch_size) % self.K
+
+
+@pytest.mark.parametrize("keys", ["first_crop", "all_crops"])
+def test_small_queue_follows_the_official_enqueue(keys):
+    """Two ranks x 2 images x 3 small crops, K = 8: 3 steps wrap the queues around once. The
+    default (first_crop) matches the official reference exactly, all_crops does not."""
+    small_queue_size = None if keys == "first_crop" else 36
+    model = tiny_student(queue_size=8, num_small_crops=3, small_queue_keys=keys, small_queue_size=small_queue_size)
+    if keys == "first_crop":
+        reference = OfficialSmallPatchQueues(model.queue.embeddings, model.small_queue.embeddings)
+    g = torch.Generator().manual_seed(0)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1)  # noqa: E731
+    for _ in range(3):
+        t = [unit(2, 16), unit(2, 16)]  # per rank: (B, dim)
+        t_small = [unit(2 * 3, 16), unit(2 * 3, 16)]  # per rank: (B * N, dim), image-major
+        model.enqueue(torch.cat(t), torch.cat(t_small))  # what SeedTrainer passes (gathered keys)
+        if keys == "first_crop":
+            reference.step(t, t_small, 3)
+            assert torch.allclose(model.queue.embeddings, reference.queue.t(), atol=1e-6)
+            assert torch.allclose(model.small_queue.embeddings, reference.small_queue.t(), atol=1e-6)
+            assert int(model.queue.ptr) == int(model.small_queue.ptr) == reference.queue_ptr
+    if keys == "all_crops":
+        assert int(model.small_queue.num_filled) == 36 and int(model.queue.num_filled) == 8
+        assert torch.allclose(model.small_queue.embeddings[-6:], t_small[1], atol=1e-6)
+    with pytest.raises(ValueError, match="num_small_crops"):
+        model.enqueue(unit(4, 16), unit(5, 16))
+    with pytest.raises(ValueError, match="small_queue_keys"):
+        tiny_seed_config(num_small_crops=3, small_queue_keys="random_crop")

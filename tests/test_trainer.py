@@ -220,18 +220,21 @@ def test_small_patch_variant_uses_a_second_queue(tmp_path):
     )
     dataset = ArrayImageDataset(images, None, transform)
     assert dataset[0]["pixel_values_small"].shape == (3, 3, 16, 16)
-    model = tiny_student(num_small_crops=3, small_queue_size=48)
-    trainer = SeedTrainer(
-        model=model,
-        teacher=tiny_teacher(),
-        args=_args(tmp_path, max_steps=2),
-        train_dataset=dataset,
-        data_collator=collate_batch,
-    )
-    trainer.train()
-    assert (
-        int(model.queue.num_filled) == 16 and int(model.small_queue.num_filled) == 48
-    )  # 2 steps x 8 x 3 crops
+    for keys, filled in (("first_crop", 16), ("all_crops", 48)):  # 2 steps x 8 images (x 3 crops)
+        model = tiny_student(
+            num_small_crops=3, small_queue_keys=keys, small_queue_size=48 if keys == "all_crops" else None
+        )
+        trainer = SeedTrainer(
+            model=model,
+            teacher=tiny_teacher(),
+            args=_args(tmp_path, max_steps=2),
+            train_dataset=dataset,
+            data_collator=collate_batch,
+        )
+        trainer.train()
+        assert int(model.queue.num_filled) == 16 and int(model.small_queue.num_filled) == filled
+        if keys == "first_crop":  # official: the small queue advances with the main one
+            assert int(model.small_queue.ptr) == int(model.queue.ptr)
     x = torch.randn(2, 3, 32, 32)
     small = torch.randn(2, 3, 3, 16, 16)
     t, ts = torch.randn(2, 16), torch.randn(6, 16)
@@ -255,3 +258,35 @@ def test_teacher_precision_and_compiled_teacher(tmp_path):
     assert torch.allclose(compiled, eager, atol=1e-4)
     with pytest.raises(ValueError, match="teacher_dtype"):
         _args(tmp_path, teacher_dtype="fp8")
+
+
+def test_fp16_teacher_runs_under_fp16_autocast(tmp_path):
+    """teacher_dtype=float16 (the official code's teacher precision): the teacher's layers run
+    in fp16 under an fp32 student; the embeddings come back in fp32, close to fp32's."""
+    x = TensorImages(8).images
+    trainer = _seed_trainer(tmp_path, teacher_dtype="float16")
+    head = [m for m in trainer.teacher.modules() if isinstance(m, torch.nn.Linear)][-1]  # always run
+    dtypes = []
+    head.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    fp16 = trainer.teacher_embeddings(x)
+    assert dtypes == [torch.float16] and fp16.dtype == torch.float32
+    fp32 = _seed_trainer(tmp_path, teacher_dtype="float32").teacher_embeddings(x)
+    assert not torch.equal(fp16, fp32)
+    assert torch.nn.functional.cosine_similarity(fp16, fp32).min() > 0.99
+
+
+def test_weight_decay_on_every_parameter(tmp_path):
+    """decay_all_parameters: one decayed group holding every trainable parameter (official
+    torch.optim.SGD(model.parameters(), weight_decay=...)); by default biases are exempt."""
+    names = {id(p): n for n, p in tiny_student().named_parameters()}
+
+    def groups(**kwargs):
+        trainer = _seed_trainer(tmp_path, weight_decay=1e-4, **kwargs)
+        optimizer = trainer.create_optimizer()
+        lookup = {id(p): n for n, p in trainer.model.named_parameters()}
+        return {g["weight_decay"]: {lookup[id(p)] for p in g["params"]} for g in optimizer.param_groups}
+
+    official = groups(decay_all_parameters=True)
+    assert official[1e-4] == set(names.values()) and not official.get(0.0)
+    default = groups()
+    assert any(n.endswith("bias") for n in default[0.0]) and not any(n.endswith("bias") for n in default[1e-4])
