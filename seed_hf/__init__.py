@@ -6,7 +6,6 @@ from .configuration_seed import SeedConfig
 from .data import (
     ArrayImageDataset,
     MultiViewTransform,
-    build_eval_transform,
     build_ssl_transform,
     collate_batch,
     load_fashion_mnist,
@@ -51,7 +50,6 @@ __all__ = [
     "ArrayImageDataset",
     "MultiViewTransform",
     "build_ssl_transform",
-    "build_eval_transform",
     "collate_batch",
     "load_fashion_mnist",
     "load_image_dataset",

@@ -23,13 +23,13 @@ from .data import (
     DecodeStats,
     ImageColumnTransform,
     MultiViewTransform,
-    build_eval_transform,
     build_ssl_transform,
     decode_image,
     detect_image_column,
     load_fashion_mnist,
     load_image_dataset,
 )
+from .evaluation import LabelledImages, eval_data_config, eval_transform, load_labelled_splits
 from .trainer import STAGING_DIR, KnnMonitor, remove_staging_leftovers
 
 __all__ = [
@@ -96,9 +96,21 @@ class DataTrainingArguments:
     knn_monitor_samples: int = field(
         default=0,
         metadata={
-            "help": "Online kNN monitor on N Fashion-MNIST train / N//5 test images at each evaluation "
-            "(use with --eval_strategy steps --eval_steps M); 0 disables it."
+            "help": "Online kNN monitor on N labelled train / N//5 evaluation images at each evaluation (use with "
+            "--eval_strategy steps --eval_steps M); 0 disables it. Labelled data: --knn_dataset_name or "
+            "--knn_train_dir/--knn_validation_dir (default: Fashion-MNIST)."
         },
+    )
+    knn_dataset_name: str | None = field(
+        default=None, metadata={"help": "Labelled datasets id of the kNN monitor (with --knn_label_column)."}
+    )
+    knn_train_dir: str | None = field(default=None, metadata={"help": "Labelled imagefolder: kNN monitor's train side."})
+    knn_validation_dir: str | None = field(default=None, metadata={"help": "Labelled imagefolder evaluated by the kNN monitor."})
+    knn_image_column: str = field(default="image", metadata={"help": "Image column of --knn_dataset_name."})
+    knn_label_column: str = field(default="label", metadata={"help": "Label column of --knn_dataset_name."})
+    knn_train_split: str = field(default="train", metadata={"help": "Split of --knn_dataset_name to fit on."})
+    knn_validation_split: str | None = field(
+        default=None, metadata={"help": "Split of --knn_dataset_name to evaluate (default validation, else test)."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
 
@@ -399,20 +411,33 @@ def resolve_checkpoint(training_args) -> str | None:
 
 
 def build_knn_monitor(data_args: DataTrainingArguments, mean, std, image_size: int):
-    """The online kNN monitor datasets (Fashion-MNIST), or None when disabled."""
+    """The online kNN monitor datasets (labelled train / evaluation images with the evaluation
+    preprocessing of ``seed_hf.evaluation``), or None when disabled."""
     if not data_args.knn_monitor_samples:
         return None
-    if not data_args.uses_fashion_mnist:
+    has_source = data_args.knn_dataset_name or data_args.knn_train_dir
+    if not has_source and not data_args.uses_fashion_mnist:
         raise ValueError(
-            "--knn_monitor_samples currently monitors on Fashion-MNIST; omit it for other datasets."
+            "--knn_monitor_samples needs labelled images for this dataset: pass --knn_dataset_name (with "
+            "--knn_label_column) or --knn_train_dir and --knn_validation_dir."
         )
-    transform = build_eval_transform(image_size, mean, std, crop_pct=1.0)
     n = data_args.knn_monitor_samples
-    splits = {}
-    for split, count in (("train", n), ("test", max(1, n // 5))):
-        images, labels = load_fashion_mnist(split, data_args.fashion_mnist_dir)
-        splits[split] = ArrayImageDataset(images[:count], labels[:count], transform, seed=None)
-    return KnnMonitor(splits["train"], splits["test"])
+    data = load_labelled_splits(
+        data_args.knn_dataset_name,
+        None,
+        data_args.knn_train_dir,
+        data_args.knn_validation_dir,
+        data_args.knn_train_split,
+        data_args.knn_validation_split,
+        data_args.knn_image_column,
+        data_args.knn_label_column,
+        data_args.fashion_mnist_dir,
+    ).subsample(n, max(1, n // 5))
+    transform = eval_transform(eval_data_config(len(mean), image_size, mean, std))
+    return KnnMonitor(
+        LabelledImages(data.train_images, data.train_labels, transform),
+        LabelledImages(data.eval_images, data.eval_labels, transform),
+    )
 
 
 def build_script_dataset(data_args: DataTrainingArguments, training_args, config, num_views: int):

@@ -37,7 +37,6 @@ __all__ = [
     "AUGMENTATION_BACKENDS",
     "load_fashion_mnist",
     "build_ssl_transform",
-    "build_eval_transform",
     "ArrayImageDataset",
     "MultiViewTransform",
     "ImageColumnTransform",
@@ -306,25 +305,6 @@ def build_ssl_transform(
     ops.insert(0, augment.to_hwc_array if backend == "opencv" else _ndarray_to_image)
     ops.append(ToNormalizedTensor(mean, std))
     return v2.Compose(ops)
-
-
-def build_eval_transform(
-    image_size: int = 224,
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
-    crop_pct: float = 0.875,
-) -> v2.Compose:
-    """Resize to ``image_size / crop_pct``, center-crop ``image_size``, normalise."""
-    resize = image_size if crop_pct >= 1.0 else int(round(image_size / crop_pct))
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(resize, antialias=True),
-            v2.CenterCrop(image_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
 
 
 class MultiViewTransform:

@@ -8,7 +8,6 @@ from seed_hf.data import (
     AUGMENTATION_PRESETS,
     ArrayImageDataset,
     MultiViewTransform,
-    build_eval_transform,
     build_ssl_transform,
     collate_batch,
     convert_image,
@@ -66,8 +65,12 @@ def test_fashion_mnist_reader():
     images, labels = load_fashion_mnist("test")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert sorted(np.unique(labels).tolist()) == list(range(10))
-    out = build_eval_transform(32, [0.286], [0.353], crop_pct=1.0)(torch.from_numpy(images[:8]).unsqueeze(1))
-    assert out.shape == (8, 1, 32, 32)
+    from PIL import Image as PILImage
+
+    from seed_hf.evaluation import eval_data_config, eval_transform
+
+    out = eval_transform(eval_data_config(1, 32, [0.286], [0.353]))(PILImage.fromarray(images[0]))
+    assert out.shape == (1, 32, 32)
 
 
 def test_image_column_transform_is_picklable_for_spawned_workers():

@@ -80,13 +80,15 @@ def test_moco_then_seed_then_eval(tmp_path):
             "--max_eval_samples",
             "500",
             "--linear_probe",
-            "--probe_epochs",
-            "2",
+            "--label_fractions",
+            "0.1",
+            "1.0",
         ]
     )
-    assert [r["model"] for r in results] == [str(teacher_dir), str(student_dir)]
+    assert [r["model"] for r in results] == [str(teacher_dir)] * 2 + [str(student_dir)] * 2
+    assert [r["num_train"] for r in results] == [200, 2000] * 2 and results[0]["num_eval"] == 500
     assert all(0 <= r["knn_top1"] <= 100 for r in results)
-    assert json.loads(out.read_text())[1]["knn_k"] == 20
+    assert json.loads(out.read_text())[1]["knn_k"] == 20 and results[0]["dataset"] == "fashion_mnist"
     assert all(0 <= r["linear_top1"] <= 100 for r in results)
 
     # a finished run in the same output_dir resumes from its last checkpoint (no error)
