@@ -22,6 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from .data import collate_batch
 from .distributed import all_gather_no_grad
 from .evaluation import knn_accuracy
+from .precision import resolve_teacher_dtype
 from .teachers import FrozenTeacher
 
 __all__ = [
@@ -63,9 +64,10 @@ class SeedTrainingArguments(TrainingArguments):
     teacher_dtype: str = field(
         default="auto",
         metadata={
-            "help": "Precision of the frozen teacher's forward: auto (the run's mixed precision), bfloat16 "
-            "(bf16 autocast even when the student trains in fp32: ~2x faster teacher on CPUs with AVX512-BF16/AMX "
-            "and on GPUs), or float32 (fp32 teacher even under --bf16)."
+            "help": "Precision of the frozen teacher's forward: auto (bf16 on CPUs with native bf16, "
+            "AVX512-BF16 or AMX; otherwise the run's mixed precision: fp32 on other CPUs, --bf16/--fp16 on GPUs), "
+            "bfloat16 (bf16 autocast even when the student trains in fp32: ~2x faster teacher on CPUs with "
+            "AVX512-BF16/AMX and on GPUs), or float32 (fp32 teacher even under --bf16)."
         },
     )
     compile_teacher: bool = field(
@@ -371,10 +373,10 @@ class SeedTrainer(QueueTrainer):
             raise ValueError("The teacher must be frozen (requires_grad=False).")
 
     def _teacher_autocast(self):
-        dtype = getattr(self.args, "teacher_dtype", "auto")
-        if dtype == "auto":
+        dtype = resolve_teacher_dtype(getattr(self.args, "teacher_dtype", "auto"), self.args.device.type)
+        if dtype is None:  # the run's mixed precision
             return self.accelerator.autocast()
-        return torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+        return torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
 
     def teacher_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Teacher embeddings ``(batch, dim)`` in fp32, computed under ``teacher_dtype``'s autocast
