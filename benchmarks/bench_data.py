@@ -1,18 +1,25 @@
 #!/usr/bin/env python
-"""Input-pipeline throughput: decode + ``moco_v2`` augmentation, images/s per core.
+"""Input-pipeline throughput on real photographs: decode + SSL augmentation, images/s per core.
 
-seed_hf's path (parquet of JPEG bytes → ``datasets`` → ``seed_hf.data.decode_image`` to an
-ndarray + ``build_ssl_transform`` with the default ``opencv`` backend: torchvision-v2
-parameters, OpenCV kernels) against the official-style baseline (JPEG files →
-``torchvision.datasets.ImageFolder`` with the PIL loader → torchvision v1 transforms as in
-MoCo-v2's ``main_moco.py``) over the same images, alternated, median of --repeats, one
-process and one thread (so the rate is per core). seed_hf's ``torchvision`` backend (PIL
-kernels) runs too, for reference. Also times each stage alone (decode; augment from decoded
-images) so the dominant stage is visible.
+The images are the real-photo set of ``make_photo_set.py`` (natural photographs with
+ImageNet-1k's sizes and JPEG statistics), built into a cache folder on first use. For each
+preset (``moco_v2``, ``moco_v1``, ``simclr``, ``swav``) three pipelines run over the same JPEG
+bytes, alternated, median of --repeats, one process and one thread (so rates are per core):
 
-The images are real: Fashion-MNIST, colourised and upscaled to 256–500 px JPEGs.
+* ``official_pil``: PIL decode + the torchvision-v1 transforms of the official code (MoCo's
+  ``main_moco.py``, the SimCLR/SwAV recipes, PIL Gaussian blur);
+* ``opencv_full_decode``: seed_hf without crop-aware decoding: libjpeg-turbo full decode to an
+  ndarray (``decode_image(..., to_array=True)``) + ``build_ssl_transform`` (opencv backend);
+* ``opencv_crop_aware``: seed_hf's default for JPEG bytes: the random crop drawn from the
+  header, DCT-scaled decode of what the crop needs (``seed_hf.crop_decode``), same transform.
 
-    python benchmarks/bench_data.py --num_images 512
+For ``moco_v2`` it also times the stages alone (decode; augmentation of decoded images; full
+decode + crop against crop-aware decode + crop), the end-to-end loaders (parquet →
+``datasets`` → DataLoader for seed_hf, ``torchvision.datasets.ImageFolder`` for the official
+pipeline) and ms per op.
+
+    python benchmarks/bench_data.py                   # 1000 photos, 224 px, ~2 min
+    python benchmarks/bench_data.py --num_images 200 --repeats 2 --presets moco_v2
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import argparse
 import io
 import json
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -32,14 +39,20 @@ from torch.utils.data import DataLoader
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
-from seed_hf.data import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_photo_set import ensure_photo_set  # noqa: E402
+
+from seed_hf import augment, crop_decode  # noqa: E402
+from seed_hf.data import (  # noqa: E402
     ImageColumnTransform,
+    RandomGaussianBlur,
+    ToNormalizedTensor,
     build_ssl_transform,
     collate_batch,
     decode_image,
-    load_fashion_mnist,
 )
 
+PRESETS = ("moco_v2", "moco_v1", "simclr", "swav")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -50,58 +63,57 @@ class PilGaussianBlur:
         return image.filter(ImageFilter.GaussianBlur(radius=float(np.random.uniform(0.1, 2.0))))
 
 
-def official_transform(size: int) -> T.Compose:
-    return T.Compose(
-        [
+def official_transform(preset: str, size: int) -> T.Compose:
+    """The official torchvision-v1 training transform (PIL kernels) of ``preset``."""
+    blur = T.RandomApply([PilGaussianBlur()], p=0.5)
+    if preset == "moco_v2":
+        ops = [
             T.RandomResizedCrop(size, scale=(0.2, 1.0)),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2),
-            T.RandomApply([PilGaussianBlur()], p=0.5),
+            blur,
             T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(MEAN, STD),
         ]
-    )
+    elif preset == "moco_v1":
+        ops = [
+            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            T.RandomGrayscale(p=0.2),
+            T.ColorJitter(0.4, 0.4, 0.4, 0.4),
+            T.RandomHorizontalFlip(),
+        ]
+    elif preset in ("simclr", "swav"):
+        ops = [
+            T.RandomResizedCrop(size, scale=(0.08, 1.0) if preset == "simclr" else (0.14, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            blur,
+        ]
+    else:
+        raise ValueError(f"no official transform for {preset!r}; choose from {PRESETS}")
+    return T.Compose([*ops, T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
-def make_images(folder: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
-    """Writes n JPEGs into an ImageFolder tree and the same bytes into one parquet file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rng = np.random.default_rng(seed)
-    images, labels = load_fashion_mnist("train")
-    root = folder / "imagefolder"
-    rows = {"image": [], "label": []}
-    for i in range(n):
-        gray = Image.fromarray(images[i])
-        side = int(rng.integers(256, 501))
-        tint = rng.uniform(0.5, 1.0, size=3)
-        rgb = Image.merge("RGB", [gray.point(lambda v, t=t: int(v * t)) for t in tint])
-        rgb = rgb.resize((side, int(side * rng.uniform(0.75, 1.33))), Image.BICUBIC)
-        buffer = io.BytesIO()
-        rgb.save(buffer, format="JPEG", quality=90)
-        label = int(labels[i])
-        (root / str(label)).mkdir(parents=True, exist_ok=True)
-        (root / str(label) / f"{i:06d}.jpg").write_bytes(buffer.getvalue())
-        rows["image"].append({"bytes": buffer.getvalue(), "path": None})
-        rows["label"].append(label)
-    parquet = folder / "train.parquet"
-    pq.write_table(pa.table(rows), parquet)
-    return root, parquet
+def pil_decode(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")  # torchvision's pil_loader
 
 
-def op_costs(decoded_pil: list, decoded_arrays: list, size: int, repeats: int) -> dict[str, dict[str, float]]:
+def encoded(raw: list[bytes]):
+    """Fresh ``EncodedJpeg`` wrappers (header parse included in the timing, no decode cache)."""
+    return (crop_decode.encoded_jpeg(b, 3) for b in raw)
+
+
+def op_costs(raw: list[bytes], decoded_pil: list, decoded_arrays: list, size: int, repeats: int) -> dict:
     """Milliseconds per call of each ``moco_v2`` op, applied every time (p=1), for the official
-    PIL pipeline and seed_hf's opencv backend; crops are timed on the decoded images, the other
-    ops on 224-px crops of them."""
-    from seed_hf import augment
-    from seed_hf.data import RandomGaussianBlur, ToNormalizedTensor
-
+    PIL pipeline and seed_hf's opencv backend: crops on the decoded images (and crop-aware
+    decode + crop from the bytes), the other ops on ``size``-px crops of them."""
     pil_crops = [im.resize((size, size), Image.BILINEAR) for im in decoded_pil]
     array_crops = [np.asarray(im).copy() for im in pil_crops]
+    official_crop = T.RandomResizedCrop(size, scale=(0.2, 1.0))
+    aware_crop = crop_decode.CropAwareRandomResizedCrop(size, scale=(0.2, 1.0))
     official_ops = {
-        "random_resized_crop": (T.RandomResizedCrop(size, scale=(0.2, 1.0)), decoded_pil),
+        "random_resized_crop": (official_crop, decoded_pil),
+        "decode_and_crop": (lambda b: official_crop(pil_decode(b)), raw),
         "color_jitter": (T.ColorJitter(0.4, 0.4, 0.4, 0.1), pil_crops),
         "grayscale": (T.Grayscale(3), pil_crops),
         "gaussian_blur": (PilGaussianBlur(), pil_crops),
@@ -110,6 +122,7 @@ def op_costs(decoded_pil: list, decoded_arrays: list, size: int, repeats: int) -
     }
     ours_ops = {
         "random_resized_crop": (augment.ArrayRandomResizedCrop(size, scale=(0.2, 1.0)), decoded_arrays),
+        "decode_and_crop": (lambda b: aware_crop(crop_decode.encoded_jpeg(b, 3)), raw),
         "color_jitter": (augment.ArrayColorJitter(0.4, 0.4, 0.4, 0.1), array_crops),
         "grayscale": (augment.ArrayRandomGrayscale(1.0), array_crops),
         "gaussian_blur": (RandomGaussianBlur(kernel_size=23), array_crops),
@@ -140,83 +153,115 @@ def rate(loader, n: int) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--num_images", type=int, default=512)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num_images", type=int, default=1000, help="size of the real-photo set")
+    parser.add_argument("--photo_dir", default=None, help="folder of the set (built there when missing)")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--no_loaders", action="store_true", help="skip the end-to-end DataLoader rows")
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-
     import datasets
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root, parquet = make_images(Path(tmp), args.num_images)
-        baseline_ds = tv_datasets.ImageFolder(str(root), transform=official_transform(args.image_size))
-        ours_ds = datasets.load_dataset(
-            "parquet", data_files=str(parquet), split="train", cache_dir=f"{tmp}/cache"
-        )
-        ours_ds = ours_ds.cast_column("image", datasets.Image(decode=False))
-        ours_transform = build_ssl_transform("moco_v2", args.image_size, MEAN, STD, backend="opencv")
-        pil_transform = build_ssl_transform("moco_v2", args.image_size, MEAN, STD, backend="torchvision")
-        pil_ds = ours_ds.with_transform(ImageColumnTransform(pil_transform, "image", 3, label_column="label"))
-        ours_ds.set_transform(ImageColumnTransform(ours_transform, "image", 3, label_column="label", to_array=True))
-        n = args.num_images
-        loaders = {
-            "baseline_imagefolder_pil": DataLoader(baseline_ds, batch_size=args.batch_size),
-            "seed_hf_parquet_opencv": DataLoader(ours_ds, batch_size=args.batch_size, collate_fn=collate_batch),
-            "seed_hf_parquet_torchvision_backend": DataLoader(
-                pil_ds, batch_size=args.batch_size, collate_fn=collate_batch
-            ),
+    manifest = ensure_photo_set(args.num_images, cache_dir=args.photo_dir)
+    raw = [p.read_bytes() for p in sorted(Path(manifest["imagefolder"]).rglob("*.jpg"))]
+    n, size = len(raw), args.image_size
+
+    runs = {}
+    for preset in args.presets:
+        official = official_transform(preset, size)
+        ours = build_ssl_transform(preset, size, MEAN, STD, backend="opencv")
+        runs[f"{preset}/official_pil"] = lambda t=official: [t(pil_decode(b)) for b in raw]
+        runs[f"{preset}/opencv_full_decode"] = lambda t=ours: [
+            t(decode_image(b, 3, stats=None, to_array=True)) for b in raw
+        ]
+        runs[f"{preset}/opencv_crop_aware"] = lambda t=ours: [t(e) for e in encoded(raw)]
+    decoded_pil = [pil_decode(b) for b in raw]
+    decoded_arrays = [decode_image(b, 3, stats=None, to_array=True) for b in raw]
+    official = official_transform("moco_v2", size)
+    ours = build_ssl_transform("moco_v2", size, MEAN, STD, backend="opencv")
+    full_crop = augment.ArrayRandomResizedCrop(size, scale=(0.2, 1.0))
+    aware_crop = crop_decode.CropAwareRandomResizedCrop(size, scale=(0.2, 1.0))
+    runs.update(
+        {
+            "stage/decode_pil": lambda: [pil_decode(b) for b in raw],
+            "stage/decode_opencv": lambda: [decode_image(b, 3, stats=None, to_array=True) for b in raw],
+            "stage/augment_official_pil": lambda: [official(im) for im in decoded_pil],
+            "stage/augment_opencv": lambda: [ours(a) for a in decoded_arrays],
+            "stage/full_decode_then_crop": lambda: [
+                full_crop(decode_image(b, 3, stats=None, to_array=True)) for b in raw
+            ],
+            "stage/crop_aware_decode_and_crop": lambda: [aware_crop(e) for e in encoded(raw)],
         }
-        # stages alone: decode only, and augmentation of already-decoded images
-        files = sorted(str(p) for p in root.rglob("*.jpg"))
-        raw = [Path(f).read_bytes() for f in files]
-        decoded_pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in raw]
-        decoded_arrays = [decode_image(b, 3, stats=None, to_array=True) for b in raw]
-        official = official_transform(args.image_size)
-        stages = {
-            "decode_pil_convert (baseline)": lambda: [Image.open(f).convert("RGB") for f in files],
-            "decode_seed_hf": lambda: [decode_image(b, 3, stats=None, to_array=True) for b in raw],
-            "augment_official_v1_pil": lambda: [official(im) for im in decoded_pil],
-            "augment_seed_hf_opencv": lambda: [ours_transform(a) for a in decoded_arrays],
-            "augment_seed_hf_torchvision_backend": lambda: [pil_transform(im) for im in decoded_pil],
-        }
-        results = {name: [] for name in [*loaders, *stages]}
-        for _ in range(args.repeats):  # alternated
-            for name, loader in loaders.items():
-                results[name].append(rate(loader, n))
-            for name, fn in stages.items():
-                start = time.perf_counter()
-                fn()
-                results[name].append(n / (time.perf_counter() - start))
-        costs = op_costs(decoded_pil, decoded_arrays, args.image_size, args.repeats)
-    median = {name: statistics.median(v) for name, v in results.items()}
-    out = {
-        "images_per_s_per_core": median,
-        "ratio_seed_hf_vs_baseline": median["seed_hf_parquet_opencv"] / median["baseline_imagefolder_pil"],
-        "ratio_torchvision_backend_vs_baseline": median["seed_hf_parquet_torchvision_backend"]
-        / median["baseline_imagefolder_pil"],
-        "num_images": args.num_images,
-        "image_size": args.image_size,
-        "repeats": args.repeats,
-    }
-    decode_share = (1 / median["decode_seed_hf"]) / (
-        1 / median["decode_seed_hf"] + 1 / median["augment_seed_hf_opencv"]
     )
-    out["seed_hf_decode_share_of_time"] = decode_share
-    out["ms_per_call_p1"] = costs
+    loaders = {}
+    if not args.no_loaders:
+        parquet = datasets.load_dataset(
+            "parquet",
+            data_files=manifest["parquet_files"],
+            split="train",
+            cache_dir=str(Path(manifest["imagefolder"]).parent / "hf_cache"),
+        ).cast_column("image", datasets.Image(decode=False))
+        loaders["loader/official_imagefolder_pil"] = DataLoader(
+            tv_datasets.ImageFolder(manifest["imagefolder"], transform=official), batch_size=args.batch_size
+        )
+        for name, aware in (("full_decode", False), ("crop_aware", True)):
+            apply = ImageColumnTransform(ours, "image", 3, "label", to_array=True, crop_aware=aware)
+            loaders[f"loader/seed_hf_parquet_{name}"] = DataLoader(
+                parquet.with_transform(apply), batch_size=args.batch_size, collate_fn=collate_batch
+            )
+    results: dict[str, list[float]] = {name: [] for name in [*runs, *loaders]}
+    for _ in range(args.repeats):  # alternated, so the drifts of a shared machine hit all alike
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            results[name].append(n / (time.perf_counter() - start))
+        for name, loader in loaders.items():
+            results[name].append(rate(loader, n))
+    costs = op_costs(raw, decoded_pil, decoded_arrays, size, args.repeats)
+    median = {name: statistics.median(v) for name, v in results.items()}
+
+    def group(prefix: str) -> dict[str, float]:
+        return {k.split("/", 1)[1]: v for k, v in median.items() if k.startswith(prefix + "/")}
+
+    presets = {}
+    for preset in args.presets:
+        row = group(preset)
+        row["crop_aware_vs_full_decode"] = row["opencv_crop_aware"] / row["opencv_full_decode"]
+        row["crop_aware_vs_official"] = row["opencv_crop_aware"] / row["official_pil"]
+        row["full_decode_vs_official"] = row["opencv_full_decode"] / row["official_pil"]
+        presets[preset] = row
+    decode_ms, augment_ms = 1000 / median["stage/decode_opencv"], 1000 / median["stage/augment_opencv"]
+    out = {
+        "photo_set": {k: manifest[k] for k in ("num_images", "mean_width", "mean_height", "mean_kilobytes")},
+        "image_size": size,
+        "repeats": args.repeats,
+        "images_per_s_per_core": presets,
+        "moco_v2_stages_images_per_s": group("stage"),
+        "moco_v2_opencv_full_decode_ms": {
+            "decode": decode_ms,
+            "augment": augment_ms,
+            "decode_share": decode_ms / (decode_ms + augment_ms),
+        },
+        "moco_v2_loaders_images_per_s": group("loader"),
+        "ms_per_call_p1": costs,
+    }
     print(json.dumps(out, indent=2))
     print(
-        f"\nseed_hf {median['seed_hf_parquet_opencv']:.1f} img/s/core vs baseline {median['baseline_imagefolder_pil']:.1f}"
-        f" -> ratio {out['ratio_seed_hf_vs_baseline']:.2f}; decode is {100 * decode_share:.0f}% of seed_hf's per-image time"
+        f"\nimg/s per core, {size} px, {n} photos (mean {manifest['mean_width']:.0f}x{manifest['mean_height']:.0f} px,"
+        f" {manifest['mean_kilobytes']:.0f} KB):"
     )
-    print("ms per call (each op applied every time; moco_v2 applies jitter at p=0.8, grayscale 0.2, blur 0.5):")
-    for op in costs["official_pil"]:
-        print(f"  {op:22s} official PIL {costs['official_pil'][op]:6.3f}   seed_hf opencv {costs['seed_hf_opencv'][op]:6.3f}")
+    for preset, row in presets.items():
+        print(
+            f"  {preset:8s} official PIL {row['official_pil']:6.1f}  opencv full decode {row['opencv_full_decode']:6.1f}"
+            f"  crop-aware {row['opencv_crop_aware']:6.1f}  -> x{row['crop_aware_vs_full_decode']:.2f} vs full decode,"
+            f" x{row['crop_aware_vs_official']:.2f} vs official"
+        )
+    split = out["moco_v2_opencv_full_decode_ms"]
+    print(f"moco_v2, opencv full decode: decode {split['decode']:.2f} ms + augment {split['augment']:.2f} ms per image")
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(out, indent=2))
     return out

@@ -10,6 +10,11 @@ BN folded and under ``inference_mode``, one GEMM for student and teacher logits)
 It also reports the overhead: our step ÷ (teacher inference alone + student train step
 alone), i.e. how close the step is to the cost of its two unavoidable parts.
 
+The default seed_hf path uses ``--teacher_dtype auto``: a bf16 teacher on CPUs with native
+bf16 (AVX512-BF16/AMX), fp32 elsewhere (``seed_hf.precision``); the official-style step keeps
+the run's precision. The effect of bf16 on the targets is reported as the KL between the
+fp32 and bf16 teacher softmax distributions.
+
     python benchmarks/bench_step.py                      # CPU: ResNet-18 <- ResNet-50, 224 px, batch 32
     python benchmarks/bench_step.py --device cuda --batch_size 256 --bf16
 """
@@ -34,6 +39,7 @@ from seed_hf import (
     collate_batch,
 )
 from seed_hf.backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
+from seed_hf.precision import resolve_teacher_dtype
 from seed_hf.teachers import FrozenTeacher
 
 
@@ -128,6 +134,35 @@ def training_step_fn(trainer: SeedTrainer, batch: dict):
     return run
 
 
+@torch.inference_mode()
+def target_kl(teacher, x: torch.Tensor, queue_size: int, tau_t: float = 0.01) -> dict[str, float]:
+    """Effect of a bf16 teacher on SEED's targets: KL(p_fp32 ‖ p_bf16) of the teacher softmax
+    ``softmax([t·t, t·Q] / τ_T)``, Q = the other images' fp32 keys of the batch plus random unit
+    vectors up to ``queue_size``; mean over the batch, in nats; and the cosine of the keys."""
+    device = x.device.type
+    keys = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            keys[name] = F.normalize(teacher(x).float(), dim=1)
+    n = x.shape[0]
+    generator = torch.Generator(device=device).manual_seed(0)
+    noise = torch.randn(max(0, queue_size - n), keys["fp32"].shape[1], device=x.device, generator=generator)
+    queue = torch.cat([keys["fp32"], F.normalize(noise, dim=1)])
+    log_p = {}
+    for name, t in keys.items():
+        others = t @ queue.T  # n x (n + K'): the own fp32 key is masked below, t·t comes first
+        others[torch.arange(n), torch.arange(n)] = float("-inf")
+        log_p[name] = torch.log_softmax(torch.cat([(t * t).sum(1, keepdim=True), others], 1) / tau_t, dim=1)
+    p = log_p["fp32"].exp()
+    kl = (p * (log_p["fp32"] - log_p["bf16"])).nan_to_num().sum(1)
+    return {
+        "tau_t": tau_t,
+        "kl_mean_nats": kl.mean().item(),
+        "kl_max_nats": kl.max().item(),
+        "key_cosine_min": F.cosine_similarity(keys["fp32"], keys["bf16"]).min().item(),
+    }
+
+
 def timed(fn, device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -219,7 +254,9 @@ def main(argv=None) -> dict:
                 elapsed = timed(fn, device)
                 if i >= args.warmup:
                     times[name].append(elapsed)
+        kl = target_kl(ours.teacher, x_ours, args.queue_size)
     median = {name: statistics.median(v) for name, v in times.items()}
+    resolved = resolve_teacher_dtype(args.teacher_dtype, device)
     result = {
         "device": torch.cuda.get_device_name()
         if device == "cuda"
@@ -229,6 +266,9 @@ def main(argv=None) -> dict:
         + ("" if args.teacher_dtype == "auto" else f", seed_hf teacher {args.teacher_dtype}"),
         "img_per_s": {name: args.batch_size / t for name, t in median.items()},
         "ratio_seed_hf_vs_official": median["official_style"] / median["seed_hf"],
+        "seed_hf_teacher_dtype": f"{args.teacher_dtype} -> "
+        + ("run's precision" if resolved is None else str(resolved).removeprefix("torch.")),
+        "teacher_targets_bf16_vs_fp32": kl,
         "overhead": median["seed_hf"] / (median["teacher_inference"] + median["student_train"]),
         "limit_img_per_s": args.batch_size / (median["teacher_inference"] + median["student_train"]),
         **(
@@ -260,7 +300,11 @@ def main(argv=None) -> dict:
     print(
         f"\nseed_hf {result['img_per_s']['seed_hf']:.1f} img/s vs official-style {result['img_per_s']['official_style']:.1f} img/s"
         f" -> ratio {result['ratio_seed_hf_vs_official']:.2f}; overhead {result['overhead']:.3f}"
-        f" (limit {result['limit_img_per_s']:.1f} img/s)"
+        f" (limit {result['limit_img_per_s']:.1f} img/s); seed_hf teacher {result['seed_hf_teacher_dtype']}"
+    )
+    print(
+        f"bf16 vs fp32 teacher targets (tau_T {kl['tau_t']}): KL mean {kl['kl_mean_nats']:.2e} nats,"
+        f" max {kl['kl_max_nats']:.2e}; key cosine min {kl['key_cosine_min']:.5f}"
     )
     if args.compile:
         print(

@@ -29,7 +29,7 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from . import augment
+from . import augment, crop_decode
 
 __all__ = [
     "FASHION_MNIST_DIR",
@@ -224,7 +224,7 @@ def _ndarray_to_image(image: Any) -> Any:
 _BACKEND_OPS = {
     "torchvision": (v2.RandomResizedCrop, v2.ColorJitter, v2.RandomGrayscale, v2.RandomHorizontalFlip),
     "opencv": (
-        augment.ArrayRandomResizedCrop,
+        crop_decode.CropAwareRandomResizedCrop,  # ndarrays as ArrayRandomResizedCrop; also JPEG bytes
         augment.ArrayColorJitter,
         augment.ArrayRandomGrayscale,
         augment.ArrayRandomHorizontalFlip,
@@ -261,6 +261,10 @@ def build_ssl_transform(
     * ``seed_swav``: the official SEED ``swav_aug`` (SwAV teachers, ``main.py`` and
       ``main_small-patch.py``; ``swav_small_aug`` with the small-crop scale): ``moco_v2`` with
       scale (0.14, 1), in MoCo-v2's op order.
+
+    The opencv pipeline also takes ``seed_hf.crop_decode.EncodedJpeg`` inputs (it then has
+    ``accepts_encoded_jpeg = True``): decode and random crop in one step, at a reduced DCT
+    scale when the crop allows.
     """
     if preset not in AUGMENTATION_PRESETS:
         raise ValueError(f"augmentation preset must be one of {AUGMENTATION_PRESETS}, got {preset!r}.")
@@ -302,9 +306,11 @@ def build_ssl_transform(
     else:  # grayscale_small: 28-32 px single-channel data, no hue/saturation, no blur
         ops += [crop, random_flip(), v2.RandomApply([color_jitter(0.4, 0.4)], p=0.8)]
     # PIL and tensors go straight to torchvision's kernels, everything to ndarrays for OpenCV's
-    ops.insert(0, augment.to_hwc_array if backend == "opencv" else _ndarray_to_image)
+    ops.insert(0, crop_decode.to_array_or_encoded if backend == "opencv" else _ndarray_to_image)
     ops.append(ToNormalizedTensor(mean, std))
-    return v2.Compose(ops)
+    pipeline = v2.Compose(ops)
+    pipeline.accepts_encoded_jpeg = backend == "opencv"  # read by ImageColumnTransform
+    return pipeline
 
 
 class MultiViewTransform:
@@ -328,6 +334,12 @@ class MultiViewTransform:
         self.num_views = num_views
         self.small_transform = small_transform
         self.num_small_crops = num_small_crops
+
+    @property
+    def accepts_encoded_jpeg(self) -> bool:
+        """Whether every view's transform takes ``EncodedJpeg`` inputs (crop-aware decode)."""
+        transforms = [self.transform] + ([self.small_transform] if self.num_small_crops else [])
+        return all(getattr(t, "accepts_encoded_jpeg", False) for t in transforms)
 
     def __call__(self, image: Any) -> dict[str, torch.Tensor]:
         views = {key: self.transform(image) for key in self.VIEW_KEYS[: self.num_views]}
@@ -470,7 +482,11 @@ def load_image_dataset(
 class ImageColumnTransform:
     """Batched ``set_transform``/``map`` function: image column → view tensors (+ labels, ids).
 
-    ``to_array`` decodes to ndarrays (for the ``opencv`` augmentation backend). Undecodable
+    ``to_array`` decodes to ndarrays (for the ``opencv`` augmentation backend). With
+    ``crop_aware`` (default) and a transform that declares ``accepts_encoded_jpeg`` (the
+    opencv presets), complete JPEGs are not decoded here but handed over as
+    ``seed_hf.crop_decode.EncodedJpeg``: the random crop is drawn from the header and only the
+    needed DCT scale is decoded (same random parameters, slightly different pixels). Undecodable
     rows are dropped with ``drop_bad_rows`` (streaming ``map``) or left with
     ``pixel_values=None`` (map-style ``set_transform``, which must keep the row count;
     ``collate_batch`` drops them). A picklable object, so that spawned dataloader workers
@@ -484,6 +500,7 @@ class ImageColumnTransform:
     drop_bad_rows: bool = False
     extra_columns: Sequence[str] = ("id",)
     to_array: bool = False
+    crop_aware: bool = True
     # bad rows dropped since the last kept one (drop_bad_rows): reported with a kept row, the next
     # one of a later batch when a whole batch was bad
     _dropped: int = field(default=0, init=False, repr=False)
@@ -499,18 +516,35 @@ class ImageColumnTransform:
                 return f"{column}={examples[column][row]!r}{url}"
         return f"(row {row} of a batch; no path, key or id column)"
 
+    def _views(self, cell: Any, name: str | None = None) -> Any:
+        """The transform's output for one cell, or None when the image cannot be decoded
+        (counted in ``DECODE_STATS`` and logged with ``name``)."""
+        encoded = None
+        if self.to_array and self.crop_aware and getattr(self.transform, "accepts_encoded_jpeg", False):
+            encoded = crop_decode.encoded_jpeg(cell, self.in_chans)
+        if encoded is None:
+            image = decode_image(cell, self.in_chans, to_array=self.to_array, name=name)
+            return None if image is None else self.transform(image)
+        try:
+            views = self.transform(encoded)
+        except crop_decode.UndecodableImage as error:
+            DECODE_STATS.record(False, str(error), name=name)
+            return None
+        DECODE_STATS.record(True)
+        return views
+
     def __call__(self, examples: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {}
         for row, cell in enumerate(examples[self.image_column]):
             name = self.image_name(examples, row, cell)
-            image = decode_image(cell, self.in_chans, to_array=self.to_array, name=name)
-            if image is None and self.drop_bad_rows:
+            views = self._views(cell, name)
+            if views is None and self.drop_bad_rows:
                 self._dropped += 1
                 continue
             if self.drop_bad_rows:  # every row carries the field: a stream keeps one schema
                 out.setdefault(SKIPPED_KEY, []).append(self._dropped)
                 self._dropped = 0
-            views = {} if image is None else self.transform(image)
+            views = {} if views is None else views
             if not isinstance(views, dict):
                 views = {"pixel_values": views}
             for key in views or {"pixel_values": None}:

@@ -23,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from .data import SKIPPED_KEY, collate_batch
 from .distributed import all_gather_no_grad
 from .evaluation import knn_accuracy
+from .precision import resolve_teacher_dtype
 from .teachers import FrozenTeacher
 
 __all__ = [
@@ -55,9 +56,6 @@ def scaled_learning_rate(base_learning_rate: float, total_batch_size: int) -> fl
 
 
 TEACHER_DTYPES = ("auto", "bfloat16", "float16", "float32")
-_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 @dataclass
 class SeedTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the paper's optimisation defaults (SGD, cosine, wd 1e-4) and
@@ -89,10 +87,11 @@ class SeedTrainingArguments(TrainingArguments):
     teacher_dtype: str = field(
         default="auto",
         metadata={
-            "help": "Precision of the frozen teacher's forward: auto (the run's mixed precision), bfloat16 "
-            "(bf16 autocast even when the student trains in fp32: ~2x faster teacher on CPUs with AVX512-BF16/AMX "
-            "and on GPUs), float16 (fp16 autocast, the official SEED code's teacher precision) or float32 "
-            "(fp32 teacher even under --bf16)."
+            "help": "Precision of the frozen teacher's forward: auto (bf16 on CPUs with native bf16, "
+            "AVX512-BF16 or AMX; otherwise the run's mixed precision: fp32 on other CPUs, --bf16/--fp16 on GPUs), "
+            "bfloat16 (bf16 autocast even when the student trains in fp32: ~2x faster teacher on CPUs with "
+            "AVX512-BF16/AMX and on GPUs), float16 (fp16 autocast, the official SEED code's teacher precision) "
+            "or float32 (fp32 teacher even under --bf16)."
         },
     )
     decay_all_parameters: bool = field(
@@ -433,12 +432,10 @@ class SeedTrainer(QueueTrainer):
             raise ValueError("The teacher must be frozen (requires_grad=False).")
 
     def _teacher_autocast(self):
-        dtype = getattr(self.args, "teacher_dtype", "auto")
-        if dtype == "auto":
+        dtype = resolve_teacher_dtype(getattr(self.args, "teacher_dtype", "auto"), self.args.device.type)
+        if dtype is None:  # the run's mixed precision
             return self.accelerator.autocast()
-        return torch.autocast(
-            self.args.device.type, dtype=_AUTOCAST_DTYPES.get(dtype, torch.bfloat16), enabled=dtype != "float32"
-        )
+        return torch.autocast(self.args.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def teacher_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Teacher embeddings ``(batch, dim)`` in fp32, computed under ``teacher_dtype``'s autocast

@@ -4,21 +4,45 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import requires_fashion_mnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
-@requires_fashion_mnist
 def test_bench_data_smoke(tmp_path):
+    pytest.importorskip("skimage")
     import bench_data
 
-    out = bench_data.main(["--num_images", "12", "--batch_size", "4", "--repeats", "1", "--image_size", "64",
-                           "--output_json", str(tmp_path / "data.json")])
-    assert set(out["images_per_s_per_core"]) >= {"baseline_imagefolder_pil", "seed_hf_parquet_opencv"}
-    assert out["ratio_seed_hf_vs_baseline"] > 0 and 0 < out["seed_hf_decode_share_of_time"] < 1
+    out = bench_data.main(["--num_images", "6", "--photo_dir", str(tmp_path / "photos"), "--batch_size", "4",
+                           "--repeats", "1", "--image_size", "64", "--output_json", str(tmp_path / "data.json")])
+    assert set(out["images_per_s_per_core"]) == set(bench_data.PRESETS)
+    assert all(v > 0 for row in out["images_per_s_per_core"].values() for v in row.values())
+    assert 0 < out["moco_v2_opencv_full_decode_ms"]["decode_share"] < 1
+    assert set(out["moco_v2_loaders_images_per_s"]) == {
+        "official_imagefolder_pil", "seed_hf_parquet_full_decode", "seed_hf_parquet_crop_aware"}
     assert set(out["ms_per_call_p1"]["seed_hf_opencv"]) == set(out["ms_per_call_p1"]["official_pil"])
     assert (tmp_path / "data.json").is_file()
+
+
+def test_photo_set_is_deterministic_and_loadable(tmp_path):
+    pytest.importorskip("skimage")
+    import datasets
+    import make_photo_set
+
+    first = make_photo_set.build_photo_set(tmp_path / "a", num_images=5, seed=3, num_shards=2)
+    second = make_photo_set.build_photo_set(tmp_path / "b", num_images=5, seed=3, num_shards=2)
+    for key in ("parquet_files", "webdataset_files"):
+        for f1, f2 in zip(first[key], second[key]):
+            assert Path(f1).read_bytes() == Path(f2).read_bytes(), f1
+    parquet = datasets.load_dataset("parquet", data_files=first["parquet_files"], split="train",
+                                    cache_dir=str(tmp_path / "cache"))
+    assert len(parquet) == 5 and isinstance(parquet.features["image"], datasets.Image)
+    assert parquet.features["label"].names == first["class_names"]
+    assert parquet[0]["image"].format == "JPEG" and parquet[0]["image"].mode in ("RGB", "L")
+    wds = datasets.load_dataset("webdataset", data_files=first["webdataset_files"], split="train",
+                                cache_dir=str(tmp_path / "cache_wds"))
+    assert len(wds) == 5 and {"jpg", "cls", "__key__"} <= set(wds.column_names)
+    assert [int(c) for c in wds["cls"]] == parquet["label"]
+    assert make_photo_set.ensure_photo_set(5, seed=3, cache_dir=tmp_path / "a") == first  # cached
 
 
 @pytest.mark.parametrize("extra", [[], ["--teacher_dtype", "bfloat16", "--num_students", "2"]])
