@@ -2,6 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# A second environment with the oldest supported transformers (constraints-oldest.txt).
+VENV_OLDEST ?= .venv-oldest
+PY_OLDEST := $(VENV_OLDEST)/bin/python
+CORE_TESTS ?= tests/test_losses.py tests/test_trainer.py tests/test_resume.py tests/test_hub.py \
+  tests/test_examples.py::test_help_of_every_example
 DEMO_DIR ?= outputs/demo
 DEMO_TEACHER_STEPS ?= 500
 DEMO_STUDENT_STEPS ?= 300
@@ -10,9 +15,11 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup demo study test test-all lint clean
+.PHONY: setup setup-oldest fashion-mnist demo study test test-oldest test-all lint clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed fashion-mnist
+
+fashion-mnist:
 	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
 	  if command -v apt-get >/dev/null; then \
 	    echo "Installing Fashion-MNIST (dataset-fashion-mnist)"; \
@@ -20,11 +27,25 @@ setup: $(VENV)/.installed
 	  else echo "WARNING: Fashion-MNIST missing and apt-get unavailable"; fi; \
 	fi
 
-$(VENV)/.installed: setup.cfg pyproject.toml requirements.txt
+# setup.cfg declares ranges; constraints.txt holds the exact tested versions.
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+setup-oldest: $(VENV_OLDEST)/.installed fashion-mnist
+
+# constraints.txt with the lines of constraints-oldest.txt in place of its own.
+$(VENV_OLDEST)/.installed: setup.cfg pyproject.toml constraints.txt constraints-oldest.txt
+	test -x $(PY_OLDEST) || $(PYTHON) -m venv $(VENV_OLDEST)
+	$(PY_OLDEST) -m pip install -q --upgrade pip
+	awk 'function key(line) { sub(/[=<>!~;[ ].*/, "", line); gsub(/_/, "-", line); return tolower(line) } \
+	  /^[[:space:]]*(#|$$)/ { next } \
+	  FNR == NR { print; old[key($$0)] = 1; next } !(key($$0) in old)' \
+	  constraints-oldest.txt constraints.txt > $(VENV_OLDEST)/constraints.txt
+	$(PY_OLDEST) -m pip install -q -c $(VENV_OLDEST)/constraints.txt -e ".[dev]"
+	$(PY_OLDEST) -m pip check
 	touch $@
 
 demo: setup
@@ -50,6 +71,12 @@ study: setup
 
 test: setup
 	$(PY) -m pytest -q -x tests
+
+# The core tests (loss, trainer, resume, hub export/load, examples' --help) on the oldest
+# supported transformers; CI runs it after `make test`.
+test-oldest: setup-oldest
+	$(PY_OLDEST) -c "import transformers, timm, huggingface_hub as h; print('oldest stack: transformers', transformers.__version__, 'timm', timm.__version__, 'huggingface_hub', h.__version__)"
+	$(PY_OLDEST) -m pytest -q -x $(CORE_TESTS)
 
 test-all: setup
 	$(PY) -m pytest -q -m "" tests

@@ -1,5 +1,6 @@
 """Smoke tests of the example scripts on a slice of Fashion-MNIST (the real default data)."""
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -140,3 +141,23 @@ def test_missing_fashion_mnist_names_the_apt_package(tmp_path):
                 *COMMON,
             ]
         )
+
+
+# A bare ``%`` in a SeedTrainingArguments help string breaks argparse's help of the two
+# trainer scripts; the fix lands on another branch. Non-strict, so the fix shows as XPASS.
+_HELP_BUG = pytest.mark.xfail(reason="bare '%' in a SeedTrainingArguments help string", strict=False)
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(path.stem, marks=_HELP_BUG) if path.stem in ("run_moco", "run_seed") else path.stem
+        for path in sorted((Path(__file__).resolve().parents[1] / "examples").glob("run_*.py"))
+    ],
+)
+def test_help_of_every_example(script, capsys):
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
