@@ -64,6 +64,13 @@ class EvalArguments:
     num_workers: int = field(default=0, metadata={"help": "Dataloader workers for feature extraction."})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "Device."})
     output_file: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
+    reference_results: str | None = field(
+        default=None,
+        metadata={
+            "help": "A results JSON of earlier runs on the same data (e.g. results/teacher/eval_results.json: the "
+            "shipped teacher and the pixel baselines); its rows are printed next to the new ones, marked 'recorded'."
+        },
+    )
 
 
 def features_of(name: str, data: LabelledSplits, args: EvalArguments):
@@ -135,12 +142,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.fashion_mnist_dir,
     ).subsample(args.max_train_samples, args.max_eval_samples)
     results = [row for name in args.models for row in evaluate_model(name, args, data)]
+    recorded = []
+    if args.reference_results:
+        recorded = [
+            r
+            for r in json.loads(Path(args.reference_results).read_text())
+            if r.get("dataset") == data.name and r.get("num_eval") == len(data.eval_labels)
+        ]
+        if not recorded:
+            print(f"warning: {args.reference_results} has no rows for {data.name} with {len(data.eval_labels)} eval images")
     print(f"\n{data.name}: {len(data.train_labels)} train → {len(data.eval_labels)} {data.eval_split} images")
-    print(f"{'model':<40} {'labels':>7} {'params':>11} {'kNN top-1':>10} {'linear top-1':>13}")
-    for r in results:
+    print(f"{'model':<44} {'labels':>7} {'params':>11} {'kNN top-1':>10} {'linear top-1':>13}")
+    fractions = set(args.label_fractions)
+    for r in [*(r for r in recorded if r["label_fraction"] in fractions), *results]:
         linear = f"{r['linear_top1']:.2f}" if "linear_top1" in r else "-"
+        name = r["model"][-34:] + (" (recorded)" if r in recorded else "")
         print(
-            f"{r['model'][-40:]:<40} {r['label_fraction']:>6.0%} {r['num_parameters']:>11,} "
+            f"{name:<44} {r['label_fraction']:>6.0%} {r['num_parameters']:>11,} "
             f"{r['knn_top1']:>10.2f} {linear:>13}"
         )
     if args.output_file:

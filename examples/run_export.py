@@ -15,16 +15,28 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from seed_hf.hub import export_student, push_student_to_hub, upload_plan
+from seed_hf.hub import export_moco_encoder, export_student, push_student_to_hub, run_summary, upload_plan
 
 
 @dataclass
 class ExportArguments:
-    student_dir: str = field(metadata={"help": "SeedForDistillation run folder or checkpoint."})
+    student_dir: str = field(
+        metadata={"help": "SEED run folder or checkpoint (SeedForDistillation), or a MoCo-v2 run / teacher folder."}
+    )
     output_dir: str = field(metadata={"help": "Where to write the timm-format folder."})
     eval_results: str | None = field(
-        default=None, metadata={"help": "run_eval.py JSON; its student row goes into the card."}
+        default=None,
+        metadata={"help": "run_eval.py JSON; the rows of this model (matched by path) go into the card."},
     )
+    license: str = field(default="apache-2.0", metadata={"help": "License of the exported weights (card metadata)."})
+    manifest: str | None = field(
+        default=None,
+        metadata={
+            "help": "Record the export as a model the repository ships in this manifest (model_cards/models.json), "
+            "under --manifest_name, so `make cards` re-renders its card from --eval_results."
+        },
+    )
+    manifest_name: str | None = field(default=None, metadata={"help": "Name of the card in the manifest."})
     hub_model_id: str | None = field(default=None, metadata={"help": "org/name on the Hub."})
     push_to_hub: bool = field(
         default=False, metadata={"help": "Upload the folder with HfApi().upload_folder."}
@@ -35,43 +47,24 @@ class ExportArguments:
     hub_private_repo: bool = field(default=False, metadata={"help": "Create a private repo."})
 
 
-def student_results(eval_results: str | None, student_dir: str) -> list[dict]:
-    """The rows of an evaluation JSON that belong to this student (matched by path)."""
-    if not eval_results:
-        return []
-    rows = json.loads(Path(eval_results).read_text())
-    target = Path(student_dir).resolve()
-    return [r for r in rows if Path(r["model"]).resolve() == target] or []
-
-
-def training_summary(student_dir: str) -> dict:
-    state_file = Path(student_dir) / "trainer_state.json"
-    args_file = Path(student_dir) / "train_results.json"
-    summary = {}
-    if state_file.is_file():
-        state = json.loads(state_file.read_text())
-        summary.update(
-            steps=state.get("global_step"),
-            epochs=round(state.get("epoch", 0), 2),
-            batch_size=state.get("train_batch_size"),
-        )
-    if args_file.is_file():
-        summary["train_loss"] = json.loads(args_file.read_text()).get("train_loss")
-    return summary
-
-
 def main(argv: list[str] | None = None) -> Path:
     (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(
         sys.argv[1:] if argv is None else argv
     )
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id org/name.")
-    folder = export_student(
+    model_type = json.loads((Path(args.student_dir) / "config.json").read_text()).get("model_type")
+    export = export_moco_encoder if model_type == "seed_moco" else export_student
+    folder = export(
         args.student_dir,
         args.output_dir,
-        eval_results=student_results(args.eval_results, args.student_dir),
-        training_summary=training_summary(args.student_dir),
+        eval_results=args.eval_results,
+        training_summary=run_summary(args.student_dir),
         repo_id=args.hub_model_id,
+        license=args.license,
+        manifest=(args.manifest, args.manifest_name or Path(args.output_dir).name, args.eval_results)
+        if args.manifest
+        else None,
     )
     print(f"Exported {upload_plan(folder)} to {folder}")
     if args.push_to_hub:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
+from transformers import HfArgumentParser
 
 from seed_hf.batched_transforms import BatchedSSLTransform
 from seed_hf.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=collate_batch,
         knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, image_size),
     )
-    metrics = train_and_save(trainer, last_checkpoint)
+    metrics = train_and_save(trainer, last_checkpoint, run_info={"method": "moco_v2", **data_args.describe()})
     return metrics
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import HfArgumentParser, set_seed
 
@@ -198,12 +199,18 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=collate_batch,
         knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, image_size),
     )
-    metrics = train_and_save(trainer, last_checkpoint)
+    run_info = {
+        "method": "seed",
+        **data_args.describe(),
+        "teacher": model_args.teacher_name_or_path,
+        "teacher_checkpoint": model_args.teacher_checkpoint and Path(model_args.teacher_checkpoint).name,
+    }
+    metrics = train_and_save(trainer, last_checkpoint, run_info=run_info)
     if isinstance(model, SeedStudentGroup) and training_args.should_save:
         for folder in model.save_students(f"{training_args.output_dir}/students"):
             logger.info(f"Saved student to {folder}")
     if push_to_hub and training_args.should_save:
-        from seed_hf.hub import export_student, push_student_to_hub
+        from seed_hf.hub import export_student, push_student_to_hub, run_summary
 
         students = model.students.items() if isinstance(model, SeedStudentGroup) else [("", model)]
         for name, student in students:
@@ -211,11 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
             folder = export_student(
                 student,
                 f"{training_args.output_dir}/export/{name}",
-                training_summary={
-                    "dataset": data_args.dataset_name
-                    or (data_args.uses_fashion_mnist and "fashion_mnist")
-                    or None
-                },
+                training_summary=run_summary(training_args.output_dir),
                 repo_id=repo_id,
             )
             logger.info(push_student_to_hub(folder, repo_id, token=training_args.hub_token))

@@ -8,6 +8,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 import transformers
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+RUN_INFO_FILE = "run_info.json"
 
 
 @dataclass
@@ -129,6 +132,25 @@ class DataTrainingArguments:
             raise ValueError(
                 f"--augmentation must be one of {AUGMENTATION_PRESETS}, got {self.augmentation!r}."
             )
+
+    def describe(self) -> dict[str, Any]:
+        """What the run trains on, as recorded in ``run_info.json`` and model cards (no local paths)."""
+        augmentation, image_size, in_chans, _, _ = self.resolved()
+        if self.uses_fashion_mnist:
+            dataset, split = "fashion_mnist", "train"
+        elif self.dataset_name:
+            dataset, split = self.dataset_name, self.train_split
+        elif self.train_dir:
+            dataset, split = f"imagefolder {Path(self.train_dir).name}", None
+        else:
+            dataset, split = f"{len(self.train_files)} local shard file(s)", None
+        return {
+            "dataset": dataset,
+            "dataset_split": split,
+            "augmentation": augmentation,
+            "image_size": image_size,
+            "in_chans": in_chans,
+        }
 
     @property
     def uses_fashion_mnist(self) -> bool:
@@ -462,9 +484,14 @@ def build_script_dataset(data_args: DataTrainingArguments, training_args, config
     return dataset
 
 
-def train_and_save(trainer, resume_from_checkpoint: str | None) -> dict:
+def train_and_save(trainer, resume_from_checkpoint: str | None, run_info: dict[str, Any] | None = None) -> dict:
     """``train`` → ``save_model`` → metrics and state files, as the transformers examples do. A
-    resumed run that had nothing left to train keeps the results it saved when it finished."""
+    resumed run that had nothing left to train keeps the results it saved when it finished.
+    ``run_info`` (data, method, teacher) is written to ``output_dir/run_info.json`` for exports
+    and model cards."""
+    if run_info is not None and trainer.args.should_save:
+        Path(trainer.args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(trainer.args.output_dir) / RUN_INFO_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
     start_step = None
     if resume_from_checkpoint and (Path(resume_from_checkpoint) / "trainer_state.json").is_file():
         start_step = json.loads((Path(resume_from_checkpoint) / "trainer_state.json").read_text())[

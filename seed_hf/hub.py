@@ -25,6 +25,10 @@ __all__ = [
     "render_model_card",
     "describe_teacher",
     "results_for",
+    "run_summary",
+    "teacher_card_facts",
+    "render_manifest_cards",
+    "upsert_manifest_entry",
     "upload_plan",
     "push_student_to_hub",
     "EXPORT_FILES",
@@ -46,6 +50,29 @@ def _load_student(model_or_dir: SeedForDistillation | str | os.PathLike) -> Seed
             f"{str(path)!r} is not a SeedForDistillation folder or checkpoint (no config.json)."
         )
     return SeedForDistillation.from_pretrained(path)
+
+
+def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """What a seed_hf run recorded about itself, for cards: ``run_info.json`` (data, augmentation,
+    resolution) and ``trainer_state.json`` (steps, epochs, batch size). A checkpoint folder reads
+    the run's ``run_info.json`` one level up. Missing files give missing keys, never guesses."""
+    run_dir = Path(run_dir)
+    summary: dict[str, Any] = {}
+    for folder in (run_dir.parent, run_dir):
+        info = folder / "run_info.json"
+        if info.is_file():
+            summary.update(json.loads(info.read_text()))
+    state_file = run_dir / "trainer_state.json"
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        summary.update(
+            steps=state.get("global_step"),
+            epochs=round(state["epoch"], 2) if state.get("epoch") is not None else None,
+            batch_size=state.get("train_batch_size"),
+        )
+    summary.pop("teacher", None)  # the student's config records the teacher it really used
+    summary.pop("teacher_checkpoint", None)
+    return {k: v for k, v in summary.items() if v is not None}
 
 
 def describe_teacher(name_or_path: str | None, ssl_method: str | None = None) -> dict[str, str | None]:
@@ -109,12 +136,15 @@ def export_encoder(
     results: list[dict] | None = None,
     repo_id: str | None = None,
     license: str = "apache-2.0",
+    manifest: tuple[str | os.PathLike, str, str | os.PathLike | None] | None = None,
 ) -> Path:
     """Writes a timm backbone as a timm-format folder (``config.json`` + ``model.safetensors``)
     with a model card. Its ``pretrained_cfg`` is :func:`~seed_hf.evaluation.eval_data_config`:
     the exact preprocessing of seed_hf's evaluation, which timm, ``AutoImageProcessor`` and the
     pipeline rebuild. A 1-channel backbone is exported as a 3-channel one whose first conv
-    averages the channels (every Hub loader feeds RGB; on gray images it gives the same features)."""
+    averages the channels (every Hub loader feeds RGB; on gray images it gives the same features).
+    ``manifest=(manifest.json, name, results.json)`` records the model as one the repository ships
+    (see :func:`render_manifest_cards`)."""
     from timm.models import save_for_hf
 
     from .evaluation import eval_data_config
@@ -150,6 +180,21 @@ def export_encoder(
     }
     card = render_model_card(facts, results or [], repo_id or f"your-org/{out.name}", license)
     card.save(out / "README.md")
+    if manifest is not None:  # a model the repository ships: its card is re-rendered from the manifest
+        path, name, results_file = manifest
+        root = Path(path).resolve().parent.parent
+        upsert_manifest_entry(
+            path,
+            {
+                "name": name,
+                "folder": os.path.relpath(out.resolve(), root),
+                "results": os.path.relpath(Path(results_file).resolve(), root) if results_file else None,
+                "aliases": [],
+                "facts": facts,
+                "repo_id": repo_id,
+                "license": license,
+            },
+        )
     return out
 
 
@@ -160,6 +205,7 @@ def export_student(
     training_summary: dict[str, Any] | None = None,
     repo_id: str | None = None,
     license: str = "apache-2.0",
+    manifest: tuple[str | os.PathLike, str, str | os.PathLike | None] | None = None,
 ) -> Path:
     """Exports a SEED student backbone (see :func:`export_encoder`) with its card.
 
@@ -171,6 +217,7 @@ def export_student(
         training_summary: what the run recorded (``dataset``, ``steps``, ``epochs``, ``batch_size``).
         repo_id: Hub id used in the card's usage snippets.
         license: license of the weights (card metadata and ``pretrained_cfg``).
+        manifest: ``(manifest.json, name, results.json)`` of a model the repository ships.
     """
     model = _load_student(model_or_dir)
     config = model.config
@@ -200,6 +247,7 @@ def export_student(
         results_for(eval_results, source, out_dir) if eval_results is not None else [],
         repo_id,
         license,
+        manifest,
     )
 
 
@@ -210,6 +258,7 @@ def export_moco_encoder(
     training_summary: dict[str, Any] | None = None,
     repo_id: str | None = None,
     license: str = "apache-2.0",
+    manifest: tuple[str | os.PathLike, str, str | os.PathLike | None] | None = None,
 ) -> Path:
     """Exports the query encoder of a MoCo-v2 run (the paper's "student trained by SSL alone"
     baseline, or a teacher) as a timm-format folder with a MoCo-v2 card."""
@@ -238,6 +287,7 @@ def export_moco_encoder(
         results_for(eval_results, run_dir, out_dir) if eval_results is not None else [],
         repo_id,
         license,
+        manifest,
     )
 
 
@@ -328,6 +378,66 @@ def render_model_card(facts: dict[str, Any], results: list[dict], repo_id: str, 
         teacher=teacher,
         results=results,
     )
+
+
+def teacher_card_facts(folder: str | os.PathLike, training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Card facts of a seed_hf MoCo-v2 teacher folder (query encoder + head, ``load_teacher``
+    format) from its config and what its training recorded (``training``: steps, batch size,
+    epochs, dataset, device)."""
+    from .backbones import pooled_width
+    from .moco import load_query_encoder
+
+    encoder, _, config = load_query_encoder(folder)
+    training = dict(training or {})
+    return {
+        "method": "moco_v2",
+        "format": "seed_hf_teacher",
+        "architecture": config.architecture,
+        "feature_dim": pooled_width(encoder),
+        "projection_dim": config.projection_dim,
+        "train_in_chans": config.in_chans,
+        "export_in_chans": config.in_chans,
+        "image_size": config.image_size,
+        "mean": [round(m, 4) for m in config.image_mean],
+        "std": [round(v, 4) for v in config.image_std],
+        "interpolation": "bilinear",
+        "queue_size": config.queue_size,
+        "contrastive_temperature": config.contrastive_temperature,
+        "moco_momentum": config.momentum,
+        **{k: v for k, v in training.items() if k in ("dataset", "dataset_split", "steps", "batch_size", "epochs", "augmentation", "compute")},
+    }
+
+
+def render_manifest_cards(manifest: str | os.PathLike, cards_dir: str | os.PathLike | None = None) -> list[Path]:
+    """(Re)renders the card of every model a repository ships from ``manifest`` (JSON list of
+    ``{"name", "folder", "results", "aliases", "facts", "repo_id", "license"}``, paths relative to
+    the manifest's parent's parent, i.e. the repository root) and the results JSON each names:
+    writes ``<folder>/README.md`` and ``<cards_dir>/<name>.md``. Returns the card files."""
+    manifest = Path(manifest)
+    root = manifest.resolve().parent.parent
+    cards_dir = Path(cards_dir) if cards_dir is not None else manifest.parent
+    written = []
+    for entry in json.loads(manifest.read_text()):
+        folder = root / entry["folder"]
+        results = []
+        if entry.get("results"):
+            results = results_for(
+                root / entry["results"], entry["folder"], root / entry["folder"], *entry.get("aliases", [])
+            )
+        card = render_model_card(entry["facts"], results, entry.get("repo_id") or f"your-org/{folder.name}", entry.get("license", "apache-2.0"))
+        card.save(folder / "README.md")
+        card.save(cards_dir / f"{entry['name']}.md")
+        written.append(cards_dir / f"{entry['name']}.md")
+    return written
+
+
+def upsert_manifest_entry(manifest: str | os.PathLike, entry: dict[str, Any]) -> None:
+    """Adds or replaces (by ``name``) one entry of a shipped-models manifest."""
+    manifest = Path(manifest)
+    entries = json.loads(manifest.read_text()) if manifest.is_file() else []
+    entries = [e for e in entries if e["name"] != entry["name"]] + [entry]
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps(sorted(entries, key=lambda e: e["name"]), indent=2, default=str) + "\n")
 
 
 def upload_plan(folder: str | os.PathLike) -> list[str]:

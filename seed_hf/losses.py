@@ -171,21 +171,27 @@ class SeedLoss(nn.Module):
         teacher_embeds: torch.Tensor,
         queue: torch.Tensor,
         batch_teacher_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        return_logits: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """
         Shape:
-            student_embeds: (batch_size, embedding_size)
-            teacher_embeds: (batch_size, embedding_size)
-            queue: (queue_size, embedding_size)
+            student_embeds: (batch_size, embedding_size), unit norm or not (normalised here)
+            teacher_embeds: (batch_size, embedding_size), unit norm or not (normalised here)
+            queue: (queue_size, embedding_size), unit norm
             batch_teacher_embeds: (global_batch_size, embedding_size), ``batch_keys`` only
-            output: scalar
+            output: scalar; with ``return_logits`` also the student logits z^S·D⁺/τ_S,
+                (batch_size, 1 + queue_size) or (batch_size, global_batch_size + queue_size)
         """
-        return seed_loss(
-            student_embeds,
-            teacher_embeds,
-            queue,
-            self.student_temperature,
-            self.teacher_temperature,
-            self.variant,
-            batch_teacher_embeds,
-        )
+        if not return_logits:
+            return seed_loss(
+                student_embeds,
+                teacher_embeds,
+                queue,
+                self.student_temperature,
+                self.teacher_temperature,
+                self.variant,
+                batch_teacher_embeds,
+            )
+        s_sims, t_sims = seed_logits(student_embeds, teacher_embeds, queue, self.variant, batch_teacher_embeds)
+        logits = s_sims / self.student_temperature
+        return soft_cross_entropy(logits, t_sims / self.teacher_temperature), logits

@@ -21,6 +21,7 @@ from transformers.utils import ModelOutput
 
 from .backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
 from .configuration_seed import default_normalization
+from .distributed import all_gather_no_grad
 from .losses import check_temperature
 from .modeling_seed import init_module_weights
 from .queue import EmbeddingQueue
@@ -117,7 +118,7 @@ class MocoOutput(ModelOutput):
         query_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
             L2-normalised query embeddings (the teacher embedding for SEED).
         key_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
-            L2-normalised momentum-encoder keys (to be enqueued after the backward pass).
+            L2-normalised momentum-encoder keys (enqueued by the forward itself in training mode).
         pooler_output (`torch.FloatTensor` of shape `(batch_size, pooled_width)`):
             Pooled query-encoder features.
     """
@@ -222,10 +223,14 @@ class MocoForPretraining(PreTrainedModel):
             with torch.autocast(device_type=q.device.type, enabled=False):
                 qf = q.float()
                 # n x 1 positives, n x K negatives (one GEMM)
-                logits = torch.cat([(qf * k).sum(1, keepdim=True), qf @ self.queue.embeddings.T], dim=1)
+                # a snapshot: the buffer is updated in place below while autograd still needs it
+                queue = self.queue.embeddings.clone() if self.training else self.queue.embeddings
+                logits = torch.cat([(qf * k).sum(1, keepdim=True), qf @ queue.T], dim=1)
                 logits = logits / self.config.contrastive_temperature
                 labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
                 loss = F.cross_entropy(logits, labels)
+            if self.training:  # the model owns its queue: push the global batch's keys (FIFO)
+                self.enqueue(all_gather_no_grad(k))
         output = MocoOutput(loss=loss, logits=logits, query_embeds=q, key_embeds=k, pooler_output=features)
         return output if return_dict else output.to_tuple()
 

@@ -13,7 +13,7 @@ from transformers.utils import ModelOutput
 from .backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
 from .configuration_seed import SeedConfig
 from .distributed import all_gather_no_grad
-from .losses import seed_logits, soft_cross_entropy
+from .losses import SeedLoss
 from .queue import EmbeddingQueue
 
 __all__ = ["SeedOutput", "SeedPreTrainedModel", "SeedForDistillation", "init_module_weights"]
@@ -110,6 +110,7 @@ class SeedForDistillation(SeedPreTrainedModel):
         width = pooled_width(self.student)
         self.head = ProjectionHead(width, config.head_hidden_dim or width, config.projection_dim)
         self.queue = EmbeddingQueue(config.queue_size, config.projection_dim, seed=config.queue_seed)
+        self.loss_fn = SeedLoss(config.student_temperature, config.teacher_temperature, config.loss_variant)
         if config.num_small_crops > 0:
             self.small_queue = EmbeddingQueue(
                 config.small_queue_size or config.queue_size,
@@ -153,19 +154,14 @@ class SeedForDistillation(SeedPreTrainedModel):
             self.small_queue.enqueue(F.normalize(small_teacher_embeds.float(), dim=1))
 
     def _distill(self, student_embeds, teacher_embeds, queue, batch_teacher_embeds):
+        """SEED loss and logits against a snapshot of ``queue`` (the buffer itself is updated in
+        place by :meth:`enqueue` after this forward, while autograd still needs the snapshot)."""
         teacher_embeds = F.normalize(teacher_embeds.float(), dim=1)
         if self.config.loss_variant == "batch_keys" and batch_teacher_embeds is None:
             batch_teacher_embeds = all_gather_no_grad(teacher_embeds)
-        s_sims, t_sims = seed_logits(
-            student_embeds,
-            teacher_embeds,
-            queue,
-            self.config.loss_variant,
-            batch_teacher_embeds,
-            normalize=False,
-        )
-        logits = s_sims / self.config.student_temperature
-        return soft_cross_entropy(logits, t_sims / self.config.teacher_temperature), logits, teacher_embeds
+        snapshot = queue.clone() if self.training else queue
+        loss, logits = self.loss_fn(student_embeds, teacher_embeds, snapshot, batch_teacher_embeds, return_logits=True)
+        return loss, logits, teacher_embeds
 
     def forward(
         self,
@@ -182,10 +178,12 @@ class SeedForDistillation(SeedPreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `(batch_size, in_chans, height, width)`):
                 The augmented view, the same one the teacher saw.
             teacher_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
-                Teacher embeddings of `pixel_values`; when given, the loss is computed.
+                Teacher embeddings of `pixel_values`; when given, the loss is computed against the
+                queue and, in training mode, the keys of the global batch are then enqueued (the
+                model owns its queue: a plain training loop needs nothing else).
             batch_teacher_embeds (`torch.FloatTensor` of shape `(global_batch_size, projection_dim)`, *optional*):
-                Teacher embeddings of the global batch, for `loss_variant="batch_keys"`;
-                gathered across processes here when not given.
+                Teacher embeddings of the global batch (the keys enqueued, and D⁺ of
+                `loss_variant="batch_keys"`); gathered across processes here when not given.
             return_dict (`bool`, *optional*):
                 Return a [`SeedOutput`] instead of a tuple.
             small_pixel_values (`torch.FloatTensor` of shape `(batch_size, num_small_crops, in_chans, s, s)`, *optional*):
@@ -220,6 +218,14 @@ class SeedForDistillation(SeedPreTrainedModel):
                     batch_small_teacher_embeds,
                 )
                 loss = loss + small_loss
+            if self.training:  # the model owns its queue: push this global batch's keys (FIFO)
+                keys = batch_teacher_embeds if batch_teacher_embeds is not None else all_gather_no_grad(teacher_embeds)
+                small_keys = None
+                if small_pixel_values is not None:
+                    small_keys = batch_small_teacher_embeds
+                    if small_keys is None:
+                        small_keys = all_gather_no_grad(small_teacher_embeds)
+                self.enqueue(keys, small_keys)
 
         output = SeedOutput(
             loss=loss,

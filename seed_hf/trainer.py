@@ -155,10 +155,8 @@ def _unwrapped(trainer: Trainer, model: nn.Module | None = None) -> nn.Module:
 
 
 class QueueTrainer(Trainer):
-    """Trainer for models with an ``enqueue(keys)`` method and a ``queue`` (SEED, MoCo).
-
-    ``compute_loss`` of a subclass stores the gathered keys in ``self._pending_keys``; they
-    are enqueued after the backward pass of ``training_step``. Logs include ``queue_fill``;
+    """Trainer for models that own a ``queue`` (SEED, MoCo): their training forward computes the
+    loss against a snapshot of the queue and enqueues the global batch's keys itself. Logs include ``queue_fill``;
     the train metrics include ``skipped_images``, the undecodable images of the run summed over
     dataloader workers and processes (``num_skipped_images`` of ``collate_batch``).
 
@@ -174,7 +172,6 @@ class QueueTrainer(Trainer):
         if knn_monitor is not None and kwargs.get("eval_dataset") is None:
             kwargs["eval_dataset"] = knn_monitor.eval_dataset  # the Trainer requires one for eval_strategy
         super().__init__(*args, **kwargs)
-        self._pending_keys: torch.Tensor | None = None
         self._validate_batch_size()
         self._validate_precision()
         self._validate_image_size()
@@ -365,12 +362,7 @@ class QueueTrainer(Trainer):
         skipped = inputs.pop(SKIPPED_KEY, None)
         if skipped is not None:  # device-side sum: no sync per step
             self._skipped_images = self._skipped_images.to(skipped.device) + skipped.sum()
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if self._pending_keys is not None:  # after backward: the queue was saved for autograd
-            keys = self._pending_keys
-            _unwrapped(self, model).enqueue(*(keys if isinstance(keys, tuple) else (keys,)))
-            self._pending_keys = None
-        return loss
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
@@ -400,8 +392,12 @@ class SeedTrainer(QueueTrainer):
         teacher.eval()
         self.teacher = teacher.to(self.args.device)
         if isinstance(teacher, FrozenTeacher):
-            config = _unwrapped(self).config
-            teacher.set_data_normalization(config.image_mean, config.image_std)
+            model = _unwrapped(self)
+            teacher.set_data_normalization(model.config.image_mean, model.config.image_std)
+            # the students record their teacher (cards and run folders name it)
+            for student in getattr(model, "students", {"": model}).values():
+                if getattr(student.config, "teacher_name_or_path", "unset") is None:
+                    student.config.teacher_name_or_path = teacher.description
         channels_last = getattr(self.args, "channels_last", False)
         if getattr(self.args, "optimize_teacher", True) and isinstance(teacher, FrozenTeacher):
             self.teacher.optimize_for_inference(channels_last=channels_last, probe=self._probe_input())
@@ -468,7 +464,6 @@ class SeedTrainer(QueueTrainer):
             **small_kwargs,
         )
         if model.training:
-            self._pending_keys = global_keys if small_keys is None else (global_keys, small_keys)
             if getattr(outputs, "losses", None):  # a SeedStudentGroup: log each student's loss
                 # detached tensors: .item() (a device sync) only when a log is written
                 self._student_losses = {k: v.detach() for k, v in outputs.losses.items()}
@@ -476,7 +471,7 @@ class SeedTrainer(QueueTrainer):
 
 
 class MocoTrainer(QueueTrainer):
-    """Trains [`MocoForPretraining`]: two views, momentum keys enqueued after backward."""
+    """Trains [`MocoForPretraining`]: two views (the model enqueues its momentum keys itself)."""
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None
@@ -485,6 +480,4 @@ class MocoTrainer(QueueTrainer):
             pixel_values=self._to_memory_format(inputs["pixel_values"]),
             pixel_values_k=self._to_memory_format(inputs["pixel_values_k"]),
         )
-        if model.training:
-            self._pending_keys = all_gather_no_grad(outputs.key_embeds)
         return (outputs.loss, outputs) if return_outputs else outputs.loss

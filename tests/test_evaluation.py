@@ -70,10 +70,9 @@ def test_evaluate_metric_module_loads_offline():
 def test_linear_probe_matches_scikit_learn_on_real_features():
     """Same penalty → the same optimum as scikit-learn's lbfgs logistic regression (C = 1 / (n·l2));
     the swept probe is at least as good as scikit-learn's default within 0.5 points."""
+    from conftest import FASHION_MNIST_AVAILABLE
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
-
-    from conftest import FASHION_MNIST_AVAILABLE
 
     if FASHION_MNIST_AVAILABLE:  # real images: 28×28 pixels, 3000 train / 1000 test
         from seed_hf.data import load_fashion_mnist

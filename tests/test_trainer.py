@@ -293,3 +293,52 @@ def test_weight_decay_on_every_parameter(tmp_path):
     assert official[1e-4] == set(names.values()) and not official.get(0.0)
     default = groups()
     assert any(n.endswith("bias") for n in default[0.0]) and not any(n.endswith("bias") for n in default[1e-4])
+
+
+class _RecordingSeedTrainer(SeedTrainer):
+    """Records each training batch and loss (test only: replayed by a plain loop below)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self.record.append((inputs["pixel_values"].clone(), float(loss.detach())))
+        return loss
+
+
+def test_plain_accelerate_loop_matches_seed_trainer(tmp_path):
+    """The model owns its queue: a 20-line accelerate loop (teacher forward, model forward,
+    backward, SGD step) reproduces SeedTrainer's losses, weights and queue."""
+    from accelerate import Accelerator
+
+    teacher = tiny_teacher()
+    trainer = _RecordingSeedTrainer(
+        model=tiny_student(),
+        teacher=teacher,
+        args=_args(tmp_path, max_steps=5, learning_rate=0.05, lr_scheduler_type="constant", weight_decay=0.0,
+                   optimize_teacher=False, teacher_dtype="float32", max_grad_norm=0.0),
+        train_dataset=TensorImages(64),
+        data_collator=collate_batch,
+    )
+    trainer.record = []
+    trainer.train()
+
+    accelerator = Accelerator(cpu=True)
+    model = tiny_student()  # same seed: same init as the Trainer's model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    losses = []
+    for pixel_values, _ in trainer.record:
+        with torch.no_grad():
+            teacher_embeds = teacher(pixel_values)
+        loss = model(pixel_values, teacher_embeds=teacher_embeds).loss
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+
+    assert losses == pytest.approx([loss for _, loss in trainer.record], abs=1e-5)
+    trained = trainer.model
+    assert torch.allclose(model.queue.embeddings, trained.queue.embeddings, atol=1e-6)
+    assert int(model.queue.ptr) == int(trained.queue.ptr) == 40 % model.queue.size
+    for (name, a), b in zip(model.state_dict().items(), trained.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
