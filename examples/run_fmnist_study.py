@@ -45,7 +45,7 @@ class StudyArguments:
     augmentation_backend: str = field(
         default="opencv", metadata={"help": "Augmentation pixel kernels: opencv or torchvision."}
     )
-    student_steps: int = field(default=1500, metadata={"help": "Steps of each student (MoCo-v2 and SEED)."})
+    student_steps: int = field(default=1000, metadata={"help": "Steps of each student (MoCo-v2 and SEED)."})
     batch_size: int = field(default=256, metadata={"help": "Batch size of every run."})
     queue_size: int = field(default=4096, metadata={"help": "K for MoCo and SEED."})
     moco_momentum: float = field(default=0.99, metadata={"help": "MoCo key-encoder momentum (0.99 for short runs)."})
@@ -60,6 +60,13 @@ class StudyArguments:
     eval_train_samples: int | None = field(default=None, metadata={"help": "Limit final-eval train images (smoke tests)."})
     eval_test_samples: int | None = field(default=None, metadata={"help": "Limit final-eval test images (smoke tests)."})
     license: str = field(default="apache-2.0", metadata={"help": "License of the exported students."})
+    reference_results: str | None = field(
+        default="results/teacher/eval_results.json",
+        metadata={
+            "help": "Evaluation JSON of the teacher and pixel baselines (written by `make teacher`): rows found there "
+            "for the same data and label fractions are reused instead of re-measured; '' measures everything."
+        },
+    )
     use_cpu: bool = field(default=not torch.cuda.is_available(), metadata={"help": "Train on CPU."})
 
 
@@ -103,6 +110,24 @@ def _common(args: StudyArguments, run_dir: Path) -> list[str]:
         "tensorboard",
         *(["--use_cpu"] if args.use_cpu else []),
     ]
+
+
+def _recorded_rows(args: StudyArguments, models: dict[str, str]) -> list[dict]:
+    """Rows of the teacher / pixel baselines already measured on the full data (make teacher), for
+    every label fraction of this study, each marked with where it came from."""
+    if not args.reference_results or args.eval_train_samples or args.eval_test_samples:
+        return []
+    path = Path(args.reference_results)
+    if not path.is_file():
+        return []
+    fixed = {models["teacher"], "pixels", "pixels_centred"}
+    rows = [
+        {**r, "recorded_in": str(path)}
+        for r in json.loads(path.read_text())
+        if r["model"] in fixed and r["label_fraction"] in args.label_fractions and r.get("num_eval") == 10000
+    ]
+    complete = {m for m in fixed if {r["label_fraction"] for r in rows if r["model"] == m} == set(args.label_fractions)}
+    return [r for r in rows if r["model"] in complete]
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -206,7 +231,9 @@ Linear probe: SEED − MoCo-v2 {diff("seed_student", "moco_student", "linear_top
   {first["num_train"]} train → {first["num_eval"]} test images (10% / 1%: class-balanced label subsets of the train split).
 - Linear probe: {first.get("probe_protocol", "not run")}.
 - Pixels: 28×28 in [0, 1]; centred: minus the train split's mean image (linear probes standardise, so both
-  pixel rows share one probe result).
+  pixel rows get the same probe result).
+- Rows of the teacher and the pixel baselines are taken from `{args.reference_results}` (measured by `make teacher`
+  with the same code) when it holds them: {", ".join(sorted({r["name"] for r in rows if r.get("recorded_in")})) or "none here"}.
 
 ## Recipe
 - teacher: `{args.teacher}` (MoCo-v2 ResNet-18 at 64 px, trained by `make teacher`; see `results/teacher/`).
@@ -295,11 +322,12 @@ def main(argv=None) -> list[dict]:
 
     export_all()
     models = {"teacher": args.teacher, **{k: str(v) for k, v in exports.items()}, "pixels": "pixels", "pixels_centred": "pixels_centred"}
+    recorded = _recorded_rows(args, models)
     start = time.time()
-    results = run_eval.main(
+    results = recorded + run_eval.main(
         [
             "--models",
-            *models.values(),
+            *(m for m in models.values() if m not in {r["model"] for r in recorded}),
             "--linear_probe",
             "--label_fractions",
             *(str(f) for f in args.label_fractions),

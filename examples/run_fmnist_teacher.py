@@ -31,6 +31,7 @@ from seed_hf.batched_transforms import BatchedSSLTransform
 from seed_hf.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from seed_hf.evaluation import knn_accuracy
 from seed_hf.moco import MocoConfig, MocoForPretraining, save_query_encoder
+from seed_hf.precision import cpu_has_native_bf16
 
 
 @dataclass
@@ -65,16 +66,13 @@ class TeacherArguments:
     log_steps: int = field(default=100, metadata={"help": "Log every this many steps."})
     seed: int = field(default=0, metadata={"help": "Seed of init, batches and views."})
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 where native), bf16 or no."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate the final kNN on the first N train / N test images (smoke runs)."}
+    )
 
 
 def native_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int, device) -> torch.Tensor:
@@ -104,6 +102,7 @@ def evaluate(model: MocoForPretraining, args: TeacherArguments, device, autocast
     feats = {}
     for split in ("train", "test"):
         images, labels = load_fashion_mnist(split, args.fmnist_dir)
+        images, labels = images[: args.max_eval_samples], labels[: args.max_eval_samples]
         x_all = torch.from_numpy(images).unsqueeze(1)
         out = []
         for start in range(0, len(x_all), 1024):

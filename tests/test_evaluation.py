@@ -94,3 +94,49 @@ def test_linear_probe_matches_scikit_learn_on_real_features():
         scaler.transform(x_train.numpy()), y_train.numpy()
     ).score(scaler.transform(x_test.numpy()), y_test.numpy()) - 0.5
     assert set(swept["validation_top1"]) and swept["l2"] in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+def _imagefolder(root, classes=("bag", "shoe"), per_class=6, seed=0):
+    """Tiny imagefolder: 20×20 PNGs, class 0 bright on the left half, class 1 on the right, plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.full((20, 20, 3), 30.0)
+            base[:, 10 * label : 10 * label + 10] = 220.0
+            pixels = np.clip(base + rng.normal(0, 20, (20, 20, 3)), 0, 255).astype("uint8")
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("source", ["dirs", "dataset_name"])
+def test_run_eval_on_your_own_labelled_images(tmp_path, source):
+    """run_eval evaluates on imagefolders (--train_dir/--validation_dir) and on a datasets source
+    (--dataset_name with its splits and --label_column), recording the data it used."""
+    import sys
+    from pathlib import Path
+
+    from helpers import tiny_student
+
+    from seed_hf.hub import export_student
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import run_eval
+
+    _imagefolder(tmp_path / "data" / "train")
+    _imagefolder(tmp_path / "data" / "test", per_class=3, seed=1)
+    model = tiny_student(image_size=32)
+    folder = export_student(model, tmp_path / "export")
+    if source == "dirs":
+        data_args = ["--train_dir", str(tmp_path / "data" / "train"), "--validation_dir", str(tmp_path / "data" / "test")]
+    else:
+        data_args = ["--dataset_name", str(tmp_path / "data"), "--label_column", "label", "--validation_split", "test"]
+    rows = run_eval.main(["--models", str(folder), "pixels", "--knn_k", "3", "--linear_probe", *data_args])
+    assert [r["model"] for r in rows] == [str(folder), "pixels"]
+    assert all(r["num_train"] == 12 and r["num_eval"] == 6 for r in rows)
+    assert rows[1]["knn_top1"] == 100.0  # left vs right: raw pixels separate the classes
+    assert rows[0]["preprocessing"]["input_size"] == [3, 32, 32] and 0 <= rows[0]["linear_top1"] <= 100
+    with pytest.raises(ValueError, match="--image_column"):
+        run_eval.main(["--models", "pixels", "--dataset_name", str(tmp_path / "data"), "--label_column", "nope"])
