@@ -65,7 +65,7 @@ demo: setup
 	$(PY) examples/run_eval.py --models $(DEMO_EXPORT_DIR) --linear_probe \
 	  --reference_results results/teacher/eval_results.json --output_file $(DEMO_DIR)/eval_results.json
 	$(PY) examples/run_export.py --student_dir $(DEMO_DIR)/student --output_dir $(DEMO_EXPORT_DIR) \
-	  --eval_results $(DEMO_DIR)/eval_results.json \
+	  --eval_results $(DEMO_DIR)/eval_results.json --hub_model_id your-org/seed-demo-mobilenetv3-small-fmnist \
 	  $(if $(DEMO_MANIFEST),--manifest $(DEMO_MANIFEST) --manifest_name seed-demo-mobilenetv3-small-fmnist)
 	@echo "Student written to $(DEMO_EXPORT_DIR) (model card: $(DEMO_EXPORT_DIR)/README.md)"
 

@@ -60,6 +60,10 @@ class StudyArguments:
     eval_train_samples: int | None = field(default=None, metadata={"help": "Limit final-eval train images (smoke tests)."})
     eval_test_samples: int | None = field(default=None, metadata={"help": "Limit final-eval test images (smoke tests)."})
     license: str = field(default="apache-2.0", metadata={"help": "License of the exported students."})
+    manifest: str | None = field(
+        default="model_cards/models.json",
+        metadata={"help": "Record the exported students in this shipped-models manifest ('' to skip)."},
+    )
     reference_results: str | None = field(
         default="results/teacher/eval_results.json",
         metadata={
@@ -318,6 +322,10 @@ def main(argv=None) -> list[dict]:
             exporters[name](
                 runs[name], folder, eval_results=eval_results, training_summary=run_summary(runs[name]),
                 repo_id=f"your-org/{folder.name}-fmnist-{args.student_architecture}", license=args.license,
+                # shipped models: model_cards/ re-renders their cards from results.json (make cards)
+                manifest=(args.manifest, f"{folder.name}-fmnist-{args.student_architecture}", eval_results)
+                if args.manifest and eval_results
+                else None,
             )
 
     export_all()
