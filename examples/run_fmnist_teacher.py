@@ -29,7 +29,15 @@ from transformers import HfArgumentParser
 
 from seed_hf.batched_transforms import BatchedSSLTransform
 from seed_hf.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
-from seed_hf.evaluation import knn_accuracy
+from seed_hf.evaluation import (
+    LabelledImages,
+    PooledBackbone,
+    eval_data_config,
+    eval_transform,
+    extract_features,
+    knn_accuracy,
+    load_labelled_splits,
+)
 from seed_hf.moco import MocoConfig, MocoForPretraining, save_query_encoder
 from seed_hf.precision import cpu_has_native_bf16
 
@@ -93,26 +101,22 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, max_steps: i
 
 
 @torch.no_grad()
-def evaluate(model: MocoForPretraining, args: TeacherArguments, device, autocast) -> dict:
-    """Weighted kNN (k=200, τ=0.07) of the pooled encoder features, train → test."""
-    from torch.nn import functional as F
-
-    model.eval()
-    mean, std = FASHION_MNIST_MEAN[0], FASHION_MNIST_STD[0]
-    feats = {}
-    for split in ("train", "test"):
-        images, labels = load_fashion_mnist(split, args.fmnist_dir)
-        images, labels = images[: args.max_eval_samples], labels[: args.max_eval_samples]
-        x_all = torch.from_numpy(images).unsqueeze(1)
-        out = []
-        for start in range(0, len(x_all), 1024):
-            x = x_all[start : start + 1024].to(device).float() / 255.0
-            x = F.interpolate(x, size=args.image_size, mode="bilinear", antialias=True, align_corners=False)
-            with autocast():
-                out.append(model.get_features((x - mean) / std).float())
-        feats[split] = (torch.cat(out), torch.from_numpy(labels).to(device))
+def evaluate(model: MocoForPretraining, args: TeacherArguments, device) -> dict:
+    """Weighted kNN (k=200, τ=0.07) of the pooled encoder features, train → test, with the
+    evaluation preprocessing of ``run_eval.py`` (``seed_hf.evaluation``)."""
+    data = load_labelled_splits(fashion_mnist_dir=args.fmnist_dir).subsample(args.max_eval_samples, args.max_eval_samples)
+    c = model.config
+    transform = eval_transform(eval_data_config(c.in_chans, c.image_size, c.image_mean, c.image_std))
+    encoder = PooledBackbone(model.encoder)
+    train, test = (
+        extract_features(encoder, LabelledImages(images, labels, transform), 1024, device, desc=split)
+        for split, images, labels in (
+            ("train", data.train_images, data.train_labels),
+            ("test", data.eval_images, data.eval_labels),
+        )
+    )
     model.train()
-    scores = knn_accuracy(*feats["train"], *feats["test"])
+    scores = knn_accuracy(*train, *test)
     return {f"knn_{k}": v for k, v in scores.items()}
 
 
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         if step % args.save_steps == 0 or step == schedule["total"]:
             save_checkpoint(accelerator, out, step, schedule["total"])
 
-    metrics = evaluate(unwrapped, args, device, accelerator.autocast)
+    metrics = evaluate(unwrapped, args, device)
     metrics.update(
         steps=schedule["total"],
         batch_size=args.batch_size,

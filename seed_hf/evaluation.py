@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .backbones import pooled_features
@@ -36,6 +36,7 @@ __all__ = [
     "PIXEL_BASELINES",
     "LINEAR_PROBE_PROTOCOL",
     "EncoderSpec",
+    "PooledBackbone",
     "LabelledImages",
     "LabelledSplits",
     "load_labelled_splits",
@@ -110,7 +111,9 @@ class EncoderSpec:
     num_parameters: int = 0
 
 
-class _PooledBackbone(nn.Module):
+class PooledBackbone(nn.Module):
+    """A timm backbone as ``pixel_values (n, c, h, w) → pooled features (n, pooled_width)``."""
+
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
@@ -150,9 +153,9 @@ def load_encoder(name_or_path: str) -> EncoderSpec:
 
         backbone = timm.create_model(f"local-dir:{path}", pretrained=True, num_classes=0)
         data_config = resolve_model_data_config(backbone)
-        return EncoderSpec(str(path), _PooledBackbone(backbone).eval(), data_config, _count(backbone))
+        return EncoderSpec(str(path), PooledBackbone(backbone).eval(), data_config, _count(backbone))
     data_config = eval_data_config(c.in_chans, c.image_size, c.image_mean, c.image_std)
-    return EncoderSpec(str(path), _PooledBackbone(backbone).eval(), data_config, _count(backbone))
+    return EncoderSpec(str(path), PooledBackbone(backbone).eval(), data_config, _count(backbone))
 
 
 class LabelledImages(Dataset):
@@ -388,7 +391,7 @@ class LabelledSplits:
         def head(images, labels, n):
             if not n or n >= len(labels):
                 return images, labels
-            images = images[:n] if isinstance(images, np.ndarray) else _Subset(images, n)
+            images = images[:n] if isinstance(images, np.ndarray) else Subset(images, range(n))
             return images, labels[:n]
 
         return LabelledSplits(
@@ -397,19 +400,6 @@ class LabelledSplits:
             *head(self.eval_images, self.eval_labels, max_eval),
             self.eval_split,
         )
-
-
-class _Subset:
-    def __init__(self, items, n: int):
-        self.items, self.n = items, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int):
-        if index >= self.n:
-            raise IndexError(index)
-        return self.items[index]
 
 
 def load_labelled_splits(

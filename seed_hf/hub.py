@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .backbones import pooled_width
 from .modeling_seed import SeedForDistillation
 
 __all__ = [
@@ -165,8 +166,6 @@ def export_encoder(
         data_config=data_config,
     )
     _fix_config_for_transformers(out / "config.json", pretrained_cfg)
-    from .backbones import pooled_width
-
     facts = {
         **card_facts,
         "architecture": architecture,
@@ -234,20 +233,9 @@ def export_student(
         "train_in_chans": config.in_chans,
     }
     source = None if isinstance(model_or_dir, SeedForDistillation) else model_or_dir
-    return export_encoder(
-        model.student,
-        out_dir,
-        config.student_architecture,
-        dict(config.student_model_args),
-        config.in_chans,
-        config.image_size,
-        list(config.image_mean),
-        list(config.image_std),
-        facts,
-        results_for(eval_results, source, out_dir) if eval_results is not None else [],
-        repo_id,
-        license,
-        manifest,
+    return _export_with_config(
+        model.student, config, config.student_architecture, config.student_model_args, facts,
+        source, out_dir, eval_results, repo_id, license, manifest,
     )
 
 
@@ -265,26 +253,40 @@ def export_moco_encoder(
     from .moco import load_query_encoder
 
     encoder, _, config = load_query_encoder(run_dir)
-    facts = {
+    facts = {**(training_summary or {}), **_moco_facts(config)}
+    return _export_with_config(
+        encoder, config, config.architecture, config.model_args, facts,
+        run_dir, out_dir, eval_results, repo_id, license, manifest,
+    )
+
+
+def _moco_facts(config) -> dict[str, Any]:
+    """Card facts every MoCo-v2 model has (exported encoder or seed_hf teacher folder)."""
+    return {
         "method": "moco_v2",
-        **(training_summary or {}),
         "queue_size": config.queue_size,
         "contrastive_temperature": config.contrastive_temperature,
         "moco_momentum": config.momentum,
         "projection_dim": config.projection_dim,
         "train_in_chans": config.in_chans,
     }
+
+
+def _export_with_config(backbone, config, architecture, model_args, facts, source, out_dir, eval_results,
+                        repo_id, license, manifest) -> Path:
+    """:func:`export_encoder` with the input format of a SEED or MoCo config; card rows are the
+    evaluation rows of ``source`` (the run folder) or of the export folder."""
     return export_encoder(
-        encoder,
+        backbone,
         out_dir,
-        config.architecture,
-        dict(config.model_args),
+        architecture,
+        dict(model_args),
         config.in_chans,
         config.image_size,
         list(config.image_mean),
         list(config.image_std),
         facts,
-        results_for(eval_results, run_dir, out_dir) if eval_results is not None else [],
+        results_for(eval_results, source, out_dir) if eval_results is not None else [],
         repo_id,
         license,
         manifest,
@@ -384,26 +386,21 @@ def teacher_card_facts(folder: str | os.PathLike, training: dict[str, Any] | Non
     """Card facts of a seed_hf MoCo-v2 teacher folder (query encoder + head, ``load_teacher``
     format) from its config and what its training recorded (``training``: steps, batch size,
     epochs, dataset, device)."""
-    from .backbones import pooled_width
+    from .evaluation import EVAL_INTERPOLATION
     from .moco import load_query_encoder
 
     encoder, _, config = load_query_encoder(folder)
     training = dict(training or {})
     return {
-        "method": "moco_v2",
+        **_moco_facts(config),
         "format": "seed_hf_teacher",
         "architecture": config.architecture,
         "feature_dim": pooled_width(encoder),
-        "projection_dim": config.projection_dim,
-        "train_in_chans": config.in_chans,
         "export_in_chans": config.in_chans,
         "image_size": config.image_size,
         "mean": [round(m, 4) for m in config.image_mean],
         "std": [round(v, 4) for v in config.image_std],
-        "interpolation": "bilinear",
-        "queue_size": config.queue_size,
-        "contrastive_temperature": config.contrastive_temperature,
-        "moco_momentum": config.momentum,
+        "interpolation": EVAL_INTERPOLATION,
         **{k: v for k, v in training.items() if k in ("dataset", "dataset_split", "steps", "batch_size", "epochs", "augmentation", "compute")},
     }
 

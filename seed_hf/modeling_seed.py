@@ -155,13 +155,15 @@ class SeedForDistillation(SeedPreTrainedModel):
 
     def _distill(self, student_embeds, teacher_embeds, queue, batch_teacher_embeds):
         """SEED loss and logits against a snapshot of ``queue`` (the buffer itself is updated in
-        place by :meth:`enqueue` after this forward, while autograd still needs the snapshot)."""
+        place by :meth:`enqueue` after this forward, while autograd still needs the snapshot).
+        Returns ``(loss, logits, teacher_embeds, global keys)``; the keys of the global batch are
+        gathered once, when the loss (``batch_keys``) or the enqueue (training) needs them."""
         teacher_embeds = F.normalize(teacher_embeds.float(), dim=1)
-        if self.config.loss_variant == "batch_keys" and batch_teacher_embeds is None:
+        if batch_teacher_embeds is None and (self.training or self.config.loss_variant == "batch_keys"):
             batch_teacher_embeds = all_gather_no_grad(teacher_embeds)
         snapshot = queue.clone() if self.training else queue
         loss, logits = self.loss_fn(student_embeds, teacher_embeds, snapshot, batch_teacher_embeds, return_logits=True)
-        return loss, logits, teacher_embeds
+        return loss, logits, teacher_embeds, batch_teacher_embeds
 
     def forward(
         self,
@@ -200,9 +202,10 @@ class SeedForDistillation(SeedPreTrainedModel):
 
         loss = logits = None
         if teacher_embeds is not None:
-            loss, logits, teacher_embeds = self._distill(
+            loss, logits, teacher_embeds, keys = self._distill(
                 student_embeds, teacher_embeds, self.queue.embeddings, batch_teacher_embeds
             )
+            small_keys = None
             if small_pixel_values is not None:
                 if small_teacher_embeds is None or not hasattr(self, "small_queue"):
                     raise ValueError(
@@ -211,7 +214,7 @@ class SeedForDistillation(SeedPreTrainedModel):
                 # (n, m, c, h, w) -> (n·m, c, h, w): every small crop is one more distillation sample
                 small = small_pixel_values.flatten(0, 1)
                 small_embeds = F.normalize(self.head(self.get_features(small)), dim=1)
-                small_loss, _, _ = self._distill(
+                small_loss, _, _, small_keys = self._distill(
                     small_embeds,
                     small_teacher_embeds,
                     self.small_queue.embeddings,
@@ -219,12 +222,6 @@ class SeedForDistillation(SeedPreTrainedModel):
                 )
                 loss = loss + small_loss
             if self.training:  # the model owns its queue: push this global batch's keys (FIFO)
-                keys = batch_teacher_embeds if batch_teacher_embeds is not None else all_gather_no_grad(teacher_embeds)
-                small_keys = None
-                if small_pixel_values is not None:
-                    small_keys = batch_small_teacher_embeds
-                    if small_keys is None:
-                        small_keys = all_gather_no_grad(small_teacher_embeds)
                 self.enqueue(keys, small_keys)
 
         output = SeedOutput(
