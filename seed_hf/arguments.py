@@ -12,18 +12,17 @@ from typing import Any
 
 import datasets
 import transformers
-from transformers.trainer_utils import get_last_checkpoint
 
 from .data import (
     AUGMENTATION_BACKENDS,
     AUGMENTATION_PRESETS,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
-    INDEX_COLUMN,
     ArrayImageDataset,
     DecodeStats,
     ImageColumnTransform,
     MultiViewTransform,
+    SeededRowDataset,
     build_ssl_transform,
     decode_image,
     detect_image_column,
@@ -31,7 +30,8 @@ from .data import (
     load_image_dataset,
 )
 from .evaluation import LabelledImages, eval_data_config, eval_transform, load_labelled_splits
-from .trainer import STAGING_DIR, KnnMonitor, remove_staging_leftovers
+from .callbacks import is_complete_checkpoint, last_complete_checkpoint, remove_incomplete_checkpoints
+from .trainer import KnnMonitor
 
 __all__ = [
     "DataTrainingArguments",
@@ -235,10 +235,7 @@ def build_train_dataset(
     apply = ImageColumnTransform(transform, image_column, in_chans, to_array=to_array)
     if data_args.max_train_samples:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
-    if not {"__key__", "id"} & set(dataset.column_names):  # lets the skipped-image log name a row
-        dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
-    dataset.set_transform(apply)
-    return dataset
+    return SeededRowDataset(dataset, apply, seed=seed)
 
 
 def _source_name(data_args: DataTrainingArguments) -> str:
@@ -350,7 +347,7 @@ def finished_run_results(training_args) -> dict | None:
         f"The run in {output_dir} is already complete ({step} of {target} steps): nothing to train, its results "
         "are kept. Pass a larger --max_steps to train on, or --overwrite_output_dir to start over."
     )
-    remove_staging_leftovers(str(output_dir))
+    remove_incomplete_checkpoints(str(output_dir))
     return json.loads(results_file.read_text())
 
 
@@ -412,18 +409,25 @@ def check_resumable(checkpoint: str | None, configs: list) -> None:
 
 
 def resolve_checkpoint(training_args) -> str | None:
-    """The checkpoint to resume from: ``--resume_from_checkpoint`` or the last one in
+    """The checkpoint to resume from: ``--resume_from_checkpoint`` or the last complete one in
     ``output_dir``; raises on a non-empty ``output_dir`` without checkpoints."""
     if training_args.resume_from_checkpoint is not None:
         if training_args.resume_from_checkpoint in ("True", "true", True):
-            return get_last_checkpoint(training_args.output_dir)
+            return last_complete_checkpoint(training_args.output_dir)
         return training_args.resume_from_checkpoint
-    if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
-        last = get_last_checkpoint(training_args.output_dir)
-        leftovers = [name for name in os.listdir(training_args.output_dir) if name != STAGING_DIR]
+    output_dir = training_args.output_dir
+    if os.path.isdir(output_dir) and not training_args.overwrite_output_dir:
+        last = last_complete_checkpoint(output_dir)
+        ours = {RUN_INFO_FILE}  # written before the first step; interrupted saves are removed at the start
+        leftovers = [
+            name
+            for name in os.listdir(output_dir)
+            if name not in ours
+            and not (name.startswith("checkpoint-") and not is_complete_checkpoint(os.path.join(output_dir, name)))
+        ]
         if last is None and leftovers:
             raise ValueError(
-                f"Output directory ({training_args.output_dir}) already exists and is not empty. "
+                f"Output directory ({output_dir}) already exists and is not empty. "
                 "Use --overwrite_output_dir to overwrite it."
             )
         if last is not None:

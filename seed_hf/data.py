@@ -18,7 +18,8 @@ import gzip
 import io
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "load_fashion_mnist",
     "build_ssl_transform",
     "ArrayImageDataset",
+    "SeededRowDataset",
     "MultiViewTransform",
     "ImageColumnTransform",
     "convert_image",
@@ -355,6 +357,16 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
 
 
+@contextmanager
+def per_sample_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
+    """Runs the block with torch's CPU RNG seeded by :func:`sample_seed`, restoring the global
+    stream afterwards: a sample's augmentation no longer depends on worker count, world size,
+    prefetching or where a run was resumed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sample_seed(seed, epoch, index))
+        yield
+
+
 class ArrayImageDataset(Dataset):
     """Map-style dataset over in-memory uint8 images ``(n, h, w)`` or ``(n, h, w, c)``.
 
@@ -393,8 +405,7 @@ class ArrayImageDataset(Dataset):
         elif self.seed is None:
             out = self.transform(self.images[index])
         else:
-            with torch.random.fork_rng(devices=[]):  # leaves the global RNG stream untouched
-                torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            with per_sample_rng(self.seed, self.epoch, index):
                 out = self.transform(self.images[index])
         if not isinstance(out, dict):
             out = {"pixel_values": out}
@@ -558,3 +569,48 @@ class ImageColumnTransform:
             out[SKIPPED_KEY][-1] += self._dropped
             self._dropped = 0
         return out
+
+
+class SeededRowDataset(Dataset):
+    """A map-style ``datasets.Dataset`` whose rows become training examples through
+    ``transform`` (an :class:`ImageColumnTransform`), each under its own seed: the views of row
+    ``index`` depend on ``(seed, epoch, index)`` only, exactly as for :class:`ArrayImageDataset`
+    (the trainers call ``set_epoch``), so a resumed or multi-process run sees the augmentations
+    of an uninterrupted single-process one.
+
+    Rows are read in batches (``__getitems__``: one arrow read per batch, as ``datasets`` does
+    with ``set_transform``) and undecodable images come back with ``pixel_values=None``
+    (``collate_batch`` drops and counts them)."""
+
+    def __init__(self, rows, transform: ImageColumnTransform, seed: int = 0):
+        self.rows = rows
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def column_names(self) -> list[str]:
+        return self.rows.column_names
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _example(self, row: dict[str, Any], index: int) -> dict[str, Any]:
+        cells = {key: [value] for key, value in row.items()}
+        cells.setdefault(INDEX_COLUMN, [index])  # names the row in the skipped-image log
+        with per_sample_rng(self.seed, self.epoch, index):
+            out = self.transform(cells)
+        return {key: values[0] for key, values in out.items()}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._example(self.rows[int(index)], int(index))
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        columns = self.rows[list(indices)]  # dict of column -> list
+        return [
+            self._example({key: values[i] for key, values in columns.items()}, int(index))
+            for i, index in enumerate(indices)
+        ]
