@@ -22,13 +22,10 @@ from seed_hf.arguments import (
     build_knn_monitor,
     build_script_dataset,
     check_hub_arguments,
-    check_resumable,
-    finished_run_results,
     parse_script_args,
-    resolve_checkpoint,
     setup_logging,
-    train_and_save,
 )
+from seed_hf.runs import check_resumable, finished_run_results, resolve_checkpoint, train_and_save
 
 
 @dataclass

@@ -1,11 +1,12 @@
-"""`TrainerCallback`s and checkpoint discovery: what seed_hf adds to ``transformers.Trainer``
-through its public extension points only.
+"""`TrainerCallback`s: what seed_hf adds to ``transformers.Trainer``'s loop, through its public
+extension points only.
 
 * :class:`DatasetEpochCallback`: tells a per-sample seeded dataset the epoch it serves.
+* :class:`StreamPositionCallback`: keeps a :class:`seed_hf.shard_stream.ShardStream` where the run is.
 * :class:`CheckpointCompletionCallback`: marks a checkpoint complete once every process has
-  written it; :func:`last_complete_checkpoint` resumes only from marked ones, so a run killed
-  while saving resumes from the checkpoint before (the Trainer writes ``checkpoint-N`` in place,
-  so a Hub upload with ``hub_strategy="checkpoint"`` never sees a folder being renamed).
+  written it; ``seed_hf.runs.last_complete_checkpoint`` resumes only from marked ones, so a run
+  killed while saving resumes from the checkpoint before (the Trainer writes ``checkpoint-N`` in
+  place, so a Hub upload with ``hub_strategy="checkpoint"`` never sees a folder being renamed).
 """
 
 from __future__ import annotations
@@ -13,86 +14,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import shutil
 
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-__all__ = [
-    "COMPLETE_MARKER",
-    "DatasetEpochCallback",
-    "CheckpointCompletionCallback",
-    "is_complete_checkpoint",
-    "last_complete_checkpoint",
-    "remove_incomplete_checkpoints",
-]
+from .runs import COMPLETE_MARKER
+from .shard_stream import ShardStream
+
+__all__ = ["DatasetEpochCallback", "CheckpointCompletionCallback", "StreamPositionCallback"]
 
 logger = logging.getLogger(__name__)
-
-# written into checkpoint-N after every process finished writing it: its absence means a killed save
-COMPLETE_MARKER = "checkpoint_complete.json"
-_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-
-
-def _checkpoints(output_dir: str) -> list[tuple[int, str]]:
-    """``(step, path)`` of the ``checkpoint-N`` folders in ``output_dir``, oldest first."""
-    if not os.path.isdir(output_dir):
-        return []
-    found = []
-    for name in os.listdir(output_dir):
-        match = _CHECKPOINT_RE.match(name)
-        if match and os.path.isdir(os.path.join(output_dir, name)):
-            found.append((int(match.group(1)), os.path.join(output_dir, name)))
-    return sorted(found)
-
-
-def is_complete_checkpoint(checkpoint: str) -> bool:
-    """Whether every process finished writing ``checkpoint`` (it holds :data:`COMPLETE_MARKER`)."""
-    return os.path.isfile(os.path.join(checkpoint, COMPLETE_MARKER))
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest complete ``checkpoint-N`` of ``output_dir`` (None when there is none); newer
-    incomplete ones, left by a save that was killed, are skipped with a warning."""
-    skipped = []
-    for _, path in reversed(_checkpoints(output_dir)):
-        if is_complete_checkpoint(path):
-            if skipped:
-                logger.warning(
-                    f"Skipping incomplete checkpoint(s) {skipped} (a save was interrupted): resuming from "
-                    f"{os.path.basename(path)}."
-                )
-            return path
-        skipped.append(os.path.basename(path))
-    if skipped:
-        logger.warning(f"No complete checkpoint in {output_dir}: {skipped} were interrupted while saving.")
-    return None
-
-
-def remove_incomplete_checkpoints(output_dir: str, keep: str | None = None) -> list[str]:
-    """Deletes the incomplete checkpoints newer than the last complete one (what killed saves
-    leave; the resumed run writes those steps again), except ``keep``, and returns their names."""
-    last = last_complete_checkpoint(output_dir)
-    last_step = -1 if last is None else int(_CHECKPOINT_RE.match(os.path.basename(last)).group(1))
-    removed = []
-    for step, path in _checkpoints(output_dir):
-        if step > last_step and not is_complete_checkpoint(path) and not _same_path(path, keep):
-            shutil.rmtree(path)
-            removed.append(os.path.basename(path))
-    return removed
-
-
-def _same_path(path: str, other: str | None) -> bool:
-    return other is not None and os.path.abspath(path) == os.path.abspath(other)
 
 
 class DatasetEpochCallback(TrainerCallback):
     """Calls ``train_dataset.set_epoch(epoch)`` at the start of every epoch, fresh or resumed.
 
     accelerate forwards ``set_epoch`` to the dataset only when the sampler has none, and a
-    per-sample seeded dataset (:class:`seed_hf.data.ArrayImageDataset`, ``SeededRowDataset``)
+    per-sample seeded dataset (:class:`seed_hf.datasets.ArrayImageDataset`, ``SeededRowDataset``)
     draws each view from ``(seed, epoch, index)``: it must know the true epoch, also after a
     resume. ``on_epoch_begin`` runs before the epoch's dataloader iterator (and its workers) is
     created, so the workers receive the new epoch."""
@@ -125,3 +64,23 @@ class CheckpointCompletionCallback(TrainerCallback):
                     f.flush()
                     os.fsync(f.fileno())
         PartialState().wait_for_everyone()
+
+
+class StreamPositionCallback(TrainerCallback):
+    """Keeps a :class:`ShardStream` where the run is: after ``global_step × gradient accumulation``
+    batches when training (re)starts, then the next stream epoch at each Trainer epoch (the
+    Trainer starts one when the stream's epoch is exhausted)."""
+
+    def __init__(self, stream: ShardStream):
+        self.stream = stream
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        position = self.stream.resume_after(state.global_step * args.gradient_accumulation_steps)
+        if state.global_step:
+            logger.info(
+                f"Stream resumed at epoch {position.epoch}, batch {position.batches_in_epoch} of this process "
+                "(no skipped batch is read or decoded)."
+            )
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.stream.begin_epoch()

@@ -17,17 +17,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 
-from .callbacks import (
-    CheckpointCompletionCallback,
-    DatasetEpochCallback,
-    is_complete_checkpoint,
-    last_complete_checkpoint,
-    remove_incomplete_checkpoints,
-)
-from .data import SKIPPED_KEY, collate_batch
+from .callbacks import CheckpointCompletionCallback, DatasetEpochCallback, StreamPositionCallback
+from .datasets import SKIPPED_KEY, collate_batch
 from .distributed import all_gather_no_grad
 from .evaluation import knn_accuracy
 from .precision import resolve_teacher_dtype
+from .runs import is_complete_checkpoint, last_complete_checkpoint, remove_incomplete_checkpoints
+from .shard_stream import ShardStream
 from .teachers import FrozenTeacher
 
 __all__ = [
@@ -177,6 +173,16 @@ class QueueTrainer(Trainer):
                     "its per-sample seeded augmentation would repeat epoch 0's views: turn it off."
                 )
             self.add_callback(DatasetEpochCallback(self.train_dataset))
+        if isinstance(self.train_dataset, ShardStream):
+            self.train_dataset.configure(
+                self.args.per_device_train_batch_size,
+                self.args.world_size,
+                self.args.process_index,
+                self.args.dataloader_num_workers,
+            )
+            # the stream resumes from global_step itself; the Trainer would re-read every skipped batch
+            self.args.ignore_data_skip = True
+            self.add_callback(StreamPositionCallback(self.train_dataset))
         self._validate_batch_size()
         self._validate_precision()
         self._validate_image_size()
@@ -210,6 +216,22 @@ class QueueTrainer(Trainer):
             )
         return output
 
+    def get_train_dataloader(self) -> DataLoader:
+        """A plain DataLoader for a :class:`ShardStream` (it splits itself over processes and workers;
+        accelerate's ``IterableDatasetShard`` would make every process read all of it); the
+        Trainer's otherwise. The Trainer moves each batch to the device in ``training_step``."""
+        if not isinstance(self.train_dataset, ShardStream):
+            return super().get_train_dataloader()
+        workers = self.args.dataloader_num_workers
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.args.per_device_train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
+        )
+
     def _validate_precision(self) -> None:
         if self.args.fp16 and self.args.device.type == "cpu":
             raise ValueError(
@@ -230,7 +252,7 @@ class QueueTrainer(Trainer):
             model.get_features(self._probe_input())
         except Exception as error:
             raise ValueError(
-                f"The student ({getattr(model.config, 'student_architecture', None) or model.config.architecture}) "
+                f"The student ({model.config.architecture}) "
                 f"cannot take {model.config.in_chans}x{model.config.image_size}x{model.config.image_size} images "
                 f"(image_size / in_chans): {error}"
             ) from error

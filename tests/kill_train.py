@@ -11,12 +11,11 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from helpers import tiny_student, tiny_teacher  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from helpers import KillAtStep, tiny_student, tiny_teacher  # noqa: E402
 
 from seed_hf import ArrayImageDataset, SeedTrainer, SeedTrainingArguments, build_ssl_transform, collate_batch  # noqa: E402
-from seed_hf.data import ImageColumnTransform, SeededRowDataset  # noqa: E402
-from seed_hf.arguments import resolve_checkpoint  # noqa: E402
+from seed_hf.datasets import ImageColumnTransform, SeededRowDataset  # noqa: E402
+from seed_hf.runs import resolve_checkpoint  # noqa: E402
 
 
 def augmented_images(n: int = 40, source: str = "array"):
@@ -39,15 +38,6 @@ def augmented_images(n: int = 40, source: str = "array"):
     rows = datasets.Dataset.from_dict({"image": [jpeg(a) for a in images.numpy()]})
     rows = rows.cast_column("image", datasets.Image(decode=False))
     return SeededRowDataset(rows, ImageColumnTransform(transform, "image", 3, to_array=True), seed=0)
-
-
-class KillAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main(out_dir: str, max_steps: int, kill_at: int, mode: str, source: str = "array") -> None:
@@ -74,7 +64,7 @@ def main(out_dir: str, max_steps: int, kill_at: int, mode: str, source: str = "a
         data_collator=collate_batch,
     )
     if mode == "step" and kill_at > 0:
-        trainer.add_callback(KillAt(kill_at))
+        trainer.add_callback(KillAtStep(kill_at))
     elif mode == "save" and kill_at > 0:
         original = trainer._save_optimizer_and_scheduler
 

@@ -17,8 +17,9 @@ import run_moco  # noqa: E402
 import run_seed  # noqa: E402
 
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E402
-from seed_hf.arguments import DataTrainingArguments, build_train_dataset, parse_script_args  # noqa: E402
-from seed_hf.callbacks import COMPLETE_MARKER  # noqa: E402
+from seed_hf.arguments import DataTrainingArguments, parse_script_args  # noqa: E402
+from seed_hf.datasets import build_train_dataset  # noqa: E402
+from seed_hf.runs import COMPLETE_MARKER  # noqa: E402
 
 SCRIPTS = sorted((ROOT / "examples").glob("*.py"))
 
@@ -167,7 +168,7 @@ def test_skipped_images_are_totalled_over_dataloader_workers(tmp_path):
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_skipped_image_log_names_the_row(tmp_path, caplog, monkeypatch, streaming):
-    from seed_hf.data import DECODE_STATS
+    from seed_hf.datasets import DECODE_STATS
 
     monkeypatch.setattr(DECODE_STATS, "skipped", 0)  # names are logged for the first images of a process
     files = write_shards(tmp_path, shards=1, rows=8, corrupt_every=3)  # ids 0, 3, 6

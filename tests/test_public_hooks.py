@@ -12,7 +12,8 @@ from transformers import Trainer
 
 import seed_hf
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch
-from seed_hf.callbacks import COMPLETE_MARKER, DatasetEpochCallback
+from seed_hf.callbacks import DatasetEpochCallback
+from seed_hf.runs import COMPLETE_MARKER
 
 PRIVATE_TRAINER_NAMES = {
     name for name in dir(Trainer) if name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
