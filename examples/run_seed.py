@@ -29,6 +29,7 @@ from seed_hf import (
 )
 from seed_hf.arguments import (
     DataTrainingArguments,
+    build_device_transform,
     build_knn_monitor,
     build_script_dataset,
     check_hub_arguments,
@@ -39,6 +40,7 @@ from seed_hf.arguments import (
     setup_logging,
     train_and_save,
 )
+from seed_hf.gpu_input import collate_encoded_batch
 
 
 @dataclass
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
             {c.student_architecture.replace(".", "_"): SeedForDistillation(c) for c in configs}
         )
     train_dataset = build_script_dataset(data_args, training_args, config, num_views=1)
+    # --data_device cuda: the workers pass JPEG bytes, decoded and augmented on the GPU by the trainer
+    device_transform = build_device_transform(data_args, config, training_args.device, num_views=1)
     logger.info(
         f"SEED {', '.join(architectures)} <- {teacher.description}, lr {training_args.learning_rate:.4g}, "
         f"K {config.queue_size}, tau_S {config.student_temperature}, tau_T {config.teacher_temperature}"
@@ -196,9 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
         teacher=teacher,
         args=training_args,
         train_dataset=train_dataset,
-        data_collator=collate_batch,
+        data_collator=collate_encoded_batch if device_transform else collate_batch,
         knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, image_size),
     )
+    trainer.device_transform = device_transform
     run_info = {
         "method": "seed",
         **data_args.describe(),

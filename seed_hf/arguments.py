@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
+from .batched_transforms import BATCHED_PRESETS, BatchedSSLTransform
 from .data import (
     AUGMENTATION_BACKENDS,
     AUGMENTATION_PRESETS,
@@ -31,11 +33,13 @@ from .data import (
     load_image_dataset,
 )
 from .evaluation import LabelledImages, eval_data_config, eval_transform, load_labelled_splits
+from .gpu_input import DeviceInputTransform, EncodedImageTransform
 from .trainer import STAGING_DIR, KnnMonitor, remove_staging_leftovers
 
 __all__ = [
     "DataTrainingArguments",
     "build_train_dataset",
+    "build_device_transform",
     "build_knn_monitor",
     "setup_logging",
     "resolve_checkpoint",
@@ -47,6 +51,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RUN_INFO_FILE = "run_info.json"
+DATA_DEVICES = ("cpu", "cuda")
+
+
+def _cuda_available() -> bool:  # one place to fake a GPU in tests
+    return torch.cuda.is_available()
 
 
 @dataclass
@@ -90,6 +99,14 @@ class DataTrainingArguments:
             "times faster per core) or torchvision (PIL/tensor kernels). Both draw the same random parameters."
         },
     )
+    data_device: str = field(
+        default="cpu",
+        metadata={
+            "help": "Where JPEGs are decoded and augmented: cpu (dataloader workers, default) or cuda (the workers pass "
+            "the encoded bytes; nvJPEG decodes and the augmentation runs batched on the training GPU: "
+            "seed_hf.gpu_input). Needs a datasets source (--dataset_name, --train_dir, --train_files)."
+        },
+    )
     image_size: int | None = field(
         default=None, metadata={"help": "Training resolution (default 224, 32 for Fashion-MNIST)."}
     )
@@ -131,6 +148,29 @@ class DataTrainingArguments:
         if self.augmentation is not None and self.augmentation not in AUGMENTATION_PRESETS:
             raise ValueError(
                 f"--augmentation must be one of {AUGMENTATION_PRESETS}, got {self.augmentation!r}."
+            )
+        if self.data_device not in DATA_DEVICES:
+            raise ValueError(f"--data_device must be one of {DATA_DEVICES}, got {self.data_device!r}.")
+        if self.data_device == "cuda":
+            self._check_device_input()
+
+    def _check_device_input(self) -> None:
+        if self.uses_fashion_mnist:
+            raise ValueError(
+                "--data_device cuda decodes JPEG bytes on the GPU, but the default Fashion-MNIST source is in-memory "
+                "uint8 arrays with nothing to decode (its 28-px images augment fast in the dataloader workers): drop "
+                "--data_device cuda, or pass a datasets source of JPEGs (--dataset_name, --train_dir, --train_files)."
+            )
+        preset = self.resolved()[0]
+        if preset not in BATCHED_PRESETS:
+            raise ValueError(
+                f"--data_device cuda runs the augmentation batched on the GPU, which has the presets "
+                f"{tuple(BATCHED_PRESETS)}; got --augmentation {preset!r}."
+            )
+        if not _cuda_available():
+            raise ValueError(
+                "--data_device cuda needs a CUDA GPU, and torch.cuda.is_available() is False here: drop "
+                "--data_device cuda (or pass --data_device cpu) to decode and augment in the dataloader workers."
             )
 
     def describe(self) -> dict[str, Any]:
@@ -201,14 +241,17 @@ def build_train_dataset(
     preset, image_size, _, _, _ = data_args.resolved()
     backend = data_args.augmentation_backend
     to_array = backend == "opencv"  # the opencv backend takes decoded ndarrays
-    small = (
-        build_ssl_transform(preset, small_crop_size, mean, std, scale=tuple(small_crop_scale), backend=backend)
-        if num_small_crops
-        else None
-    )
-    transform = MultiViewTransform(
-        build_ssl_transform(preset, image_size, mean, std, backend=backend), num_views, small, num_small_crops
-    )
+    if data_args.data_device != "cpu":  # GPU input path: rows stay JPEG bytes (build_device_transform)
+        transform, to_array = EncodedImageTransform(in_chans), True
+    else:
+        small = (
+            build_ssl_transform(preset, small_crop_size, mean, std, scale=tuple(small_crop_scale), backend=backend)
+            if num_small_crops
+            else None
+        )
+        transform = MultiViewTransform(
+            build_ssl_transform(preset, image_size, mean, std, backend=backend), num_views, small, num_small_crops
+        )
     if data_args.uses_fashion_mnist:
         images, labels = load_fashion_mnist("train", data_args.fashion_mnist_dir)
         if data_args.max_train_samples:
@@ -239,6 +282,33 @@ def build_train_dataset(
         dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
     dataset.set_transform(apply)
     return dataset
+
+
+def build_device_transform(
+    data_args: DataTrainingArguments, config, device: torch.device | str, num_views: int
+) -> DeviceInputTransform | None:
+    """The trainer's ``device_transform`` for ``--data_device cuda`` (None for ``cpu``): decodes the
+    encoded JPEGs of ``build_train_dataset``'s rows on ``device`` and augments them there with the
+    batched twin of the CPU preset (same views, crop sizes and normalisation as
+    ``build_train_dataset`` builds on the CPU). Pair it with ``gpu_input.collate_encoded_batch``."""
+    if data_args.data_device == "cpu":
+        return None
+    preset, image_size, _, _, _ = data_args.resolved()
+    mean, std = config.image_mean, config.image_std
+    num_small_crops = getattr(config, "num_small_crops", 0)
+    small = (
+        BatchedSSLTransform.from_preset(preset, config.small_crop_size, mean, std, scale=config.small_crop_scale)
+        if num_small_crops
+        else None
+    )
+    return DeviceInputTransform(
+        BatchedSSLTransform.from_preset(preset, image_size, mean, std),
+        device,
+        config.in_chans,
+        num_views,
+        small,
+        num_small_crops,
+    )
 
 
 def _source_name(data_args: DataTrainingArguments) -> str:

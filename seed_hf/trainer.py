@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -356,9 +357,18 @@ class QueueTrainer(Trainer):
             return pixel_values.contiguous(memory_format=torch.channels_last)
         return pixel_values
 
+    # ---- GPU input hook (--data_device cuda, seed_hf.gpu_input) --------------------------------
+    # An optional callable set on the instance: it turns each training batch's encoded JPEG bytes
+    # into `pixel_values` on the device (decode + augmentation) before the loss; None: batches
+    # arrive as pixels from the dataloader workers.
+    device_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None
     ) -> torch.Tensor:
+        if self.device_transform is not None:  # first: its skipped images are counted below
+            inputs = self.device_transform(inputs)
+        # ---- end of the GPU input hook -------------------------------------------------------------
         skipped = inputs.pop(SKIPPED_KEY, None)
         if skipped is not None:  # device-side sum: no sync per step
             self._skipped_images = self._skipped_images.to(skipped.device) + skipped.sum()
