@@ -247,34 +247,37 @@ class BatchedSSLTransform:
 
         Images of one size share one ``roi_align`` call; no image is padded, so every bilinear tap
         reads the sample's own image, exactly as a per-image call would (ImageNet's few common sizes
-        make the groups large). ``boxes`` may live on the host: they travel in one non-blocking copy
-        per group.
+        make the groups large). ``boxes`` may live on the host: all groups' boxes travel in one
+        non-blocking copy (a blocking one would wait for the GPU's queue).
         """
+        size = (self.image_size, self.image_size)
         if isinstance(images, torch.Tensor):
-            groups = [(images, None)]
+            rows = [list(range(len(images)))]
+            batches = [images]
         else:
             by_shape: dict[tuple[int, ...], list[int]] = {}
             for i, image in enumerate(images):
                 by_shape.setdefault(tuple(image.shape), []).append(i)
-            groups = [
-                (torch.stack([images[i] for i in rows]) if len(rows) > 1 else images[rows[0]].unsqueeze(0), rows)
-                for rows in by_shape.values()
-            ]
-        outputs = []
-        for batch, rows in groups:
-            group_boxes = boxes if rows is None else boxes[torch.tensor(rows, device=boxes.device)]
-            index = torch.arange(len(group_boxes), device=boxes.device, dtype=group_boxes.dtype).unsqueeze(1)
-            rois = torch.cat([index, group_boxes], 1).to(batch.device, torch.float32, non_blocking=True)
-            pooled = roi_align(
-                batch.float(), rois, (self.image_size, self.image_size), spatial_scale=1.0, sampling_ratio=-1, aligned=True
-            )
-            outputs.append(pooled / 255.0 if batch.dtype == torch.uint8 else pooled)
-        if len(groups) == 1:
-            return outputs[0]
-        order = torch.tensor([i for _, rows in groups for i in rows])
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order))
-        return torch.cat(outputs)[inverse.to(outputs[0].device, non_blocking=True)]
+            rows = list(by_shape.values())
+            batches = [torch.stack([images[i] for i in r]) if len(r) > 1 else images[r[0]].unsqueeze(0) for r in rows]
+        order = torch.tensor([i for r in rows for i in r])
+        index_in_group = torch.cat([torch.arange(len(r)) for r in rows])
+        if len(rows) > 1:  # grouped order (boxes of a list live on the host)
+            boxes = boxes[order.to(boxes.device, non_blocking=True)]
+        rois = torch.cat([index_in_group.to(boxes.device, boxes.dtype, non_blocking=True).unsqueeze(1), boxes], 1)
+        device = batches[0].device
+        rois = rois.to(device, torch.float32, non_blocking=True)
+        starts = [0, *torch.tensor([len(r) for r in rows]).cumsum(0).tolist()]
+        pooled = [
+            roi_align(batch.float(), rois[a:b], size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+            for batch, a, b in zip(batches, starts[:-1], starts[1:])
+        ]
+        pooled = pooled[0] if len(pooled) == 1 else torch.cat(pooled)
+        if len(rows) > 1:  # back to batch order
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(len(order))
+            pooled = pooled[inverse.to(device, non_blocking=True)]
+        return pooled / 255.0 if batches[0].dtype == torch.uint8 else pooled
 
     def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Colour jitter, grayscale, blur and flip with per-sample parameters, then the
