@@ -45,7 +45,6 @@ seeded alike (``set_seed``): ranks draw the same parameter sequence for differen
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,8 +66,6 @@ __all__ = [
     "decode_images",
     "DeviceInputTransform",
 ]
-
-logger = logging.getLogger(__name__)
 
 ENCODED_KEY = "encoded_images"
 # JPEG colour spaces handed to nvJPEG; the rest (CMYK, YCCK) is decoded on the CPU in the worker
