@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 VENV_OLDEST ?= .venv-oldest
 PY_OLDEST := $(VENV_OLDEST)/bin/python
 CORE_TESTS ?= tests/test_losses.py tests/test_trainer.py tests/test_resume.py tests/test_hub.py \
+  tests/test_public_hooks.py tests/test_shard_stream.py tests/test_streaming.py::test_sigkilled_stream_resumes_bit_identical \
   tests/test_examples.py::test_help_of_every_example
 DEMO_DIR ?= outputs/demo
 DEMO_STUDENT_STEPS ?= 500

@@ -42,15 +42,9 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_photo_set import ensure_photo_set  # noqa: E402
 
-from seed_hf import augment, crop_decode  # noqa: E402
-from seed_hf.data import (  # noqa: E402
-    ImageColumnTransform,
-    RandomGaussianBlur,
-    ToNormalizedTensor,
-    build_ssl_transform,
-    collate_batch,
-    decode_image,
-)
+from seed_hf import crop_decode, opencv_kernels  # noqa: E402
+from seed_hf.datasets import ImageColumnTransform, collate_batch, decode_image  # noqa: E402
+from seed_hf.transforms import RandomGaussianBlur, ToNormalizedTensor, build_ssl_transform  # noqa: E402
 
 PRESETS = ("moco_v2", "moco_v1", "simclr", "swav")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -121,12 +115,12 @@ def op_costs(raw: list[bytes], decoded_pil: list, decoded_arrays: list, size: in
         "to_tensor_normalize": (T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)]), pil_crops),
     }
     ours_ops = {
-        "random_resized_crop": (augment.ArrayRandomResizedCrop(size, scale=(0.2, 1.0)), decoded_arrays),
+        "random_resized_crop": (opencv_kernels.ArrayRandomResizedCrop(size, scale=(0.2, 1.0)), decoded_arrays),
         "decode_and_crop": (lambda b: aware_crop(crop_decode.encoded_jpeg(b, 3)), raw),
-        "color_jitter": (augment.ArrayColorJitter(0.4, 0.4, 0.4, 0.1), array_crops),
-        "grayscale": (augment.ArrayRandomGrayscale(1.0), array_crops),
+        "color_jitter": (opencv_kernels.ArrayColorJitter(0.4, 0.4, 0.4, 0.1), array_crops),
+        "grayscale": (opencv_kernels.ArrayRandomGrayscale(1.0), array_crops),
         "gaussian_blur": (RandomGaussianBlur(kernel_size=23), array_crops),
-        "horizontal_flip": (augment.ArrayRandomHorizontalFlip(1.0), array_crops),
+        "horizontal_flip": (opencv_kernels.ArrayRandomHorizontalFlip(1.0), array_crops),
         "to_tensor_normalize": (ToNormalizedTensor(MEAN, STD), array_crops),
     }
     costs: dict[str, dict[str, float]] = {}
@@ -183,7 +177,7 @@ def main(argv=None) -> dict:
     decoded_arrays = [decode_image(b, 3, stats=None, to_array=True) for b in raw]
     official = official_transform("moco_v2", size)
     ours = build_ssl_transform("moco_v2", size, MEAN, STD, backend="opencv")
-    full_crop = augment.ArrayRandomResizedCrop(size, scale=(0.2, 1.0))
+    full_crop = opencv_kernels.ArrayRandomResizedCrop(size, scale=(0.2, 1.0))
     aware_crop = crop_decode.CropAwareRandomResizedCrop(size, scale=(0.2, 1.0))
     runs.update(
         {

@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -46,15 +45,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_step  # noqa: E402
 from make_photo_set import ensure_photo_set  # noqa: E402
 
-from seed_hf import augment, collate_batch  # noqa: E402
+from seed_hf import collate_batch, opencv_kernels  # noqa: E402
 from seed_hf.batched_transforms import BatchedSSLTransform  # noqa: E402
-from seed_hf.data import SKIPPED_KEY, ImageColumnTransform, MultiViewTransform, build_ssl_transform  # noqa: E402
+from seed_hf.datasets import SKIPPED_KEY, ImageColumnTransform  # noqa: E402
 from seed_hf.gpu_input import (  # noqa: E402
     ENCODED_KEY,
     DeviceInputTransform,
@@ -62,46 +61,29 @@ from seed_hf.gpu_input import (  # noqa: E402
     collate_encoded_batch,
     decode_images,
 )
+from seed_hf.shard_stream import ShardStream  # noqa: E402
+from seed_hf.transforms import MultiViewTransform, build_ssl_transform  # noqa: E402
 
 GOAL = 0.9
 
 
-class TarShardStream(IterableDataset):
-    """Rows of webdataset ``.tar`` shards (``{key}.jpg`` members) read with ``tarfile``.
+class Cycle(IterableDataset):
+    """seed_hf's ``ShardStream`` (the training path for webdataset shards, read with ``tarfile``)
+    over and over: each worker starts the next epoch when its share of one ends."""
 
-    Worker ``i`` of ``n`` reads shards ``i, i + n, …`` and cycles over them forever (all shards
-    when there are fewer than workers). Rows go through ``row_transform`` (an
-    ``ImageColumnTransform``) ``chunk`` at a time, as ``datasets``' batched ``map`` feeds it.
-    """
-
-    def __init__(self, files: list[str], row_transform: Callable, chunk: int = 16):
-        self.files = list(files)
-        self.row_transform = row_transform
-        self.chunk = chunk
-
-    def _chunks(self, path: str) -> Iterator[dict[str, list]]:
-        rows: dict[str, list] = {"jpg": [], "__key__": []}
-        with tarfile.open(path, "r|") as tar:  # a stream: members in file order, no index
-            for member in tar:
-                if member.isfile() and member.name.endswith(".jpg"):
-                    rows["jpg"].append(tar.extractfile(member).read())
-                    rows["__key__"].append(member.name[:-4])
-                    if len(rows["jpg"]) == self.chunk:
-                        yield rows
-                        rows = {"jpg": [], "__key__": []}
-        if rows["jpg"]:
-            yield rows
+    def __init__(self, stream: ShardStream):
+        self.stream = stream
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        files = self.files[worker::workers] or self.files
         while True:
-            for path in files:
-                for rows in self._chunks(path):
-                    out = self.row_transform(rows)
-                    for i in range(len(out["pixel_values"])):
-                        yield {key: values[i] for key, values in out.items()}
+            yield from self.stream
+            self.stream.begin_epoch()
+
+
+def shard_stream(files: list[str], row_transform: Callable, batch_size: int, num_workers: int) -> ShardStream:
+    stream = ShardStream(files, row_transform, shuffle_buffer_size=256, seed=0)
+    stream.configure(batch_size, 1, 0, num_workers).begin_epoch()
+    return stream
 
 
 def synchronize(device: str) -> None:
@@ -139,7 +121,7 @@ def timed_steps(
 
 def loader(files: list[str], row_transform: Callable, collate: Callable, args) -> DataLoader:
     return DataLoader(
-        TarShardStream(files, row_transform),
+        Cycle(shard_stream(files, row_transform, args.batch_size, args.num_workers)),
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         collate_fn=collate,
@@ -212,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         results = {"step": timed_steps(None, run_step, lambda b: b, step_warmup, args.steps, args.device, fixed)}
 
         # (b) CPU pipeline: decode + moco_v2 in the workers, as build_train_dataset streams it
-        backend = "opencv" if augment.cv2 is not None else "torchvision"
+        backend = "opencv" if opencv_kernels.cv2 is not None else "torchvision"
         cpu_rows = ImageColumnTransform(
             MultiViewTransform(build_ssl_transform("moco_v2", args.image_size, mean, std, backend=backend)),
             "jpg",
@@ -235,13 +217,13 @@ def main(argv: list[str] | None = None) -> dict:
         device_transform = DeviceInputTransform(
             BatchedSSLTransform.from_preset("moco_v2", args.image_size, mean, std), trainer.args.device
         )
-        trainer.device_transform = device_transform
+        trainer.device_transform = device_transform  # the attribute QueueTrainer's device_transform= sets
         gpu_loader = loader(files, gpu_rows, collate_encoded_batch, args)
         results["gpu_input"] = run_loader_mode(gpu_loader, run_step, to_device, loader_warmup, args)
 
         # the GPU input path alone (decode + augmentation of one collated batch, no training)
         sample = collate_encoded_batch(
-            [row for _, row in zip(range(args.batch_size), iter(TarShardStream(files, gpu_rows)))]
+            [row for _, row in zip(range(args.batch_size), Cycle(shard_stream(files, gpu_rows, args.batch_size, 0)))]
         )
         results["gpu_input_alone"] = timed_steps(
             None, lambda b: device_transform(b), lambda b: b, step_warmup, max(3, args.steps // 4), args.device, sample

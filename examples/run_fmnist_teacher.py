@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from transformers import HfArgumentParser
 
 from seed_hf.batched_transforms import BatchedSSLTransform
-from seed_hf.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from seed_hf.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from seed_hf.evaluation import (
     LabelledImages,
     PooledBackbone,

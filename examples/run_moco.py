@@ -23,14 +23,11 @@ from seed_hf.arguments import (
     build_knn_monitor,
     build_script_dataset,
     check_hub_arguments,
-    check_resumable,
-    finished_run_results,
     parse_script_args,
-    resolve_checkpoint,
     setup_logging,
-    train_and_save,
 )
 from seed_hf.gpu_input import collate_encoded_batch
+from seed_hf.runs import check_resumable, finished_run_results, resolve_checkpoint, train_and_save
 
 
 @dataclass
@@ -91,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=train_dataset,
         data_collator=collate_encoded_batch if device_transform else collate_batch,
         knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, image_size),
+        device_transform=device_transform,
     )
-    trainer.device_transform = device_transform
     metrics = train_and_save(trainer, last_checkpoint, run_info={"method": "moco_v2", **data_args.describe()})
     return metrics
 

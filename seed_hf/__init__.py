@@ -1,24 +1,30 @@
-"""seed_hf: SEED self-supervised distillation (arXiv:2101.04731) on the Hugging Face stack."""
+"""seed_hf: SEED self-supervised distillation (arXiv:2101.04731) on the Hugging Face stack.
+
+The public API: configs, models and their outputs, trainers and their arguments, teachers,
+the loss and queue, training data and augmentation, and export to the Hub. Everything else
+is reachable through its module (``seed_hf.evaluation``, ``seed_hf.runs``, ...).
+"""
 
 from transformers import AutoConfig, AutoModel
 
+from .arguments import DataTrainingArguments
 from .configuration_seed import SeedConfig
-from .data import (
+from .datasets import (
     ArrayImageDataset,
-    MultiViewTransform,
-    build_ssl_transform,
+    SeededRowDataset,
+    build_train_dataset,
     collate_batch,
     load_fashion_mnist,
-    load_image_dataset,
 )
-from .distributed import all_gather_no_grad
-from .losses import SeedLoss, seed_logits, seed_loss
+from .hub import export_moco_encoder, export_student, push_student_to_hub
+from .losses import SeedLoss, seed_loss
 from .moco import MocoConfig, MocoForPretraining, MocoOutput
 from .modeling_seed import SeedForDistillation, SeedOutput, SeedPreTrainedModel
 from .multi_student import SeedGroupOutput, SeedStudentGroup
 from .queue import EmbeddingQueue
 from .teachers import FrozenTeacher, load_teacher
 from .trainer import KnnMonitor, MocoTrainer, SeedTrainer, SeedTrainingArguments
+from .transforms import MultiViewTransform, build_ssl_transform
 
 __version__ = "0.1.0"
 
@@ -28,30 +34,39 @@ AutoConfig.register(MocoConfig.model_type, MocoConfig, exist_ok=True)
 AutoModel.register(MocoConfig, MocoForPretraining, exist_ok=True)
 
 __all__ = [
+    # configs, models, outputs
     "SeedConfig",
     "SeedForDistillation",
     "SeedPreTrainedModel",
     "SeedOutput",
-    "SeedLoss",
-    "seed_loss",
-    "seed_logits",
-    "EmbeddingQueue",
+    "SeedStudentGroup",
+    "SeedGroupOutput",
     "MocoConfig",
     "MocoForPretraining",
     "MocoOutput",
-    "SeedStudentGroup",
-    "SeedGroupOutput",
-    "FrozenTeacher",
+    # loss and queue
+    "SeedLoss",
+    "seed_loss",
+    "EmbeddingQueue",
+    # teachers
     "load_teacher",
+    "FrozenTeacher",
+    # training
     "SeedTrainer",
-    "KnnMonitor",
     "MocoTrainer",
     "SeedTrainingArguments",
-    "ArrayImageDataset",
-    "MultiViewTransform",
+    "DataTrainingArguments",
+    "KnnMonitor",
+    # data and augmentation
+    "build_train_dataset",
     "build_ssl_transform",
+    "MultiViewTransform",
+    "ArrayImageDataset",
+    "SeededRowDataset",
     "collate_batch",
     "load_fashion_mnist",
-    "load_image_dataset",
-    "all_gather_no_grad",
+    # export
+    "export_student",
+    "export_moco_encoder",
+    "push_student_to_hub",
 ]

@@ -1,6 +1,6 @@
 """Batched SSL augmentation on tensors: one call augments a whole batch on its device (GPU).
 
-The CPU presets (:func:`seed_hf.data.build_ssl_transform`) run per image in dataloader
+The CPU presets (:func:`seed_hf.transforms.build_ssl_transform`) run per image in dataloader
 workers; at small resolutions or on a fast GPU the per-image Python cost dominates. Here the
 same operations run on a batch with **per-sample** random parameters:
 
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from .data import _blur_kernel
+from .transforms import _blur_kernel
 
 __all__ = ["BatchedSSLTransform", "random_resized_crop_boxes", "batched_color_jitter", "BATCHED_PRESETS"]
 
@@ -188,7 +188,7 @@ BATCHED_PRESETS: dict[str, dict] = {
 
 @dataclass
 class BatchedSSLTransform:
-    """A preset of :func:`seed_hf.data.build_ssl_transform` applied to a whole batch at once.
+    """A preset of :func:`seed_hf.transforms.build_ssl_transform` applied to a whole batch at once.
 
     Args:
         image_size: output side.

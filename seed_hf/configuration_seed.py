@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import PretrainedConfig
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers import PreTrainedConfig
 
 from .losses import LOSS_VARIANTS, check_temperature
 
-__all__ = ["SeedConfig", "IMAGENET_MEAN", "IMAGENET_STD", "SMALL_QUEUE_KEYS"]
+__all__ = ["SeedConfig", "SMALL_QUEUE_KEYS", "default_normalization"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # which small-crop teacher keys enter the small queue: the official code's first crop of each
 # image, or every crop
 SMALL_QUEUE_KEYS = ("first_crop", "all_crops")
 
 
-class SeedConfig(PretrainedConfig):
+class SeedConfig(PreTrainedConfig):
     r"""
     Configuration of a [`SeedForDistillation`] model: a timm student, its projection head, the
     queue of teacher embeddings and the SEED loss. Defaults follow the paper
@@ -85,6 +84,8 @@ class SeedConfig(PretrainedConfig):
     """
 
     model_type = "seed_distillation"
+    # MocoConfig's names for the same knobs: code reads `config.architecture` of either model
+    attribute_map = {"architecture": "student_architecture", "model_args": "student_model_args"}
 
     def __init__(
         self,
@@ -160,9 +161,9 @@ def default_normalization(
 ) -> tuple[list[float], list[float]]:
     """ImageNet statistics for 3 channels, 0.5/0.5 otherwise, unless given; validated."""
     if mean is None:
-        mean = list(IMAGENET_MEAN) if in_chans == 3 else [0.5] * in_chans
+        mean = list(IMAGENET_DEFAULT_MEAN) if in_chans == 3 else [0.5] * in_chans
     if std is None:
-        std = list(IMAGENET_STD) if in_chans == 3 else [0.5] * in_chans
+        std = list(IMAGENET_DEFAULT_STD) if in_chans == 3 else [0.5] * in_chans
     mean, std = [float(m) for m in mean], [float(s) for s in std]
     if len(mean) != in_chans or len(std) != in_chans:
         raise ValueError(f"image_mean/image_std need {in_chans} values (in_chans), got {mean} and {std}.")

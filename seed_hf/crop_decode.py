@@ -19,7 +19,7 @@ decode path (``tests/test_crop_decode.py`` measures and bounds the difference); 
 parameters, and the RNG state after the transform, are identical.
 
 Inputs the header cannot describe (other formats, truncated files, headers PIL rejects) are
-not wrapped: they go through ``seed_hf.data.decode_image`` as before, which skips and counts
+not wrapped: they go through ``seed_hf.datasets.decode_image`` as before, which skips and counts
 corrupt data. Data that passes the header check but fails to decode raises
 :class:`UndecodableImage`, which ``ImageColumnTransform`` skips and counts the same way.
 """
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import augment
-from .augment import cv2
+from . import opencv_kernels
+from .opencv_kernels import cv2
 
 __all__ = [
     "EncodedJpeg",
@@ -89,7 +89,7 @@ class EncodedJpeg:
 
 def _decode_scaled(data: bytes, in_chans: int, scale: int) -> np.ndarray | None:
     if scale == 1:  # the full-decode path's own decoder: identical pixels
-        return augment.decode_jpeg(data, in_chans)
+        return opencv_kernels.decode_jpeg(data, in_chans)
     reduced = {
         (1, 2): cv2.IMREAD_REDUCED_GRAYSCALE_2,
         (1, 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
@@ -118,7 +118,7 @@ def encoded_jpeg(value: Any, in_chans: int) -> EncodedJpeg | None:
     if not isinstance(value, (bytes, bytearray)):
         return None
     data = bytes(value)
-    if not data.startswith(augment.JPEG_START) or not data.rstrip(b"\x00\r\n ").endswith(augment.JPEG_END):
+    if not data.startswith(opencv_kernels.JPEG_START) or not data.rstrip(b"\x00\r\n ").endswith(opencv_kernels.JPEG_END):
         return None  # other formats and truncated files: the full-decode path decides
     try:
         with Image.open(io.BytesIO(data)) as image:  # lazy: parses the markers, decodes nothing
@@ -133,8 +133,8 @@ def encoded_jpeg(value: Any, in_chans: int) -> EncodedJpeg | None:
 
 def to_array_or_encoded(image: Any) -> Any:
     """First op of the opencv pipeline: encoded JPEGs pass through to the crop-aware crop,
-    everything else becomes an ndarray (``augment.to_hwc_array``)."""
-    return image if isinstance(image, EncodedJpeg) else augment.to_hwc_array(image)
+    everything else becomes an ndarray (``opencv_kernels.to_hwc_array``)."""
+    return image if isinstance(image, EncodedJpeg) else opencv_kernels.to_hwc_array(image)
 
 
 def dct_scale(box: tuple[int, int], size: tuple[int, int]) -> int:
@@ -152,7 +152,7 @@ def reducing_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     the far edges are dropped, under one output pixel), then one bilinear resize by the
     remaining factor below 2, where bilinear taps still reach every input pixel (Pillow's
     ``reducing_gap`` works the same way). OpenCV's area resize at a non-integer factor, which
-    ``augment.resize`` uses, is ~5× slower."""
+    ``opencv_kernels.resize`` uses, is ~5× slower."""
     height, width = size
     fy, fx = max(1, array.shape[0] // height), max(1, array.shape[1] // width)  # per-axis integers
     if fy > 1 or fx > 1:
@@ -163,12 +163,12 @@ def reducing_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-class CropAwareRandomResizedCrop(augment.ArrayRandomResizedCrop):
+class CropAwareRandomResizedCrop(opencv_kernels.ArrayRandomResizedCrop):
     """``ArrayRandomResizedCrop`` that also takes :class:`EncodedJpeg` inputs and decodes only
     what the view needs (module docstring). ndarrays, PIL images and tensors behave exactly
     as in ``ArrayRandomResizedCrop``."""
 
-    _transformed_types = (*augment.ArrayRandomResizedCrop._transformed_types, EncodedJpeg)
+    _transformed_types = (*opencv_kernels.ArrayRandomResizedCrop._transformed_types, EncodedJpeg)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         # the header's size stands in for the image: the same torchvision draws as a full decode

@@ -9,15 +9,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "rank", "world_size", "all_gather_no_grad"]
+__all__ = ["is_distributed", "world_size", "all_gather_no_grad"]
 
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:

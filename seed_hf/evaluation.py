@@ -422,7 +422,7 @@ def load_labelled_splits(
       ``image_column`` and ``label_column``.
     """
     if dataset_name is None and train_dir is None:
-        from .data import load_fashion_mnist
+        from .datasets import load_fashion_mnist
 
         (xtr, ytr), (xte, yte) = (load_fashion_mnist(s, fashion_mnist_dir) for s in ("train", "test"))
         return LabelledSplits("fashion_mnist", xtr, ytr, xte, yte, "test")

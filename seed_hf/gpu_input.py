@@ -55,7 +55,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from .batched_transforms import BatchedSSLTransform
 from .crop_decode import EncodedJpeg, UndecodableImage
-from .data import SKIPPED_KEY, DecodeStats, collate_batch, decode_image
+from .datasets import SKIPPED_KEY, DecodeStats, collate_batch, decode_image
 
 __all__ = [
     "ENCODED_KEY",
@@ -83,7 +83,7 @@ def _chw_uint8(image: np.ndarray | torch.Tensor, in_chans: int) -> torch.Tensor:
 
 
 class EncodedImageTransform:
-    """Per-row transform for :class:`seed_hf.data.ImageColumnTransform` (``to_array=True``) on
+    """Per-row transform for :class:`seed_hf.datasets.ImageColumnTransform` (``to_array=True``) on
     the GPU path: complete RGB / grayscale JPEGs stay encoded (:class:`EncodedJpeg`, header
     size parsed); other JPEG colour spaces and non-JPEG cells become uint8 ``(c, h, w)``
     tensors decoded here; data that cannot be decoded raises :class:`UndecodableImage`, which

@@ -18,6 +18,7 @@ import torch
 
 from .backbones import pooled_width
 from .modeling_seed import SeedForDistillation
+from .runs import RUN_INFO_FILE
 
 __all__ = [
     "export_student",
@@ -60,7 +61,7 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     run_dir = Path(run_dir)
     summary: dict[str, Any] = {}
     for folder in (run_dir.parent, run_dir):
-        info = folder / "run_info.json"
+        info = folder / RUN_INFO_FILE
         if info.is_file():
             summary.update(json.loads(info.read_text()))
     state_file = run_dir / "trainer_state.json"
@@ -234,7 +235,7 @@ def export_student(
     }
     source = None if isinstance(model_or_dir, SeedForDistillation) else model_or_dir
     return _export_with_config(
-        model.student, config, config.student_architecture, config.student_model_args, facts,
+        model.student, config, facts,
         source, out_dir, eval_results, repo_id, license, manifest,
     )
 
@@ -255,7 +256,7 @@ def export_moco_encoder(
     encoder, _, config = load_query_encoder(run_dir)
     facts = {**(training_summary or {}), **_moco_facts(config)}
     return _export_with_config(
-        encoder, config, config.architecture, config.model_args, facts,
+        encoder, config, facts,
         run_dir, out_dir, eval_results, repo_id, license, manifest,
     )
 
@@ -272,15 +273,16 @@ def _moco_facts(config) -> dict[str, Any]:
     }
 
 
-def _export_with_config(backbone, config, architecture, model_args, facts, source, out_dir, eval_results,
-                        repo_id, license, manifest) -> Path:
+def _export_with_config(
+    backbone, config, facts, source, out_dir, eval_results, repo_id, license, manifest
+) -> Path:
     """:func:`export_encoder` with the input format of a SEED or MoCo config; card rows are the
     evaluation rows of ``source`` (the run folder) or of the export folder."""
     return export_encoder(
         backbone,
         out_dir,
-        architecture,
-        dict(model_args),
+        config.architecture,
+        dict(config.model_args),
         config.in_chans,
         config.image_size,
         list(config.image_mean),

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
@@ -29,7 +29,7 @@ from .queue import EmbeddingQueue
 __all__ = ["MocoConfig", "MocoOutput", "MocoForPretraining", "save_query_encoder", "load_query_encoder"]
 
 
-class MocoConfig(PretrainedConfig):
+class MocoConfig(PreTrainedConfig):
     r"""
     Configuration of [`MocoForPretraining`] (MoCo-v2 defaults).
 

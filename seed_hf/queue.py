@@ -81,9 +81,5 @@ class EmbeddingQueue(nn.Module):
     def fill_fraction(self) -> float:
         return int(self.num_filled) / self.size
 
-    def forward(self) -> torch.Tensor:
-        """Returns the ``(size, dim)`` embeddings."""
-        return self.embeddings
-
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.dim}"

@@ -9,8 +9,6 @@ backward pass (an in-place write before it would break autograd).
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +17,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
-from .data import SKIPPED_KEY, collate_batch
+from .callbacks import CheckpointCompletionCallback, DatasetEpochCallback, StreamPositionCallback
+from .datasets import SKIPPED_KEY, collate_batch
 from .distributed import all_gather_no_grad
 from .evaluation import knn_accuracy
 from .precision import resolve_teacher_dtype
+from .runs import is_complete_checkpoint, last_complete_checkpoint, remove_incomplete_checkpoints
+from .shard_stream import ShardStream
 from .teachers import FrozenTeacher
 
 __all__ = [
@@ -34,22 +34,9 @@ __all__ = [
     "SeedTrainer",
     "MocoTrainer",
     "scaled_learning_rate",
-    "remove_staging_leftovers",
-    "STAGING_DIR",
 ]
 
 logger = logging.getLogger(__name__)
-
-# checkpoints are written here, then renamed into place: a killed save is never resumed from
-STAGING_DIR = ".checkpoint-staging"
-
-
-def remove_staging_leftovers(output_dir: str) -> None:
-    """Deletes ``output_dir``'s staging folder: outside a save it only holds what a killed save left."""
-    staging = os.path.join(output_dir, STAGING_DIR)
-    if os.path.isdir(staging):
-        shutil.rmtree(staging)
-
 
 def scaled_learning_rate(base_learning_rate: float, total_batch_size: int) -> float:
     """Linear scaling rule of MoCo / SEED: ``lr = base_lr × total_batch / 256``."""
@@ -129,6 +116,12 @@ class SeedTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.save_total_limit == 1:
+            logger.warning(
+                "save_total_limit=1 would delete the last complete checkpoint while the next one is still being "
+                "written (a run killed then could not resume): keeping 2."
+            )
+            self.save_total_limit = 2
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(f"teacher_dtype must be one of {TEACHER_DTYPES}, got {self.teacher_dtype!r}.")
         if self.learning_rate is None:
@@ -166,13 +159,41 @@ class QueueTrainer(Trainer):
             (e.g. ``eval_strategy="steps"``) then reports weighted-kNN top-1 of the backbone's
             pooled features, computed on all ranks from ``gather_for_metrics`` (no rank-0-only
             collectives, so DDP cannot deadlock).
+        device_transform (`Callable`, *optional*): turns each training batch into device pixels
+            before the loss, e.g. ``seed_hf.gpu_input.DeviceInputTransform`` (``--data_device cuda``:
+            the workers pass encoded JPEGs, decoded by nvJPEG and augmented batched on the GPU).
     """
 
-    def __init__(self, *args, knn_monitor: KnnMonitor | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        knn_monitor: KnnMonitor | None = None,
+        device_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        **kwargs,
+    ):
         self.knn_monitor = knn_monitor
+        self.device_transform = device_transform
         if knn_monitor is not None and kwargs.get("eval_dataset") is None:
             kwargs["eval_dataset"] = knn_monitor.eval_dataset  # the Trainer requires one for eval_strategy
         super().__init__(*args, **kwargs)
+        self.add_callback(CheckpointCompletionCallback())
+        if hasattr(self.train_dataset, "set_epoch"):  # per-sample seeded augmentation
+            if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
+                raise ValueError(
+                    "dataloader_persistent_workers keeps the workers' copy of the dataset from the first epoch, so "
+                    "its per-sample seeded augmentation would repeat epoch 0's views: turn it off."
+                )
+            self.add_callback(DatasetEpochCallback(self.train_dataset))
+        if isinstance(self.train_dataset, ShardStream):
+            self.train_dataset.configure(
+                self.args.per_device_train_batch_size,
+                self.args.world_size,
+                self.args.process_index,
+                self.args.dataloader_num_workers,
+            )
+            # the stream resumes from global_step itself; the Trainer would re-read every skipped batch
+            self.args.ignore_data_skip = True
+            self.add_callback(StreamPositionCallback(self.train_dataset))
         self._validate_batch_size()
         self._validate_precision()
         self._validate_image_size()
@@ -183,12 +204,18 @@ class QueueTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-        self._resume_checkpoint = resume_from_checkpoint
-        self._rng_restored_from = None
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        elif resume_from_checkpoint and not is_complete_checkpoint(resume_from_checkpoint):
+            logger.warning(
+                f"{resume_from_checkpoint} has no completion marker: it was written by another program or its save "
+                "was interrupted (then it may lack files)."
+            )
         self._skipped_images = torch.zeros((), dtype=torch.long, device=self.args.device)
         if self.args.should_save:
-            remove_staging_leftovers(self.args.output_dir)
+            keep = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+            removed = remove_incomplete_checkpoints(self.args.output_dir, keep=keep)
+            if removed:
+                logger.warning(f"Removed {removed}: checkpoints whose save was interrupted.")
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         # every rank calls train(), so the reduction cannot deadlock
         skipped = int(self.accelerator.reduce(self._skipped_images, reduction="sum").item())
@@ -200,26 +227,21 @@ class QueueTrainer(Trainer):
             )
         return output
 
-    # Exact resume: transformers restores the RNG state only *after* prefetching the first
-    # batch of a resumed epoch, so that batch's random augmentation differs from the
-    # uninterrupted run. Restore it before the first fetch; _load_rng_state restores a checkpoint once.
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        self._load_rng_state(getattr(self, "_resume_checkpoint", None))
-        return super().get_batch_samples(epoch_iterator, num_batches, device)
-
-    def _run_epoch(self, model, epoch, train_dataloader, *args, **kwargs):
-        # accelerate forwards set_epoch to the dataset only when the sampler has none, so a fresh
-        # run and a resumed one disagree; per-sample seeded augmentation needs the true epoch
-        dataset = self.train_dataset
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        return super()._run_epoch(model, epoch, train_dataloader, *args, **kwargs)
-
-    def _load_rng_state(self, checkpoint: str | None) -> None:
-        if checkpoint is None or checkpoint == getattr(self, "_rng_restored_from", None):
-            return
-        super()._load_rng_state(checkpoint)
-        self._rng_restored_from = checkpoint
+    def get_train_dataloader(self) -> DataLoader:
+        """A plain DataLoader for a :class:`ShardStream` (it splits itself over processes and workers;
+        accelerate's ``IterableDatasetShard`` would make every process read all of it); the
+        Trainer's otherwise. The Trainer moves each batch to the device in ``training_step``."""
+        if not isinstance(self.train_dataset, ShardStream):
+            return super().get_train_dataloader()
+        workers = self.args.dataloader_num_workers
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.args.per_device_train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
+        )
 
     def _validate_precision(self) -> None:
         if self.args.fp16 and self.args.device.type == "cpu":
@@ -241,7 +263,7 @@ class QueueTrainer(Trainer):
             model.get_features(self._probe_input())
         except Exception as error:
             raise ValueError(
-                f"The student ({getattr(model.config, 'student_architecture', None) or model.config.architecture}) "
+                f"The student ({model.config.architecture}) "
                 f"cannot take {model.config.in_chans}x{model.config.image_size}x{model.config.image_size} images "
                 f"(image_size / in_chans): {error}"
             ) from error
@@ -311,41 +333,6 @@ class QueueTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """Atomic checkpoints: the Trainer writes ``checkpoint-N`` inside a staging folder, which
-        is renamed into ``output_dir`` once every rank has finished writing. A run killed while
-        saving leaves only the staging folder, which ``checkpoint-*`` discovery never matches."""
-        run_dir = self._get_output_dir(trial=trial)
-        staging = os.path.join(run_dir, STAGING_DIR)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.args.should_save and os.path.isdir(staging):
-            shutil.rmtree(staging)  # saves do not overlap: anything here is the leftover of a killed one
-        self.accelerator.wait_for_everyone()
-        self._get_output_dir = lambda trial=None: staging
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            del self._get_output_dir  # back to the class method
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            final = os.path.join(run_dir, name)
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging, name), final)
-            if not os.listdir(staging):  # leave no empty staging folder in output_dir
-                os.rmdir(staging)
-            if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
-                self.state.best_model_checkpoint = os.path.join(
-                    run_dir, os.path.basename(self.state.best_model_checkpoint)
-                )
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
-        self.accelerator.wait_for_everyone()
-
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         """Every parameter with ``decay_all_parameters`` (official SEED), else the Trainer's choice."""
         if getattr(self.args, "decay_all_parameters", False):
@@ -357,18 +344,11 @@ class QueueTrainer(Trainer):
             return pixel_values.contiguous(memory_format=torch.channels_last)
         return pixel_values
 
-    # ---- GPU input hook (--data_device cuda, seed_hf.gpu_input) --------------------------------
-    # An optional callable set on the instance: it turns each training batch's encoded JPEG bytes
-    # into `pixel_values` on the device (decode + augmentation) before the loss; None: batches
-    # arrive as pixels from the dataloader workers.
-    device_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None
     ) -> torch.Tensor:
         if self.device_transform is not None:  # first: its skipped images are counted below
             inputs = self.device_transform(inputs)
-        # ---- end of the GPU input hook -------------------------------------------------------------
         skipped = inputs.pop(SKIPPED_KEY, None)
         if skipped is not None:  # device-side sum: no sync per step
             self._skipped_images = self._skipped_images.to(skipped.device) + skipped.sum()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import torch
 from torch.utils.data import Dataset
+from transformers import TrainerCallback
 
 from seed_hf import MocoConfig, MocoForPretraining, SeedConfig, SeedForDistillation
 from seed_hf.backbones import ProjectionHead, create_backbone, pooled_width
@@ -57,3 +61,55 @@ def tiny_moco(**kwargs) -> MocoForPretraining:
     defaults = dict(architecture="test_resnet", queue_size=40, projection_dim=16, image_size=IMAGE_SIZE)
     defaults.update(kwargs)
     return MocoForPretraining(MocoConfig(**defaults))
+
+
+def write_jpeg_shards(folder, fmt: str = "parquet", shards: int = 4, rows: int = 10, size: int = 24) -> list[str]:
+    """Shards of small random JPEGs with ids 0, 1, ... in shard order: parquet (``image``
+    {"bytes", "path"} structs + ``id``) or webdataset tars (``<id>.jpg`` + ``<id>.cls``)."""
+    import io
+    import tarfile
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files, next_id = [], 0
+    for s in range(shards):
+        images, ids = [], []
+        for _ in range(rows):
+            buffer = io.BytesIO()
+            Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(buffer, format="JPEG")
+            images.append(buffer.getvalue())
+            ids.append(next_id)
+            next_id += 1
+        if fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            path = folder / f"train-{s:05d}.parquet"
+            table = pa.table({"image": [{"bytes": b, "path": None} for b in images], "id": ids})
+            pq.write_table(table, path, row_group_size=max(1, rows // 3))  # several row groups per shard
+        else:
+            path = folder / f"train-{s:05d}.tar"
+            with tarfile.open(path, "w") as tar:
+                for i, data in zip(ids, images):
+                    for name, payload in ((f"{i:06d}.jpg", data), (f"{i:06d}.cls", str(i % 10).encode())):
+                        info = tarfile.TarInfo(name)
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+        files.append(str(path))
+    return files
+
+
+class KillAtStep(TrainerCallback):
+    """SIGKILLs the process at the end of optimizer step ``step`` (a crash, no clean-up)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,4 +1,5 @@
-"""Trains a tiny SEED student with random augmentation; optionally SIGKILLs itself at a step
+"""Trains a tiny SEED student with random augmentation (in-memory images, or a map-style
+`datasets` source read by 2 dataloader workers); optionally SIGKILLs itself at a step
 (or in the middle of writing that step's checkpoint). Re-running resumes from the last
 complete checkpoint. Writes the final weights and queue to <out>/final.pt."""
 
@@ -10,29 +11,36 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from helpers import tiny_student, tiny_teacher  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from helpers import KillAtStep, tiny_student, tiny_teacher  # noqa: E402
 
 from seed_hf import ArrayImageDataset, SeedTrainer, SeedTrainingArguments, build_ssl_transform, collate_batch  # noqa: E402
-from seed_hf.arguments import resolve_checkpoint  # noqa: E402
+from seed_hf.datasets import ImageColumnTransform, SeededRowDataset  # noqa: E402
+from seed_hf.runs import resolve_checkpoint  # noqa: E402
 
 
-def augmented_images(n: int = 40) -> ArrayImageDataset:
-    """Real random augmentation (crop, flip, jitter) of uint8 images, seeded per sample."""
+def augmented_images(n: int = 40, source: str = "array"):
+    """Real random augmentation (crop, flip, jitter, blur) of uint8 images, seeded per sample: in
+    memory, or JPEG rows of a map-style `datasets.Dataset` decoded crop-aware (OpenCV)."""
     images = (torch.rand(n, 32, 32, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    return ArrayImageDataset(images.numpy(), None, build_ssl_transform("moco_v2", 32), seed=0)
+    transform = build_ssl_transform("moco_v2", 32)
+    if source == "array":
+        return ArrayImageDataset(images.numpy(), None, transform, seed=0)
+    import io
+
+    import datasets
+    from PIL import Image
+
+    def jpeg(array):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=90)
+        return {"bytes": buffer.getvalue(), "path": None}
+
+    rows = datasets.Dataset.from_dict({"image": [jpeg(a) for a in images.numpy()]})
+    rows = rows.cast_column("image", datasets.Image(decode=False))
+    return SeededRowDataset(rows, ImageColumnTransform(transform, "image", 3, to_array=True), seed=0)
 
 
-class KillAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def main(out_dir: str, max_steps: int, kill_at: int, mode: str) -> None:
+def main(out_dir: str, max_steps: int, kill_at: int, mode: str, source: str = "array") -> None:
     args = SeedTrainingArguments(
         output_dir=out_dir,
         per_device_train_batch_size=8,
@@ -46,16 +54,17 @@ def main(out_dir: str, max_steps: int, kill_at: int, mode: str) -> None:
         report_to="none",
         disable_tqdm=True,
         full_determinism=True,
+        dataloader_num_workers=0 if source == "array" else 2,
     )
     trainer = SeedTrainer(
         model=tiny_student(),
         teacher=tiny_teacher(),
         args=args,
-        train_dataset=augmented_images(),
+        train_dataset=augmented_images(source=source),
         data_collator=collate_batch,
     )
     if mode == "step" and kill_at > 0:
-        trainer.add_callback(KillAt(kill_at))
+        trainer.add_callback(KillAtStep(kill_at))
     elif mode == "save" and kill_at > 0:
         original = trainer._save_optimizer_and_scheduler
 
@@ -75,4 +84,4 @@ def main(out_dir: str, max_steps: int, kill_at: int, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], *sys.argv[5:])

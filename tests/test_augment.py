@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from seed_hf import augment
-from seed_hf.data import AUGMENTATION_PRESETS, DecodeStats, build_ssl_transform, decode_image
+from seed_hf import opencv_kernels
+from seed_hf.datasets import DecodeStats, decode_image
+from seed_hf.transforms import AUGMENTATION_PRESETS, build_ssl_transform
 
-pytestmark = pytest.mark.skipif(augment.cv2 is None, reason="OpenCV not installed")
+pytestmark = pytest.mark.skipif(opencv_kernels.cv2 is None, reason="OpenCV not installed")
 
 
 def photo(seed: int = 0, size=(120, 90)) -> np.ndarray:
@@ -55,14 +56,14 @@ def test_backends_draw_the_same_parameters(preset):
 @pytest.mark.parametrize(
     "kernel, reference, factor, tolerance",
     [
-        (augment.adjust_brightness, F.adjust_brightness, 1.3, 1),
-        (augment.adjust_brightness, F.adjust_brightness, 0.6, 1),
-        (augment.adjust_contrast, F.adjust_contrast, 1.4, 2),
-        (augment.adjust_contrast, F.adjust_contrast, 0.6, 2),
-        (augment.adjust_saturation, F.adjust_saturation, 1.4, 2),
-        (augment.adjust_saturation, F.adjust_saturation, 0.0, 2),
-        (augment.adjust_hue, F.adjust_hue, 0.1, 8),
-        (augment.adjust_hue, F.adjust_hue, -0.25, 8),
+        (opencv_kernels.adjust_brightness, F.adjust_brightness, 1.3, 1),
+        (opencv_kernels.adjust_brightness, F.adjust_brightness, 0.6, 1),
+        (opencv_kernels.adjust_contrast, F.adjust_contrast, 1.4, 2),
+        (opencv_kernels.adjust_contrast, F.adjust_contrast, 0.6, 2),
+        (opencv_kernels.adjust_saturation, F.adjust_saturation, 1.4, 2),
+        (opencv_kernels.adjust_saturation, F.adjust_saturation, 0.0, 2),
+        (opencv_kernels.adjust_hue, F.adjust_hue, 0.1, 8),
+        (opencv_kernels.adjust_hue, F.adjust_hue, -0.25, 8),
     ],
 )
 def test_colour_kernels_match_torchvision(kernel, reference, factor, tolerance):
@@ -76,13 +77,13 @@ def test_colour_kernels_match_torchvision(kernel, reference, factor, tolerance):
 def test_grayscale_and_flip_and_crop_kernels():
     array = photo(4)
     torch.manual_seed(0)
-    gray = augment.ArrayRandomGrayscale(p=1.0)(array)
+    gray = opencv_kernels.ArrayRandomGrayscale(p=1.0)(array)
     assert gray.shape == array.shape and (gray[..., 0] == gray[..., 2]).all()
     theirs = F.rgb_to_grayscale(as_tensor(array), num_output_channels=3).permute(1, 2, 0).numpy()
     assert np.abs(gray.astype(int) - theirs.astype(int)).max() <= 1
-    flipped = augment.ArrayRandomHorizontalFlip(p=1.0)(array)
+    flipped = opencv_kernels.ArrayRandomHorizontalFlip(p=1.0)(array)
     assert np.array_equal(flipped, array[:, ::-1])
-    crop = augment.ArrayRandomResizedCrop(48)
+    crop = opencv_kernels.ArrayRandomResizedCrop(48)
     torch.manual_seed(1)
     ours = crop(array)
     torch.manual_seed(1)

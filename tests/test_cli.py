@@ -1,5 +1,5 @@
 """The example scripts as a user runs them: --help, the learning-rate rule, re-runs of a finished
-run, output_dirs of another model, Hub arguments, staging folders and undecodable images."""
+run, output_dirs of another model, Hub arguments, interrupted checkpoints and undecodable images."""
 
 import json
 import os
@@ -17,8 +17,9 @@ import run_moco  # noqa: E402
 import run_seed  # noqa: E402
 
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E402
-from seed_hf.arguments import DataTrainingArguments, build_train_dataset, parse_script_args  # noqa: E402
-from seed_hf.trainer import STAGING_DIR  # noqa: E402
+from seed_hf.arguments import DataTrainingArguments, parse_script_args  # noqa: E402
+from seed_hf.datasets import build_train_dataset  # noqa: E402
+from seed_hf.runs import COMPLETE_MARKER  # noqa: E402
 
 SCRIPTS = sorted((ROOT / "examples").glob("*.py"))
 
@@ -118,22 +119,21 @@ def finished_run(tmp_path_factory):
     return out, files, metrics
 
 
-def test_short_run_leaves_no_staging_folder(finished_run):
+def test_short_run_marks_its_checkpoint_complete(finished_run):
     out, _, metrics = finished_run
-    assert (out / "checkpoint-2").is_dir() and metrics["train_loss"] > 0
-    assert not (out / STAGING_DIR).exists()
+    assert (out / "checkpoint-2" / COMPLETE_MARKER).is_file() and metrics["train_loss"] > 0
 
 
 def test_rerunning_a_finished_run_keeps_its_results(finished_run, caplog):
     out, files, metrics = finished_run
     kept = ("train_results.json", "all_results.json", "trainer_state.json", "model.safetensors")
     before = {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns) for name in kept}
-    (out / STAGING_DIR / "checkpoint-9").mkdir(parents=True)  # what a save killed in a later run leaves
+    (out / "checkpoint-9").mkdir()  # what a save killed in a later run leaves: no completion marker
     assert run_seed.main(_seed_args(out, files)) == metrics
     assert "already complete (2 of 2 steps)" in caplog.text and "results are kept" in caplog.text
     assert {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns) for name in kept} == before
     assert json.loads((out / "train_results.json").read_text())["train_loss"] > 0
-    assert not (out / STAGING_DIR).exists()
+    assert not (out / "checkpoint-9").exists()
 
 
 def test_output_dir_of_another_architecture_is_one_clear_message(finished_run):
@@ -168,7 +168,7 @@ def test_skipped_images_are_totalled_over_dataloader_workers(tmp_path):
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_skipped_image_log_names_the_row(tmp_path, caplog, monkeypatch, streaming):
-    from seed_hf.data import DECODE_STATS
+    from seed_hf.datasets import DECODE_STATS
 
     monkeypatch.setattr(DECODE_STATS, "skipped", 0)  # names are logged for the first images of a process
     files = write_shards(tmp_path, shards=1, rows=8, corrupt_every=3)  # ids 0, 3, 6

@@ -8,16 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from seed_hf import augment, crop_decode
-from seed_hf.data import (
-    DECODE_STATS,
-    ImageColumnTransform,
-    MultiViewTransform,
-    build_ssl_transform,
-    decode_image,
-)
+from seed_hf import crop_decode, opencv_kernels
+from seed_hf.datasets import DECODE_STATS, ImageColumnTransform, decode_image
+from seed_hf.transforms import MultiViewTransform, build_ssl_transform
 
-pytestmark = pytest.mark.skipif(augment.cv2 is None, reason="OpenCV not installed")
+pytestmark = pytest.mark.skipif(opencv_kernels.cv2 is None, reason="OpenCV not installed")
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -56,7 +51,7 @@ def test_reducing_resize_is_close_to_area(size):
     stage after an integer reduction blurs a little more than a single area box."""
     array = np.asarray(Image.open(io.BytesIO(photo_jpeg((500, 375)))))
     ours = crop_decode.reducing_resize(array, size[::-1]).astype(int)
-    area = augment.resize(array, size[::-1]).astype(int)
+    area = opencv_kernels.resize(array, size[::-1]).astype(int)
     pil = np.asarray(Image.fromarray(array).resize(size, Image.Resampling.BILINEAR)).astype(int)
     assert ours.shape == area.shape == (size[1], size[0], 3)
     assert np.abs(ours - area).mean() < 2.5 * np.abs(pil - area).mean()

@@ -4,16 +4,14 @@ import torch
 from conftest import requires_fashion_mnist
 from PIL import Image
 
-from seed_hf.data import (
-    AUGMENTATION_PRESETS,
+from seed_hf.datasets import (
     ArrayImageDataset,
-    MultiViewTransform,
-    build_ssl_transform,
     collate_batch,
     convert_image,
     detect_image_column,
     load_fashion_mnist,
 )
+from seed_hf.transforms import AUGMENTATION_PRESETS, MultiViewTransform, build_ssl_transform
 
 
 @pytest.mark.parametrize("preset", AUGMENTATION_PRESETS)
@@ -77,7 +75,7 @@ def test_image_column_transform_is_picklable_for_spawned_workers():
     import io
     import pickle
 
-    from seed_hf.data import ImageColumnTransform
+    from seed_hf.datasets import ImageColumnTransform
 
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (10, 200, 30)).save(buffer, format="JPEG")

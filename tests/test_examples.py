@@ -88,7 +88,7 @@ def test_moco_then_seed_then_eval(tmp_path):
         ]
     )
     assert [r["model"] for r in results] == [str(teacher_dir)] * 2 + [str(student_dir)] * 2
-    from seed_hf.data import load_fashion_mnist
+    from seed_hf.datasets import load_fashion_mnist
     from seed_hf.evaluation import label_subset
 
     tenth = len(label_subset(load_fashion_mnist("train")[1][:2000], 0.1))  # class-balanced: ≈ 200

@@ -15,10 +15,10 @@ from test_crop_decode import photo_jpeg
 from test_streaming import write_shards
 from torchvision.transforms import v2
 
-from seed_hf import SeedTrainer, SeedTrainingArguments, arguments, augment, crop_decode
-from seed_hf.arguments import DataTrainingArguments, build_device_transform, build_train_dataset
+from seed_hf import SeedTrainer, SeedTrainingArguments, arguments, crop_decode, opencv_kernels
+from seed_hf.arguments import DataTrainingArguments, build_device_transform
 from seed_hf.batched_transforms import BATCHED_PRESETS, BatchedSSLTransform, random_resized_crop_boxes
-from seed_hf.data import SKIPPED_KEY, ImageColumnTransform, RandomGaussianBlur, build_ssl_transform
+from seed_hf.datasets import SKIPPED_KEY, ImageColumnTransform, build_train_dataset
 from seed_hf.gpu_input import (
     ENCODED_KEY,
     DeviceInputTransform,
@@ -27,8 +27,9 @@ from seed_hf.gpu_input import (
     collate_encoded_batch,
     decode_images,
 )
+from seed_hf.transforms import RandomGaussianBlur, build_ssl_transform
 
-pytestmark = pytest.mark.skipif(augment.cv2 is None, reason="OpenCV not installed (the CPU reference)")
+pytestmark = pytest.mark.skipif(opencv_kernels.cv2 is None, reason="OpenCV not installed (the CPU reference)")
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # ImageNet-like (w, h): the common 500-px landscape / portrait sizes plus a few others
@@ -67,7 +68,7 @@ def test_cpu_decode_gives_the_pixels_of_pil_and_opencv():
         assert image.shape == pil.shape and image.dtype == torch.uint8
         assert (image.int() - pil.int()).abs().max() <= 1
     for data, image in zip(jpegs, images):
-        opencv = torch.from_numpy(augment.decode_jpeg(data, 3)).permute(2, 0, 1)
+        opencv = torch.from_numpy(opencv_kernels.decode_jpeg(data, 3)).permute(2, 0, 1)
         assert (image.int() - opencv.int()).abs().max() <= 1
     gray = decode_images(EncodedImageBatch.from_items([crop_decode.encoded_jpeg(jpegs[11], 1)]), "cpu", 1)[0]
     assert gray.shape == (1, 480, 640)

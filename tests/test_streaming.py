@@ -44,7 +44,10 @@ def write_shards(folder: Path, shards: int, rows: int, corrupt_every: int = 0) -
     return files
 
 
-def _run(out: Path, files: list[str], steps: int, per_device: int, nproc: int, streaming: bool) -> list[dict]:
+def _run(
+    out: Path, files: list[str], steps: int, per_device: int, nproc: int, streaming: bool, *options: str
+) -> tuple[list[dict], str]:
+    """Runs stream_train.py (under torchrun for nproc > 1); returns each rank's record and the logs."""
     out.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
@@ -67,12 +70,14 @@ def _run(out: Path, files: list[str], steps: int, per_device: int, nproc: int, s
             f"--master_port={port}",
             str(SCRIPT),
         ]
-    args = [str(out), str(len(files)), str(steps), str(per_device), "stream" if streaming else "map", *files]
+    args = [str(out), str(steps), str(per_device), "stream" if streaming else "map", *options, *files]
     result = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return [
-        json.loads((out / f"ids_rank{r}.json").read_text()) for r in range(nproc)
-    ], result.stdout + result.stderr
+    logs = result.stdout + result.stderr
+    if "--kill_at" in options:
+        assert result.returncode != 0, logs[-3000:]  # killed (torchrun reports the child's SIGKILL as a failure)
+        return [], logs
+    assert result.returncode == 0, logs[-5000:]
+    return [json.loads((out / f"ids_rank{r}.json").read_text()) for r in range(nproc)], logs
 
 
 def test_two_processes_stream_every_sample_exactly_once(tmp_path):
@@ -94,8 +99,34 @@ def test_ten_percent_corrupt_images_are_skipped_and_counted(tmp_path, streaming)
 
 
 def test_uneven_shard_count_warns(caplog):
-    from seed_hf.arguments import warn_on_uneven_shards
+    from seed_hf.datasets import warn_on_uneven_shards
 
     assert warn_on_uneven_shards(8, 2, 4) is False
     assert warn_on_uneven_shards(6, 2, 4) is True
     assert "world_size" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "fmt,nproc", [("parquet", 1), ("wds", 1), ("parquet", 2), ("wds", 2)], ids=lambda v: str(v)
+)
+def test_sigkilled_stream_resumes_bit_identical(tmp_path, fmt, nproc):
+    """Streamed shards read by nproc processes × 2 dataloader workers, real moco_v2 augmentation:
+    killed after step 9 and resumed from checkpoint-8, the run ends bit-identical to an uninterrupted
+    one, having trained on the same images in the same order (across an epoch boundary)."""
+    import torch
+    from helpers import write_jpeg_shards
+
+    files = write_jpeg_shards(tmp_path / "data", fmt, shards=4 * nproc, rows=6)
+    # 2 × nproc readers of 2 shards (12 rows, 6 batches of 2) each: 12 batches per epoch and process
+    common = ["--workers", "2", "--save_steps", "4", "--augmentation", "moco_v2"]
+    straight, _ = _run(tmp_path / "straight", files, 14, 2, nproc, True, *common)
+    _run(tmp_path / "killed", files, 14, 2, nproc, True, *common, "--kill_at", "9")
+    resumed, logs = _run(tmp_path / "killed", files, 14, 2, nproc, True, *common)
+    assert Path(resumed[0]["resumed_from"]).name == "checkpoint-8"
+    assert "Stream resumed at epoch 0, batch 8" in logs
+    for rank in range(nproc):
+        assert resumed[rank]["ids"] == straight[rank]["ids"][8 * 2 :]  # same images, same order
+        expected = torch.load(tmp_path / "straight" / f"final_rank{rank}.pt")
+        got = torch.load(tmp_path / "killed" / f"final_rank{rank}.pt")
+        for name, value in expected.items():
+            assert torch.equal(got[name], value), (rank, name)

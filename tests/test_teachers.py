@@ -116,7 +116,7 @@ def _layout_checkpoint(path, layout):
 
 @pytest.mark.parametrize("layout", ["swav", "simclr", "seed"])
 def test_published_ssl_checkpoint_layouts(tmp_path, layout):
-    from seed_hf.teachers import detect_checkpoint_layout, load_state_dict_file
+    from seed_hf.convert_checkpoints import detect_checkpoint_layout, load_state_dict_file
 
     backbone, head = _layout_checkpoint(tmp_path / "ckpt.pth", layout)
     assert detect_checkpoint_layout(load_state_dict_file(tmp_path / "ckpt.pth")) == layout
@@ -230,7 +230,7 @@ def test_prefixed_timm_state_dict_keeps_no_classifier_head(tmp_path):
     SimCLR projection head; a real SimCLR head under ``encoder.fc`` has a hidden layer."""
     import timm
 
-    from seed_hf.teachers import detect_checkpoint_layout
+    from seed_hf.convert_checkpoints import detect_checkpoint_layout
 
     torch.manual_seed(0)
     classifier = timm.create_model("test_resnet", num_classes=1000).eval()

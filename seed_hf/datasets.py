@@ -1,15 +1,14 @@
-"""Datasets, augmentation presets and collators.
+"""Training data sources, decoding, per-sample seeding and collation.
 
 * Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (idx files, offline): the
-  embedded default for the demo and the small-scale study.
-* Any ``datasets`` source: hub id, local ``imagefolder``, parquet / webdataset files,
-  map-style or streaming; augmentations run lazily in the dataloader workers.
-* Presets of the official code (``moco_v2`` default, ``moco_v1``, ``simclr``, ``swav``), the
-  official SEED code's own ``seed_simclr`` / ``seed_swav`` (weaker than SimCLR's / SwAV's, see
-  :func:`build_ssl_transform`) plus ``grayscale_small`` for 28-px grayscale data. Teacher and
-  student see the same view.
-  Two pixel backends with the same random parameters: ``opencv`` (default, ndarrays, fastest
-  per core; ``seed_hf.augment``) and ``torchvision`` (PIL / tensor kernels).
+  embedded default for the demo and the small-scale study (:func:`load_fashion_mnist`).
+* Any ``datasets`` source (:func:`build_train_dataset`): hub id, local ``imagefolder``,
+  parquet / webdataset files, map-style or streaming; images stay encoded in the source and are
+  decoded (crop-aware for JPEGs) and augmented lazily in the dataloader workers.
+* Per-sample seeded augmentation for map-style sources (:class:`ArrayImageDataset`,
+  :class:`SeededRowDataset`): a sample's views depend on ``(seed, epoch, index)`` only.
+* Undecodable images are skipped, counted and named in the log, never silently dropped
+  (:class:`DecodeStats`, :func:`collate_batch`).
 """
 
 from __future__ import annotations
@@ -18,27 +17,29 @@ import gzip
 import io
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
-from . import augment, crop_decode
+from . import crop_decode, opencv_kernels
+from .transforms import MultiViewTransform, build_ssl_transform
+
+if TYPE_CHECKING:
+    from .arguments import DataTrainingArguments
 
 __all__ = [
     "FASHION_MNIST_DIR",
-    "AUGMENTATION_PRESETS",
-    "AUGMENTATION_BACKENDS",
     "load_fashion_mnist",
-    "build_ssl_transform",
+    "build_train_dataset",
     "ArrayImageDataset",
-    "MultiViewTransform",
+    "SeededRowDataset",
     "ImageColumnTransform",
     "convert_image",
     "collate_batch",
@@ -54,10 +55,6 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = [0.286], [0.353]
-AUGMENTATION_PRESETS = (
-    "moco_v2", "moco_v1", "simclr", "swav", "seed_simclr", "seed_swav", "grayscale_small", "none"
-)
-AUGMENTATION_BACKENDS = augment.AUGMENTATION_BACKENDS
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -132,7 +129,7 @@ def decode_image(
             value = value.get("bytes") or value.get("path")
         if to_array and isinstance(value, (str, os.PathLike)):
             value = Path(value).read_bytes()
-        decoded = augment.decode_jpeg(value, in_chans) if to_array and isinstance(value, bytes) else None
+        decoded = opencv_kernels.decode_jpeg(value, in_chans) if to_array and isinstance(value, bytes) else None
         if decoded is None:  # PIL: every other format, and JPEGs OpenCV does not take
             decoded = _decode_with_pil(value, in_chans)
             decoded = np.asarray(decoded) if to_array else decoded
@@ -171,188 +168,19 @@ def convert_image(image: Any, in_chans: int) -> Any:
     return image if image.mode == target else image.convert(target)
 
 
-def _blur_kernel(image_size: int) -> int:
-    kernel = max(3, int(0.1 * image_size))
-    return kernel if kernel % 2 == 1 else kernel + 1
-
-
-class RandomGaussianBlur:
-    """Gaussian blur with sigma ~ U(0.1, 2.0) as in MoCo-v2 / SimCLR: OpenCV on ndarrays, PIL's
-    ``ImageFilter`` on PIL images (several times faster than a tensor convolution on CPU),
-    torchvision's on tensors."""
-
-    def __init__(self, sigma: tuple[float, float] = (0.1, 2.0), kernel_size: int = 23):
-        self.sigma = sigma
-        self.kernel_size = kernel_size
-
-    def __call__(self, image: Any) -> Any:
-        sigma = float(torch.empty(()).uniform_(*self.sigma))
-        if isinstance(image, np.ndarray):
-            return augment.gaussian_blur(image, sigma, self.kernel_size)
-        if isinstance(image, Image.Image):
-            return image.filter(ImageFilter.GaussianBlur(radius=sigma))
-        return v2.functional.gaussian_blur(image, [self.kernel_size] * 2, [sigma])
-
-
-class ToNormalizedTensor:
-    """PIL image / ndarray / uint8 tensor → float32 ``(c, h, w)`` normalised with ``mean``/``std``
-    in one pass (``x · 1/(255·std) − mean/std``): ToImage + ToDtype + Normalize fused."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
-        self.scale = (1.0 / (255.0 * std_t)).view(-1, 1, 1)
-        self.shift = (-mean_t / std_t).view(-1, 1, 1)
-
-    def __call__(self, image: Any) -> torch.Tensor:
-        if isinstance(image, (Image.Image, np.ndarray)):
-            array = np.asarray(image)
-            # channels-first copy in uint8 first: the float math then runs on contiguous memory
-            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-            array = np.ascontiguousarray(array)
-            tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
-        else:
-            tensor = image
-        if tensor.dtype != torch.uint8:  # already float in [0, 1]
-            return (tensor.float() * 255.0) * self.scale + self.shift
-        return torch.addcmul(self.shift, tensor.float(), self.scale)
-
-
-def _ndarray_to_image(image: Any) -> Any:
-    return v2.functional.to_image(image) if isinstance(image, np.ndarray) else image
-
-
-_BACKEND_OPS = {
-    "torchvision": (v2.RandomResizedCrop, v2.ColorJitter, v2.RandomGrayscale, v2.RandomHorizontalFlip),
-    "opencv": (
-        crop_decode.CropAwareRandomResizedCrop,  # ndarrays as ArrayRandomResizedCrop; also JPEG bytes
-        augment.ArrayColorJitter,
-        augment.ArrayRandomGrayscale,
-        augment.ArrayRandomHorizontalFlip,
-    ),
-}
-
-
-def build_ssl_transform(
-    preset: str = "moco_v2",
-    image_size: int = 224,
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
-    scale: tuple[float, float] | None = None,
-    backend: str = "opencv",
-) -> v2.Compose:
-    """Training augmentation of the official MoCo / SimCLR / SwAV / SEED code (torchvision v2).
-
-    Input: PIL image, ndarray ``(h, w[, c])`` or uint8 tensor ``(c, h, w)``; output: float
-    tensor ``(c, image_size, image_size)`` normalised with ``mean``/``std``.
-
-    ``backend="opencv"`` turns every input into an ndarray and runs OpenCV kernels
-    (``seed_hf.augment``); ``"torchvision"`` runs torchvision's PIL kernels on PIL images and
-    its tensor kernels otherwise. Both draw the same random parameters from torch's RNG.
-
-    Presets (crop scale, then ops in order; jitter = brightness/contrast/saturation/hue, its
-    four ops in random order as torchvision's ``ColorJitter`` does):
-
-    * ``moco_v2``: scale (0.2, 1); jitter 0.4/0.4/0.4/0.1 p=0.8; grayscale p=0.2; blur p=0.5; flip.
-    * ``moco_v1``: scale (0.2, 1); grayscale p=0.2; jitter 0.4/0.4/0.4/0.4 always; flip.
-    * ``simclr`` / ``swav``: scale (0.08, 1) / (0.14, 1); flip; jitter 0.8/0.8/0.8/0.2 p=0.8;
-      grayscale p=0.2; blur p=0.5 (SimCLR's strength).
-    * ``seed_simclr``: what the official SEED code (jacobswan1/SEED ``tools/utils.py``
-      ``simclr_aug``, used by ``main.py`` for SimCLR teachers) actually runs: ``moco_v1``.
-    * ``seed_swav``: the official SEED ``swav_aug`` (SwAV teachers, ``main.py`` and
-      ``main_small-patch.py``; ``swav_small_aug`` with the small-crop scale): ``moco_v2`` with
-      scale (0.14, 1), in MoCo-v2's op order.
-
-    The opencv pipeline also takes ``seed_hf.crop_decode.EncodedJpeg`` inputs (it then has
-    ``accepts_encoded_jpeg = True``): decode and random crop in one step, at a reduced DCT
-    scale when the crop allows.
-    """
-    if preset not in AUGMENTATION_PRESETS:
-        raise ValueError(f"augmentation preset must be one of {AUGMENTATION_PRESETS}, got {preset!r}.")
-    if backend not in AUGMENTATION_BACKENDS:
-        raise ValueError(f"augmentation backend must be one of {AUGMENTATION_BACKENDS}, got {backend!r}.")
-    if preset == "none":  # deterministic resize + center crop: cheap on any backend
-        backend = "torchvision"
-    if backend == "opencv":
-        augment.require_opencv()
-    random_resized_crop, color_jitter, random_grayscale, random_flip = _BACKEND_OPS[backend]
-    default_scale = {
-        "moco_v2": (0.2, 1.0),
-        "moco_v1": (0.2, 1.0),
-        "simclr": (0.08, 1.0),
-        "swav": (0.14, 1.0),
-        "seed_simclr": (0.2, 1.0),
-        "seed_swav": (0.14, 1.0),
-    }
-    crop = random_resized_crop(
-        image_size, scale=scale or default_scale.get(preset, (0.3, 1.0)), antialias=True
-    )
-    blur = v2.RandomApply([RandomGaussianBlur(kernel_size=_blur_kernel(image_size))], p=0.5)
-    ops: list[Callable] = []
-    if preset == "none":
-        ops += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-    elif preset in ("moco_v2", "seed_swav"):
-        ops += [
-            crop,
-            v2.RandomApply([color_jitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            random_grayscale(0.2),
-            blur,
-        ]
-        ops += [random_flip()]
-    elif preset in ("moco_v1", "seed_simclr"):
-        ops += [crop, random_grayscale(0.2), color_jitter(0.4, 0.4, 0.4, 0.4), random_flip()]
-    elif preset in ("simclr", "swav"):
-        ops += [crop, random_flip(), v2.RandomApply([color_jitter(0.8, 0.8, 0.8, 0.2)], p=0.8)]
-        ops += [random_grayscale(0.2), blur]
-    else:  # grayscale_small: 28-32 px single-channel data, no hue/saturation, no blur
-        ops += [crop, random_flip(), v2.RandomApply([color_jitter(0.4, 0.4)], p=0.8)]
-    # PIL and tensors go straight to torchvision's kernels, everything to ndarrays for OpenCV's
-    ops.insert(0, crop_decode.to_array_or_encoded if backend == "opencv" else _ndarray_to_image)
-    ops.append(ToNormalizedTensor(mean, std))
-    pipeline = v2.Compose(ops)
-    pipeline.accepts_encoded_jpeg = backend == "opencv"  # read by ImageColumnTransform
-    return pipeline
-
-
-class MultiViewTransform:
-    """Applies ``transform`` ``num_views`` times: ``pixel_values`` (+ ``pixel_values_k``), and
-    ``small_transform`` ``num_small_crops`` times: ``pixel_values_small`` ``(m, c, s, s)``."""
-
-    VIEW_KEYS = ("pixel_values", "pixel_values_k")
-
-    def __init__(
-        self,
-        transform: Callable,
-        num_views: int = 1,
-        small_transform: Callable | None = None,
-        num_small_crops: int = 0,
-    ):
-        if num_views not in (1, 2):
-            raise ValueError(f"num_views must be 1 or 2, got {num_views}.")
-        if num_small_crops and small_transform is None:
-            raise ValueError("num_small_crops needs a small_transform.")
-        self.transform = transform
-        self.num_views = num_views
-        self.small_transform = small_transform
-        self.num_small_crops = num_small_crops
-
-    @property
-    def accepts_encoded_jpeg(self) -> bool:
-        """Whether every view's transform takes ``EncodedJpeg`` inputs (crop-aware decode)."""
-        transforms = [self.transform] + ([self.small_transform] if self.num_small_crops else [])
-        return all(getattr(t, "accepts_encoded_jpeg", False) for t in transforms)
-
-    def __call__(self, image: Any) -> dict[str, torch.Tensor]:
-        views = {key: self.transform(image) for key in self.VIEW_KEYS[: self.num_views]}
-        if self.num_small_crops:
-            views["pixel_values_small"] = torch.stack(
-                [self.small_transform(image) for _ in range(self.num_small_crops)]
-            )
-        return views
-
-
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """Seed of one sample's augmentation: a function of (seed, epoch, index) only."""
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
+
+
+@contextmanager
+def per_sample_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
+    """Runs the block with torch's CPU RNG seeded by :func:`sample_seed`, restoring the global
+    stream afterwards: a sample's augmentation no longer depends on worker count, world size,
+    prefetching or where a run was resumed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sample_seed(seed, epoch, index))
+        yield
 
 
 class ArrayImageDataset(Dataset):
@@ -393,8 +221,7 @@ class ArrayImageDataset(Dataset):
         elif self.seed is None:
             out = self.transform(self.images[index])
         else:
-            with torch.random.fork_rng(devices=[]):  # leaves the global RNG stream untouched
-                torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            with per_sample_rng(self.seed, self.epoch, index):
                 out = self.transform(self.images[index])
         if not isinstance(out, dict):
             out = {"pixel_values": out}
@@ -558,3 +385,228 @@ class ImageColumnTransform:
             out[SKIPPED_KEY][-1] += self._dropped
             self._dropped = 0
         return out
+
+
+class SeededRowDataset(Dataset):
+    """A map-style ``datasets.Dataset`` whose rows become training examples through
+    ``transform`` (an :class:`ImageColumnTransform`), each under its own seed: the views of row
+    ``index`` depend on ``(seed, epoch, index)`` only, exactly as for :class:`ArrayImageDataset`
+    (the trainers call ``set_epoch``), so a resumed or multi-process run sees the augmentations
+    of an uninterrupted single-process one.
+
+    Rows are read in batches (``__getitems__``: one arrow read per batch, as ``datasets`` does
+    with ``set_transform``) and undecodable images come back with ``pixel_values=None``
+    (``collate_batch`` drops and counts them)."""
+
+    def __init__(self, rows, transform: ImageColumnTransform, seed: int = 0):
+        self.rows = rows
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def column_names(self) -> list[str]:
+        return self.rows.column_names
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _example(self, row: dict[str, Any], index: int) -> dict[str, Any]:
+        cells = {key: [value] for key, value in row.items()}
+        cells.setdefault(INDEX_COLUMN, [index])  # names the row in the skipped-image log
+        with per_sample_rng(self.seed, self.epoch, index):
+            out = self.transform(cells)
+        return {key: values[0] for key, values in out.items()}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._example(self.rows[int(index)], int(index))
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        columns = self.rows[list(indices)]  # dict of column -> list
+        return [
+            self._example({key: values[i] for key, values in columns.items()}, int(index))
+            for i, index in enumerate(indices)
+        ]
+
+
+def warn_on_uneven_shards(num_shards: int, world_size: int, num_workers: int) -> bool:
+    """Streams are split by shard: with fewer shards than, or a count not divisible by, world_size ×
+    workers, some readers get more data than others (or none). Returns True when it warned."""
+    readers = max(1, world_size) * max(1, num_workers)
+    if num_shards % readers == 0:
+        return False
+    logger.warning(
+        f"The stream has {num_shards} shard(s) for {readers} readers (world_size × dataloader workers): readers get "
+        "uneven data. Use a shard count that is a multiple of world_size × dataloader_num_workers "
+        "(e.g. re-shard the parquet/webdataset files) for balanced, fast streaming."
+    )
+    return True
+
+
+def build_train_dataset(
+    data_args: DataTrainingArguments,
+    num_views: int,
+    in_chans: int,
+    mean,
+    std,
+    seed: int = 42,
+    world_size: int = 1,
+    num_workers: int = 0,
+    num_small_crops: int = 0,
+    small_crop_size: int = 96,
+    small_crop_scale: tuple[float, float] = (0.05, 0.14),
+):
+    """Training dataset yielding ``pixel_values`` (``pixel_values_k`` for 2 views, and
+    ``pixel_values_small`` with ``num_small_crops`` small crops)."""
+    preset, image_size, _, _, _ = data_args.resolved()
+    backend = data_args.augmentation_backend
+    to_array = backend == "opencv"  # the opencv backend takes decoded ndarrays
+    if data_args.data_device != "cpu":  # GPU input path: rows stay JPEG bytes (arguments.build_device_transform)
+        from .gpu_input import EncodedImageTransform
+
+        transform, to_array = EncodedImageTransform(in_chans), True
+    else:
+        small = (
+            build_ssl_transform(preset, small_crop_size, mean, std, scale=tuple(small_crop_scale), backend=backend)
+            if num_small_crops
+            else None
+        )
+        transform = MultiViewTransform(
+            build_ssl_transform(preset, image_size, mean, std, backend=backend), num_views, small, num_small_crops
+        )
+    if data_args.uses_fashion_mnist:
+        images, labels = load_fashion_mnist("train", data_args.fashion_mnist_dir)
+        if data_args.max_train_samples:
+            images, labels = images[: data_args.max_train_samples], labels[: data_args.max_train_samples]
+        return ArrayImageDataset(images, labels, transform, seed=seed)
+    if data_args.streaming and (shards := stream_shards(data_args)) is not None:
+        return _shard_stream(shards, transform, in_chans, to_array, seed, data_args)
+    dataset = load_image_dataset(
+        data_args.dataset_name,
+        data_args.dataset_config_name,
+        data_args.train_dir,
+        data_args.train_files,
+        data_args.train_split,
+        data_args.streaming,
+        data_args.cache_dir,
+    )
+    image_column = detect_image_column(dataset.column_names or [], data_args.image_column)
+    dataset = undecoded_images(dataset, image_column, in_chans, data_args)
+    if data_args.streaming:
+        logger.warning(
+            f"{_source_name(data_args)} streams through `datasets` (it has no parquet / webdataset shard files): a "
+            "resumed run re-reads the batches it skips and is not bit-identical to an uninterrupted one."
+        )
+        warn_on_uneven_shards(dataset.num_shards, world_size, num_workers)
+        dataset = dataset.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
+        if data_args.max_train_samples:
+            dataset = dataset.take(data_args.max_train_samples)
+        apply = ImageColumnTransform(transform, image_column, in_chans, drop_bad_rows=True, to_array=to_array)
+        return dataset.map(apply, batched=True, batch_size=16, remove_columns=dataset.column_names)
+    apply = ImageColumnTransform(transform, image_column, in_chans, to_array=to_array)
+    if data_args.max_train_samples:
+        dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+    return SeededRowDataset(dataset, apply, seed=seed)
+
+
+def stream_shards(data_args: DataTrainingArguments) -> list[str] | None:
+    """The parquet / webdataset shard files of a streamed source (``--train_files``, or a hub
+    dataset's data files), or None when it has none (an imagefolder, other formats)."""
+    if data_args.train_files:
+        files = [str(f) for f in data_args.train_files]
+    elif data_args.dataset_name:
+        from datasets import load_dataset_builder
+
+        builder = load_dataset_builder(
+            data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.cache_dir
+        )
+        data_files = builder.config.data_files or {}
+        if data_args.train_split not in data_files:
+            return None
+        files = [str(f) for f in data_files[data_args.train_split]]
+    else:
+        return None
+    if files and (all(f.endswith(".tar") for f in files) or all(f.endswith(".parquet") for f in files)):
+        return files
+    return None
+
+
+def _shard_stream(shards, transform, in_chans: int, to_array: bool, seed: int, data_args) -> Dataset:
+    from .shard_stream import ShardIndex, ShardStream
+
+    first = ShardIndex(shards[0]).read_rows(range(min(16, len(ShardIndex(shards[0])))))
+    columns = list(first[min(first)]) if first else []
+    image_column = detect_image_column(columns, data_args.image_column)
+    _check_decodable([row[image_column] for row in first.values()], image_column, in_chans, data_args, columns)
+    apply = ImageColumnTransform(transform, image_column, in_chans, to_array=to_array)
+    return ShardStream(
+        shards,
+        apply,
+        shuffle_buffer_size=data_args.shuffle_buffer_size,
+        seed=seed,
+        max_rows=data_args.max_train_samples,
+    )
+
+
+def _source_name(data_args: DataTrainingArguments) -> str:
+    if data_args.dataset_name:
+        return f"--dataset_name {data_args.dataset_name!r}"
+    if data_args.train_dir:
+        return f"--train_dir {data_args.train_dir!r}"
+    return f"--train_files {list(data_args.train_files or [])}"
+
+
+def undecoded_images(
+    dataset, image_column: str, in_chans: int, data_args: DataTrainingArguments, num_probe: int = 16
+):
+    """``dataset`` with ``image_column`` left undecoded (decoded in the transform, so that a corrupt
+    image is skipped and counted instead of killing the run), after decoding its first ``num_probe``
+    images: a source none of whose images decode (a wrong --image_column, files that are not
+    images) stops here, before training, not at the first batch."""
+    from datasets import Image as ImageFeature
+
+    columns = list(dataset.column_names or [])
+    try:
+        dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
+        probe = (
+            dataset.take(num_probe)
+            if data_args.streaming
+            else dataset.select(range(min(num_probe, len(dataset))))
+        )
+        cells = [row[image_column] for row in probe]
+    except (TypeError, ValueError, NotImplementedError) as error:  # arrow: a column of other values
+        raise ValueError(
+            f"Column {image_column!r} of {_source_name(data_args)} holds no images ({type(error).__name__}: "
+            f"{str(error)[:200]}): pass the column that holds the images with --image_column (columns: {columns})."
+        ) from error
+    _check_decodable(cells, image_column, in_chans, data_args, columns)
+    return dataset
+
+
+def _check_decodable(
+    cells, image_column: str, in_chans: int, data_args: DataTrainingArguments, columns: list[str]
+) -> None:
+    """Decodes the probe ``cells``: a source none of whose images decode (a wrong --image_column,
+    files that are not images) stops here, before training, not at the first batch."""
+    cells = list(cells)
+    image_like = (bytes, bytearray, dict, str, os.PathLike, Image.Image)
+    if cells and not any(isinstance(cell, image_like) for cell in cells):
+        kinds = sorted({type(cell).__name__ for cell in cells})
+        raise ValueError(
+            f"Column {image_column!r} of {_source_name(data_args)} holds no images (values of type {kinds}): pass "
+            f"the column that holds the images with --image_column (columns: {columns})."
+        )
+    stats = DecodeStats(log_first=0)  # a probe: not logged as skipped training images
+    for cell in cells:
+        decode_image(cell, in_chans, stats)
+    if stats.seen == 0:
+        raise ValueError(f"{_source_name(data_args)} (split {data_args.train_split!r}) has no rows.")
+    if stats.skipped == stats.seen:
+        raise ValueError(
+            f"None of the first {stats.seen} images of {_source_name(data_args)} could be decoded from column "
+            f"{image_column!r} (last error: {stats.last_error}). Check the source's files, or pass the column that "
+            f"holds the images with --image_column (columns: {columns})."
+        )

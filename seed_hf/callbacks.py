@@ -1,0 +1,86 @@
+"""`TrainerCallback`s: what seed_hf adds to ``transformers.Trainer``'s loop, through its public
+extension points only.
+
+* :class:`DatasetEpochCallback`: tells a per-sample seeded dataset the epoch it serves.
+* :class:`StreamPositionCallback`: keeps a :class:`seed_hf.shard_stream.ShardStream` where the run is.
+* :class:`CheckpointCompletionCallback`: marks a checkpoint complete once every process has
+  written it; ``seed_hf.runs.last_complete_checkpoint`` resumes only from marked ones, so a run
+  killed while saving resumes from the checkpoint before (the Trainer writes ``checkpoint-N`` in
+  place, so a Hub upload with ``hub_strategy="checkpoint"`` never sees a folder being renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from accelerate import PartialState
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .runs import COMPLETE_MARKER
+from .shard_stream import ShardStream
+
+__all__ = ["DatasetEpochCallback", "CheckpointCompletionCallback", "StreamPositionCallback"]
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetEpochCallback(TrainerCallback):
+    """Calls ``train_dataset.set_epoch(epoch)`` at the start of every epoch, fresh or resumed.
+
+    accelerate forwards ``set_epoch`` to the dataset only when the sampler has none, and a
+    per-sample seeded dataset (:class:`seed_hf.datasets.ArrayImageDataset`, ``SeededRowDataset``)
+    draws each view from ``(seed, epoch, index)``: it must know the true epoch, also after a
+    resume. ``on_epoch_begin`` runs before the epoch's dataloader iterator (and its workers) is
+    created, so the workers receive the new epoch."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # state.epoch = epochs done + fraction of the current one; an epoch's last step sets it exactly
+        # to the next integer (k/k == 1.0), so flooring gives the epoch the Trainer starts
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
+class CheckpointCompletionCallback(TrainerCallback):
+    """Writes :data:`COMPLETE_MARKER` into ``checkpoint-N`` after the Trainer saved it on every
+    process (a barrier first). Checkpoints without it are never resumed from.
+
+    The Trainer deletes old checkpoints (``save_total_limit``) before ``on_save``, so a limit
+    of 1 would leave, for an instant, only an unmarked checkpoint: ``SeedTrainingArguments``
+    keeps at least 2."""
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        PartialState().wait_for_everyone()  # every rank wrote its files (RNG state, shards)
+        if args.should_save:
+            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            if os.path.isdir(checkpoint):
+                marker = {"global_step": state.global_step, "world_size": args.world_size}
+                with open(os.path.join(checkpoint, COMPLETE_MARKER), "w") as f:
+                    json.dump(marker, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+        PartialState().wait_for_everyone()
+
+
+class StreamPositionCallback(TrainerCallback):
+    """Keeps a :class:`ShardStream` where the run is: after ``global_step × gradient accumulation``
+    batches when training (re)starts, then the next stream epoch at each Trainer epoch (the
+    Trainer starts one when the stream's epoch is exhausted)."""
+
+    def __init__(self, stream: ShardStream):
+        self.stream = stream
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        position = self.stream.resume_after(state.global_step * args.gradient_accumulation_steps)
+        if state.global_step:
+            logger.info(
+                f"Stream resumed at epoch {position.epoch}, batch {position.batches_in_epoch} of this process "
+                "(no skipped batch is read or decoded)."
+            )
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.stream.begin_epoch()

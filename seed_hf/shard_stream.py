@@ -1,0 +1,440 @@
+"""An exactly and cheaply resumable stream over parquet / webdataset shards.
+
+``datasets``' streaming restarts a shuffled stream with an empty shuffle buffer, and the
+Trainer resumes an iterable dataset by reading (and decoding, augmenting) every batch it
+skips: at step 100k that is hours, and the resumed run differs from an uninterrupted one.
+:class:`ShardStream` is deterministic instead: where it stands is a function of the number of
+batches a process has consumed, which every checkpoint already records (``global_step``).
+
+Layout (``R`` readers = processes × max(1, dataloader workers); reader ``j`` is worker
+``j % W`` of process ``j // W``):
+
+* Epoch ``e``: the sorted shard list is permuted with ``(seed, e)``; reader ``j`` reads shards
+  ``j, j + R, …`` of it, one after the other, through a shuffle buffer of ``shuffle_buffer_size``
+  rows whose RNG is seeded by ``(seed, e, j)``. Every reader yields the same number of rows,
+  ``min_j rows_j`` rounded down to a multiple of the batch size (the rest of the longer
+  readers is dropped for that epoch, as webdataset's ``with_epoch`` does), so every process
+  sees the same number of batches and DDP stays in step.
+* A row's augmentation is seeded by ``(seed, e, shard, row)``: a stable id, not the order.
+* Resuming after ``b`` batches of a process: the epoch and each worker's offset follow from
+  ``b`` (the DataLoader takes batches from its workers in turn). A reader replays its shuffle
+  buffer on *row positions* only (integers, no I/O), reads the ≤ ``shuffle_buffer_size`` rows
+  the buffer holds at that point and continues: the rows read before the next batch are
+  bounded by the buffer plus one batch, whatever the step, and nothing skipped is decoded.
+
+Shards are local paths or fsspec URLs (``hf://datasets/org/name/...``); webdataset samples are
+the tar members sharing a key (``000123.jpg`` + ``000123.cls`` → ``{"__key__", "jpg", "cls"}``),
+parquet rows are the table's columns (an ``image`` struct cell keeps ``bytes``/``path``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .datasets import per_sample_rng
+
+__all__ = ["ShardStream", "ShardIndex", "StreamPosition", "locate_batches", "count_rows"]
+
+logger = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+Position = tuple[int, int]  # (shard number in the sorted shard list, row in that shard)
+
+
+def _open(path: str):
+    import fsspec
+
+    return fsspec.open(path, "rb").open()
+
+
+def _is_tar(path: str) -> bool:
+    return str(path).endswith(".tar")
+
+
+@dataclass
+class _TarSample:
+    key: str
+    members: dict[str, tuple[int, int]]  # extension -> (data offset, size)
+
+
+def _tar_samples(path: str) -> list[_TarSample]:
+    """The samples of a webdataset tar, in file order, from its headers only (data is skipped)."""
+    samples: list[_TarSample] = []
+    with _open(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = member.name.rsplit("/", 1)[-1]
+            key, _, extension = name.partition(".")
+            prefix = member.name[: len(member.name) - len(name)]
+            key = prefix + key
+            if not samples or samples[-1].key != key:
+                samples.append(_TarSample(key, {}))
+            samples[-1].members[extension] = (member.offset_data, member.size)
+    return samples
+
+
+def _decode_tar_value(extension: str, data: bytes) -> Any:
+    if extension in ("cls", "cls2", "index", "idx", "id"):
+        try:
+            return int(data.decode().strip())
+        except ValueError:
+            return data.decode()
+    if extension in ("txt", "json"):
+        return data.decode()
+    return data
+
+
+class ShardIndex:
+    """Row access to one shard: its row count, sequential reads from any row, and reads of
+    chosen rows (grouped by parquet row group / tar offsets)."""
+
+    def __init__(self, path: str, columns: Sequence[str] | None = None):
+        self.path = path
+        self.columns = list(columns) if columns else None
+        self._samples: list[_TarSample] | None = None
+        self._row_groups: list[int] | None = None
+
+    def _load(self) -> None:
+        if _is_tar(self.path):
+            if self._samples is None:
+                self._samples = _tar_samples(self.path)
+        elif self._row_groups is None:
+            import pyarrow.parquet as pq
+
+            with _open(self.path) as f:
+                metadata = pq.ParquetFile(f).metadata
+                self._row_groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._samples) if _is_tar(self.path) else sum(self._row_groups)
+
+    def read_rows(self, rows: Sequence[int]) -> dict[int, Row]:
+        """The rows at ``rows`` (any order), reading each needed row group / member once."""
+        self._load()
+        wanted = sorted(set(rows))
+        out: dict[int, Row] = {}
+        if not wanted:
+            return out
+        if _is_tar(self.path):
+            with _open(self.path) as f:
+                for row in wanted:
+                    out[row] = self._tar_row(f, row)
+            return out
+        import pyarrow.parquet as pq
+
+        starts = [0]
+        for count in self._row_groups:
+            starts.append(starts[-1] + count)
+        with _open(self.path) as f:
+            parquet = pq.ParquetFile(f)
+            by_group: dict[int, list[int]] = {}
+            for row in wanted:
+                group = next(g for g in range(len(self._row_groups)) if starts[g] <= row < starts[g + 1])
+                by_group.setdefault(group, []).append(row)
+            for group, group_rows in by_group.items():
+                table = parquet.read_row_group(group, columns=self.columns)
+                for row in group_rows:
+                    out[row] = table.slice(row - starts[group], 1).to_pylist()[0]
+        return out
+
+    def iter_rows(self, start: int = 0) -> Iterator[tuple[int, Row]]:
+        """``(row, content)`` from ``start`` to the end of the shard."""
+        self._load()
+        if _is_tar(self.path):
+            with _open(self.path) as f:
+                for row in range(start, len(self._samples)):
+                    yield row, self._tar_row(f, row)
+            return
+        import pyarrow.parquet as pq
+
+        with _open(self.path) as f:
+            parquet = pq.ParquetFile(f)
+            first = 0
+            for group, count in enumerate(self._row_groups):
+                if first + count <= start:
+                    first += count
+                    continue
+                table = parquet.read_row_group(group, columns=self.columns)
+                for offset, row in enumerate(table.to_pylist()):
+                    if first + offset >= start:
+                        yield first + offset, row
+                first += count
+
+    def _tar_row(self, f, row: int) -> Row:
+        sample = self._samples[row]
+        out: Row = {"__key__": sample.key, "__url__": self.path}
+        for extension, (offset, size) in sample.members.items():
+            f.seek(offset)
+            out[extension] = _decode_tar_value(extension, f.read(size))
+        return out
+
+
+def count_rows(paths: Sequence[str]) -> list[int]:
+    """Rows (parquet) or samples (webdataset tar) of each shard: parquet metadata, tar headers."""
+    return [len(ShardIndex(path)) for path in paths]
+
+
+def _seed(*parts: int) -> int:
+    """A 64-bit seed from integers (stable across processes and Python runs)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _epoch_shards(num_shards: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(num_shards))
+    random.Random(_seed(seed, epoch, 0x5EED)).shuffle(order)
+    return order
+
+
+def _shuffled_positions(
+    shards: Sequence[int], counts: Sequence[int], buffer_size: int, rng: random.Random, limit: int
+) -> Iterator[tuple[Position | None, Position | None]]:
+    """The shuffle buffer on positions: yields ``(read, out)`` per step, ``read`` the position
+    taken from the shards (None once they are exhausted) and ``out`` the one emitted (None while
+    the buffer fills). Stops after ``limit`` emissions."""
+    buffer: list[Position] = []
+    emitted = 0
+    for shard in shards:
+        for row in range(counts[shard]):
+            position = (shard, row)
+            if len(buffer) < buffer_size:
+                buffer.append(position)
+                yield position, None
+                continue
+            slot = rng.randrange(buffer_size)
+            out, buffer[slot] = buffer[slot], position
+            yield position, out
+            emitted += 1
+            if emitted == limit:
+                return
+    rng.shuffle(buffer)
+    for out in buffer:
+        yield None, out
+        emitted += 1
+        if emitted == limit:
+            return
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """Where a process stands: epoch and batches already taken from it in that epoch."""
+
+    epoch: int
+    batches_in_epoch: int
+
+
+def locate_batches(batches: int, batches_per_epoch: Callable[[int], int]) -> StreamPosition:
+    """The epoch and in-epoch offset after ``batches`` batches of one process."""
+    epoch = 0
+    while True:
+        per_epoch = batches_per_epoch(epoch)
+        if per_epoch <= 0:
+            raise ValueError("The stream yields no full batch per epoch: fewer rows than readers × batch size.")
+        if batches < per_epoch:
+            return StreamPosition(epoch, batches)
+        batches -= per_epoch
+        epoch += 1
+
+
+class ShardStream(IterableDataset):
+    """Training examples from parquet / webdataset shards, exactly resumable (module docstring).
+
+    Args:
+        shards: shard paths or fsspec URLs (``.parquet`` or ``.tar``), one format.
+        transform: maps a batch dict of lists (one row) to view lists, as
+            :class:`seed_hf.datasets.ImageColumnTransform` does (undecodable rows come back
+            with ``pixel_values=None``; ``collate_batch`` drops and counts them).
+        shuffle_buffer_size: rows held by each reader's shuffle buffer.
+        seed: seeds shard order, shuffle buffers and augmentation.
+        columns: parquet columns to read (default: all).
+        row_counts: rows of each shard (sorted order), when known; counted otherwise.
+        max_rows: rows per epoch over all readers at most (``--max_train_samples``).
+
+    Call :meth:`configure` (batch size, processes, workers, rank) before iterating; the trainers
+    do it, and restore the position from ``global_step`` through a callback.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        transform: Callable[[dict[str, list]], dict[str, list]],
+        shuffle_buffer_size: int = 1000,
+        seed: int = 0,
+        columns: Sequence[str] | None = None,
+        row_counts: Sequence[int] | None = None,
+        max_rows: int | None = None,
+    ):
+        if not shards:
+            raise ValueError("ShardStream needs at least one shard.")
+        kinds = {_is_tar(s) for s in shards}
+        if len(kinds) > 1:
+            raise ValueError("Shards must all be webdataset .tar files or all parquet files.")
+        self.shards = sorted(str(s) for s in shards)
+        self.transform = transform
+        self.shuffle_buffer_size = max(1, int(shuffle_buffer_size))
+        self.seed = int(seed)
+        self.columns = list(columns) if columns else None
+        self.row_counts = list(row_counts) if row_counts is not None else count_rows(self.shards)
+        self.max_rows = max_rows
+        self.batch_size = 1
+        self.num_processes = 1
+        self.process_index = 0
+        self.num_workers = 0
+        self._next = StreamPosition(0, 0)  # what the next iteration serves
+        self._resume: StreamPosition | None = None
+        self._epochs_begun = 0
+        self.rows_read = 0  # rows read from the shards by this copy (per worker)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.columns or [])
+
+    def configure(self, batch_size: int, num_processes: int, process_index: int, num_workers: int) -> ShardStream:
+        """Sets how the stream is read: per-process batch size, processes, this process, workers."""
+        self.batch_size = int(batch_size)
+        self.num_processes = max(1, int(num_processes))
+        self.process_index = int(process_index)
+        self.num_workers = max(0, int(num_workers))
+        if self.num_readers > self.num_shards:
+            raise ValueError(
+                f"{self.num_shards} shard(s) for {self.num_readers} readers (processes × dataloader workers): every "
+                "reader needs at least one shard. Use fewer dataloader workers or more (smaller) shards."
+            )
+        if self.num_shards % self.num_readers:
+            logger.warning(
+                f"{self.num_shards} shards for {self.num_readers} readers: readers get different shard counts and "
+                "every epoch drops what the longer ones read beyond the shortest. Use a multiple of the reader count."
+            )
+        return self
+
+    @property
+    def num_readers(self) -> int:
+        return self.num_processes * max(1, self.num_workers)
+
+    def rows_per_reader(self, epoch: int) -> int:
+        """Rows every reader yields in ``epoch``: the shortest reader's, in whole batches."""
+        order = _epoch_shards(self.num_shards, self.seed, epoch)
+        totals = [sum(self.row_counts[s] for s in order[j :: self.num_readers]) for j in range(self.num_readers)]
+        rows = min(totals)
+        if self.max_rows:
+            rows = min(rows, self.max_rows // self.num_readers)
+        return rows // self.batch_size * self.batch_size
+
+    def batches_per_epoch(self, epoch: int) -> int:
+        """Batches one process takes from the stream in ``epoch``."""
+        return self.rows_per_reader(epoch) // self.batch_size * max(1, self.num_workers)
+
+    def resume_after(self, batches: int) -> StreamPosition:
+        """Positions the stream after ``batches`` batches of this process (0: the start)."""
+        self._resume = locate_batches(int(batches), self.batches_per_epoch)
+        self._next = self._resume
+        self._epochs_begun = 0
+        return self._resume
+
+    def begin_epoch(self) -> StreamPosition:
+        """Called at each Trainer epoch start: the first serves the resume position, later ones
+        the next stream epoch from its start."""
+        if self._epochs_begun > 0:
+            self._next = StreamPosition(self._next.epoch + 1, 0)
+        self._epochs_begun += 1
+        return self._next
+
+    def _reader(self) -> tuple[int, int]:
+        """(reader, worker) this copy plays. The DataLoader takes batch ``i`` from its worker
+        ``i % W`` counting from the iterator's start, so a stream resumed after ``b`` batches lets
+        its worker ``w`` play worker ``(w + b) % W`` of the uninterrupted epoch."""
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if workers != max(1, self.num_workers):
+            raise RuntimeError(
+                f"ShardStream was configured for {self.num_workers} dataloader workers but runs in {workers}."
+            )
+        worker = (worker + self._next.batches_in_epoch) % workers
+        return self.process_index * workers + worker, worker
+
+    def _skip_rows(self, worker: int) -> int:
+        """Rows worker ``worker`` (of the uninterrupted epoch) yielded before the position served now."""
+        workers = max(1, self.num_workers)
+        done = self._next.batches_in_epoch
+        batches = done // workers + (1 if worker < done % workers else 0)
+        return batches * self.batch_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        reader, worker = self._reader()
+        epoch = self._next.epoch
+        limit = self.rows_per_reader(epoch)
+        shards = _epoch_shards(self.num_shards, self.seed, epoch)[reader :: self.num_readers]
+        rng = random.Random(_seed(self.seed, epoch, reader))
+        skip = self._skip_rows(worker)
+        steps = _shuffled_positions(shards, self.row_counts, self.shuffle_buffer_size, rng, limit)
+        # replay the positions of the rows already yielded: integers only, no reads
+        buffer: set[Position] = set()
+        cursor: Position | None = None
+        emitted = 0
+        if skip:
+            for read, out in steps:
+                if read is not None:
+                    buffer.add(read)
+                    cursor = read
+                if out is not None:
+                    buffer.discard(out)
+                    emitted += 1
+                    if emitted == skip:
+                        break
+        contents = self._read_positions(buffer)
+        sequential = self._sequential_rows(shards, cursor)
+        for read, out in steps:
+            if read is not None:
+                position, row = next(sequential)
+                assert position == read, (position, read)
+                contents[read] = row
+            if out is not None:
+                yield self._example(contents.pop(out), out, epoch)
+
+    def _read_positions(self, positions: set[Position]) -> dict[Position, Row]:
+        by_shard: dict[int, list[int]] = {}
+        for shard, row in positions:
+            by_shard.setdefault(shard, []).append(row)
+        out: dict[Position, Row] = {}
+        for shard, rows in by_shard.items():
+            for row, content in ShardIndex(self.shards[shard], self.columns).read_rows(rows).items():
+                out[(shard, row)] = content
+                self.rows_read += 1
+        return out
+
+    def _sequential_rows(self, shards: Sequence[int], cursor: Position | None) -> Iterator[tuple[Position, Row]]:
+        """Rows after ``cursor`` (the last position read before the resume point), shard by shard."""
+        started = cursor is None
+        for shard in shards:
+            if not started:
+                if shard != cursor[0]:
+                    continue
+                started, start = True, cursor[1] + 1
+            else:
+                start = 0
+            if start >= self.row_counts[shard]:
+                continue
+            for row, content in ShardIndex(self.shards[shard], self.columns).iter_rows(start):
+                self.rows_read += 1
+                yield (shard, row), content
+
+    def _example(self, row: Row, position: Position, epoch: int) -> dict[str, Any]:
+        cells = {key: [value] for key, value in row.items()}
+        sample_id = position[0] * 2**32 + position[1]
+        with per_sample_rng(self.seed, epoch, sample_id):
+            out = self.transform(cells)
+        return {key: values[0] for key, values in out.items() if values}

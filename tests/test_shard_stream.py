@@ -1,0 +1,88 @@
+"""ShardStream: a parquet / webdataset stream whose position follows from the batches taken,
+so resuming reads only the shuffle buffer and yields exactly what an uninterrupted run yields."""
+
+import pytest
+import torch
+from helpers import write_jpeg_shards
+from torch.utils.data import DataLoader
+
+from seed_hf.shard_stream import ShardStream, locate_batches
+
+
+def row_id(cells: dict) -> int:
+    return cells["id"][0] if "id" in cells else int(cells["__key__"][0])
+
+
+def identify(cells: dict) -> dict:
+    """A stand-in transform: the row's id and one draw of the augmentation RNG."""
+    return {"id": [row_id(cells)], "draw": [torch.rand(())]}
+
+
+def collate(examples):
+    return {"id": [e["id"] for e in examples], "draw": torch.stack([e["draw"] for e in examples])}
+
+
+def batches(stream: ShardStream, workers: int, batch_size: int) -> list[dict]:
+    loader = DataLoader(stream, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    return list(loader)
+
+
+@pytest.fixture(scope="module", params=["parquet", "wds"])
+def shards(request, tmp_path_factory):
+    return write_jpeg_shards(tmp_path_factory.mktemp(request.param), request.param, shards=4, rows=11)
+
+
+def test_an_epoch_is_a_shuffled_subset_of_equal_share_per_reader(shards):
+    stream = ShardStream(shards, identify, shuffle_buffer_size=5, seed=0).configure(4, 1, 0, 2)
+    assert stream.rows_per_reader(0) == 20  # 2 shards × 11 rows per reader, in whole batches of 4
+    epoch = batches(stream, workers=2, batch_size=4)
+    ids = [i for b in epoch for i in b["id"]]
+    assert len(ids) == 40 and len(set(ids)) == 40 and set(ids) <= set(range(44))
+    assert ids != sorted(ids)  # shuffled
+    stream.begin_epoch(), stream.begin_epoch()
+    assert [i for b in batches(stream, 2, 4) for i in b["id"]] != ids  # the next epoch: another order
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_at_any_batch_yields_the_rest_of_the_uninterrupted_stream(shards, workers):
+    stream = ShardStream(shards, identify, shuffle_buffer_size=5, seed=3).configure(4, 1, 0, workers)
+    stream.resume_after(0), stream.begin_epoch()
+    epoch0 = batches(stream, workers, 4)
+    stream.begin_epoch()
+    epoch1 = batches(stream, workers, 4)
+    full = epoch0 + epoch1
+    for done in (1, 3, len(epoch0), len(epoch0) + 2):
+        stream.resume_after(done)
+        stream.begin_epoch()
+        rest = batches(stream, workers, 4)
+        if done >= len(epoch0):
+            expected = full[done:]
+        else:
+            expected = full[done : len(epoch0)]
+        assert [b["id"] for b in rest] == [b["id"] for b in expected], done
+        assert all(torch.equal(a["draw"], b["draw"]) for a, b in zip(rest, expected))  # same augmentation
+
+
+def test_resume_reads_at_most_the_buffer_plus_one_batch_whatever_the_step(shards):
+    stream = ShardStream(shards, identify, shuffle_buffer_size=5, seed=0).configure(2, 1, 0, 0)
+    reads = []
+    for done in (1, 6, 9):  # early and late in the epoch
+        stream.resume_after(done)
+        stream.begin_epoch()
+        stream.rows_read = 0
+        next(iter(DataLoader(stream, batch_size=2, collate_fn=collate)))
+        reads.append(stream.rows_read)
+    assert all(r <= 5 + 2 for r in reads), reads
+    assert len(set(reads)) == 1, reads  # independent of where the run stopped
+
+
+def test_locate_batches_walks_epochs_of_different_lengths():
+    lengths = {0: 5, 1: 3, 2: 4}.__getitem__
+    assert locate_batches(0, lengths).epoch == 0
+    assert locate_batches(7, lengths) == type(locate_batches(0, lengths))(1, 2)
+    assert locate_batches(8, lengths).epoch == 2
+
+
+def test_too_many_readers_for_the_shards_is_one_clear_error(shards):
+    with pytest.raises(ValueError, match="every reader needs at least one shard"):
+        ShardStream(shards, identify).configure(4, 2, 0, 4)
