@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     model = MocoForPretraining(config)
     train_dataset = build_script_dataset(data_args, training_args, config, num_views=2)
     # --data_device cuda: the workers pass JPEG bytes, decoded and augmented on the GPU by the trainer
-    device_transform = build_device_transform(data_args, config, training_args.device, num_views=2)
+    device_transform = build_device_transform(
+        data_args, config, training_args.device, num_views=2, seed=training_args.seed
+    )
     logger.info(
         f"MoCo-v2 {config.architecture}, lr {training_args.learning_rate:.4g}, dataset {type(train_dataset).__name__}"
     )

@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
     train_dataset = build_script_dataset(data_args, training_args, config, num_views=1)
     # --data_device cuda: the workers pass JPEG bytes, decoded and augmented on the GPU by the trainer
-    device_transform = build_device_transform(data_args, config, training_args.device, num_views=1)
+    device_transform = build_device_transform(
+        data_args, config, training_args.device, num_views=1, seed=training_args.seed
+    )
     logger.info(
         f"SEED {', '.join(architectures)} <- {teacher.description}, lr {training_args.learning_rate:.4g}, "
         f"K {config.queue_size}, tau_S {config.student_temperature}, tau_T {config.teacher_temperature}"

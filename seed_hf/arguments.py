@@ -200,7 +200,7 @@ class DataTrainingArguments:
 
 
 def build_device_transform(
-    data_args: DataTrainingArguments, config, device: torch.device | str, num_views: int
+    data_args: DataTrainingArguments, config, device: torch.device | str, num_views: int, seed: int | None = None
 ) -> DeviceInputTransform | None:
     """The trainer's ``device_transform`` for ``--data_device cuda`` (None for ``cpu``): decodes the
     encoded JPEGs of ``build_train_dataset``'s rows on ``device`` and augments them there with the
@@ -223,6 +223,7 @@ def build_device_transform(
         num_views,
         small,
         num_small_crops,
+        seed=seed,
     )
 
 

@@ -37,14 +37,17 @@ kernel launches take less host time than the step takes on the GPU
 (``benchmarks/bench_gpu_input.py`` measures it).
 
 Random parameters follow the CPU presets' distributions, not their RNG stream (torchvision draws
-per image and op, here per batch): crop boxes from torch's global CPU generator, pixel-op
-parameters from the device's default generator; the Trainer checkpoints both, so a resumed run
-repeats the augmentations of an uninterrupted one. Under DDP every rank's global generators are
-seeded alike (``set_seed``): ranks draw the same parameter sequence for different images.
+per image and op, here per batch). The scripts seed each batch's generators from the run's seed
+and a digest of the batch's bytes (``DeviceInputTransform(seed=...)``): DDP ranks draw different
+parameters, and a resumed run redraws exactly those of an uninterrupted one without any
+generator state in the checkpoint. Without ``seed`` the global generators are used (crop boxes
+from torch's CPU generator, pixel ops from the device's), which the Trainer checkpoints, but
+which every DDP rank seeds alike.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +58,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from .batched_transforms import BatchedSSLTransform
 from .crop_decode import EncodedJpeg, UndecodableImage
-from .datasets import SKIPPED_KEY, DecodeStats, collate_batch, decode_image
+from .datasets import SKIPPED_KEY, DecodeStats, collate_batch, decode_image, sample_seed
 
 __all__ = [
     "ENCODED_KEY",
@@ -226,6 +229,11 @@ class DeviceInputTransform:
             ``(n, m, c, s, s)``.
         generator, crop_generator: pixel-op generator on ``device`` / crop-box generator on the
             CPU; default: torch's global ones (which the Trainer checkpoints).
+        seed: when given (the trainers' scripts pass the run's seed), each batch draws its
+            parameters from generators seeded by ``seed`` and a digest of the batch's encoded
+            bytes instead: processes of a DDP run, whose global generators are seeded alike, then
+            draw different parameters, and a resumed run redraws exactly the same ones, with no
+            generator state to checkpoint.
 
     Images that do not decode are dropped with their labels / ids and added to
     ``num_skipped_images``; a batch without any decodable image raises, as ``collate_batch`` does.
@@ -243,6 +251,7 @@ class DeviceInputTransform:
         num_small_crops: int = 0,
         generator: torch.Generator | None = None,
         crop_generator: torch.Generator | None = None,
+        seed: int | None = None,
     ):
         if num_views not in (1, 2):
             raise ValueError(f"num_views must be 1 or 2, got {num_views}.")
@@ -256,10 +265,25 @@ class DeviceInputTransform:
         self.num_small_crops = num_small_crops
         self.generator = generator
         self.crop_generator = crop_generator
+        self.seed = seed
         self.stats = DecodeStats()
 
-    def _views(self, transform: BatchedSSLTransform, images: list[torch.Tensor]) -> torch.Tensor:
-        return transform(images, self.generator, self.crop_generator)
+    def _generators(self, encoded: EncodedImageBatch) -> tuple[torch.Generator | None, torch.Generator | None]:
+        """The batch's (pixel-op, crop-box) generators: seeded from ``seed`` and the batch's bytes
+        (image lengths and the first 64 bytes after each header start), or the configured ones."""
+        if self.seed is None:
+            return self.generator, self.crop_generator
+        digest = hashlib.blake2b(encoded.offsets.numpy().tobytes(), digest_size=8)
+        data = encoded.data.numpy()
+        for start, end in zip(encoded.offsets[:-1].tolist(), encoded.offsets[1:].tolist()):
+            digest.update(data[max(start, end - 64) : end].tobytes())  # the tail: entropy-coded, distinct
+        batch_seed = sample_seed(self.seed, 0, int.from_bytes(digest.digest(), "little") % (2**62))
+        crop = torch.Generator().manual_seed(batch_seed)
+        pixel = torch.Generator(self.device).manual_seed(batch_seed ^ 0x5DEECE66D)
+        return pixel, crop
+
+    def _views(self, transform: BatchedSSLTransform, images: list[torch.Tensor], generators) -> torch.Tensor:
+        return transform(images, *generators)
 
     @torch.no_grad()
     def __call__(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -269,6 +293,7 @@ class DeviceInputTransform:
         encoded = inputs.pop(ENCODED_KEY, None)
         if encoded is None:
             return inputs
+        generators = self._generators(encoded)
         images = decode_images(encoded, self.device, self.in_chans, self.stats)
         rows = [i for i, image in enumerate(images) if image is not None]
         if len(rows) < len(images):
@@ -282,9 +307,9 @@ class DeviceInputTransform:
             inputs[SKIPPED_KEY] = (skipped + (len(images) - len(rows))).reshape(1)
             images = [images[i] for i in rows]
         for key in self.VIEW_KEYS[: self.num_views]:
-            inputs[key] = self._views(self.transform, images)
+            inputs[key] = self._views(self.transform, images, generators)
         if self.num_small_crops:
-            crops = [self._views(self.small_transform, images) for _ in range(self.num_small_crops)]
+            crops = [self._views(self.small_transform, images, generators) for _ in range(self.num_small_crops)]
             inputs["pixel_values_small"] = torch.stack(crops, dim=1)
         return inputs
 

@@ -257,6 +257,29 @@ def test_views_and_small_crops():
     assert not torch.equal(out["pixel_values"], out["pixel_values_k"])
 
 
+def test_seeded_batches_redraw_exactly_and_differ_between_batches():
+    """With ``seed``, a batch's parameters depend on the seed and its bytes only: the same batch
+    (a resumed run) gets the same views whatever the global RNG, another batch (another DDP rank)
+    other ones."""
+    photos = photo_set(6)
+    transform = DeviceInputTransform(BatchedSSLTransform.from_preset("moco_v2", 32, MEAN, STD), "cpu", seed=7)
+
+    def views(cells, global_seed):
+        torch.manual_seed(global_seed)
+        return transform(collate_encoded_batch(encoded_rows([{"bytes": b} for b in cells])))["pixel_values"]
+
+    first = views(photos[:3], 0)
+    assert torch.equal(first, views(photos[:3], 123))  # the global generators play no part
+    reordered = views([photos[1], photos[0], photos[2]], 0)
+    assert not torch.equal(reordered[0], first[1])  # another batch: other parameters for the same image
+    unseeded = DeviceInputTransform(BatchedSSLTransform.from_preset("moco_v2", 32, MEAN, STD), "cpu")
+    torch.manual_seed(0)
+    a = unseeded(collate_encoded_batch(encoded_rows([{"bytes": b} for b in photos[:3]])))["pixel_values"]
+    torch.manual_seed(1)
+    b = unseeded(collate_encoded_batch(encoded_rows([{"bytes": b} for b in photos[:3]])))["pixel_values"]
+    assert not torch.equal(a, b)  # without seed: the global generators decide
+
+
 def test_data_device_argument_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--data_device must be one of"):
         DataTrainingArguments(train_files=["a.parquet"], data_device="gpu")
@@ -301,9 +324,13 @@ def test_seed_trainer_trains_on_encoded_batches(tmp_path, monkeypatch):
         accelerator_config={"dispatch_batches": False} if streaming else None,
     )
     trainer = CountingTrainer(
-        model=model, teacher=tiny_teacher(), args=args, train_dataset=dataset, data_collator=collate_encoded_batch
+        model=model,
+        teacher=tiny_teacher(),
+        args=args,
+        train_dataset=dataset,
+        data_collator=collate_encoded_batch,
+        device_transform=build_device_transform(data_args, model.config, args.device, num_views=1),
     )
-    trainer.device_transform = build_device_transform(data_args, model.config, args.device, num_views=1)
     CountingTrainer.pixel_shapes = []
     metrics = trainer.train().metrics
     assert math.isfinite(metrics["train_loss"])
