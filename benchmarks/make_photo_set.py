@@ -193,9 +193,12 @@ def default_cache_dir(num_images: int, seed: int) -> Path:
     return root / f"photo_set_v{FORMAT_VERSION}_n{num_images}_s{seed}"
 
 
-def ensure_photo_set(num_images: int = 1000, seed: int = 0, cache_dir: str | Path | None = None) -> dict:
+def ensure_photo_set(
+    num_images: int = 1000, seed: int = 0, cache_dir: str | Path | None = None, num_shards: int | None = None
+) -> dict:
     """The manifest of the set in ``cache_dir`` (default: ``default_cache_dir``), built there
-    first when missing or incomplete."""
+    first when missing or incomplete (or, with ``num_shards``, cut into another shard count;
+    default 4)."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(num_images, seed)
     manifest_path = folder / MANIFEST
     if manifest_path.is_file():
@@ -204,10 +207,11 @@ def ensure_photo_set(num_images: int = 1000, seed: int = 0, cache_dir: str | Pat
         if (
             manifest.get("format_version") == FORMAT_VERSION
             and (manifest["num_images"], manifest["seed"]) == (num_images, seed)
+            and num_shards in (None, len(manifest["webdataset_files"]))
             and all(Path(f).is_file() for f in files)
         ):
             return manifest
-    return build_photo_set(folder, num_images, seed)
+    return build_photo_set(folder, num_images, seed, num_shards or 4)
 
 
 def main(argv=None) -> dict:

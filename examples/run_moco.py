@@ -19,12 +19,14 @@ from transformers import HfArgumentParser, set_seed
 from seed_hf import MocoConfig, MocoForPretraining, MocoTrainer, SeedTrainingArguments, collate_batch
 from seed_hf.arguments import (
     DataTrainingArguments,
+    build_device_transform,
     build_knn_monitor,
     build_script_dataset,
     check_hub_arguments,
     parse_script_args,
     setup_logging,
 )
+from seed_hf.gpu_input import collate_encoded_batch
 from seed_hf.runs import check_resumable, finished_run_results, resolve_checkpoint, train_and_save
 
 
@@ -74,6 +76,10 @@ def main(argv: list[str] | None = None) -> dict:
     check_resumable(last_checkpoint, [config])
     model = MocoForPretraining(config)
     train_dataset = build_script_dataset(data_args, training_args, config, num_views=2)
+    # --data_device cuda: the workers pass JPEG bytes, decoded and augmented on the GPU by the trainer
+    device_transform = build_device_transform(
+        data_args, config, training_args.device, num_views=2, seed=training_args.seed
+    )
     logger.info(
         f"MoCo-v2 {config.architecture}, lr {training_args.learning_rate:.4g}, dataset {type(train_dataset).__name__}"
     )
@@ -82,8 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        data_collator=collate_batch,
+        data_collator=collate_encoded_batch if device_transform else collate_batch,
         knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, image_size),
+        device_transform=device_transform,
     )
     metrics = train_and_save(trainer, last_checkpoint, run_info={"method": "moco_v2", **data_args.describe()})
     return metrics

@@ -29,12 +29,14 @@ from seed_hf import (
 )
 from seed_hf.arguments import (
     DataTrainingArguments,
+    build_device_transform,
     build_knn_monitor,
     build_script_dataset,
     check_hub_arguments,
     parse_script_args,
     setup_logging,
 )
+from seed_hf.gpu_input import collate_encoded_batch
 from seed_hf.runs import check_resumable, finished_run_results, resolve_checkpoint, train_and_save
 
 
@@ -180,6 +182,10 @@ def main(argv: list[str] | None = None) -> dict:
             {c.student_architecture.replace(".", "_"): SeedForDistillation(c) for c in configs}
         )
     train_dataset = build_script_dataset(data_args, training_args, config, num_views=1)
+    # --data_device cuda: the workers pass JPEG bytes, decoded and augmented on the GPU by the trainer
+    device_transform = build_device_transform(
+        data_args, config, training_args.device, num_views=1, seed=training_args.seed
+    )
     logger.info(
         f"SEED {', '.join(architectures)} <- {teacher.description}, lr {training_args.learning_rate:.4g}, "
         f"K {config.queue_size}, tau_S {config.student_temperature}, tau_T {config.teacher_temperature}"
@@ -193,8 +199,9 @@ def main(argv: list[str] | None = None) -> dict:
         teacher=teacher,
         args=training_args,
         train_dataset=train_dataset,
-        data_collator=collate_batch,
+        data_collator=collate_encoded_batch if device_transform else collate_batch,
         knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, image_size),
+        device_transform=device_transform,
     )
     run_info = {
         "method": "seed",

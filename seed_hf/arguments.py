@@ -9,16 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
+import torch
 import transformers
 
+from .batched_transforms import BATCHED_PRESETS, BatchedSSLTransform
 from .datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, build_train_dataset
 from .evaluation import LabelledImages, eval_data_config, eval_transform, load_labelled_splits
+from .gpu_input import DeviceInputTransform
 from .trainer import KnnMonitor
 from .transforms import AUGMENTATION_BACKENDS, AUGMENTATION_PRESETS
 
 __all__ = [
     "DataTrainingArguments",
+    "build_device_transform",
     "build_knn_monitor",
     "build_script_dataset",
     "setup_logging",
@@ -27,6 +30,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+DATA_DEVICES = ("cpu", "cuda")
+
+
+def _cuda_available() -> bool:  # one place to fake a GPU in tests
+    return torch.cuda.is_available()
 
 
 @dataclass
@@ -80,6 +89,14 @@ class DataTrainingArguments:
             "times faster per core) or torchvision (PIL/tensor kernels). Both draw the same random parameters."
         },
     )
+    data_device: str = field(
+        default="cpu",
+        metadata={
+            "help": "Where JPEGs are decoded and augmented: cpu (dataloader workers, default) or cuda (the workers pass "
+            "the encoded bytes; nvJPEG decodes and the augmentation runs batched on the training GPU: "
+            "seed_hf.gpu_input). Needs a datasets source (--dataset_name, --train_dir, --train_files)."
+        },
+    )
     image_size: int | None = field(
         default=None, metadata={"help": "Training resolution (default 224, 32 for Fashion-MNIST)."}
     )
@@ -122,6 +139,29 @@ class DataTrainingArguments:
             raise ValueError(
                 f"--augmentation must be one of {AUGMENTATION_PRESETS}, got {self.augmentation!r}."
             )
+        if self.data_device not in DATA_DEVICES:
+            raise ValueError(f"--data_device must be one of {DATA_DEVICES}, got {self.data_device!r}.")
+        if self.data_device == "cuda":
+            self._check_device_input()
+
+    def _check_device_input(self) -> None:
+        if self.uses_fashion_mnist:
+            raise ValueError(
+                "--data_device cuda decodes JPEG bytes on the GPU, but the default Fashion-MNIST source is in-memory "
+                "uint8 arrays with nothing to decode (its 28-px images augment fast in the dataloader workers): drop "
+                "--data_device cuda, or pass a datasets source of JPEGs (--dataset_name, --train_dir, --train_files)."
+            )
+        preset = self.resolved()[0]
+        if preset not in BATCHED_PRESETS:
+            raise ValueError(
+                f"--data_device cuda runs the augmentation batched on the GPU, which has the presets "
+                f"{tuple(BATCHED_PRESETS)}; got --augmentation {preset!r}."
+            )
+        if not _cuda_available():
+            raise ValueError(
+                "--data_device cuda needs a CUDA GPU, and torch.cuda.is_available() is False here: drop "
+                "--data_device cuda (or pass --data_device cpu) to decode and augment in the dataloader workers."
+            )
 
     def describe(self) -> dict[str, Any]:
         """What the run trains on, as recorded in ``run_info.json`` and model cards (no local paths)."""
@@ -159,6 +199,34 @@ class DataTrainingArguments:
         return self.augmentation or "moco_v2", self.image_size or 224, 3, None, None
 
 
+def build_device_transform(
+    data_args: DataTrainingArguments, config, device: torch.device | str, num_views: int, seed: int | None = None
+) -> DeviceInputTransform | None:
+    """The trainer's ``device_transform`` for ``--data_device cuda`` (None for ``cpu``): decodes the
+    encoded JPEGs of ``build_train_dataset``'s rows on ``device`` and augments them there with the
+    batched twin of the CPU preset (same views, crop sizes and normalisation as
+    ``build_train_dataset`` builds on the CPU). Pair it with ``gpu_input.collate_encoded_batch``."""
+    if data_args.data_device == "cpu":
+        return None
+    preset, image_size, _, _, _ = data_args.resolved()
+    mean, std = config.image_mean, config.image_std
+    num_small_crops = getattr(config, "num_small_crops", 0)
+    small = (
+        BatchedSSLTransform.from_preset(preset, config.small_crop_size, mean, std, scale=config.small_crop_scale)
+        if num_small_crops
+        else None
+    )
+    return DeviceInputTransform(
+        BatchedSSLTransform.from_preset(preset, image_size, mean, std),
+        device,
+        config.in_chans,
+        num_views,
+        small,
+        num_small_crops,
+        seed=seed,
+    )
+
+
 def parse_script_args(parser, argv: list[str] | None = None) -> tuple:
     """``HfArgumentParser`` dataclasses from the command line, or from a recipe ``.json`` given
     first (keys starting with ``_`` are comments) followed by command-line overrides:
@@ -186,6 +254,8 @@ def setup_logging(training_args) -> logging.Logger:
     log_level = training_args.get_process_log_level()
     for lib_logger in (logger, logging.getLogger("seed_hf")):
         lib_logger.setLevel(log_level)
+    import datasets  # imported here: seed_hf imports without `datasets` (e.g. on a bare GPU image)
+
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.enable_default_handler()

@@ -1,18 +1,22 @@
 """Batched SSL augmentation on tensors: one call augments a whole batch on its device (GPU).
 
-The CPU presets (:func:`seed_hf.data.build_ssl_transform`) run per image in dataloader
+The CPU presets (:func:`seed_hf.transforms.build_ssl_transform`) run per image in dataloader
 workers; at small resolutions or on a fast GPU the per-image Python cost dominates. Here the
-same operations run on a ``(n, c, h, w)`` batch with **per-sample** random parameters:
+same operations run on a batch with **per-sample** random parameters:
 
 * RandomResizedCrop: torchvision's sampling (10 tries of area ∈ scale·H·W, log-uniform aspect
-  ratio, then the centre-crop fallback), vectorised; resampled with ``torchvision.ops.roi_align``
-  (bilinear, averaging ``ceil(crop / output)`` samples per output pixel when shrinking, a
-  box filter close to antialiased resize).
+  ratio, then the centre-crop fallback), vectorised, from each image's own ``(H, W)``;
+  resampled with ``torchvision.ops.roi_align`` (bilinear, averaging ``ceil(crop / output)``
+  samples per output pixel when shrinking, a box filter close to antialiased resize).
 * ColorJitter (brightness, contrast, saturation, hue; per-sample random order as torchvision),
-  RandomGrayscale, Gaussian blur (per-sample σ), horizontal flip.
+  RandomGrayscale, Gaussian blur (per-sample σ), horizontal flip, in the preset's order.
 
-Input: uint8 or float ``(n, c, h, w)`` in [0, 255] / [0, 1]; output: float ``(n, c, size, size)``
-normalised with ``mean``/``std``.
+Input: a uint8 or float batch ``(n, c, h, w)`` in [0, 255] / [0, 1], or a list of uint8
+``(c, h_i, w_i)`` images of different sizes (decoded JPEGs, :mod:`seed_hf.gpu_input`); output:
+float ``(n, c, size, size)`` normalised with ``mean``/``std``.
+
+The parameters follow the CPU presets' distributions, not their RNG stream: torchvision draws
+per image and per op, here each parameter is drawn for the whole batch at once.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-__all__ = ["BatchedSSLTransform", "random_resized_crop_boxes", "batched_color_jitter"]
+from .transforms import _blur_kernel
+
+__all__ = ["BatchedSSLTransform", "random_resized_crop_boxes", "batched_color_jitter", "BATCHED_PRESETS"]
 
 _LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
@@ -36,8 +42,8 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator | None,
 
 def random_resized_crop_boxes(
     n: int,
-    height: int,
-    width: int,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     generator: torch.Generator | None = None,
@@ -45,32 +51,37 @@ def random_resized_crop_boxes(
     attempts: int = 10,
 ) -> torch.Tensor:
     """Per-sample crop boxes ``(n, 4)`` as ``(x1, y1, x2, y2)`` in pixels, drawn as
-    ``torchvision.transforms.RandomResizedCrop.get_params`` does (vectorised over samples)."""
-    area = height * width
+    ``torchvision.transforms.RandomResizedCrop.get_params`` does (vectorised over samples).
+
+    ``height`` / ``width``: one image size for all samples, or each sample's own as ``(n,)``
+    tensors. Random numbers are drawn in float32 as torchvision draws them; the box arithmetic
+    runs in float64 as torchvision's Python floats do, so that ``round`` ties agree."""
+    img_h, img_w = (
+        torch.full((n,), float(side), dtype=torch.float64, device=device)
+        if isinstance(side, (int, float))
+        else side.to(device=device, dtype=torch.float64).expand(n)
+        for side in (height, width)
+    )
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    target_area = area * torch.empty(n, attempts, device=device).uniform_(*scale, generator=generator)
+    fraction = torch.empty(n, attempts, device=device).uniform_(*scale, generator=generator)
     aspect = torch.exp(torch.empty(n, attempts, device=device).uniform_(*log_ratio, generator=generator))
-    w = torch.sqrt(target_area * aspect).round()
-    h = torch.sqrt(target_area / aspect).round()
-    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = torch.where(valid.any(1), valid.float().argmax(1), torch.full((n,), -1, device=device))
-    idx = first.clamp_min(0).unsqueeze(1)
+    target_area = (img_h * img_w).unsqueeze(1) * fraction.double()
+    w = torch.sqrt(target_area * aspect.double()).round()
+    h = torch.sqrt(target_area / aspect.double()).round()
+    valid = (w > 0) & (w <= img_w.unsqueeze(1)) & (h > 0) & (h <= img_h.unsqueeze(1))
+    found = valid.any(1)
+    idx = valid.float().argmax(1, keepdim=True)  # the first valid attempt
     w, h = w.gather(1, idx).squeeze(1), h.gather(1, idx).squeeze(1)
     # fallback: the whole image cropped to the closest allowed aspect ratio, centred
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = float(width), float(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fw, fh = float(round(height * max(ratio))), float(height)
-    else:
-        fw, fh = float(width), float(height)
-    found = first >= 0
-    w = torch.where(found, w, torch.full_like(w, fw))
-    h = torch.where(found, h, torch.full_like(h, fh))
-    u = torch.rand(n, 2, device=device, generator=generator)
-    top = torch.where(found, torch.floor(u[:, 0] * (height - h + 1)), torch.floor((height - h) / 2))
-    left = torch.where(found, torch.floor(u[:, 1] * (width - w + 1)), torch.floor((width - w) / 2))
-    return torch.stack([left, top, left + w, top + h], dim=1)
+    in_ratio = img_w / img_h
+    low, high = min(ratio), max(ratio)
+    fw = torch.where(in_ratio > high, (img_h * high).round(), img_w)
+    fh = torch.where(in_ratio < low, (img_w / low).round(), img_h)
+    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
+    u = torch.rand(n, 2, device=device, generator=generator).double()
+    top = torch.where(found, torch.floor(u[:, 0] * (img_h - h + 1)), torch.floor((img_h - h) / 2))
+    left = torch.where(found, torch.floor(u[:, 1] * (img_w - w + 1)), torch.floor((img_w - w) / 2))
+    return torch.stack([left, top, left + w, top + h], dim=1).float()
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -161,9 +172,23 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> to
     return y.view(n, c, h, w)
 
 
+# build_ssl_transform's presets as batched parameters (fields of BatchedSSLTransform that differ
+# from moco_v2). Flip commutes with the pixel-wise colour ops and the symmetric blur, so its place
+# in a preset's order does not change the distribution; grayscale before jitter (moco_v1) does.
+BATCHED_PRESETS: dict[str, dict] = {
+    "moco_v2": {},
+    "seed_swav": {"scale": (0.14, 1.0)},
+    "moco_v1": {"jitter": (0.4, 0.4, 0.4, 0.4), "jitter_p": 1.0, "blur_p": 0.0, "grayscale_first": True},
+    "seed_simclr": {"jitter": (0.4, 0.4, 0.4, 0.4), "jitter_p": 1.0, "blur_p": 0.0, "grayscale_first": True},
+    "simclr": {"scale": (0.08, 1.0), "jitter": (0.8, 0.8, 0.8, 0.2)},
+    "swav": {"scale": (0.14, 1.0), "jitter": (0.8, 0.8, 0.8, 0.2)},
+    "grayscale_small": {"scale": (0.3, 1.0), "jitter": (0.4, 0.4, 0.0, 0.0), "grayscale_p": 0.0, "blur_p": 0.0},
+}
+
+
 @dataclass
 class BatchedSSLTransform:
-    """A preset of :func:`seed_hf.data.build_ssl_transform` applied to a whole batch at once.
+    """A preset of :func:`seed_hf.transforms.build_ssl_transform` applied to a whole batch at once.
 
     Args:
         image_size: output side.
@@ -172,8 +197,10 @@ class BatchedSSLTransform:
         jitter: ``(brightness, contrast, saturation, hue)`` of ColorJitter.
         jitter_p: probability of the colour jitter.
         grayscale_p: probability of RandomGrayscale.
-        blur_p: probability of the Gaussian blur (σ ∈ [0.1, 2.0] at 224 px, scaled with the size).
+        blur_p: probability of the Gaussian blur (σ ∈ [0.1, 2.0], kernel 10% of the side, as the
+            CPU presets).
         flip_p: probability of the horizontal flip.
+        grayscale_first: RandomGrayscale before the jitter (``moco_v1``) instead of after it.
     """
 
     image_size: int
@@ -185,39 +212,131 @@ class BatchedSSLTransform:
     grayscale_p: float = 0.2
     blur_p: float = 0.5
     flip_p: float = 0.5
+    grayscale_first: bool = False
 
     @classmethod
-    def from_preset(cls, preset: str, image_size: int, mean, std) -> BatchedSSLTransform:
-        """``moco_v2`` or ``grayscale_small`` (the presets the CPU path names the same)."""
-        if preset == "moco_v2":
-            return cls(image_size, mean, std)
-        if preset == "grayscale_small":
-            return cls(image_size, mean, std, (0.3, 1.0), (0.4, 0.4, 0.0, 0.0), 0.8, 0.0, 0.0)
-        raise ValueError(f"batched preset must be 'moco_v2' or 'grayscale_small', got {preset!r}.")
+    def from_preset(
+        cls, preset: str, image_size: int, mean, std, scale: tuple[float, float] | None = None
+    ) -> BatchedSSLTransform:
+        """The batched twin of ``build_ssl_transform(preset, image_size, mean, std, scale)``: every
+        preset but ``none`` (``BATCHED_PRESETS``)."""
+        if preset not in BATCHED_PRESETS:
+            raise ValueError(f"batched preset must be one of {tuple(BATCHED_PRESETS)}, got {preset!r}.")
+        fields = dict(BATCHED_PRESETS[preset])
+        if scale is not None:
+            fields["scale"] = tuple(scale)
+        return cls(image_size, mean, std, **fields)
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if images.ndim != 4:
-            raise ValueError(f"images must be (n, c, h, w), got shape {tuple(images.shape)}.")
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        n, c, h, w = x.shape
-        device = x.device
-        boxes = random_resized_crop_boxes(n, h, w, self.scale, generator=generator, device=device)
-        rois = torch.cat([torch.arange(n, device=device, dtype=x.dtype).unsqueeze(1), boxes.to(x.dtype)], 1)
-        x = roi_align(x, rois, (self.image_size, self.image_size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    def crop_boxes(
+        self,
+        heights: int | torch.Tensor,
+        widths: int | torch.Tensor,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """RandomResizedCrop boxes ``(n, 4)`` (x1, y1, x2, y2) for images of ``(heights, widths)``
+        (ints, or ``(n,)`` tensors of each image's own size)."""
+        return random_resized_crop_boxes(n, heights, widths, self.scale, generator=generator, device=device)
+
+    def resample(self, images: torch.Tensor | Sequence[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+        """Crops ``boxes`` ``(n, 4)`` out of ``images`` and resizes them to ``image_size``.
+
+        ``images``: a batch ``(n, c, h, w)`` (uint8 in [0, 255] or float in [0, 1]) or a list of
+        ``(c, h_i, w_i)`` uint8 images. Returns float ``(n, c, size, size)`` in [0, 1].
+
+        Images of one size share one ``roi_align`` call; no image is padded, so every bilinear tap
+        reads the sample's own image, exactly as a per-image call would (ImageNet's few common sizes
+        make the groups large). ``boxes`` may live on the host: all groups' boxes travel in one
+        non-blocking copy (a blocking one would wait for the GPU's queue).
+        """
+        size = (self.image_size, self.image_size)
+        if isinstance(images, torch.Tensor):
+            rows = [list(range(len(images)))]
+            batches = [images]
+        else:
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for i, image in enumerate(images):
+                by_shape.setdefault(tuple(image.shape), []).append(i)
+            rows = list(by_shape.values())
+            batches = [torch.stack([images[i] for i in r]) if len(r) > 1 else images[r[0]].unsqueeze(0) for r in rows]
+        order = torch.tensor([i for r in rows for i in r])
+        index_in_group = torch.cat([torch.arange(len(r)) for r in rows])
+        if len(rows) > 1:  # grouped order (boxes of a list live on the host)
+            boxes = boxes[order.to(boxes.device, non_blocking=True)]
+        rois = torch.cat([index_in_group.to(boxes.device, boxes.dtype, non_blocking=True).unsqueeze(1), boxes], 1)
+        device = batches[0].device
+        rois = rois.to(device, torch.float32, non_blocking=True)
+        starts = [0, *torch.tensor([len(r) for r in rows]).cumsum(0).tolist()]
+        pooled = [
+            roi_align(batch.float(), rois[a:b], size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+            for batch, a, b in zip(batches, starts[:-1], starts[1:])
+        ]
+        pooled = pooled[0] if len(pooled) == 1 else torch.cat(pooled)
+        if len(rows) > 1:  # back to batch order
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(len(order))
+            pooled = pooled[inverse.to(device, non_blocking=True)]
+        return pooled / 255.0 if batches[0].dtype == torch.uint8 else pooled
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Colour jitter, grayscale, blur and flip with per-sample parameters, then the
+        normalisation: ``(n, c, s, s)`` float in [0, 1] → normalised float ``(n, c, s, s)``."""
+        n, device = x.shape[0], x.device
+        if self.grayscale_first:
+            x = self._random_grayscale(x, generator)
         if any(self.jitter) and self.jitter_p > 0:
             x = batched_color_jitter(x, *self.jitter, p=self.jitter_p, generator=generator)
-        if self.grayscale_p > 0 and c == 3:
-            gray = torch.rand(n, device=device, generator=generator) < self.grayscale_p
-            x = torch.where(gray.view(-1, 1, 1, 1), _grayscale(x).expand(-1, 3, -1, -1), x)
+        if not self.grayscale_first:
+            x = self._random_grayscale(x, generator)
         if self.blur_p > 0:
             blur = torch.rand(n, device=device, generator=generator) < self.blur_p
-            sigma = _uniform(n, 0.1, 2.0, generator, device) * self.image_size / 224
-            kernel = max(3, int(round(0.1 * self.image_size)) | 1)
-            x = torch.where(blur.view(-1, 1, 1, 1), _gaussian_blur(x, sigma.clamp_min(1e-3), kernel), x)
+            sigma = _uniform(n, 0.1, 2.0, generator, device)
+            x = torch.where(blur.view(-1, 1, 1, 1), _gaussian_blur(x, sigma, _blur_kernel(self.image_size)), x)
         if self.flip_p > 0:
             flip = torch.rand(n, device=device, generator=generator) < self.flip_p
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        mean = torch.tensor(list(self.mean), device=device).view(1, -1, 1, 1)
-        std = torch.tensor(list(self.std), device=device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        scale, shift = self._normalisation(device)
+        return torch.addcmul(shift, x, scale)
+
+    def _random_grayscale(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if self.grayscale_p <= 0 or x.shape[1] != 3:
+            return x
+        gray = torch.rand(x.shape[0], device=x.device, generator=generator) < self.grayscale_p
+        return torch.where(gray.view(-1, 1, 1, 1), _grayscale(x).expand(-1, 3, -1, -1), x)
+
+    def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1/std, −mean/std)`` as ``(1, c, 1, 1)`` tensors on ``device``, built once per device
+        (a fresh host→device copy per batch would block the host on the GPU's queue)."""
+        cache = self.__dict__.setdefault("_normalisation_cache", {})
+        if device not in cache:
+            mean, std = torch.tensor(list(self.mean)), torch.tensor(list(self.std))
+            cache[device] = ((1 / std).view(1, -1, 1, 1).to(device), (-mean / std).view(1, -1, 1, 1).to(device))
+        return cache[device]
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images: torch.Tensor | Sequence[torch.Tensor],
+        generator: torch.Generator | None = None,
+        crop_generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Augments a batch ``(n, c, h, w)`` or a list of ``(c, h_i, w_i)`` uint8 images (each
+        cropped from its own size) → normalised float ``(n, c, image_size, image_size)``.
+
+        ``generator`` draws the pixel ops' parameters on the images' device. Crop boxes of a
+        batch tensor are drawn there too (with ``crop_generator``, default ``generator``); those of
+        a list on the host from the images' shapes (host metadata: no device sync), with
+        ``crop_generator`` (a CPU generator; default torch's global one).
+        """
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4:
+                raise ValueError(f"images must be (n, c, h, w), got shape {tuple(images.shape)}.")
+            n, _, h, w = images.shape
+            boxes = self.crop_boxes(h, w, n, crop_generator or generator, images.device)
+        else:
+            if not images or any(image.ndim != 3 for image in images):
+                raise ValueError("images must be a non-empty list of (c, h, w) tensors.")
+            sizes = torch.tensor([image.shape[-2:] for image in images])
+            boxes = self.crop_boxes(sizes[:, 0], sizes[:, 1], len(images), crop_generator)
+        return self.augment(self.resample(images, boxes), generator)

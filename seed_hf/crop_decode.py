@@ -19,7 +19,7 @@ decode path (``tests/test_crop_decode.py`` measures and bounds the difference); 
 parameters, and the RNG state after the transform, are identical.
 
 Inputs the header cannot describe (other formats, truncated files, headers PIL rejects) are
-not wrapped: they go through ``seed_hf.data.decode_image`` as before, which skips and counts
+not wrapped: they go through ``seed_hf.datasets.decode_image`` as before, which skips and counts
 corrupt data. Data that passes the header check but fails to decode raises
 :class:`UndecodableImage`, which ``ImageColumnTransform`` skips and counts the same way.
 """
@@ -60,14 +60,15 @@ class UndecodableImage(ValueError):
 class EncodedJpeg:
     """Complete JPEG bytes and their header size, not yet decoded.
 
-    ``size`` is ``(height, width)``. Decodes are cached per DCT scale, so that several views
-    of one image (MoCo's two views, SwAV's small crops) reuse a decode at the same or a finer
-    scale instead of decoding again.
+    ``size`` is ``(height, width)``, ``mode`` the header's PIL mode (``L``, ``RGB``, ``CMYK``).
+    Decodes are cached per DCT scale, so that several views of one image (MoCo's two views,
+    SwAV's small crops) reuse a decode at the same or a finer scale instead of decoding again.
     """
 
     data: bytes
     size: tuple[int, int]
     in_chans: int
+    mode: str = "RGB"
     _decoded: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def decode(self, scale: int) -> tuple[np.ndarray, int]:
@@ -105,9 +106,8 @@ def _decode_scaled(data: bytes, in_chans: int, scale: int) -> np.ndarray | None:
 def encoded_jpeg(value: Any, in_chans: int) -> EncodedJpeg | None:
     """Wraps a datasets image cell (bytes, path or ``{"bytes", "path"}``) as an
     :class:`EncodedJpeg` when it is a complete JPEG whose header PIL parses; None otherwise
-    (decode it the usual way then)."""
-    if cv2 is None:
-        return None
+    (decode it the usual way then). Needs no decoder: the GPU input path (``seed_hf.gpu_input``)
+    wraps JPEGs here too; the opencv pipeline that decodes them requires OpenCV itself."""
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if isinstance(value, (str, os.PathLike)):
@@ -123,11 +123,12 @@ def encoded_jpeg(value: Any, in_chans: int) -> EncodedJpeg | None:
     try:
         with Image.open(io.BytesIO(data)) as image:  # lazy: parses the markers, decodes nothing
             width, height = image.size
+            mode = image.mode
             if image.format != "JPEG" or width < 1 or height < 1:
                 return None
     except Exception:  # PIL raises many types for bad headers
         return None
-    return EncodedJpeg(data, (height, width), in_chans)
+    return EncodedJpeg(data, (height, width), in_chans, mode)
 
 
 def to_array_or_encoded(image: Any) -> Any:

@@ -464,14 +464,19 @@ def build_train_dataset(
     preset, image_size, _, _, _ = data_args.resolved()
     backend = data_args.augmentation_backend
     to_array = backend == "opencv"  # the opencv backend takes decoded ndarrays
-    small = (
-        build_ssl_transform(preset, small_crop_size, mean, std, scale=tuple(small_crop_scale), backend=backend)
-        if num_small_crops
-        else None
-    )
-    transform = MultiViewTransform(
-        build_ssl_transform(preset, image_size, mean, std, backend=backend), num_views, small, num_small_crops
-    )
+    if data_args.data_device != "cpu":  # GPU input path: rows stay JPEG bytes (arguments.build_device_transform)
+        from .gpu_input import EncodedImageTransform
+
+        transform, to_array = EncodedImageTransform(in_chans), True
+    else:
+        small = (
+            build_ssl_transform(preset, small_crop_size, mean, std, scale=tuple(small_crop_scale), backend=backend)
+            if num_small_crops
+            else None
+        )
+        transform = MultiViewTransform(
+            build_ssl_transform(preset, image_size, mean, std, backend=backend), num_views, small, num_small_crops
+        )
     if data_args.uses_fashion_mnist:
         images, labels = load_fashion_mnist("train", data_args.fashion_mnist_dir)
         if data_args.max_train_samples:

@@ -9,6 +9,7 @@ backward pass (an in-place write before it would break autograd).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,10 +159,20 @@ class QueueTrainer(Trainer):
             (e.g. ``eval_strategy="steps"``) then reports weighted-kNN top-1 of the backbone's
             pooled features, computed on all ranks from ``gather_for_metrics`` (no rank-0-only
             collectives, so DDP cannot deadlock).
+        device_transform (`Callable`, *optional*): turns each training batch into device pixels
+            before the loss, e.g. ``seed_hf.gpu_input.DeviceInputTransform`` (``--data_device cuda``:
+            the workers pass encoded JPEGs, decoded by nvJPEG and augmented batched on the GPU).
     """
 
-    def __init__(self, *args, knn_monitor: KnnMonitor | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        knn_monitor: KnnMonitor | None = None,
+        device_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        **kwargs,
+    ):
         self.knn_monitor = knn_monitor
+        self.device_transform = device_transform
         if knn_monitor is not None and kwargs.get("eval_dataset") is None:
             kwargs["eval_dataset"] = knn_monitor.eval_dataset  # the Trainer requires one for eval_strategy
         super().__init__(*args, **kwargs)
@@ -336,6 +347,8 @@ class QueueTrainer(Trainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None
     ) -> torch.Tensor:
+        if self.device_transform is not None:  # first: its skipped images are counted below
+            inputs = self.device_transform(inputs)
         skipped = inputs.pop(SKIPPED_KEY, None)
         if skipped is not None:  # device-side sum: no sync per step
             self._skipped_images = self._skipped_images.to(skipped.device) + skipped.sum()

@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end on tiny settings (their figures are not asserted)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -54,3 +55,19 @@ def test_bench_step_smoke(extra):
                            "--warmup", "1", "--num_students", "0", *extra])
     assert out["ratio_seed_hf_vs_official"] > 0 and out["overhead"] > 0
     assert ("multi_student" in out) == ("--num_students" in extra)
+
+
+def test_bench_gpu_input_smoke(tmp_path):
+    """The H200 benchmark of the GPU input path, on the CPU with tiny settings (its figures are
+    not asserted): (a) step, (b) CPU pipeline and (c) GPU input path from webdataset shards."""
+    pytest.importorskip("skimage")
+    import bench_gpu_input
+
+    out = bench_gpu_input.main(["--device", "cpu", "--batch_size", "8", "--steps", "3", "--student", "resnet18",
+                                "--teacher", "resnet18", "--num_images", "24", "--num_shards", "4", "--num_workers",
+                                "2", "--image_size", "64", "--queue_size", "256", "--photo_dir", str(tmp_path / "photos"),
+                                "--output_json", str(tmp_path / "gpu_input.json")])
+    assert {"step", "cpu_pipeline", "gpu_input", "gpu_input_alone"} <= set(out["img_per_s"])
+    assert all(v > 0 for v in out["img_per_s"].values())
+    assert out["ratio_gpu_input_vs_step"] > 0 and out["nvjpeg_vs_libjpeg_uint8"]["max_abs"] == 0  # cpu vs cpu
+    assert json.loads((tmp_path / "gpu_input.json").read_text())["photo_set"]["shards"] == 4
