@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
@@ -47,7 +48,7 @@ from seed_hf.datasets import ImageColumnTransform, collate_batch, decode_image  
 from seed_hf.transforms import RandomGaussianBlur, ToNormalizedTensor, build_ssl_transform  # noqa: E402
 
 PRESETS = ("moco_v2", "moco_v1", "simclr", "swav")
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 
 class PilGaussianBlur:
