@@ -12,9 +12,12 @@ Layout (``R`` readers = processes × max(1, dataloader workers); reader ``j`` is
 * Epoch ``e``: the sorted shard list is permuted with ``(seed, e)``; reader ``j`` reads shards
   ``j, j + R, …`` of it, one after the other, through a shuffle buffer of ``shuffle_buffer_size``
   rows whose RNG is seeded by ``(seed, e, j)``. Every reader yields the same number of rows,
-  ``min_j rows_j`` rounded down to a multiple of the batch size (the rest of the longer
-  readers is dropped for that epoch, as webdataset's ``with_epoch`` does), so every process
-  sees the same number of batches and DDP stays in step.
+  ``min_j rows_j`` rounded down to whole batches, and to a batch count per process that is a
+  multiple of the gradient accumulation steps (the rest of the longer readers is dropped for
+  that epoch, as webdataset's ``with_epoch`` does), so every process sees the same number of
+  batches, DDP stays in step, and every optimizer step takes its batches from one epoch (the
+  Trainer would otherwise carry the gradient of an epoch's last incomplete accumulation into
+  the next epoch's first step, and ``global_step × accumulation`` would not count the batches).
 * A row's augmentation is seeded by ``(seed, e, shard, row)``: a stable id, not the order.
 * Resuming after ``b`` batches of a process: the epoch and each worker's offset follow from
   ``b`` (the DataLoader takes batches from its workers in turn). A reader replays its shuffle
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
@@ -290,6 +294,7 @@ class ShardStream(IterableDataset):
         self.num_processes = 1
         self.process_index = 0
         self.num_workers = 0
+        self.gradient_accumulation_steps = 1
         self._next = StreamPosition(0, 0)  # what the next iteration serves
         self._resume: StreamPosition | None = None
         self._epochs_begun = 0
@@ -303,12 +308,21 @@ class ShardStream(IterableDataset):
     def column_names(self) -> list[str]:
         return list(self.columns or [])
 
-    def configure(self, batch_size: int, num_processes: int, process_index: int, num_workers: int) -> ShardStream:
-        """Sets how the stream is read: per-process batch size, processes, this process, workers."""
+    def configure(
+        self,
+        batch_size: int,
+        num_processes: int,
+        process_index: int,
+        num_workers: int,
+        gradient_accumulation_steps: int = 1,
+    ) -> ShardStream:
+        """Sets how the stream is read: per-process batch size, processes, this process, workers,
+        and the batches per optimizer step (each epoch holds a whole number of optimizer steps)."""
         self.batch_size = int(batch_size)
         self.num_processes = max(1, int(num_processes))
         self.process_index = int(process_index)
         self.num_workers = max(0, int(num_workers))
+        self.gradient_accumulation_steps = max(1, int(gradient_accumulation_steps))
         if self.num_readers > self.num_shards:
             raise ValueError(
                 f"{self.num_shards} shard(s) for {self.num_readers} readers (processes × dataloader workers): every "
@@ -326,13 +340,17 @@ class ShardStream(IterableDataset):
         return self.num_processes * max(1, self.num_workers)
 
     def rows_per_reader(self, epoch: int) -> int:
-        """Rows every reader yields in ``epoch``: the shortest reader's, in whole batches."""
+        """Rows every reader yields in ``epoch``: the shortest reader's, in whole batches, and in
+        a number of batches that makes the process's batches a multiple of the accumulation steps."""
         order = _epoch_shards(self.num_shards, self.seed, epoch)
         totals = [sum(self.row_counts[s] for s in order[j :: self.num_readers]) for j in range(self.num_readers)]
         rows = min(totals)
         if self.max_rows:
             rows = min(rows, self.max_rows // self.num_readers)
-        return rows // self.batch_size * self.batch_size
+        workers = max(1, self.num_workers)
+        # a process takes `workers` × (batches per reader); accumulation needs a multiple of its steps
+        per_reader = self.gradient_accumulation_steps // math.gcd(self.gradient_accumulation_steps, workers)
+        return rows // (self.batch_size * per_reader) * (self.batch_size * per_reader)
 
     def batches_per_epoch(self, epoch: int) -> int:
         """Batches one process takes from the stream in ``epoch``."""

@@ -190,6 +190,7 @@ class QueueTrainer(Trainer):
                 self.args.world_size,
                 self.args.process_index,
                 self.args.dataloader_num_workers,
+                self.args.gradient_accumulation_steps,
             )
             # the stream resumes from global_step itself; the Trainer would re-read every skipped batch
             self.args.ignore_data_skip = True

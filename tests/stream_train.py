@@ -3,7 +3,7 @@ map-style); records the ids each rank trained on, optionally SIGKILLs itself aft
 resumes from the last complete checkpoint when run again. Run directly or under torchrun (gloo).
 
     stream_train.py OUT STEPS PER_DEVICE {stream,map} [--workers W] [--save_steps N] [--kill_at N]
-        [--augmentation none] -- FILES...
+        [--augmentation none] [--gradient_accumulation_steps N] -- FILES...
 """
 
 import argparse
@@ -43,6 +43,7 @@ def main(argv=None) -> None:
     parser.add_argument("--save_steps", type=int, default=0)
     parser.add_argument("--kill_at", type=int, default=0)
     parser.add_argument("--augmentation", default="none")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("files", nargs="+")
     opts = parser.parse_args(argv)
     logging.basicConfig()
@@ -67,6 +68,7 @@ def main(argv=None) -> None:
         disable_tqdm=True,
         logging_steps=1,
         dataloader_num_workers=opts.workers,
+        gradient_accumulation_steps=opts.gradient_accumulation_steps,
         full_determinism=bool(opts.save_steps),
         accelerator_config={"dispatch_batches": False} if streaming else None,
     )

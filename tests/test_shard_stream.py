@@ -86,3 +86,16 @@ def test_locate_batches_walks_epochs_of_different_lengths():
 def test_too_many_readers_for_the_shards_is_one_clear_error(shards):
     with pytest.raises(ValueError, match="every reader needs at least one shard"):
         ShardStream(shards, identify).configure(4, 2, 0, 4)
+
+
+@pytest.mark.parametrize("workers,accumulation", [(0, 2), (2, 4), (2, 3)])
+def test_an_epoch_holds_whole_optimizer_steps(shards, workers, accumulation):
+    """With gradient accumulation, a process's batches per epoch are a multiple of the
+    accumulation steps: the Trainer counts batches as global_step × accumulation, and would carry
+    an epoch's incomplete last accumulation into the next epoch's first optimizer step."""
+    stream = ShardStream(shards, identify, shuffle_buffer_size=5, seed=0).configure(4, 1, 0, workers, accumulation)
+    for epoch in range(3):
+        assert stream.batches_per_epoch(epoch) > 0
+        assert stream.batches_per_epoch(epoch) % accumulation == 0, (epoch, stream.batches_per_epoch(epoch))
+    stream.resume_after(0), stream.begin_epoch()
+    assert len(batches(stream, workers, 4)) == stream.batches_per_epoch(0)

@@ -130,3 +130,24 @@ def test_sigkilled_stream_resumes_bit_identical(tmp_path, fmt, nproc):
         got = torch.load(tmp_path / "killed" / f"final_rank{rank}.pt")
         for name, value in expected.items():
             assert torch.equal(got[name], value), (rank, name)
+
+
+def test_sigkilled_stream_with_gradient_accumulation_resumes_bit_identical(tmp_path):
+    """gradient_accumulation_steps=2 on an epoch of 7 batches (15 rows, batches of 2, 1 reader):
+    the stream drops the 7th batch, so every optimizer step takes 2 batches of one epoch and a run
+    killed after step 5 resumes from checkpoint-4 (8 batches, in the second epoch) exactly."""
+    import torch
+
+    (tmp_path / "data").mkdir()
+    files = write_shards(tmp_path / "data", shards=3, rows=5)
+    common = ["--save_steps", "4", "--gradient_accumulation_steps", "2"]
+    straight, _ = _run(tmp_path / "straight", files, 7, 2, 1, True, *common)
+    _run(tmp_path / "killed", files, 7, 2, 1, True, *common, "--kill_at", "5")
+    resumed, logs = _run(tmp_path / "killed", files, 7, 2, 1, True, *common)
+    assert Path(resumed[0]["resumed_from"]).name == "checkpoint-4"
+    assert len(straight[0]["ids"]) == 7 * 2 * 2  # 2 batches of 2 per step, no batch carried over
+    assert resumed[0]["ids"] == straight[0]["ids"][4 * 2 * 2 :]
+    expected = torch.load(tmp_path / "straight" / "final_rank0.pt")
+    got = torch.load(tmp_path / "killed" / "final_rank0.pt")
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
