@@ -78,6 +78,8 @@ def _tar_samples(path: str) -> list[_TarSample]:
                 continue
             name = member.name.rsplit("/", 1)[-1]
             key, _, extension = name.partition(".")
+            if not key or not extension:  # README, .DS_Store: not part of a sample (as webdataset skips them)
+                continue
             prefix = member.name[: len(member.name) - len(name)]
             key = prefix + key
             if not samples or samples[-1].key != key:

@@ -99,3 +99,29 @@ def test_an_epoch_holds_whole_optimizer_steps(shards, workers, accumulation):
         assert stream.batches_per_epoch(epoch) % accumulation == 0, (epoch, stream.batches_per_epoch(epoch))
     stream.resume_after(0), stream.begin_epoch()
     assert len(batches(stream, workers, 4)) == stream.batches_per_epoch(0)
+
+
+def test_tar_members_without_a_key_and_extension_are_not_samples(tmp_path):
+    """Directories, extension-less files (README) and dot files are not samples, as in webdataset;
+    members in a folder keep it in their key."""
+    import io
+    import tarfile
+
+    from seed_hf.shard_stream import ShardIndex
+
+    path = tmp_path / "train-00000.tar"
+    with tarfile.open(path, "w") as tar:
+        folder = tarfile.TarInfo("sub")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for name, data in [("README", b"x"), ("sub/LICENSE", b"x"), ("sub/.DS_Store", b"x")] + [
+            (f"sub/{i:06d}.{ext}", str(i).encode()) for i in range(3) for ext in ("jpg", "cls")
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    index = ShardIndex(str(path))
+    assert len(index) == 3
+    rows = dict(index.iter_rows())
+    assert [rows[i]["__key__"] for i in range(3)] == ["sub/000000", "sub/000001", "sub/000002"]
+    assert set(rows[0]) == {"__key__", "__url__", "jpg", "cls"}
