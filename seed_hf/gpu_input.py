@@ -270,13 +270,18 @@ class DeviceInputTransform:
 
     def _generators(self, encoded: EncodedImageBatch) -> tuple[torch.Generator | None, torch.Generator | None]:
         """The batch's (pixel-op, crop-box) generators: seeded from ``seed`` and the batch's bytes
-        (image lengths and the first 64 bytes after each header start), or the configured ones."""
+        (image lengths, the last 64 bytes of each JPEG, and a sample of the pixels of the images
+        decoded in the workers), or the configured ones."""
         if self.seed is None:
             return self.generator, self.crop_generator
         digest = hashlib.blake2b(encoded.offsets.numpy().tobytes(), digest_size=8)
         data = encoded.data.numpy()
         for start, end in zip(encoded.offsets[:-1].tolist(), encoded.offsets[1:].tolist()):
             digest.update(data[max(start, end - 64) : end].tobytes())  # the tail: entropy-coded, distinct
+        for i in sorted(encoded.decoded):  # pixels decoded in the worker (PNG, CMYK): no bytes above
+            pixels = encoded.decoded[i].reshape(-1)
+            digest.update(repr((i, tuple(encoded.decoded[i].shape))).encode())
+            digest.update(pixels[:: max(1, pixels.numel() // 4096)].numpy().tobytes())  # ≤ ~4 KB sampled
         batch_seed = sample_seed(self.seed, 0, int.from_bytes(digest.digest(), "little") % (2**62))
         crop = torch.Generator().manual_seed(batch_seed)
         pixel = torch.Generator(self.device).manual_seed(batch_seed ^ 0x5DEECE66D)

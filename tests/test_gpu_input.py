@@ -280,6 +280,27 @@ def test_seeded_batches_redraw_exactly_and_differ_between_batches():
     assert not torch.equal(a, b)  # without seed: the global generators decide
 
 
+def test_seeded_batches_of_images_decoded_in_the_workers_differ():
+    """PNG (or CMYK) rows arrive as pixels, with no JPEG bytes: their batches must not all share one
+    seed (every batch would get the same crop boxes, flips and jitter), and a batch still redraws
+    its own parameters."""
+    photos = photo_set(6)
+    pngs = []
+    for data in photos:
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(data)).save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    transform = DeviceInputTransform(BatchedSSLTransform.from_preset("moco_v2", 32, MEAN, STD), "cpu", seed=7)
+
+    def crop_seed(cells):
+        encoded = collate_encoded_batch(encoded_rows([{"bytes": b} for b in cells]))[ENCODED_KEY]
+        assert len(encoded.decoded) == len(cells)  # pixels, not JPEG bytes
+        return transform._generators(encoded)[1].initial_seed()
+
+    assert crop_seed(pngs[:3]) == crop_seed(pngs[:3])
+    assert crop_seed(pngs[:3]) != crop_seed(pngs[3:])
+
+
 def test_data_device_argument_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--data_device must be one of"):
         DataTrainingArguments(train_files=["a.parquet"], data_device="gpu")
