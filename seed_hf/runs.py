@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 # written into checkpoint-N after every process finished writing it: its absence means a killed save
 COMPLETE_MARKER = "checkpoint_complete.json"
+TRAINER_STATE_NAME = "trainer_state.json"  # the Trainer writes it last into checkpoint-N
 
 
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -59,15 +60,30 @@ def is_complete_checkpoint(checkpoint: str) -> bool:
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """The newest complete ``checkpoint-N`` of ``output_dir`` (None when there is none); newer
-    incomplete ones, left by a save that was killed, are skipped with a warning."""
+    incomplete ones, left by a save that was killed, are skipped with a warning.
+
+    When no checkpoint carries :data:`COMPLETE_MARKER` (a run of a seed_hf without markers or of
+    another program), the newest one the Trainer finished writing counts: it holds
+    ``trainer_state.json``, the last file the Trainer writes."""
+    checkpoints = _checkpoints(output_dir)
     skipped = []
-    for _, path in reversed(_checkpoints(output_dir)):
+    for _, path in reversed(checkpoints):
         if is_complete_checkpoint(path):
             if skipped:
                 logger.warning(
                     f"Skipping incomplete checkpoint(s) {skipped} (a save was interrupted): resuming from "
                     f"{os.path.basename(path)}."
                 )
+            return path
+        skipped.append(os.path.basename(path))
+    skipped = []
+    for _, path in reversed(checkpoints):
+        if os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
+            logger.warning(
+                f"No checkpoint in {output_dir} has a completion marker ({COMPLETE_MARKER}): they were written by "
+                f"another program or an older seed_hf. Resuming from {os.path.basename(path)}, the newest whose "
+                f"save finished ({TRAINER_STATE_NAME})" + (f"; {skipped} were interrupted." if skipped else ".")
+            )
             return path
         skipped.append(os.path.basename(path))
     if skipped:

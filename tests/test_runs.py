@@ -1,0 +1,47 @@
+"""A run folder's checkpoints: which one a run resumes from and which ones it removes."""
+
+import json
+from types import SimpleNamespace
+
+from seed_hf.runs import COMPLETE_MARKER, remove_incomplete_checkpoints, resolve_checkpoint
+
+
+def _checkpoint(output_dir, step: int, finished: bool = True, marked: bool = False):
+    path = output_dir / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"weights")
+    if finished:
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    if marked:
+        (path / COMPLETE_MARKER).write_text(json.dumps({"global_step": step}))
+    return path
+
+
+def _resolve(output_dir, resume=None):
+    return resolve_checkpoint(
+        SimpleNamespace(resume_from_checkpoint=resume, output_dir=str(output_dir), overwrite_output_dir=False)
+    )
+
+
+def test_checkpoints_without_markers_of_another_program_are_resumed_not_deleted(tmp_path, caplog):
+    """A run folder written before completion markers (or by a plain Trainer): its finished
+    checkpoints are resumed from and kept; only a save that never finished is removed."""
+    _checkpoint(tmp_path, 500)
+    _checkpoint(tmp_path, 1000)
+    _checkpoint(tmp_path, 1500, finished=False)  # killed while saving
+    assert _resolve(tmp_path).endswith("checkpoint-1000")
+    assert "completion marker" in caplog.text
+    assert remove_incomplete_checkpoints(str(tmp_path)) == ["checkpoint-1500"]
+    assert (tmp_path / "checkpoint-500").is_dir() and (tmp_path / "checkpoint-1000").is_dir()
+    # an explicit older checkpoint keeps the newer ones too
+    assert remove_incomplete_checkpoints(str(tmp_path), keep=str(tmp_path / "checkpoint-500")) == []
+    assert (tmp_path / "checkpoint-1000").is_dir()
+
+
+def test_marked_checkpoints_still_decide(tmp_path):
+    """With markers, an unmarked newer checkpoint is an interrupted save, even with its trainer state."""
+    _checkpoint(tmp_path, 2, marked=True)
+    _checkpoint(tmp_path, 4)  # trainer_state.json written, killed before every process finished
+    assert _resolve(tmp_path).endswith("checkpoint-2")
+    assert remove_incomplete_checkpoints(str(tmp_path)) == ["checkpoint-4"]
+    assert (tmp_path / "checkpoint-2").is_dir()
