@@ -73,6 +73,7 @@ class StreamPositionCallback(TrainerCallback):
 
     def __init__(self, stream: ShardStream):
         self.stream = stream
+        self._epoch_end_step: int | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         position = self.stream.resume_after(state.global_step * args.gradient_accumulation_steps)
@@ -83,4 +84,12 @@ class StreamPositionCallback(TrainerCallback):
             )
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.stream.begin_epoch()
+        position = self.stream.begin_epoch()
+        left = self.stream.batches_per_epoch(position.epoch) - position.batches_in_epoch
+        self._epoch_end_step = state.global_step + left // args.gradient_accumulation_steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # the stream has no length, so the Trainer runs max_steps update steps per epoch and, once the
+        # stream is exhausted, spins through the rest of them on an empty iterator: end the epoch instead
+        if self._epoch_end_step is not None and state.global_step >= self._epoch_end_step:
+            control.should_epoch_stop = True

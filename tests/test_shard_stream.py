@@ -125,3 +125,26 @@ def test_tar_members_without_a_key_and_extension_are_not_samples(tmp_path):
     rows = dict(index.iter_rows())
     assert [rows[i]["__key__"] for i in range(3)] == ["sub/000000", "sub/000001", "sub/000002"]
     assert set(rows[0]) == {"__key__", "__url__", "jpg", "cls"}
+
+
+def test_the_trainer_epoch_ends_with_the_stream_epoch(shards):
+    """The stream has no length: without a stop, the Trainer's epoch loop would go on through
+    max_steps update steps on an exhausted iterator at every stream epoch's end."""
+    from transformers import TrainerControl, TrainerState
+    from types import SimpleNamespace
+
+    from seed_hf.callbacks import StreamPositionCallback
+
+    stream = ShardStream(shards, identify, shuffle_buffer_size=5, seed=0).configure(4, 1, 0, 0, 2)
+    per_epoch = stream.batches_per_epoch(0) // 2  # optimizer steps
+    args, callback = SimpleNamespace(gradient_accumulation_steps=2), StreamPositionCallback(stream)
+    for resumed_at in (0, 3):
+        state, control = TrainerState(global_step=resumed_at), TrainerControl()
+        callback.on_train_begin(args, state, control)
+        callback.on_epoch_begin(args, state, control)
+        stops = []
+        for step in range(resumed_at + 1, per_epoch + 1):
+            state.global_step = step
+            callback.on_step_end(args, state, control)
+            stops.append(control.should_epoch_stop)
+        assert stops == [False] * (per_epoch - resumed_at - 1) + [True], resumed_at
