@@ -53,6 +53,25 @@ class CheckpointCompletionCallback(TrainerCallback):
     of 1 would leave, for an instant, only an unmarked checkpoint: ``SeedTrainingArguments``
     keeps at least 2."""
 
+    def _unmark(self, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+        """Before the Trainer writes ``checkpoint-N`` again (``--overwrite_output_dir`` over an older
+        run, a resume from an older checkpoint), its old marker goes: a save killed half-way through
+        must not leave a marked mixture of two runs."""
+        if not control.should_save:
+            return
+        if args.should_save:
+            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            marker = os.path.join(checkpoint, COMPLETE_MARKER)
+            if os.path.isfile(marker):
+                os.remove(marker)
+        PartialState().wait_for_everyone()  # before any process writes into it
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._unmark(args, state, control)  # after DefaultFlowCallback decided should_save
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._unmark(args, state, control)
+
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         PartialState().wait_for_everyone()  # every rank wrote its files (RNG state, shards)
         if args.should_save:

@@ -45,3 +45,21 @@ def test_marked_checkpoints_still_decide(tmp_path):
     assert _resolve(tmp_path).endswith("checkpoint-2")
     assert remove_incomplete_checkpoints(str(tmp_path)) == ["checkpoint-4"]
     assert (tmp_path / "checkpoint-2").is_dir()
+
+
+def test_a_checkpoint_written_again_loses_its_old_marker_before_the_save(tmp_path):
+    """--overwrite_output_dir over an older run (or a resume from an older checkpoint) saves into an
+    existing, marked checkpoint-N: a kill half-way through that save must not leave it marked."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from seed_hf.callbacks import CheckpointCompletionCallback
+
+    old = _checkpoint(tmp_path, 2, marked=True)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    callback, state = CheckpointCompletionCallback(), TrainerState(global_step=2)
+    callback.on_step_end(args, state, TrainerControl(should_save=False))
+    assert (old / COMPLETE_MARKER).is_file()  # no save at this step: untouched
+    callback.on_step_end(args, state, TrainerControl(should_save=True))
+    assert not (old / COMPLETE_MARKER).exists()  # the Trainer writes into it next
+    callback.on_save(args, state, TrainerControl())
+    assert (old / COMPLETE_MARKER).is_file()
