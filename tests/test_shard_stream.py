@@ -130,8 +130,9 @@ def test_tar_members_without_a_key_and_extension_are_not_samples(tmp_path):
 def test_the_trainer_epoch_ends_with_the_stream_epoch(shards):
     """The stream has no length: without a stop, the Trainer's epoch loop would go on through
     max_steps update steps on an exhausted iterator at every stream epoch's end."""
-    from transformers import TrainerControl, TrainerState
     from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
 
     from seed_hf.callbacks import StreamPositionCallback
 
