@@ -135,13 +135,50 @@ class SeedTrainingArguments(TrainingArguments):
 
 @dataclass
 class KnnMonitor:
-    """Labelled datasets (items with ``pixel_values`` and ``labels``) for the online kNN monitor."""
+    """The online kNN monitor: weighted-kNN top-1 of a model's pooled features on labelled
+    datasets (items with ``pixel_values`` and ``labels``), computed on every rank from
+    ``gather_for_metrics`` (no rank-0-only collective, so DDP cannot deadlock)."""
 
     train_dataset: Any
     eval_dataset: Any
     k: int = 200
     temperature: float = 0.07
     batch_size: int = 256
+    _loaders: dict = field(default_factory=dict, init=False, repr=False)
+
+    @torch.no_grad()
+    def _features(self, model: nn.Module, dataset, accelerator, to_input) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        # prepared once per dataset: accelerate keeps every prepared loader, so re-preparing at each
+        # evaluation would pile them up
+        if id(dataset) not in self._loaders:
+            self._loaders[id(dataset)] = accelerator.prepare(
+                DataLoader(dataset, batch_size=self.batch_size, collate_fn=collate_batch, shuffle=False)
+            )
+        features: dict[str, list[torch.Tensor]] = {}
+        labels = []
+        for batch in self._loaders[id(dataset)]:
+            out = model.get_features(to_input(batch["pixel_values"]))
+            for name, value in (out if isinstance(out, dict) else {"": out}).items():
+                features.setdefault(name, []).append(accelerator.gather_for_metrics(value.float()).cpu())
+            labels.append(accelerator.gather_for_metrics(batch["labels"]).cpu())
+        return {k: torch.cat(v) for k, v in features.items()}, torch.cat(labels)
+
+    def evaluate(self, model: nn.Module, accelerator, prefix: str = "eval", to_input=lambda x: x) -> dict[str, float]:
+        """``{prefix}_knn_top1`` (``_<student>`` per student of a group) of ``model`` in eval mode."""
+        was_training = model.training
+        model.eval()
+        try:
+            train_features, train_labels = self._features(model, self.train_dataset, accelerator, to_input)
+            test_features, test_labels = self._features(model, self.eval_dataset, accelerator, to_input)
+        finally:
+            model.train(was_training)
+        metrics = {}
+        for name, train in train_features.items():
+            accuracy = knn_accuracy(
+                train, train_labels, test_features[name], test_labels, self.k, self.temperature
+            )
+            metrics[f"{prefix}_knn_top1" + (f"_{name}" if name else "")] = accuracy["top1"]
+        return metrics
 
 
 def _unwrapped(trainer: Trainer, model: nn.Module | None = None) -> nn.Module:
@@ -284,52 +321,14 @@ class QueueTrainer(Trainer):
                 f"per_device_train_batch_size × {max(1, self.args.world_size)} processes): raise queue_size."
             )
 
-    @torch.no_grad()
-    def _gathered_features(self, model: nn.Module, dataset) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        # prepared once per dataset: accelerate keeps every prepared loader, so re-preparing at each
-        # evaluation would pile them up
-        loaders = self.__dict__.setdefault("_knn_loaders", {})
-        if id(dataset) not in loaders:
-            loaders[id(dataset)] = self.accelerator.prepare(
-                DataLoader(
-                    dataset, batch_size=self.knn_monitor.batch_size, collate_fn=collate_batch, shuffle=False
-                )
-            )
-        loader = loaders[id(dataset)]
-        features: dict[str, list[torch.Tensor]] = {}
-        labels = []
-        for batch in loader:
-            out = model.get_features(self._to_memory_format(batch["pixel_values"]))
-            for name, value in (out if isinstance(out, dict) else {"": out}).items():
-                features.setdefault(name, []).append(self.accelerator.gather_for_metrics(value.float()).cpu())
-            labels.append(self.accelerator.gather_for_metrics(batch["labels"]).cpu())
-        return {k: torch.cat(v) for k, v in features.items()}, torch.cat(labels)
-
     def evaluate(
         self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
         if self.knn_monitor is None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        model = _unwrapped(self)
-        was_training = model.training
-        model.eval()
-        try:
-            train_features, train_labels = self._gathered_features(model, self.knn_monitor.train_dataset)
-            test_features, test_labels = self._gathered_features(model, self.knn_monitor.eval_dataset)
-        finally:
-            model.train(was_training)
-        metrics = {}
-        for name in train_features:
-            accuracy = knn_accuracy(
-                train_features[name],
-                train_labels,
-                test_features[name],
-                test_labels,
-                self.knn_monitor.k,
-                self.knn_monitor.temperature,
-            )
-            suffix = f"_{name}" if name else ""
-            metrics[f"{metric_key_prefix}_knn_top1{suffix}"] = accuracy["top1"]
+        metrics = self.knn_monitor.evaluate(
+            _unwrapped(self), self.accelerator, metric_key_prefix, to_input=self._to_memory_format
+        )
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
