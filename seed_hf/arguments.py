@@ -253,8 +253,11 @@ def setup_logging(training_args) -> logging.Logger:
         handlers=[logging.StreamHandler(sys.stdout)],
     )
     log_level = training_args.get_process_log_level()
+    # seed_hf's own INFO lines (resuming from ..., stream position) are shown on the main process
+    # unless a level was asked for
+    ours = logging.INFO if training_args.log_level == "passive" and training_args.should_log else log_level
     for lib_logger in (logger, logging.getLogger("seed_hf")):
-        lib_logger.setLevel(log_level)
+        lib_logger.setLevel(ours)
     import datasets  # imported here: seed_hf imports without `datasets` (e.g. on a bare GPU image)
 
     datasets.utils.logging.set_verbosity(log_level)

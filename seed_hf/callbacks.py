@@ -20,7 +20,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .runs import COMPLETE_MARKER
-from .shard_stream import ShardStream
+from .shard_stream import ShardStream, locate_batches
 
 __all__ = ["DatasetEpochCallback", "CheckpointCompletionCallback", "StreamPositionCallback"]
 
@@ -88,19 +88,55 @@ class CheckpointCompletionCallback(TrainerCallback):
 class StreamPositionCallback(TrainerCallback):
     """Keeps a :class:`ShardStream` where the run is: after ``global_step × gradient accumulation``
     batches when training (re)starts, then the next stream epoch at each Trainer epoch (the
-    Trainer starts one when the stream's epoch is exhausted)."""
+    Trainer starts one when the stream's epoch is exhausted). It also gives the Trainer the
+    stream's epoch (``state.epoch``: logs, ``trainer_state.json``, cards), and records how the
+    stream was read in each checkpoint (``stream_position.json``) so that a resume with another
+    reader layout, which cannot restore the position exactly, says so.
+
+    Set ``resume_from`` (the trainers do) to the checkpoint a run resumes from."""
+
+    FILE = "stream_position.json"
 
     def __init__(self, stream: ShardStream):
         self.stream = stream
+        self.resume_from: str | None = None
         self._epoch_end_step: int | None = None
+
+    def layout(self) -> dict:
+        """What the position of a process depends on, besides the batches it took."""
+        s = self.stream
+        return {
+            "readers": s.num_readers,
+            "processes": s.num_processes,
+            "batch_size": s.batch_size,
+            "gradient_accumulation_steps": s.gradient_accumulation_steps,
+            "shuffle_buffer_size": s.shuffle_buffer_size,
+            "seed": s.seed,
+            "num_shards": s.num_shards,
+            "max_rows": s.max_rows,
+        }
 
     def on_train_begin(self, args, state, control, **kwargs):
         position = self.stream.resume_after(state.global_step * args.gradient_accumulation_steps)
-        if state.global_step:
-            logger.info(
-                f"Stream resumed at epoch {position.epoch}, batch {position.batches_in_epoch} of this process "
-                "(no skipped batch is read or decoded)."
-            )
+        if not state.global_step:
+            return
+        logger.info(
+            f"Stream resumed at epoch {position.epoch}, batch {position.batches_in_epoch} of this process "
+            "(no skipped batch is read or decoded)."
+        )
+        saved_file = os.path.join(self.resume_from or "", self.FILE)
+        if self.resume_from and os.path.isfile(saved_file):
+            with open(saved_file) as f:
+                saved = json.load(f)
+            changed = {k: (saved.get(k), v) for k, v in self.layout().items() if saved.get(k) != v}
+            if changed:
+                logger.warning(
+                    "The stream is read differently from the run being resumed ("
+                    + ", ".join(f"{k}: {a} then, {b} now" for k, (a, b) in changed.items())
+                    + "): the position after the checkpoint's batches is not where that run stopped, so this "
+                    "epoch repeats some images and misses others. Resume with the same processes, "
+                    "--dataloader_num_workers, batch size, accumulation, shuffle buffer and seed for an exact resume."
+                )
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         position = self.stream.begin_epoch()
@@ -108,7 +144,16 @@ class StreamPositionCallback(TrainerCallback):
         self._epoch_end_step = state.global_step + left // args.gradient_accumulation_steps
 
     def on_step_end(self, args, state, control, **kwargs):
-        # the stream has no length, so the Trainer runs max_steps update steps per epoch and, once the
-        # stream is exhausted, spins through the rest of them on an empty iterator: end the epoch instead
+        # without a length the Trainer counts epochs as steps / max_steps: report the stream's own
+        position = locate_batches(state.global_step * args.gradient_accumulation_steps, self.stream.batches_per_epoch)
+        state.epoch = position.epoch + position.batches_in_epoch / self.stream.batches_per_epoch(position.epoch)
+        # the Trainer would also run max_steps update steps per epoch and, once the stream is exhausted,
+        # spin through the rest of them on an empty iterator: end the epoch instead
         if self._epoch_end_step is not None and state.global_step >= self._epoch_end_step:
             control.should_epoch_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if args.should_save and os.path.isdir(checkpoint):
+            with open(os.path.join(checkpoint, self.FILE), "w") as f:
+                json.dump({"global_step": state.global_step, **self.layout()}, f, indent=2)

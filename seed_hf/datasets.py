@@ -362,7 +362,9 @@ class ImageColumnTransform:
 
     def __call__(self, examples: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {}
-        for row, cell in enumerate(examples[self.image_column]):
+        num_rows = len(next(iter(examples.values()), []))
+        # a row without the image column (a webdataset sample without a .jpg): undecodable, counted
+        for row, cell in enumerate(examples.get(self.image_column) or [None] * num_rows):
             name = self.image_name(examples, row, cell)
             views = self._views(cell, name)
             if views is None and self.drop_bad_rows:
@@ -516,7 +518,7 @@ def stream_shards(data_args: DataTrainingArguments) -> list[str] | None:
     """The parquet / webdataset shard files of a streamed source (``--train_files``, or a hub
     dataset's data files), or None when it has none (an imagefolder, other formats)."""
     if data_args.train_files:
-        files = [str(f) for f in data_args.train_files]
+        files = expand_files(data_args.train_files)
     elif data_args.dataset_name:
         from datasets import load_dataset_builder
 
@@ -534,12 +536,30 @@ def stream_shards(data_args: DataTrainingArguments) -> list[str] | None:
     return None
 
 
+def expand_files(patterns: Sequence[str]) -> list[str]:
+    """``--train_files`` with glob patterns expanded (local paths or fsspec URLs, as ``datasets``
+    does); a pattern or path that matches nothing raises, naming it."""
+    import fsspec
+
+    files: list[str] = []
+    for pattern in map(str, patterns):
+        fs, _, paths = fsspec.get_fs_token_paths(pattern, expand=True)
+        if not paths or (not any(ch in pattern for ch in "*?[") and not fs.exists(paths[0])):
+            raise FileNotFoundError(f"--train_files {pattern!r} matches no file.")
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        files += [p if protocol in ("file", "local") else f"{protocol}://{p}" for p in sorted(paths)]
+    return files
+
+
 def _shard_stream(shards, transform, in_chans: int, to_array: bool, seed: int, data_args) -> Dataset:
     from .shard_stream import ShardIndex, ShardStream
 
     first = ShardIndex(shards[0]).read_rows(range(min(16, len(ShardIndex(shards[0])))))
     columns = list(first[min(first)]) if first else []
-    image_column = detect_image_column(columns, data_args.image_column)
+    try:
+        image_column = detect_image_column(columns, data_args.image_column)
+    except ValueError as error:
+        raise ValueError(f"{shards[0]} (the first shard of {_source_name(data_args)}): {error}") from error
     _check_decodable([row[image_column] for row in first.values()], image_column, in_chans, data_args, columns)
     apply = ImageColumnTransform(transform, image_column, in_chans, to_array=to_array)
     return ShardStream(

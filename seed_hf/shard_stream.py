@@ -301,6 +301,7 @@ class ShardStream(IterableDataset):
         self._resume: StreamPosition | None = None
         self._epochs_begun = 0
         self.rows_read = 0  # rows read from the shards by this copy (per worker)
+        self._batches_per_epoch: dict[tuple, int] = {}
 
     @property
     def num_shards(self) -> int:
@@ -355,8 +356,11 @@ class ShardStream(IterableDataset):
         return rows // (self.batch_size * per_reader) * (self.batch_size * per_reader)
 
     def batches_per_epoch(self, epoch: int) -> int:
-        """Batches one process takes from the stream in ``epoch``."""
-        return self.rows_per_reader(epoch) // self.batch_size * max(1, self.num_workers)
+        """Batches one process takes from the stream in ``epoch`` (memoised: asked at every step)."""
+        key = (epoch, self.batch_size, self.num_readers, self.gradient_accumulation_steps, self.max_rows)
+        if key not in self._batches_per_epoch:
+            self._batches_per_epoch[key] = self.rows_per_reader(epoch) // self.batch_size * max(1, self.num_workers)
+        return self._batches_per_epoch[key]
 
     def resume_after(self, batches: int) -> StreamPosition:
         """Positions the stream after ``batches`` batches of this process (0: the start)."""

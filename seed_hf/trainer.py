@@ -213,7 +213,6 @@ class QueueTrainer(Trainer):
         if knn_monitor is not None and kwargs.get("eval_dataset") is None:
             kwargs["eval_dataset"] = knn_monitor.eval_dataset  # the Trainer requires one for eval_strategy
         super().__init__(*args, **kwargs)
-        self.add_callback(CheckpointCompletionCallback())
         if hasattr(self.train_dataset, "set_epoch"):  # per-sample seeded augmentation
             if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
                 raise ValueError(
@@ -231,7 +230,10 @@ class QueueTrainer(Trainer):
             )
             # the stream resumes from global_step itself; the Trainer would re-read every skipped batch
             self.args.ignore_data_skip = True
-            self.add_callback(StreamPositionCallback(self.train_dataset))
+            self.stream_callback = StreamPositionCallback(self.train_dataset)
+            self.add_callback(self.stream_callback)
+        # last: its on_save marks a checkpoint complete after the other callbacks wrote their files
+        self.add_callback(CheckpointCompletionCallback())
         self._validate_batch_size()
         self._validate_precision()
         self._validate_image_size()
@@ -249,6 +251,8 @@ class QueueTrainer(Trainer):
                 "was interrupted (then it may lack files)."
             )
         self._skipped_images = torch.zeros((), dtype=torch.long, device=self.args.device)
+        if getattr(self, "stream_callback", None) is not None:
+            self.stream_callback.resume_from = resume_from_checkpoint or None
         if self.args.should_save:
             keep = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
             removed = remove_incomplete_checkpoints(self.args.output_dir, keep=keep)
@@ -406,8 +410,9 @@ class SeedTrainer(QueueTrainer):
         except Exception as error:
             raise ValueError(
                 f"The teacher cannot take the training images ({model.config.in_chans} channels, "
-                f"{model.config.image_size} px): {error}. A 1-channel teacher needs 1-channel data; 1-channel "
-                "data is repeated to 3 channels for 3-channel teachers."
+                f"{model.config.image_size} px): {str(error).rstrip('.')}. A 1-channel teacher (such as the shipped "
+                "pretrained/fmnist-mocov2-resnet18) needs 1-channel data (Fashion-MNIST); 1-channel data is "
+                "repeated to 3 channels for 3-channel teachers."
             ) from error
         if width is not None and width != model.config.projection_dim:
             raise ValueError(

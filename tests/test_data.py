@@ -84,3 +84,15 @@ def test_image_column_transform_is_picklable_for_spawned_workers():
     out = apply({"image": [{"bytes": buffer.getvalue()}, {"bytes": b"not an image"}], "label": [1, 2], "id": [7, 8]})
     assert out["pixel_values"][0].shape == (3, 16, 16) and out["pixel_values"][1] is None
     assert out["labels"] == [1, 2] and out["id"] == [7, 8]
+
+
+def test_a_row_without_the_image_column_is_undecodable_not_a_crash():
+    """A webdataset sample without a .jpg member: its row comes back without pixels (collate_batch
+    drops and counts it) instead of a KeyError in a dataloader worker."""
+    from seed_hf.datasets import DECODE_STATS, ImageColumnTransform
+
+    apply = ImageColumnTransform(build_ssl_transform("none", 8), "jpg", 3)
+    skipped = DECODE_STATS.skipped
+    out = apply({"__key__": ["a", "b"], "txt": ["x", "y"]})
+    assert out["pixel_values"] == [None, None]
+    assert DECODE_STATS.skipped == skipped + 2

@@ -151,3 +151,30 @@ def test_sigkilled_stream_with_gradient_accumulation_resumes_bit_identical(tmp_p
     got = torch.load(tmp_path / "killed" / "final_rank0.pt")
     for name, value in expected.items():
         assert torch.equal(got[name], value), name
+
+
+def test_stream_reports_its_epochs_and_warns_when_resumed_with_other_readers(tmp_path):
+    """The Trainer's epoch counter follows the stream (logs, trainer_state.json, cards), and a
+    resume with another dataloader worker count, which cannot restore the position, says so."""
+    from helpers import write_jpeg_shards
+
+    files = write_jpeg_shards(tmp_path / "data", "parquet", shards=4, rows=6)
+    # 2 readers × 12 rows, batches of 2: 12 batches per epoch
+    _run(tmp_path / "run", files, 6, 2, 1, True, "--workers", "2", "--save_steps", "3")
+    state = json.loads((tmp_path / "run" / "checkpoint-6" / "trainer_state.json").read_text())
+    epochs = {h["step"]: h["epoch"] for h in state["log_history"] if "loss" in h}
+    assert epochs[3] == pytest.approx(0.25) and epochs[6] == pytest.approx(0.5)
+    layout = json.loads((tmp_path / "run" / "checkpoint-6" / "stream_position.json").read_text())
+    assert layout["readers"] == 2 and layout["global_step"] == 6
+    _, logs = _run(tmp_path / "run", files, 8, 2, 1, True, "--workers", "1", "--save_steps", "3")
+    assert "Stream resumed at epoch 0, batch 6" in logs
+    assert "The stream is read differently from the run being resumed (readers: 2 then, 1 now" in logs
+
+
+def test_glob_train_files_stream_and_a_missing_file_is_named(tmp_path):
+    from seed_hf.datasets import expand_files
+
+    files = write_shards(tmp_path, shards=2, rows=4)
+    assert expand_files([str(tmp_path / "*.parquet")]) == sorted(files)
+    with pytest.raises(FileNotFoundError, match=r"--train_files '.*missing\.tar' matches no file"):
+        expand_files([str(tmp_path / "missing.tar")])
