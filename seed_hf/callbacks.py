@@ -17,10 +17,9 @@ import os
 
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .runs import COMPLETE_MARKER
-from .shard_stream import ShardStream, locate_batches
+from .runs import COMPLETE_MARKER, checkpoint_dir
+from .shard_stream import ShardStream
 
 __all__ = ["DatasetEpochCallback", "CheckpointCompletionCallback", "StreamPositionCallback"]
 
@@ -60,7 +59,7 @@ class CheckpointCompletionCallback(TrainerCallback):
         if not control.should_save:
             return
         if args.should_save:
-            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            checkpoint = checkpoint_dir(args, state)
             marker = os.path.join(checkpoint, COMPLETE_MARKER)
             if os.path.isfile(marker):
                 os.remove(marker)
@@ -75,7 +74,7 @@ class CheckpointCompletionCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         PartialState().wait_for_everyone()  # every rank wrote its files (RNG state, shards)
         if args.should_save:
-            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            checkpoint = checkpoint_dir(args, state)
             if os.path.isdir(checkpoint):
                 marker = {"global_step": state.global_step, "world_size": args.world_size}
                 with open(os.path.join(checkpoint, COMPLETE_MARKER), "w") as f:
@@ -100,7 +99,7 @@ class StreamPositionCallback(TrainerCallback):
     def __init__(self, stream: ShardStream):
         self.stream = stream
         self.resume_from: str | None = None
-        self._epoch_end_step: int | None = None
+        self._epoch: tuple[int, int, int] | None = None  # (stream epoch, its first step, its steps)
 
     def layout(self) -> dict:
         """What the position of a process depends on, besides the batches it took."""
@@ -140,20 +139,24 @@ class StreamPositionCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         position = self.stream.begin_epoch()
-        left = self.stream.batches_per_epoch(position.epoch) - position.batches_in_epoch
-        self._epoch_end_step = state.global_step + left // args.gradient_accumulation_steps
+        steps = self.stream.batches_per_epoch(position.epoch) // args.gradient_accumulation_steps
+        # epochs hold whole optimizer steps, so the stream epoch began a whole number of steps ago
+        start = state.global_step - position.batches_in_epoch // args.gradient_accumulation_steps
+        self._epoch = (position.epoch, start, steps)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self._epoch is None:
+            return
+        epoch, start, steps = self._epoch
         # without a length the Trainer counts epochs as steps / max_steps: report the stream's own
-        position = locate_batches(state.global_step * args.gradient_accumulation_steps, self.stream.batches_per_epoch)
-        state.epoch = position.epoch + position.batches_in_epoch / self.stream.batches_per_epoch(position.epoch)
+        state.epoch = epoch + (state.global_step - start) / steps
         # the Trainer would also run max_steps update steps per epoch and, once the stream is exhausted,
         # spin through the rest of them on an empty iterator: end the epoch instead
-        if self._epoch_end_step is not None and state.global_step >= self._epoch_end_step:
+        if state.global_step >= start + steps:
             control.should_epoch_stop = True
 
     def on_save(self, args, state, control, **kwargs):
-        checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        checkpoint = checkpoint_dir(args, state)
         if args.should_save and os.path.isdir(checkpoint):
             with open(os.path.join(checkpoint, self.FILE), "w") as f:
                 json.dump({"global_step": state.global_step, **self.layout()}, f, indent=2)

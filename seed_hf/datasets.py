@@ -389,6 +389,16 @@ class ImageColumnTransform:
         return out
 
 
+def seeded_row_example(
+    transform: Callable[[dict[str, list]], dict[str, list]], row: dict[str, Any], seed: int, epoch: int, sample_id: int
+) -> dict[str, Any]:
+    """One training example from one source row: ``transform`` (an :class:`ImageColumnTransform`,
+    which takes batches of rows) applied to the row under :func:`per_sample_rng`."""
+    with per_sample_rng(seed, epoch, sample_id):
+        out = transform({key: [value] for key, value in row.items()})
+    return {key: values[0] for key, values in out.items()}
+
+
 class SeededRowDataset(Dataset):
     """A map-style ``datasets.Dataset`` whose rows become training examples through
     ``transform`` (an :class:`ImageColumnTransform`), each under its own seed: the views of row
@@ -406,10 +416,6 @@ class SeededRowDataset(Dataset):
         self.seed = seed
         self.epoch = 0
 
-    @property
-    def column_names(self) -> list[str]:
-        return self.rows.column_names
-
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
@@ -417,11 +423,8 @@ class SeededRowDataset(Dataset):
         return len(self.rows)
 
     def _example(self, row: dict[str, Any], index: int) -> dict[str, Any]:
-        cells = {key: [value] for key, value in row.items()}
-        cells.setdefault(INDEX_COLUMN, [index])  # names the row in the skipped-image log
-        with per_sample_rng(self.seed, self.epoch, index):
-            out = self.transform(cells)
-        return {key: values[0] for key, values in out.items()}
+        row = {INDEX_COLUMN: index, **row}  # names the row in the skipped-image log
+        return seeded_row_example(self.transform, row, self.seed, self.epoch, index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._example(self.rows[int(index)], int(index))
@@ -554,7 +557,8 @@ def expand_files(patterns: Sequence[str]) -> list[str]:
 def _shard_stream(shards, transform, in_chans: int, to_array: bool, seed: int, data_args) -> Dataset:
     from .shard_stream import ShardIndex, ShardStream
 
-    first = ShardIndex(shards[0]).read_rows(range(min(16, len(ShardIndex(shards[0])))))
+    index = ShardIndex(shards[0])
+    first = index.read_rows(range(min(16, len(index))))
     columns = list(first[min(first)]) if first else []
     try:
         image_column = detect_image_column(columns, data_args.image_column)

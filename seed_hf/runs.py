@@ -20,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 __all__ = [
     "COMPLETE_MARKER",
+    "checkpoint_dir",
     "RUN_INFO_FILE",
     "is_complete_checkpoint",
     "last_complete_checkpoint",
@@ -51,6 +52,11 @@ def _checkpoints(output_dir: str) -> list[tuple[int, str]]:
         if match and os.path.isdir(os.path.join(output_dir, name)):
             found.append((int(match.group(1)), os.path.join(output_dir, name)))
     return sorted(found)
+
+
+def checkpoint_dir(args, state) -> str:
+    """``output_dir/checkpoint-<global_step>``: where the Trainer writes the current step's checkpoint."""
+    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
 def is_complete_checkpoint(checkpoint: str) -> bool:

@@ -32,8 +32,8 @@ parquet rows are the table's columns (an ``image`` struct cell keeps ``bytes``/`
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-import logging
 import math
 import random
 import tarfile
@@ -43,11 +43,9 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .datasets import per_sample_rng
+from .datasets import seeded_row_example, warn_on_uneven_shards
 
 __all__ = ["ShardStream", "ShardIndex", "StreamPosition", "locate_batches", "count_rows"]
-
-logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 Position = tuple[int, int]  # (shard number in the sorted shard list, row in that shard)
@@ -145,8 +143,7 @@ class ShardIndex:
             parquet = pq.ParquetFile(f)
             by_group: dict[int, list[int]] = {}
             for row in wanted:
-                group = next(g for g in range(len(self._row_groups)) if starts[g] <= row < starts[g + 1])
-                by_group.setdefault(group, []).append(row)
+                by_group.setdefault(bisect.bisect_right(starts, row) - 1, []).append(row)
             for group, group_rows in by_group.items():
                 table = parquet.read_row_group(group, columns=self.columns)
                 for row in group_rows:
@@ -298,18 +295,14 @@ class ShardStream(IterableDataset):
         self.num_workers = 0
         self.gradient_accumulation_steps = 1
         self._next = StreamPosition(0, 0)  # what the next iteration serves
-        self._resume: StreamPosition | None = None
         self._epochs_begun = 0
         self.rows_read = 0  # rows read from the shards by this copy (per worker)
+        self._indexes: dict[int, ShardIndex] = {}  # filled where the stream is iterated (a worker)
         self._batches_per_epoch: dict[tuple, int] = {}
 
     @property
     def num_shards(self) -> int:
         return len(self.shards)
-
-    @property
-    def column_names(self) -> list[str]:
-        return list(self.columns or [])
 
     def configure(
         self,
@@ -331,11 +324,7 @@ class ShardStream(IterableDataset):
                 f"{self.num_shards} shard(s) for {self.num_readers} readers (processes × dataloader workers): every "
                 "reader needs at least one shard. Use fewer dataloader workers or more (smaller) shards."
             )
-        if self.num_shards % self.num_readers:
-            logger.warning(
-                f"{self.num_shards} shards for {self.num_readers} readers: readers get different shard counts and "
-                "every epoch drops what the longer ones read beyond the shortest. Use a multiple of the reader count."
-            )
+        warn_on_uneven_shards(self.num_shards, self.num_processes, self.num_workers)  # each epoch drops the excess
         return self
 
     @property
@@ -364,10 +353,9 @@ class ShardStream(IterableDataset):
 
     def resume_after(self, batches: int) -> StreamPosition:
         """Positions the stream after ``batches`` batches of this process (0: the start)."""
-        self._resume = locate_batches(int(batches), self.batches_per_epoch)
-        self._next = self._resume
+        self._next = locate_batches(int(batches), self.batches_per_epoch)
         self._epochs_begun = 0
-        return self._resume
+        return self._next
 
     def begin_epoch(self) -> StreamPosition:
         """Called at each Trainer epoch start: the first serves the resume position, later ones
@@ -429,13 +417,18 @@ class ShardStream(IterableDataset):
             if out is not None:
                 yield self._example(contents.pop(out), out, epoch)
 
+    def _index(self, shard: int) -> ShardIndex:
+        if shard not in self._indexes:
+            self._indexes[shard] = ShardIndex(self.shards[shard], self.columns)
+        return self._indexes[shard]
+
     def _read_positions(self, positions: set[Position]) -> dict[Position, Row]:
         by_shard: dict[int, list[int]] = {}
         for shard, row in positions:
             by_shard.setdefault(shard, []).append(row)
         out: dict[Position, Row] = {}
         for shard, rows in by_shard.items():
-            for row, content in ShardIndex(self.shards[shard], self.columns).read_rows(rows).items():
+            for row, content in self._index(shard).read_rows(rows).items():
                 out[(shard, row)] = content
                 self.rows_read += 1
         return out
@@ -452,13 +445,9 @@ class ShardStream(IterableDataset):
                 start = 0
             if start >= self.row_counts[shard]:
                 continue
-            for row, content in ShardIndex(self.shards[shard], self.columns).iter_rows(start):
+            for row, content in self._index(shard).iter_rows(start):
                 self.rows_read += 1
                 yield (shard, row), content
 
     def _example(self, row: Row, position: Position, epoch: int) -> dict[str, Any]:
-        cells = {key: [value] for key, value in row.items()}
-        sample_id = position[0] * 2**32 + position[1]
-        with per_sample_rng(self.seed, epoch, sample_id):
-            out = self.transform(cells)
-        return {key: values[0] for key, values in out.items() if values}
+        return seeded_row_example(self.transform, row, self.seed, epoch, position[0] * 2**32 + position[1])

@@ -210,6 +210,7 @@ class QueueTrainer(Trainer):
     ):
         self.knn_monitor = knn_monitor
         self.device_transform = device_transform
+        self.stream_callback: StreamPositionCallback | None = None
         if knn_monitor is not None and kwargs.get("eval_dataset") is None:
             kwargs["eval_dataset"] = knn_monitor.eval_dataset  # the Trainer requires one for eval_strategy
         super().__init__(*args, **kwargs)
@@ -251,7 +252,7 @@ class QueueTrainer(Trainer):
                 "was interrupted (then it may lack files)."
             )
         self._skipped_images = torch.zeros((), dtype=torch.long, device=self.args.device)
-        if getattr(self, "stream_callback", None) is not None:
+        if self.stream_callback is not None:
             self.stream_callback.resume_from = resume_from_checkpoint or None
         if self.args.should_save:
             keep = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
