@@ -63,9 +63,12 @@ def tiny_moco(**kwargs) -> MocoForPretraining:
     return MocoForPretraining(MocoConfig(**defaults))
 
 
-def write_jpeg_shards(folder, fmt: str = "parquet", shards: int = 4, rows: int = 10, size: int = 24) -> list[str]:
+def write_jpeg_shards(
+    folder, fmt: str = "parquet", shards: int = 4, rows: int = 10, size: int = 24, corrupt_every: int = 0
+) -> list[str]:
     """Shards of small random JPEGs with ids 0, 1, ... in shard order: parquet (``image``
-    {"bytes", "path"} structs + ``id``) or webdataset tars (``<id>.jpg`` + ``<id>.cls``)."""
+    {"bytes", "path"} structs + ``id``) or webdataset tars (``<id>.jpg`` + ``<id>.cls``). With
+    ``corrupt_every`` k, ids 0, k, 2k, ... are undecodable (odd ids truncated, even ones not an image)."""
     import io
     import tarfile
     from pathlib import Path
@@ -82,7 +85,10 @@ def write_jpeg_shards(folder, fmt: str = "parquet", shards: int = 4, rows: int =
         for _ in range(rows):
             buffer = io.BytesIO()
             Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(buffer, format="JPEG")
-            images.append(buffer.getvalue())
+            data = buffer.getvalue()
+            if corrupt_every and next_id % corrupt_every == 0:
+                data = data[: len(data) // 3] if next_id % 2 else b"not an image at all"
+            images.append(data)
             ids.append(next_id)
             next_id += 1
         if fmt == "parquet":

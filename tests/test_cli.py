@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import tiny_student, tiny_teacher
-from test_streaming import write_shards
+from helpers import tiny_student, tiny_teacher, write_jpeg_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -113,7 +112,7 @@ def test_learning_rate_rule_through_the_cli_parser(tmp_path, flags, expected_lr)
 def finished_run(tmp_path_factory):
     """A finished 2-step run_seed.py run on local parquet shards."""
     folder = tmp_path_factory.mktemp("finished")
-    files = write_shards(folder, shards=2, rows=8)
+    files = write_jpeg_shards(folder, shards=2, rows=8)
     out = folder / "run"
     metrics = run_seed.main(_seed_args(out, files))
     return out, files, metrics
@@ -159,7 +158,7 @@ def test_push_to_hub_without_model_id_is_refused_before_training(tmp_path, scrip
 
 def test_skipped_images_are_totalled_over_dataloader_workers(tmp_path):
     # ids 0, 5, 10, 15 of 16 are corrupt; 2 steps x 8 images = one epoch, read by 2 worker processes
-    files = write_shards(tmp_path, shards=2, rows=8, corrupt_every=5)
+    files = write_jpeg_shards(tmp_path, shards=2, rows=8, corrupt_every=5)
     argv = _seed_args(tmp_path / "out", files, "--dataloader_num_workers", "2", "--save_strategy", "no")
     metrics = run_seed.main(argv)
     assert metrics["skipped_images"] == 4
@@ -171,7 +170,7 @@ def test_skipped_image_log_names_the_row(tmp_path, caplog, monkeypatch, streamin
     from seed_hf.datasets import DECODE_STATS
 
     monkeypatch.setattr(DECODE_STATS, "skipped", 0)  # names are logged for the first images of a process
-    files = write_shards(tmp_path, shards=1, rows=8, corrupt_every=3)  # ids 0, 3, 6
+    files = write_jpeg_shards(tmp_path, shards=1, rows=8, corrupt_every=3)  # ids 0, 3, 6
     data_args = DataTrainingArguments(
         train_files=files,
         streaming=streaming,
@@ -188,7 +187,7 @@ def test_skipped_image_log_names_the_row(tmp_path, caplog, monkeypatch, streamin
 
 
 def test_source_without_a_decodable_image_stops_before_training(tmp_path):
-    files = write_shards(tmp_path, shards=1, rows=20, corrupt_every=1)
+    files = write_jpeg_shards(tmp_path, shards=1, rows=20, corrupt_every=1)
     with pytest.raises(
         ValueError, match=r"None of the first 16 images of --train_files .* column 'image'.*--image_column"
     ):
@@ -196,7 +195,7 @@ def test_source_without_a_decodable_image_stops_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
     # a column that holds no images (here: the ids), streamed
     (tmp_path / "good").mkdir()
-    good = write_shards(tmp_path / "good", shards=1, rows=4)
+    good = write_jpeg_shards(tmp_path / "good", shards=1, rows=4)
     data_args = DataTrainingArguments(train_files=good, streaming=True, image_column="id", image_size=16)
     with pytest.raises(ValueError, match="Column 'id' of --train_files .* holds no images.*--image_column"):
         build_train_dataset(data_args, 1, 3, [0.5] * 3, [0.5] * 3)

@@ -8,11 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_student, tiny_teacher
+from helpers import tiny_student, tiny_teacher, write_jpeg_shards
 from PIL import Image
 from test_cli import _seed_args
 from test_crop_decode import photo_jpeg
-from test_streaming import write_shards
 from torchvision.transforms import v2
 
 from seed_hf import SeedTrainer, SeedTrainingArguments, arguments, crop_decode, opencv_kernels
@@ -326,7 +325,7 @@ def test_seed_trainer_trains_on_encoded_batches(tmp_path, monkeypatch):
     --data_device cuda (rows stay encoded) → 2 dataloader workers → collate_encoded_batch →
     SeedTrainer.device_transform (decode + moco_v2 on "cpu") → the loss."""
     monkeypatch.setattr(arguments, "_cuda_available", lambda: True)  # the transform runs on args.device
-    files = write_shards(tmp_path, shards=2, rows=8, corrupt_every=5)  # ids 0, 5, 10, 15 corrupt
+    files = write_jpeg_shards(tmp_path, shards=2, rows=8, corrupt_every=5)  # ids 0, 5, 10, 15 corrupt
     streaming = True
     data_args = DataTrainingArguments(
         train_files=files, image_size=32, data_device="cuda", streaming=streaming, cache_dir=str(tmp_path / "c")
@@ -366,7 +365,7 @@ def test_run_seed_with_data_device_cuda(tmp_path, monkeypatch):
     import run_seed
 
     monkeypatch.setattr(arguments, "_cuda_available", lambda: True)
-    files = write_shards(tmp_path, shards=2, rows=8, corrupt_every=5)
+    files = write_jpeg_shards(tmp_path, shards=2, rows=8, corrupt_every=5)
     argv = _seed_args(tmp_path / "out", files, "--dataloader_num_workers", "2", "--save_strategy", "no")
     argv[argv.index("--augmentation") + 1] = "moco_v2"
     metrics = run_seed.main([*argv, "--data_device", "cuda"])

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 import run_seed  # noqa: E402
-from test_streaming import write_shards  # noqa: E402
+from helpers import write_jpeg_shards  # noqa: E402
 from test_teachers import _layout_checkpoint, _moco_v2_checkpoint  # noqa: E402
 
 RECIPES = sorted((ROOT / "recipes").glob("*.json"))
@@ -37,7 +37,7 @@ def test_recipe_dry_run(tmp_path, recipe):
     student_args = json.loads(config.get("student_model_args") or "{}")
     if set(student_args) == set(architectures):  # per-student args: keep them, on the stand-ins
         student_args = {small: student_args[big] for small, big in zip(tiny, architectures)}
-    files = write_shards(tmp_path, shards=2, rows=8)
+    files = write_jpeg_shards(tmp_path, shards=2, rows=8)
     overrides = [
         "--teacher_name_or_path",
         "test_resnet",

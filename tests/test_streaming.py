@@ -1,6 +1,5 @@
 """Streaming and map-style datasets from local parquet shards: DDP coverage, corrupt images."""
 
-import io
 import json
 import os
 import socket
@@ -8,40 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import write_jpeg_shards
 
 SCRIPT = Path(__file__).with_name("stream_train.py")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _jpeg(rng, size=40) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def write_shards(folder: Path, shards: int, rows: int, corrupt_every: int = 0) -> list[str]:
-    """Parquet shards with an `id` column and an `image` column ({"bytes", "path"} structs)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rng = np.random.default_rng(0)
-    files, next_id = [], 0
-    for s in range(shards):
-        images, ids = [], []
-        for _ in range(rows):
-            data = _jpeg(rng)
-            if corrupt_every and next_id % corrupt_every == 0:
-                data = data[: len(data) // 3] if next_id % 2 else b"not an image at all"
-            images.append({"bytes": data, "path": None})
-            ids.append(next_id)
-            next_id += 1
-        path = folder / f"train-{s:05d}-of-{shards:05d}.parquet"
-        pq.write_table(pa.table({"image": images, "id": ids}), path)
-        files.append(str(path))
-    return files
 
 
 def _run(
@@ -81,7 +51,7 @@ def _run(
 
 
 def test_two_processes_stream_every_sample_exactly_once(tmp_path):
-    files = write_shards(tmp_path, shards=8, rows=10)
+    files = write_jpeg_shards(tmp_path, shards=8, rows=10)
     ranks, _ = _run(tmp_path / "run", files, steps=10, per_device=4, nproc=2, streaming=True)
     ids = ranks[0]["ids"] + ranks[1]["ids"]
     print(f"rank0 {len(ranks[0]['ids'])} ids, rank1 {len(ranks[1]['ids'])} ids, unique {len(set(ids))} of 80")
@@ -91,7 +61,7 @@ def test_two_processes_stream_every_sample_exactly_once(tmp_path):
 
 @pytest.mark.parametrize("streaming", [True, False])
 def test_ten_percent_corrupt_images_are_skipped_and_counted(tmp_path, streaming):
-    files = write_shards(tmp_path, shards=2, rows=20, corrupt_every=10)  # ids 0, 10, 20, 30 are corrupt
+    files = write_jpeg_shards(tmp_path, shards=2, rows=20, corrupt_every=10)  # ids 0, 10, 20, 30 are corrupt
     ranks, logs = _run(tmp_path / "run", files, steps=4, per_device=8, nproc=1, streaming=streaming)
     assert ranks[0]["steps"] == 4
     assert not {0, 10, 20, 30} & set(ranks[0]["ids"])
@@ -114,8 +84,6 @@ def test_sigkilled_stream_resumes_bit_identical(tmp_path, fmt, nproc):
     killed after step 9 and resumed from checkpoint-8, the run ends bit-identical to an uninterrupted
     one, having trained on the same images in the same order (across an epoch boundary)."""
     import torch
-    from helpers import write_jpeg_shards
-
     files = write_jpeg_shards(tmp_path / "data", fmt, shards=4 * nproc, rows=6)
     # 2 × nproc readers of 2 shards (12 rows, 6 batches of 2) each: 12 batches per epoch and process
     common = ["--workers", "2", "--save_steps", "4", "--augmentation", "moco_v2"]
@@ -139,7 +107,7 @@ def test_sigkilled_stream_with_gradient_accumulation_resumes_bit_identical(tmp_p
     import torch
 
     (tmp_path / "data").mkdir()
-    files = write_shards(tmp_path / "data", shards=3, rows=5)
+    files = write_jpeg_shards(tmp_path / "data", shards=3, rows=5)
     common = ["--save_steps", "4", "--gradient_accumulation_steps", "2"]
     straight, _ = _run(tmp_path / "straight", files, 7, 2, 1, True, *common)
     _run(tmp_path / "killed", files, 7, 2, 1, True, *common, "--kill_at", "5")
@@ -156,8 +124,6 @@ def test_sigkilled_stream_with_gradient_accumulation_resumes_bit_identical(tmp_p
 def test_stream_reports_its_epochs_and_warns_when_resumed_with_other_readers(tmp_path):
     """The Trainer's epoch counter follows the stream (logs, trainer_state.json, cards), and a
     resume with another dataloader worker count, which cannot restore the position, says so."""
-    from helpers import write_jpeg_shards
-
     files = write_jpeg_shards(tmp_path / "data", "parquet", shards=4, rows=6)
     # 2 readers × 12 rows, batches of 2: 12 batches per epoch
     _run(tmp_path / "run", files, 6, 2, 1, True, "--workers", "2", "--save_steps", "3")
@@ -174,7 +140,7 @@ def test_stream_reports_its_epochs_and_warns_when_resumed_with_other_readers(tmp
 def test_glob_train_files_stream_and_a_missing_file_is_named(tmp_path):
     from seed_hf.datasets import expand_files
 
-    files = write_shards(tmp_path, shards=2, rows=4)
+    files = write_jpeg_shards(tmp_path, shards=2, rows=4)
     assert expand_files([str(tmp_path / "*.parquet")]) == sorted(files)
     with pytest.raises(FileNotFoundError, match=r"--train_files '.*missing\.tar' matches no file"):
         expand_files([str(tmp_path / "missing.tar")])
