@@ -58,7 +58,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from .batched_transforms import BatchedSSLTransform
 from .crop_decode import EncodedJpeg, UndecodableImage
-from .datasets import SKIPPED_KEY, DecodeStats, collate_batch, decode_image, sample_seed
+from .datasets import SKIPPED_KEY, DecodeStats, collate_batch, decode_image
 
 __all__ = [
     "ENCODED_KEY",
@@ -274,7 +274,8 @@ class DeviceInputTransform:
         decoded in the workers), or the configured ones."""
         if self.seed is None:
             return self.generator, self.crop_generator
-        digest = hashlib.blake2b(encoded.offsets.numpy().tobytes(), digest_size=8)
+        digest = hashlib.blake2b(repr(self.seed).encode(), digest_size=8)
+        digest.update(encoded.offsets.numpy().tobytes())
         data = encoded.data.numpy()
         for start, end in zip(encoded.offsets[:-1].tolist(), encoded.offsets[1:].tolist()):
             digest.update(data[max(start, end - 64) : end].tobytes())  # the tail: entropy-coded, distinct
@@ -282,13 +283,10 @@ class DeviceInputTransform:
             pixels = encoded.decoded[i].reshape(-1)
             digest.update(repr((i, tuple(encoded.decoded[i].shape))).encode())
             digest.update(pixels[:: max(1, pixels.numel() // 4096)].numpy().tobytes())  # ≤ ~4 KB sampled
-        batch_seed = sample_seed(self.seed, 0, int.from_bytes(digest.digest(), "little") % (2**62))
+        batch_seed = int.from_bytes(digest.digest(), "little") >> 1  # manual_seed takes < 2**63
         crop = torch.Generator().manual_seed(batch_seed)
         pixel = torch.Generator(self.device).manual_seed(batch_seed ^ 0x5DEECE66D)
         return pixel, crop
-
-    def _views(self, transform: BatchedSSLTransform, images: list[torch.Tensor], generators) -> torch.Tensor:
-        return transform(images, *generators)
 
     @torch.no_grad()
     def __call__(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -312,9 +310,9 @@ class DeviceInputTransform:
             inputs[SKIPPED_KEY] = (skipped + (len(images) - len(rows))).reshape(1)
             images = [images[i] for i in rows]
         for key in self.VIEW_KEYS[: self.num_views]:
-            inputs[key] = self._views(self.transform, images, generators)
+            inputs[key] = self.transform(images, *generators)
         if self.num_small_crops:
-            crops = [self._views(self.small_transform, images, generators) for _ in range(self.num_small_crops)]
+            crops = [self.small_transform(images, *generators) for _ in range(self.num_small_crops)]
             inputs["pixel_values_small"] = torch.stack(crops, dim=1)
         return inputs
 
