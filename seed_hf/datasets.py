@@ -183,7 +183,20 @@ def per_sample_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
         yield
 
 
-class ArrayImageDataset(Dataset):
+class PerSampleSeeded(Dataset):
+    """Base of the map-style datasets whose sample ``index`` is augmented under
+    :func:`per_sample_rng` ``(seed, epoch, index)``; the trainers call ``set_epoch``."""
+
+    def __init__(self, transform: Callable | None, seed: int | None):
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+
+class ArrayImageDataset(PerSampleSeeded):
     """Map-style dataset over in-memory uint8 images ``(n, h, w)`` or ``(n, h, w, c)``.
 
     Items are dicts: the keys of ``transform``'s output plus ``labels`` when labels are given.
@@ -205,12 +218,7 @@ class ArrayImageDataset(Dataset):
         elif self.images.ndim == 4 and self.images.shape[-1] in (1, 3):
             self.images = self.images.permute(0, 3, 1, 2).contiguous()
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
-        self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        super().__init__(transform, seed)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -399,7 +407,7 @@ def seeded_row_example(
     return {key: values[0] for key, values in out.items()}
 
 
-class SeededRowDataset(Dataset):
+class SeededRowDataset(PerSampleSeeded):
     """A map-style ``datasets.Dataset`` whose rows become training examples through
     ``transform`` (an :class:`ImageColumnTransform`), each under its own seed: the views of row
     ``index`` depend on ``(seed, epoch, index)`` only, exactly as for :class:`ArrayImageDataset`
@@ -412,12 +420,7 @@ class SeededRowDataset(Dataset):
 
     def __init__(self, rows, transform: ImageColumnTransform, seed: int = 0):
         self.rows = rows
-        self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        super().__init__(transform, seed)
 
     def __len__(self) -> int:
         return len(self.rows)
