@@ -20,14 +20,14 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from transformers import HfArgumentParser
 
-from seed_hf.batched_transforms import BatchedSSLTransform
+from seed_hf.batched_transforms import BATCHED_PRESETS, BatchedSSLTransform
 from seed_hf.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from seed_hf.evaluation import (
     LabelledImages,
@@ -38,7 +38,7 @@ from seed_hf.evaluation import (
     knn_accuracy,
     load_labelled_splits,
 )
-from seed_hf.moco import MocoConfig, MocoForPretraining, save_query_encoder
+from seed_hf.moco import MocoConfig, MocoForPretraining, load_query_encoder, save_query_encoder
 from seed_hf.precision import cpu_has_native_bf16
 
 
@@ -49,7 +49,29 @@ class TeacherArguments:
         default=None, metadata={"help": "Where the shipped teacher folder is written at the end (None: skip)."}
     )
     fmnist_dir: str | None = field(default=None, metadata={"help": "Fashion-MNIST idx folder (default: Debian's)."})
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start a new run from this MoCo folder's query encoder and head (e.g. the shipped teacher, to "
+            "continue it with another recipe); its architecture and model_args must match. Key encoder = copy, "
+            "queue = fresh. Ignored when the run resumes from its own checkpoint."
+        },
+    )
     architecture: str = field(default="resnet18", metadata={"help": "timm architecture of the encoder."})
+    model_args: str | None = field(
+        default=None,
+        metadata={"help": 'JSON keyword arguments of timm.create_model, e.g. \'{"output_stride": 16}\' (saved in the config).'},
+    )
+    augmentation: str = field(
+        default="grayscale_small", metadata={"help": f"Batched augmentation preset, one of {tuple(BATCHED_PRESETS)}."}
+    )
+    augmentation_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": 'JSON fields of BatchedSSLTransform that replace the preset\'s, e.g. \'{"scale": [0.2, 1.0], '
+            '"jitter": [0.8, 0.8, 0, 0], "blur_p": 0.5}\'.'
+        },
+    )
     image_size: int = field(default=64, metadata={"help": "Training and evaluation resolution (28 px upsampled)."})
     batch_size: int = field(default=512, metadata={"help": "Images per step."})
     max_steps: int | None = field(
@@ -77,6 +99,32 @@ class TeacherArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate the final kNN on the first N train / N test images (smoke runs)."}
     )
+
+
+def build_augmentation(args: TeacherArguments) -> BatchedSSLTransform:
+    """The preset, with the JSON overrides applied (unknown fields are an error, not ignored)."""
+    augment = BatchedSSLTransform.from_preset(args.augmentation, args.image_size, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    overrides = json.loads(args.augmentation_overrides) if args.augmentation_overrides else {}
+    known = {f.name for f in fields(BatchedSSLTransform)} - {"image_size", "mean", "std"}
+    if unknown := set(overrides) - known:
+        raise ValueError(f"unknown augmentation_overrides {sorted(unknown)}; known: {sorted(known)}")
+    return replace(augment, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+def warm_start(model: MocoForPretraining, path: str) -> None:
+    """Query and key encoder (and heads) from the MoCo folder ``path``; a mismatch is an error."""
+    encoder, head, source = load_query_encoder(path)
+    c = model.config
+    if (source.architecture, source.model_args or {}, source.in_chans) != (c.architecture, c.model_args or {}, c.in_chans):
+        raise ValueError(
+            f"--init_from {path} is {source.architecture} {source.model_args} with {source.in_chans} channel(s); "
+            f"this run builds {c.architecture} {c.model_args} with {c.in_chans}."
+        )
+    for target in (model.encoder, model.encoder_k):
+        target.load_state_dict(encoder.state_dict())
+    for target in (model.head, model.head_k):
+        target.load_state_dict(head.state_dict())
+    print(f"initialised from {path}")
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -135,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     config = MocoConfig(
         architecture=args.architecture,
+        model_args=json.loads(args.model_args) if args.model_args else None,
         in_chans=1,
         image_size=args.image_size,
         queue_size=args.queue_size,
@@ -144,11 +193,14 @@ def main(argv: list[str] | None = None) -> dict:
         image_mean=FASHION_MNIST_MEAN,
         image_std=FASHION_MNIST_STD,
     )
-    model = MocoForPretraining(config).to(device, memory_format=torch.channels_last)
+    model = MocoForPretraining(config)
+    progress_file = out / "checkpoint" / "progress.json"
+    if args.init_from and not progress_file.is_file():
+        warm_start(model, args.init_from)
+    model = model.to(device, memory_format=torch.channels_last)
     lr = args.learning_rate * args.batch_size / 256
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=args.weight_decay)
-    progress_file = out / "checkpoint" / "progress.json"
     max_steps = args.max_steps or 20000
     if progress_file.is_file() and args.max_steps is None:  # a resumed run keeps its schedule
         max_steps = json.loads(progress_file.read_text())["max_steps"]
@@ -170,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     images, _ = load_fashion_mnist("train", args.fmnist_dir)
     data = torch.from_numpy(images).unsqueeze(1).to(device)  # (60000, 1, 28, 28) uint8
-    augment = BatchedSSLTransform.from_preset("grayscale_small", args.image_size, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    augment = build_augmentation(args)
     log = out / "log.jsonl"
     unwrapped = accelerator.unwrap_model(model)
     t0, timed_from = time.time(), None

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import HfArgumentParser
 from conftest import requires_fashion_mnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -179,3 +181,35 @@ def test_fmnist_teacher_script_trains_resumes_and_exports(tmp_path):
     assert second["steps"] == 5 and [json.loads(line)["step"] for line in log] == [1, 2, 3, 4, 5]  # resumed at 3
     teacher = load_teacher(str(tmp_path / "teacher"))
     assert teacher(torch.zeros(2, 1, 32, 32)).shape == (2, 128)
+
+    # --init_from: a new run starts from the exported query encoder + head (both encoders), and
+    # refuses a folder of another architecture
+    from seed_hf.moco import MocoConfig, MocoForPretraining
+
+    config = MocoConfig(architecture="test_resnet", in_chans=1, image_size=32, queue_size=64)
+    model = MocoForPretraining(config)
+    run_fmnist_teacher.warm_start(model, str(tmp_path / "teacher"))
+    exported = load_file(str(tmp_path / "teacher" / "model.safetensors"))
+    state = model.state_dict()
+    for key, value in exported.items():
+        assert torch.equal(state[key], value.float())
+        assert torch.equal(state[key.replace("encoder.", "encoder_k.").replace("head.", "head_k.")], value.float())
+    with pytest.raises(ValueError, match="this run builds"):
+        run_fmnist_teacher.warm_start(
+            MocoForPretraining(MocoConfig(architecture="test_efficientnet", in_chans=1, image_size=32, queue_size=64)),
+            str(tmp_path / "teacher"),
+        )
+
+
+def test_fmnist_teacher_augmentation_overrides():
+    import run_fmnist_teacher
+
+    (args,) = HfArgumentParser(run_fmnist_teacher.TeacherArguments).parse_args_into_dataclasses(
+        ["--augmentation_overrides", '{"jitter": [0.8, 0.8, 0, 0], "scale": [0.2, 1.0]}']
+    )
+    augment = run_fmnist_teacher.build_augmentation(args)
+    assert augment.jitter == (0.8, 0.8, 0, 0) and augment.scale == (0.2, 1.0)
+    assert augment.blur_p == 0.0  # the preset's other fields stay
+    args.augmentation_overrides = '{"crop_scale": [0.2, 1.0]}'
+    with pytest.raises(ValueError, match="unknown augmentation_overrides"):
+        run_fmnist_teacher.build_augmentation(args)
