@@ -33,6 +33,7 @@ from seed_hf.evaluation import (
     load_encoder,
     load_labelled_splits,
 )
+from seed_hf.teachers import weights_fingerprint
 
 
 @dataclass
@@ -105,6 +106,7 @@ def evaluate_model(name: str, args: EvalArguments, data: LabelledSplits) -> list
             xt, yt = x_train[keep], y_train[keep]
         row = {
             "model": name,
+            "weights_sha256": weights_fingerprint(name),
             "num_parameters": spec.num_parameters,
             "feature_dim": x_train.shape[1],
             "dataset": data.name,

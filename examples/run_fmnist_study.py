@@ -18,6 +18,7 @@ finished stage is skipped):
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -31,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_eval  # noqa: E402
 import run_moco  # noqa: E402
 import run_seed  # noqa: E402
+
+from seed_hf.runs import recorded_teacher  # noqa: E402
+from seed_hf.teachers import weights_fingerprint  # noqa: E402
 
 
 @dataclass
@@ -79,6 +83,23 @@ def _done(run_dir: Path, steps: int) -> bool:
     return state.is_file() and json.loads(state.read_text()).get("global_step", 0) >= steps
 
 
+def move_stale_seed_run(run_dir: Path, teacher_sha: str | None) -> Path | None:
+    """A SEED run distilled from other teacher weights than ``args.teacher``'s now (``make teacher``
+    rebuilt it) is moved aside, not resumed or reused: returns where it went (None: nothing to move)."""
+    recorded = recorded_teacher(run_dir)
+    if not run_dir.exists() or recorded == teacher_sha:
+        return None
+    stale = run_dir.with_name(f"{run_dir.name}.teacher-{recorded or 'unrecorded'}")
+    for n in itertools.count(2):  # never over an earlier stale run
+        if not stale.exists():
+            break
+        stale = run_dir.with_name(f"{run_dir.name}.teacher-{recorded or 'unrecorded'}-{n}")
+    run_dir.rename(stale)
+    print(f"[study] seed_student: {run_dir} was distilled from another teacher (sha256 {recorded or 'not recorded'}, "
+          f"now {teacher_sha}): moved to {stale}, training again")
+    return stale
+
+
 def _common(args: StudyArguments, run_dir: Path) -> list[str]:
     """Arguments every student run shares: same data, resolution, batch, schedule and monitor."""
     return [
@@ -125,10 +146,13 @@ def _recorded_rows(args: StudyArguments, models: dict[str, str]) -> list[dict]:
     if not path.is_file():
         return []
     fixed = {models["teacher"], "pixels", "pixels_centred"}
+    teacher_sha = weights_fingerprint(models["teacher"])
     rows = [
         {**r, "recorded_in": str(path)}
         for r in json.loads(path.read_text())
         if r["model"] in fixed and r["label_fraction"] in args.label_fractions and r.get("num_eval") == 10000
+        # a teacher row counts only if it measured the teacher's current weights
+        and (r["model"] != models["teacher"] or r.get("weights_sha256") == teacher_sha)
     ]
     complete = {m for m in fixed if {r["label_fraction"] for r in rows if r["model"] == m} == set(args.label_fractions)}
     return [r for r in rows if r["model"] in complete]
@@ -302,6 +326,7 @@ def main(argv=None) -> list[dict]:
             ]
         ),
     }
+    move_stale_seed_run(runs["seed_student"], weights_fingerprint(args.teacher))
     for name, run in stages.items():
         if _done(runs[name], args.student_steps):
             print(f"[study] {name}: done, skipping")

@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
     precision = args.mixed_precision
     if precision == "auto":
         precision = "bf16" if native_bf16(device) else "no"
-    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    # autocast here rather than Accelerator(mixed_precision=...): accelerate's process-wide state
+    # refuses another precision once a Trainer in the same process has set it up
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     torch.manual_seed(args.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         x = data[idx]
         q = augment(x, generator).contiguous(memory_format=torch.channels_last)
         k = augment(x, generator).contiguous(memory_format=torch.channels_last)
-        with accelerator.autocast():
+        with autocast:
             output = model(q, pixel_values_k=k)
         accelerator.backward(output.loss)
         optimizer.step()

@@ -37,7 +37,14 @@ from seed_hf.arguments import (
     setup_logging,
 )
 from seed_hf.gpu_input import collate_encoded_batch
-from seed_hf.runs import check_resumable, finished_run_results, resolve_checkpoint, train_and_save
+from seed_hf.runs import (
+    check_resumable,
+    check_same_teacher,
+    finished_run_results,
+    resolve_checkpoint,
+    train_and_save,
+)
+from seed_hf.teachers import weights_fingerprint
 
 
 @dataclass
@@ -135,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_script_args(parser, argv)
     logger = setup_logging(training_args)
     check_hub_arguments(training_args)
+    fingerprint = weights_fingerprint(model_args.teacher_name_or_path, model_args.teacher_checkpoint)
+    check_same_teacher(training_args, fingerprint)
     if (results := finished_run_results(training_args)) is not None:
         return results
     last_checkpoint = resolve_checkpoint(training_args)
@@ -208,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         **data_args.describe(),
         "teacher": model_args.teacher_name_or_path,
         "teacher_checkpoint": model_args.teacher_checkpoint and Path(model_args.teacher_checkpoint).name,
+        "teacher_sha256": fingerprint,
     }
     metrics = train_and_save(trainer, last_checkpoint, run_info=run_info)
     if isinstance(model, SeedStudentGroup) and training_args.should_save:

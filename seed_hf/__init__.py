@@ -22,7 +22,7 @@ from .moco import MocoConfig, MocoForPretraining, MocoOutput
 from .modeling_seed import SeedForDistillation, SeedOutput, SeedPreTrainedModel
 from .multi_student import SeedGroupOutput, SeedStudentGroup
 from .queue import EmbeddingQueue
-from .teachers import FrozenTeacher, load_teacher
+from .teachers import FrozenTeacher, load_teacher, weights_fingerprint
 from .trainer import KnnMonitor, MocoTrainer, SeedTrainer, SeedTrainingArguments
 from .transforms import MultiViewTransform, build_ssl_transform
 
@@ -50,6 +50,7 @@ __all__ = [
     "EmbeddingQueue",
     # teachers
     "load_teacher",
+    "weights_fingerprint",
     "FrozenTeacher",
     # training
     "SeedTrainer",

@@ -28,6 +28,7 @@ __all__ = [
     "resolve_checkpoint",
     "finished_run_results",
     "check_resumable",
+    "check_same_teacher",
     "train_and_save",
 ]
 
@@ -160,6 +161,28 @@ RUN_FIELDS = (
     "queue_size",
     "num_small_crops",
 )
+
+
+def recorded_teacher(output_dir: str | os.PathLike) -> str | None:
+    """The teacher fingerprint a run in ``output_dir`` recorded in ``run_info.json`` (None: no
+    run there, or one from before fingerprints were recorded)."""
+    info = Path(output_dir) / RUN_INFO_FILE
+    return json.loads(info.read_text()).get("teacher_sha256") if info.is_file() else None
+
+
+def check_same_teacher(training_args, fingerprint: str | None) -> None:
+    """Refuses to resume (or to return the results of) a distillation in ``output_dir`` whose
+    recorded teacher differs from the teacher now at the same path: the student would mix two
+    teachers, or a finished student of the old teacher would pass for one of the new."""
+    if training_args.overwrite_output_dir or fingerprint is None:
+        return
+    recorded = recorded_teacher(training_args.output_dir)
+    if recorded is not None and recorded != fingerprint:
+        raise ValueError(
+            f"--output_dir {training_args.output_dir} holds a run distilled from another teacher (sha256 {recorded}; "
+            f"the teacher given now is {fingerprint}). Pass another --output_dir, or --overwrite_output_dir to "
+            "start over there."
+        )
 
 
 def check_resumable(checkpoint: str | None, configs: list) -> None:

@@ -33,7 +33,36 @@ __all__ = [
     "FrozenTeacher",
     "TransformersVisionBackbone",
     "load_teacher",
+    "weights_fingerprint",
 ]
+
+# the files whose bytes define a local teacher folder (weights and the config that builds it)
+_TEACHER_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
+
+
+def weights_fingerprint(name_or_path: str, checkpoint: str | os.PathLike | None = None) -> str | None:
+    """SHA-256 (16 hex digits) of a model's local bytes: the ``checkpoint`` file when given, else
+    a local folder's config and weights. Distillation runs record their teacher's
+    (``run_info.json``) and evaluation rows their model's, so that a resumed or finished run, or
+    a recorded result, can tell that the model at the same path has changed since. None for a
+    Hub id or a timm name without local weights (nothing local to hash)."""
+    import hashlib
+
+    if checkpoint is not None:
+        files = [Path(checkpoint)] if os.path.isfile(checkpoint) else []  # missing: load_teacher says so
+    elif os.path.isdir(name_or_path):
+        files = [Path(name_or_path, name) for name in _TEACHER_FILES if Path(name_or_path, name).is_file()]
+    else:
+        return None
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 class FrozenTeacher(nn.Module):

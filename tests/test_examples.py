@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import requires_fashion_mnist
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
-from conftest import requires_fashion_mnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
@@ -99,8 +99,36 @@ def test_moco_then_seed_then_eval(tmp_path):
     assert json.loads(out.read_text())[1]["knn_k"] == 20 and results[0]["dataset"] == "fashion_mnist"
     assert all(0 <= r["linear_top1"] <= 100 for r in results)
 
+    from seed_hf import weights_fingerprint
+
+    assert results[0]["weights_sha256"] == weights_fingerprint(str(teacher_dir)) is not None
     # a finished run in the same output_dir resumes from its last checkpoint (no error)
     run_seed.main(seed_args)
+    assert json.loads((student_dir / "run_info.json").read_text())["teacher_sha256"] == results[0]["weights_sha256"]
+
+    # the teacher at the same path changes (e.g. `make teacher` rebuilt it): the run of the old
+    # one is neither resumed nor passed off as finished
+    from safetensors.torch import save_file
+
+    weights = load_file(str(teacher_dir / "model.safetensors"))
+    save_file({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, str(teacher_dir / "model.safetensors"))
+    with pytest.raises(ValueError, match="distilled from another teacher"):
+        run_seed.main(seed_args)
+    run_seed.main([*seed_args, "--overwrite_output_dir"])
+    assert json.loads((student_dir / "run_info.json").read_text())["teacher_sha256"] == weights_fingerprint(str(teacher_dir))
+
+
+def test_study_moves_a_seed_run_of_another_teacher_aside(tmp_path):
+    import run_fmnist_study
+
+    run = tmp_path / "seed_student"
+    assert run_fmnist_study.move_stale_seed_run(run, "new") is None  # nothing there
+    for expected in ("seed_student.teacher-old", "seed_student.teacher-old-2"):
+        run.mkdir()
+        (run / "run_info.json").write_text(json.dumps({"teacher_sha256": "old"}))
+        assert run_fmnist_study.move_stale_seed_run(run, "old") is None  # same teacher: kept
+        assert run_fmnist_study.move_stale_seed_run(run, "new").name == expected
+        assert not run.exists() and (tmp_path / expected / "run_info.json").is_file()
 
 
 @requires_fashion_mnist
