@@ -29,7 +29,7 @@ by = {r["model"]: r for r in rows}
 s = next(r for r in rows if r["model"] not in names)
 text = f"""# `make demo` on the project's 2-core CPU machine (no GPU)
 
-Measured with `make demo DEMO_DIR=outputs/demo_fresh DEMO_EXPORT_DIR=results/demo/student` from a fresh
+Measured with `make demo DEMO_DIR={Path(sys.argv[4]).parent} DEMO_EXPORT_DIR=results/demo/student` from a fresh
 run folder (nothing resumed), after `make setup`, nothing else running: **{int(wall // 60)} min {int(wall % 60)} s wall**
 on {cpu} (2 cores; bf16 teacher, fp32 student).
 Fashion-MNIST test split (10,000 images), 60,000 labelled train images:
