@@ -92,6 +92,7 @@ cards: setup
 
 study: setup
 	$(PY) examples/run_fmnist_study.py --output_dir results/fmnist
+	$(PY) examples/render_model_cards.py
 
 test: setup
 	$(PY) -m pytest -q -x tests

@@ -326,7 +326,8 @@ def main(argv=None) -> list[dict]:
             ]
         ),
     }
-    move_stale_seed_run(runs["seed_student"], weights_fingerprint(args.teacher))
+    if move_stale_seed_run(runs["seed_student"], weights_fingerprint(args.teacher)):
+        timings.pop("seed_student", None)  # the wall time of the new run only
     for name, run in stages.items():
         if _done(runs[name], args.student_steps):
             print(f"[study] {name}: done, skipping")
