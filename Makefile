@@ -74,7 +74,7 @@ demo: setup
 
 # Rebuilds the shipped teacher (resumable). Phases 1-2 ran on one H200 (6398 steps, extended to 9500:
 # ~9 min there, days on 2 CPU cores); phase 3 continued that encoder on 2 CPU cores for 2070 steps
-# with stronger photometric jitter and crops (TEACHER_PHASE3_AUGMENT; ~75 min). See results/teacher/.
+# with stronger photometric jitter and crops (TEACHER_PHASE3_AUGMENT; 79 min). See results/teacher/.
 TEACHER_PHASE3_AUGMENT ?= {"jitter": [0.8, 0.8, 0, 0], "scale": [0.2, 1.0]}
 teacher: setup
 	$(PY) examples/run_fmnist_teacher.py --output_dir $(TEACHER_RUN_DIR) --max_steps 6398 $(TEACHER_ARGS)

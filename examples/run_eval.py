@@ -98,6 +98,7 @@ def features_of(name: str, data: LabelledSplits, args: EvalArguments):
 
 def evaluate_model(name: str, args: EvalArguments, data: LabelledSplits) -> list[dict]:
     spec, (x_train, y_train), (x_eval, y_eval) = features_of(name, data, args)
+    sha = weights_fingerprint(name)
     rows = []
     for fraction in args.label_fractions:
         xt, yt = x_train, y_train
@@ -106,7 +107,7 @@ def evaluate_model(name: str, args: EvalArguments, data: LabelledSplits) -> list
             xt, yt = x_train[keep], y_train[keep]
         row = {
             "model": name,
-            "weights_sha256": weights_fingerprint(name),
+            "weights_sha256": sha,
             "num_parameters": spec.num_parameters,
             "feature_dim": x_train.shape[1],
             "dataset": data.name,

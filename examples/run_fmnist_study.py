@@ -137,7 +137,7 @@ def _common(args: StudyArguments, run_dir: Path) -> list[str]:
     ]
 
 
-def _recorded_rows(args: StudyArguments, models: dict[str, str]) -> list[dict]:
+def _recorded_rows(args: StudyArguments, models: dict[str, str], teacher_sha: str | None) -> list[dict]:
     """Rows of the teacher / pixel baselines already measured on the full data (make teacher), for
     every label fraction of this study, each marked with where it came from."""
     if not args.reference_results or args.eval_train_samples or args.eval_test_samples:
@@ -146,7 +146,6 @@ def _recorded_rows(args: StudyArguments, models: dict[str, str]) -> list[dict]:
     if not path.is_file():
         return []
     fixed = {models["teacher"], "pixels", "pixels_centred"}
-    teacher_sha = weights_fingerprint(models["teacher"])
     rows = [
         {**r, "recorded_in": str(path)}
         for r in json.loads(path.read_text())
@@ -326,7 +325,8 @@ def main(argv=None) -> list[dict]:
             ]
         ),
     }
-    if move_stale_seed_run(runs["seed_student"], weights_fingerprint(args.teacher)):
+    teacher_sha = weights_fingerprint(args.teacher)
+    if move_stale_seed_run(runs["seed_student"], teacher_sha):
         timings.pop("seed_student", None)  # the wall time of the new run only
     for name, run in stages.items():
         if _done(runs[name], args.student_steps):
@@ -356,7 +356,7 @@ def main(argv=None) -> list[dict]:
 
     export_all()
     models = {"teacher": args.teacher, **{k: str(v) for k, v in exports.items()}, "pixels": "pixels", "pixels_centred": "pixels_centred"}
-    recorded = _recorded_rows(args, models)
+    recorded = _recorded_rows(args, models, teacher_sha)
     start = time.time()
     results = recorded + run_eval.main(
         [

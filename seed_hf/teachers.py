@@ -36,8 +36,8 @@ __all__ = [
     "weights_fingerprint",
 ]
 
-# the files whose bytes define a local teacher folder (weights and the config that builds it)
-_TEACHER_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
+# what the folder loaders read: the config and the weights (single or sharded, safetensors or torch)
+_MODEL_FILE_PATTERNS = ("config.json", "model*.safetensors", "pytorch_model*.bin")
 
 
 def weights_fingerprint(name_or_path: str, checkpoint: str | os.PathLike | None = None) -> str | None:
@@ -51,7 +51,7 @@ def weights_fingerprint(name_or_path: str, checkpoint: str | os.PathLike | None 
     if checkpoint is not None:
         files = [Path(checkpoint)] if os.path.isfile(checkpoint) else []  # missing: load_teacher says so
     elif os.path.isdir(name_or_path):
-        files = [Path(name_or_path, name) for name in _TEACHER_FILES if Path(name_or_path, name).is_file()]
+        files = sorted({f for pattern in _MODEL_FILE_PATTERNS for f in Path(name_or_path).glob(pattern) if f.is_file()})
     else:
         return None
     if not files:
