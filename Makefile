@@ -11,7 +11,7 @@ CORE_TESTS ?= tests/test_losses.py tests/test_trainer.py tests/test_resume.py te
   'tests/test_streaming.py::test_sigkilled_stream_resumes_bit_identical[wds-1]' \
   tests/test_examples.py::test_help_of_every_example
 DEMO_DIR ?= outputs/demo
-DEMO_STUDENT_STEPS ?= 500
+DEMO_STUDENT_STEPS ?= 650
 DEMO_EXPORT_DIR ?= $(DEMO_DIR)/export
 DEMO_MANIFEST ?=
 TEACHER ?= pretrained/fmnist-mocov2-resnet18
