@@ -1,6 +1,10 @@
 """Writes results/demo/README.md from the demo's measured files (no number typed by hand).
 
-    python results/demo/make_readme.py <demo eval_results.json> <wall seconds> <lscpu model name> <student run dir>
+    python results/demo/make_readme.py <demo eval_results.json> <wall seconds> <lscpu model name> <student run dir> \
+        [<DEMO_EXPORT_DIR of the timed run>]
+
+The eval JSON must name `results/demo/student`; when the timed run exported elsewhere, export its run
+dir to results/demo/student and evaluate that folder with examples/run_eval.py first.
 """
 
 import json
@@ -21,17 +25,23 @@ names = {
 }
 trainer_state = json.loads((Path(sys.argv[4]) / "trainer_state.json").read_text())
 steps, batch = trainer_state.get("global_step"), trainer_state.get("train_batch_size")
+tau_t = json.loads((Path(sys.argv[4]) / "config.json").read_text())["teacher_temperature"]
 table = ["| model | parameters | kNN top-1 (k=200, τ=0.07) | linear probe top-1 |", "| --- | --- | --- | --- |"]
 for r in rows:
-    name = names.get(r["model"], f"SEED student, MobileNetV3-Small ({steps} steps × {batch}), exported folder `{r['model']}`")
+    name = names.get(r["model"], f"SEED student, MobileNetV3-Small ({steps} steps × {batch}, τ_T {tau_t:g}), exported folder `{r['model']}`")
     table.append(f"| {name} | {r['num_parameters']:,} | {r['knn_top1']:.2f} | {r['linear_top1']:.2f} |")
 by = {r["model"]: r for r in rows}
 s = next(r for r in rows if r["model"] not in names)
+timed_export = sys.argv[5] if len(sys.argv) > 5 else "results/demo/student"
+reexported = "" if timed_export == "results/demo/student" else (
+    f"\nIts run folder was then exported to `results/demo/student` (`examples/run_export.py`) and that folder "
+    f"evaluated by `examples/run_eval.py`: the rows below."
+)
 text = f"""# `make demo` on the project's 2-core CPU machine (no GPU)
 
-Measured with `make demo DEMO_DIR={Path(sys.argv[4]).parent} DEMO_EXPORT_DIR=results/demo/student` from a fresh
+Measured with `make demo DEMO_DIR={Path(sys.argv[4]).parent} DEMO_EXPORT_DIR={timed_export}` from a fresh
 run folder (nothing resumed), after `make setup`, nothing else running: **{int(wall // 60)} min {int(wall % 60)} s wall**
-on {cpu} (2 cores; bf16 teacher, fp32 student).
+on {cpu} (2 cores; bf16 teacher, fp32 student).{reexported}
 Fashion-MNIST test split (10,000 images), 60,000 labelled train images:
 
 {chr(10).join(table)}
