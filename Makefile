@@ -15,7 +15,10 @@ DEMO_STUDENT_STEPS ?= 650
 # the official code's τ_T (the paper's is 0.01): +0.40 kNN at 500 CPU steps, +0.32 at 1200 GPU steps, paired runs
 DEMO_TEACHER_TEMPERATURE ?= 1e-4
 DEMO_EXPORT_DIR ?= $(DEMO_DIR)/export
+DEMO_EVAL_FILE ?= $(DEMO_DIR)/eval_results.json
+# set by `make ship-demo` only: records the exported student in the shipped-models manifest
 DEMO_MANIFEST ?=
+SHIP_DEMO_DIR ?= outputs/demo_ship
 TEACHER ?= pretrained/fmnist-mocov2-resnet18
 TEACHER_RUN_DIR ?= outputs/fmnist_teacher
 TEACHER_ARGS ?= --batch_size 512 --learning_rate 0.03 --temperature 0.1 --queue_size 4096 --moco_momentum 0.99
@@ -24,7 +27,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup setup-oldest fashion-mnist demo teacher cards study test test-oldest test-all lint clean
+.PHONY: setup setup-oldest fashion-mnist demo ship-demo teacher cards study test test-oldest test-all lint clean
 
 setup: $(VENV)/.installed fashion-mnist
 
@@ -69,11 +72,26 @@ demo: setup
 	$(PY) examples/run_export.py --student_dir $(DEMO_DIR)/student --output_dir $(DEMO_EXPORT_DIR)
 	@echo "== 3/3 kNN (k=200, tau=0.07) and linear probe on the test split, as a Hub user loads the student =="
 	$(PY) examples/run_eval.py --models $(DEMO_EXPORT_DIR) --linear_probe \
-	  --reference_results results/teacher/eval_results.json --output_file $(DEMO_DIR)/eval_results.json
+	  --reference_results results/teacher/eval_results.json --output_file $(DEMO_EVAL_FILE)
 	$(PY) examples/run_export.py --student_dir $(DEMO_DIR)/student --output_dir $(DEMO_EXPORT_DIR) \
-	  --eval_results $(DEMO_DIR)/eval_results.json --hub_model_id your-org/seed-demo-mobilenetv3-small-fmnist \
+	  --eval_results $(DEMO_EVAL_FILE) --hub_model_id your-org/seed-demo-mobilenetv3-small-fmnist \
 	  $(if $(DEMO_MANIFEST),--manifest $(DEMO_MANIFEST) --manifest_name seed-demo-mobilenetv3-small-fmnist)
 	@echo "Student written to $(DEMO_EXPORT_DIR) (model card: $(DEMO_EXPORT_DIR)/README.md)"
+
+# Regenerates what the repository ships of the demo, all from one timed run: a `make demo` from a
+# fresh run folder that exports and evaluates straight into results/demo/ and records the student in
+# model_cards/models.json; then results/demo/README.md (with the measured wall time) and the cards.
+# The wall time is published: run it with nothing else running.
+ship-demo: setup
+	rm -rf $(SHIP_DEMO_DIR)
+	start=$$(date +%s) && \
+	  $(MAKE) --no-print-directory demo DEMO_DIR=$(SHIP_DEMO_DIR) DEMO_EXPORT_DIR=results/demo/student \
+	    DEMO_EVAL_FILE=results/demo/eval_results.json DEMO_MANIFEST=model_cards/models.json && \
+	  $(PY) results/demo/make_readme.py results/demo/eval_results.json $$(( $$(date +%s) - start )) \
+	    "$$(LC_ALL=C lscpu | sed -n 's/^Model name: *//p' | head -n1)$$(grep -qw avx512_bf16 /proc/cpuinfo && echo ' with AVX512-BF16')" \
+	    $$(nproc) $(SHIP_DEMO_DIR)/student || \
+	  { echo "ship-demo failed: 'git checkout -- results/demo model_cards' restores the shipped demo"; exit 1; }
+	$(PY) examples/render_model_cards.py
 
 # Rebuilds the shipped teacher (resumable). Phases 1-2 ran on one H200 (6398 steps, extended to 9500:
 # ~9 min there, days on 2 CPU cores); phase 3 continued that encoder on 2 CPU cores for 2070 steps

@@ -2,7 +2,8 @@
 """Small-scale SEED study on Fashion-MNIST: does SEED beat MoCo-v2 for a small student?
 
 Stages (each resumable: re-running the command continues from the last checkpoint, and a
-finished stage is skipped):
+finished stage is skipped; a stage's run folder trained with another recipe, or with none recorded
+in ``<work_dir>/study_recipes.json``, is moved aside to ``<stage>.recipe-<hash>`` and trained again):
   1. the small student (MobileNetV3-Small, 1.5M parameters) trained by MoCo-v2 alone;
   2. the same student distilled with SEED from the shipped MoCo-v2 teacher
      (``pretrained/fmnist-mocov2-resnet18``, ResNet-18, 11.2M; ``make teacher`` rebuilds it),
@@ -18,8 +19,10 @@ finished stage is skipped):
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,7 +36,6 @@ import run_eval  # noqa: E402
 import run_moco  # noqa: E402
 import run_seed  # noqa: E402
 
-from seed_hf.runs import recorded_teacher  # noqa: E402
 from seed_hf.teachers import weights_fingerprint  # noqa: E402
 
 
@@ -55,7 +57,9 @@ class StudyArguments:
     moco_momentum: float = field(default=0.99, metadata={"help": "MoCo key-encoder momentum (0.99 for short runs)."})
     moco_temperature: float = field(default=0.1, metadata={"help": "MoCo InfoNCE temperature."})
     base_learning_rate: float = field(default=0.06, metadata={"help": "lr = base × batch / 256 (SGD, cosine)."})
-    teacher_temperature: float = field(default=0.01, metadata={"help": "SEED τ_T."})
+    teacher_temperature: float = field(
+        default=1e-4, metadata={"help": "SEED τ_T (the official code's 1e-4, as `make demo`; the paper's is 0.01)."}
+    )
     eval_steps: int = field(default=250, metadata={"help": "Online kNN monitor interval (steps)."})
     monitor_samples: int = field(default=5000, metadata={"help": "Train images of the online kNN monitor."})
     label_fractions: list[float] = field(
@@ -83,20 +87,75 @@ def _done(run_dir: Path, steps: int) -> bool:
     return state.is_file() and json.loads(state.read_text()).get("global_step", 0) >= steps
 
 
-def move_stale_seed_run(run_dir: Path, teacher_sha: str | None) -> Path | None:
-    """A SEED run distilled from other teacher weights than ``args.teacher``'s now (``make teacher``
-    rebuilt it) is moved aside, not resumed or reused: returns where it went (None: nothing to move)."""
-    recorded = recorded_teacher(run_dir)
-    if not run_dir.exists() or recorded == teacher_sha:
-        return None
-    stale = run_dir.with_name(f"{run_dir.name}.teacher-{recorded or 'unrecorded'}")
-    for n in itertools.count(2):  # never over an earlier stale run
-        if not stale.exists():
-            break
-        stale = run_dir.with_name(f"{run_dir.name}.teacher-{recorded or 'unrecorded'}-{n}")
-    run_dir.rename(stale)
-    print(f"[study] seed_student: {run_dir} was distilled from another teacher (sha256 {recorded or 'not recorded'}, "
-          f"now {teacher_sha}): moved to {stale}, training again")
+RECIPES_FILE = "study_recipes.json"  # in work_dir: stage → the recipe its run folder was trained with
+# flags that do not change what a run learns: where it writes, how it logs, checkpoints and monitors,
+# and the device (a run started on the CPU may be resumed on a GPU)
+NOT_RECIPE = frozenset(
+    {"--output_dir", "--logging_steps", "--report_to", "--save_steps", "--save_total_limit", "--eval_strategy",
+     "--eval_steps", "--knn_monitor_samples", "--use_cpu"}
+)
+
+
+def recipe_flags(argv: list[str]) -> dict[str, list[str]]:
+    """The recipe in a stage's arguments: ``["--a", "1", "--b", "x", "y", "--c"]`` →
+    ``{"--a": ["1"], "--b": ["x", "y"], "--c": []}``, without the ``NOT_RECIPE`` flags."""
+    flags: dict[str, list[str]] = {}
+    key = None
+    for token in argv:
+        if token.startswith("--"):
+            key = token
+            flags[key] = []
+        elif key is not None:
+            flags[key].append(token)
+    return {k: v for k, v in flags.items() if k not in NOT_RECIPE}
+
+
+def recipe_differences(recorded: dict | None, recipe: dict) -> list[str]:
+    """What differs between the recipe a run folder was trained with and the one asked for now, one
+    ``"--flag old → new"`` line each (a recipe: ``{"argv": [...], "teacher_sha256": ...}``)."""
+    if recorded is None:
+        return ["no recipe recorded for it: trained before seed_hf recorded them, or by another command"]
+    old, new = recipe_flags(recorded.get("argv", [])), recipe_flags(recipe.get("argv", []))
+
+    def shown(values: list[str] | None) -> str:
+        return "(unset)" if values is None else " ".join(values) or "(set)"
+
+    lines = [
+        f"{flag} {shown(old.get(flag))} → {shown(new.get(flag))}"
+        for flag in sorted(old.keys() | new.keys())
+        if old.get(flag) != new.get(flag)
+    ]
+    if recorded.get("teacher_sha256") != recipe.get("teacher_sha256"):
+        lines.append(f"teacher weights sha256 {recorded.get('teacher_sha256')} → {recipe.get('teacher_sha256')}")
+    return lines
+
+
+def move_stale_run(work_dir: Path, name: str, recipe: dict) -> Path | None:
+    """A stage's run folder ``work_dir/name`` trained with another recipe than ``recipe`` (other
+    flags, or another teacher's weights: ``make teacher`` rebuilt it), or with none recorded, is
+    moved aside, never resumed or reused, and what differs is printed; returns where it went (None:
+    nothing there, or the same recipe). ``recipe`` is then recorded in ``work_dir/study_recipes.json``
+    before the stage runs, so that an interrupted run resumes as its own."""
+    recipes_file = work_dir / RECIPES_FILE
+    recipes = json.loads(recipes_file.read_text()) if recipes_file.is_file() else {}
+    run_dir, stale = work_dir / name, None
+    differences = recipe_differences(recipes.get(name), recipe)
+    if run_dir.exists() and differences:
+        tag = "unrecorded"
+        if name in recipes:
+            tag = hashlib.sha256(json.dumps(recipes[name], sort_keys=True).encode()).hexdigest()[:8]
+        stale = run_dir.with_name(f"{name}.recipe-{tag}")
+        for n in itertools.count(2):  # never over an earlier stale run
+            if not stale.exists():
+                break
+            stale = run_dir.with_name(f"{name}.recipe-{tag}-{n}")
+        run_dir.rename(stale)
+        print(f"[study] {name}: {run_dir} was trained with another recipe ({'; '.join(differences)}): "
+              f"moved to {stale}, training again")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    partial = recipes_file.with_suffix(".json.partial")  # a kill while writing leaves the old file whole
+    partial.write_text(json.dumps({**recipes, name: recipe}, indent=2) + "\n")
+    os.replace(partial, recipes_file)
     return stale
 
 
@@ -297,44 +356,43 @@ def main(argv=None) -> list[dict]:
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     runs = {"moco_student": work / "moco_student", "seed_student": work / "seed_student"}
-    stages = {
-        "moco_student": lambda: run_moco.main(
-            [
-                "--architecture",
-                args.student_architecture,
-                "--key_bn_splits",
-                "4",
-                "--momentum",
-                str(args.moco_momentum),
-                "--temperature",
-                str(args.moco_temperature),
-                *_common(args, runs["moco_student"]),
-            ]
-        ),
-        "seed_student": lambda: run_seed.main(
-            [
-                "--teacher_name_or_path",
-                args.teacher,
-                "--teacher_ssl_method",
-                "moco_v2",
-                "--student_architecture",
-                args.student_architecture,
-                "--teacher_temperature",
-                str(args.teacher_temperature),
-                *_common(args, runs["seed_student"]),
-            ]
-        ),
-    }
     teacher_sha = weights_fingerprint(args.teacher)
-    if move_stale_seed_run(runs["seed_student"], teacher_sha):
-        timings.pop("seed_student", None)  # the wall time of the new run only
-    for name, run in stages.items():
+    argvs = {
+        "moco_student": [
+            "--architecture",
+            args.student_architecture,
+            "--key_bn_splits",
+            "4",
+            "--momentum",
+            str(args.moco_momentum),
+            "--temperature",
+            str(args.moco_temperature),
+            *_common(args, runs["moco_student"]),
+        ],
+        "seed_student": [
+            "--teacher_name_or_path",
+            args.teacher,
+            "--teacher_ssl_method",
+            "moco_v2",
+            "--student_architecture",
+            args.student_architecture,
+            "--teacher_temperature",
+            str(args.teacher_temperature),
+            *_common(args, runs["seed_student"]),
+        ],
+    }
+    mains = {"moco_student": run_moco.main, "seed_student": run_seed.main}
+    for name, argv in argvs.items():
+        recipe = {"argv": argv, **({"teacher_sha256": teacher_sha} if name == "seed_student" else {})}
+        move_stale_run(work, name, recipe)
+        if not runs[name].exists():
+            timings.pop(name, None)  # the wall time of the new run only
         if _done(runs[name], args.student_steps):
             print(f"[study] {name}: done, skipping")
             continue
         print(f"[study] {name}: training ({args.student_steps} steps)")
         start = time.time()
-        run()
+        mains[name](argv)
         timings[name] = timings.get(name, 0) + time.time() - start
         timings_file.write_text(json.dumps(timings, indent=2))
 

@@ -118,18 +118,91 @@ def test_moco_then_seed_then_eval(tmp_path):
     assert json.loads((student_dir / "run_info.json").read_text())["teacher_sha256"] == weights_fingerprint(str(teacher_dir))
 
 
-def test_study_moves_a_seed_run_of_another_teacher_aside(tmp_path):
+def test_study_moves_a_run_of_another_recipe_aside(tmp_path, capsys):
     import run_fmnist_study
 
-    run = tmp_path / "seed_student"
-    assert run_fmnist_study.move_stale_seed_run(run, "new") is None  # nothing there
-    for expected in ("seed_student.teacher-old", "seed_student.teacher-old-2"):
-        run.mkdir()
-        (run / "run_info.json").write_text(json.dumps({"teacher_sha256": "old"}))
-        assert run_fmnist_study.move_stale_seed_run(run, "old") is None  # same teacher: kept
-        assert run_fmnist_study.move_stale_seed_run(run, "new").name == expected
-        assert not run.exists() and (tmp_path / expected / "run_info.json").is_file()
+    def recipe(tau="0.01", sha="old"):
+        return {"argv": ["--teacher_temperature", tau, "--max_steps", "10"], "teacher_sha256": sha}
 
+    run = tmp_path / "seed_student"
+    assert run_fmnist_study.move_stale_run(tmp_path, "seed_student", recipe()) is None  # nothing there
+    run.mkdir()
+    (run / "checkpoint-5").mkdir()  # interrupted: the recipe was recorded before it started
+    assert run_fmnist_study.move_stale_run(tmp_path, "seed_student", recipe()) is None  # same recipe: resumed
+    assert (run / "checkpoint-5").is_dir()
+
+    moved = run_fmnist_study.move_stale_run(tmp_path, "seed_student", recipe(tau="0.0001"))
+    assert moved.name.startswith("seed_student.recipe-") and (moved / "checkpoint-5").is_dir() and not run.exists()
+    assert "--teacher_temperature 0.01 → 0.0001" in capsys.readouterr().out
+    run.mkdir()  # trained again with τ_T 1e-4; then `make teacher` rebuilds the teacher
+    moved_again = run_fmnist_study.move_stale_run(tmp_path, "seed_student", recipe(tau="0.0001", sha="new"))
+    assert moved_again != moved and moved_again.is_dir()
+    assert "teacher weights sha256 old → new" in capsys.readouterr().out
+    recorded = json.loads((tmp_path / run_fmnist_study.RECIPES_FILE).read_text())
+    assert recorded == {"seed_student": recipe(tau="0.0001", sha="new")}
+
+    # a run folder without a recorded recipe (an older study) is not vouched for: moved aside, never over another
+    for expected in ("moco_student.recipe-unrecorded", "moco_student.recipe-unrecorded-2"):
+        (tmp_path / "moco_student").mkdir()
+        recorded.pop("moco_student", None)
+        (tmp_path / run_fmnist_study.RECIPES_FILE).write_text(json.dumps(recorded))
+        assert run_fmnist_study.move_stale_run(tmp_path, "moco_student", {"argv": []}).name == expected
+
+
+
+def test_study_retrains_only_the_stages_whose_recipe_changed(tmp_path, monkeypatch):
+    """``run_fmnist_study.main`` end to end up to the exports, with the two trainings faked."""
+    import run_fmnist_study
+
+    import seed_hf.hub
+
+    trained = []
+
+    def fake_training(stage):
+        def main(argv):
+            run = Path(argv[argv.index("--output_dir") + 1])
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "trainer_state.json").write_text(json.dumps({"global_step": int(argv[argv.index("--max_steps") + 1])}))
+            trained.append(stage)
+
+        return main
+
+    class ExportReached(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise ExportReached
+
+    monkeypatch.setattr(run_fmnist_study.run_moco, "main", fake_training("moco"))
+    monkeypatch.setattr(run_fmnist_study.run_seed, "main", fake_training("seed"))
+    monkeypatch.setattr(seed_hf.hub, "export_student", stop)
+    monkeypatch.setattr(seed_hf.hub, "export_moco_encoder", stop)
+    teacher, work, out = tmp_path / "teacher", tmp_path / "work", tmp_path / "out"
+    teacher.mkdir()
+    (teacher / "config.json").write_text("{}")
+    (teacher / "model.safetensors").write_bytes(b"weights v1")
+    args = ["--output_dir", str(out), "--work_dir", str(work), "--teacher", str(teacher), "--student_steps", "10"]
+
+    def study(*extra):
+        with pytest.raises(ExportReached):
+            run_fmnist_study.main([*args, *extra])
+
+    study()
+    assert trained == ["moco", "seed"]
+    study("--eval_steps", "5", "--use_cpu", "false")  # same recipe (monitor, device): both reused
+    assert trained == ["moco", "seed"]
+    timings = json.loads((out / "timings.json").read_text())
+    (out / "timings.json").write_text(json.dumps({**timings, "seed_student": 1e6}))
+    study("--teacher_temperature", "0.01")  # τ_T: only SEED again, its wall time that of the new run
+    assert trained == ["moco", "seed", "seed"]
+    assert json.loads((out / "timings.json").read_text())["seed_student"] < 1e6
+    assert len(list(work.glob("seed_student.recipe-*"))) == 1
+    (teacher / "model.safetensors").write_bytes(b"weights v2")  # make teacher rebuilt it
+    study("--teacher_temperature", "0.01")
+    assert trained == ["moco", "seed", "seed", "seed"]
+    study("--teacher_temperature", "0.01", "--moco_temperature", "0.2")
+    assert trained == ["moco", "seed", "seed", "seed", "moco"]
+    assert len(list(work.glob("seed_student.recipe-*"))) == 2 and len(list(work.glob("moco_student.recipe-*"))) == 1
 
 @requires_fashion_mnist
 @pytest.mark.parametrize(

@@ -1,10 +1,9 @@
 """Writes results/demo/README.md from the demo's measured files (no number typed by hand).
+`make ship-demo` runs it after its timed `make demo`:
 
-    python results/demo/make_readme.py <demo eval_results.json> <wall seconds> <lscpu model name> <student run dir> \
-        [<DEMO_EXPORT_DIR of the timed run>]
+    python results/demo/make_readme.py <demo eval_results.json> <wall seconds> <cpu model> <cores> <student run dir>
 
-The eval JSON must name `results/demo/student`; when the timed run exported elsewhere, export its run
-dir to results/demo/student and evaluate that folder with examples/run_eval.py first.
+The eval JSON must name `results/demo/student` (the folder the timed run exported to).
 """
 
 import json
@@ -13,9 +12,12 @@ import sys
 from pathlib import Path
 
 here = Path(__file__).parent
-eval_file, wall, cpu = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-shutil.copy(eval_file, here / "eval_results.json")
-student = json.loads((here / "eval_results.json").read_text())
+eval_file, wall, cpu, cores, run_dir = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])
+student = json.loads(eval_file.read_text())
+if not student or any(r["model"] != "results/demo/student" for r in student):
+    sys.exit(f"{eval_file} must hold rows of the shipped folder results/demo/student only: run `make ship-demo`.")
+if eval_file.resolve() != (here / "eval_results.json").resolve():
+    shutil.copy(eval_file, here / "eval_results.json")
 reference = json.loads(Path("results/teacher/eval_results.json").read_text())
 rows = [r for r in reference if r["label_fraction"] == 1.0] + [r for r in student if r["label_fraction"] == 1.0]
 names = {
@@ -23,25 +25,20 @@ names = {
     "pixels": "raw pixels (recorded)",
     "pixels_centred": "centred pixels (recorded)",
 }
-trainer_state = json.loads((Path(sys.argv[4]) / "trainer_state.json").read_text())
+trainer_state = json.loads((run_dir / "trainer_state.json").read_text())
 steps, batch = trainer_state.get("global_step"), trainer_state.get("train_batch_size")
-tau_t = json.loads((Path(sys.argv[4]) / "config.json").read_text())["teacher_temperature"]
+tau_t = json.loads((run_dir / "config.json").read_text())["teacher_temperature"]
 table = ["| model | parameters | kNN top-1 (k=200, τ=0.07) | linear probe top-1 |", "| --- | --- | --- | --- |"]
 for r in rows:
     name = names.get(r["model"], f"SEED student, MobileNetV3-Small ({steps} steps × {batch}, τ_T {tau_t:g}), exported folder `{r['model']}`")
     table.append(f"| {name} | {r['num_parameters']:,} | {r['knn_top1']:.2f} | {r['linear_top1']:.2f} |")
 by = {r["model"]: r for r in rows}
 s = next(r for r in rows if r["model"] not in names)
-timed_export = sys.argv[5] if len(sys.argv) > 5 else "results/demo/student"
-reexported = "" if timed_export == "results/demo/student" else (
-    f"\nIts run folder was then exported to `results/demo/student` (`examples/run_export.py`) and that folder "
-    f"evaluated by `examples/run_eval.py`: the rows below."
-)
-text = f"""# `make demo` on the project's 2-core CPU machine (no GPU)
+text = f"""# `make demo` on a {cores}-core CPU machine (no GPU)
 
-Measured with `make demo DEMO_DIR={Path(sys.argv[4]).parent} DEMO_EXPORT_DIR={timed_export}` from a fresh
-run folder (nothing resumed), after `make setup`, nothing else running: **{int(wall // 60)} min {int(wall % 60)} s wall**
-on {cpu} (2 cores; bf16 teacher, fp32 student).{reexported}
+Measured by `make ship-demo`: `make demo` from a fresh run folder (`{run_dir.parent}`, nothing resumed),
+exporting and evaluating straight into this folder, after `make setup`, nothing else running:
+**{int(wall // 60)} min {int(wall % 60)} s wall** on {cpu} ({cores} cores; bf16 teacher, fp32 student).
 Fashion-MNIST test split (10,000 images), 60,000 labelled train images:
 
 {chr(10).join(table)}
