@@ -87,7 +87,7 @@ ship-demo: setup
 	start=$$(date +%s) && \
 	  $(MAKE) --no-print-directory demo DEMO_DIR=$(SHIP_DEMO_DIR) DEMO_EXPORT_DIR=results/demo/student \
 	    DEMO_EVAL_FILE=results/demo/eval_results.json DEMO_MANIFEST=model_cards/models.json && \
-	  $(PY) results/demo/make_readme.py results/demo/eval_results.json $$(( $$(date +%s) - start )) \
+	  $(PY) results/demo/make_readme.py $$(( $$(date +%s) - start )) \
 	    "$$(LC_ALL=C lscpu | sed -n 's/^Model name: *//p' | head -n1)$$(grep -qw avx512_bf16 /proc/cpuinfo && echo ' with AVX512-BF16')" \
 	    $$(nproc) $(SHIP_DEMO_DIR)/student || \
 	  { echo "ship-demo failed: 'git checkout -- results/demo model_cards' restores the shipped demo"; exit 1; }

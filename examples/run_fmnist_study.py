@@ -357,34 +357,41 @@ def main(argv=None) -> list[dict]:
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     runs = {"moco_student": work / "moco_student", "seed_student": work / "seed_student"}
     teacher_sha = weights_fingerprint(args.teacher)
-    argvs = {
-        "moco_student": [
-            "--architecture",
-            args.student_architecture,
-            "--key_bn_splits",
-            "4",
-            "--momentum",
-            str(args.moco_momentum),
-            "--temperature",
-            str(args.moco_temperature),
-            *_common(args, runs["moco_student"]),
-        ],
-        "seed_student": [
-            "--teacher_name_or_path",
-            args.teacher,
-            "--teacher_ssl_method",
-            "moco_v2",
-            "--student_architecture",
-            args.student_architecture,
-            "--teacher_temperature",
-            str(args.teacher_temperature),
-            *_common(args, runs["seed_student"]),
-        ],
+    # stage → (its training script, its arguments, what else its recipe depends on)
+    stages = {
+        "moco_student": (
+            run_moco.main,
+            [
+                "--architecture",
+                args.student_architecture,
+                "--key_bn_splits",
+                "4",
+                "--momentum",
+                str(args.moco_momentum),
+                "--temperature",
+                str(args.moco_temperature),
+                *_common(args, runs["moco_student"]),
+            ],
+            {},
+        ),
+        "seed_student": (
+            run_seed.main,
+            [
+                "--teacher_name_or_path",
+                args.teacher,
+                "--teacher_ssl_method",
+                "moco_v2",
+                "--student_architecture",
+                args.student_architecture,
+                "--teacher_temperature",
+                str(args.teacher_temperature),
+                *_common(args, runs["seed_student"]),
+            ],
+            {"teacher_sha256": teacher_sha},
+        ),
     }
-    mains = {"moco_student": run_moco.main, "seed_student": run_seed.main}
-    for name, argv in argvs.items():
-        recipe = {"argv": argv, **({"teacher_sha256": teacher_sha} if name == "seed_student" else {})}
-        move_stale_run(work, name, recipe)
+    for name, (train, argv, depends_on) in stages.items():
+        move_stale_run(work, name, {"argv": argv, **depends_on})
         if not runs[name].exists():
             timings.pop(name, None)  # the wall time of the new run only
         if _done(runs[name], args.student_steps):
@@ -392,7 +399,7 @@ def main(argv=None) -> list[dict]:
             continue
         print(f"[study] {name}: training ({args.student_steps} steps)")
         start = time.time()
-        mains[name](argv)
+        train(argv)
         timings[name] = timings.get(name, 0) + time.time() - start
         timings_file.write_text(json.dumps(timings, indent=2))
 

@@ -149,7 +149,6 @@ def test_study_moves_a_run_of_another_recipe_aside(tmp_path, capsys):
         assert run_fmnist_study.move_stale_run(tmp_path, "moco_student", {"argv": []}).name == expected
 
 
-
 def test_study_retrains_only_the_stages_whose_recipe_changed(tmp_path, monkeypatch):
     """``run_fmnist_study.main`` end to end up to the exports, with the two trainings faked."""
     import run_fmnist_study

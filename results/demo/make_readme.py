@@ -1,23 +1,21 @@
 """Writes results/demo/README.md from the demo's measured files (no number typed by hand).
 `make ship-demo` runs it after its timed `make demo`:
 
-    python results/demo/make_readme.py <demo eval_results.json> <wall seconds> <cpu model> <cores> <student run dir>
+    python results/demo/make_readme.py <wall seconds> <cpu model> <cores> <student run dir>
 
-The eval JSON must name `results/demo/student` (the folder the timed run exported to).
+It reads the rows that run wrote to results/demo/eval_results.json, which must be of
+`results/demo/student` (the folder the timed run exported to).
 """
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 here = Path(__file__).parent
-eval_file, wall, cpu, cores, run_dir = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])
-student = json.loads(eval_file.read_text())
+wall, cpu, cores, run_dir = float(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
+student = json.loads((here / "eval_results.json").read_text())
 if not student or any(r["model"] != "results/demo/student" for r in student):
-    sys.exit(f"{eval_file} must hold rows of the shipped folder results/demo/student only: run `make ship-demo`.")
-if eval_file.resolve() != (here / "eval_results.json").resolve():
-    shutil.copy(eval_file, here / "eval_results.json")
+    sys.exit(f"{here / 'eval_results.json'} must hold rows of the shipped folder results/demo/student only: run `make ship-demo`.")
 reference = json.loads(Path("results/teacher/eval_results.json").read_text())
 rows = [r for r in reference if r["label_fraction"] == 1.0] + [r for r in student if r["label_fraction"] == 1.0]
 names = {
