@@ -23,6 +23,7 @@ from transformers import HfArgumentParser
 
 from seed_hf.evaluation import (
     LINEAR_PROBE_PROTOCOL,
+    PIXEL_BASELINES,
     LabelledImages,
     LabelledSplits,
     eval_transform,
@@ -33,13 +34,17 @@ from seed_hf.evaluation import (
     load_encoder,
     load_labelled_splits,
 )
+from seed_hf.runs import STUDENTS_DIR
 from seed_hf.teachers import weights_fingerprint
 
 
 @dataclass
 class EvalArguments:
     models: list[str] = field(
-        metadata={"help": "Run folders, timm-format (exported) folders, 'pixels' or 'pixels_centred'."}
+        metadata={
+            "help": "Run folders (a multi-student run: each of its students), timm-format (exported) folders, "
+            "'pixels' or 'pixels_centred'."
+        }
     )
     dataset_name: str | None = field(default=None, metadata={"help": "datasets hub id or local dataset."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration name."})
@@ -59,8 +64,17 @@ class EvalArguments:
         default_factory=lambda: [1.0],
         metadata={"help": "Fractions of train labels to use, one result row each (e.g. 0.01 0.1 1.0)."},
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N train images."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N eval images."})
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Use N train images: a class-balanced random draw (seed --subset_seed, never the first N of a "
+            "class-sorted folder), recorded in each result row (train_subset: seed, images per class)."
+        },
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use N eval images, drawn as --max_train_samples (eval_subset in the rows)."}
+    )
+    subset_seed: int = field(default=0, metadata={"help": "Seed of the --max_train_samples / --max_eval_samples draws."})
     batch_size: int = field(default=256, metadata={"help": "Feature extraction batch size."})
     num_workers: int = field(default=0, metadata={"help": "Dataloader workers for feature extraction."})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "Device."})
@@ -72,6 +86,19 @@ class EvalArguments:
             "shipped teacher and the pixel baselines); its rows are printed next to the new ones, marked 'recorded'."
         },
     )
+
+
+def expand_models(models: list[str]) -> list[str]:
+    """``--models`` with each multi-student run folder (no config.json, ``students/<name>/``) replaced
+    by its students."""
+    expanded = []
+    for name in models:
+        students = sorted(p.parent for p in (Path(name) / STUDENTS_DIR).glob("*/config.json"))
+        if name not in PIXEL_BASELINES and not (Path(name) / "config.json").is_file() and students:
+            expanded += [str(p) for p in students]
+        else:
+            expanded.append(name)
+    return expanded
 
 
 def features_of(name: str, data: LabelledSplits, args: EvalArguments):
@@ -115,6 +142,8 @@ def evaluate_model(name: str, args: EvalArguments, data: LabelledSplits) -> list
             "num_train": len(yt),
             "num_eval": len(y_eval),
             "label_fraction": fraction,
+            "train_subset": data.train_subset,
+            "eval_subset": data.eval_subset,
             "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in (spec.data_config or {}).items()}
             or "raw [0, 1] pixels",
         }
@@ -143,8 +172,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.image_column,
         args.label_column,
         args.fashion_mnist_dir,
-    ).subsample(args.max_train_samples, args.max_eval_samples)
-    results = [row for name in args.models for row in evaluate_model(name, args, data)]
+    ).subsample(args.max_train_samples, args.max_eval_samples, args.subset_seed)
+    results = [row for name in expand_models(args.models) for row in evaluate_model(name, args, data)]
     recorded = []
     if args.reference_results:
         recorded = [

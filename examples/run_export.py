@@ -16,12 +16,16 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from seed_hf.hub import export_moco_encoder, export_student, push_student_to_hub, run_summary, upload_plan
+from seed_hf.runs import STUDENTS_DIR
 
 
 @dataclass
 class ExportArguments:
     student_dir: str = field(
-        metadata={"help": "SEED run folder or checkpoint (SeedForDistillation), or a MoCo-v2 run / teacher folder."}
+        metadata={
+            "help": "SEED run folder or checkpoint (SeedForDistillation), or a MoCo-v2 run / teacher folder. A "
+            "multi-student run folder exports each students/<name> to output_dir/<name>."
+        }
     )
     output_dir: str = field(metadata={"help": "Where to write the timm-format folder."})
     eval_results: str | None = field(
@@ -47,33 +51,52 @@ class ExportArguments:
     hub_private_repo: bool = field(default=False, metadata={"help": "Create a private repo."})
 
 
-def main(argv: list[str] | None = None) -> Path:
+def student_folders(student_dir: str) -> dict[str, Path]:
+    """``{name: folder}`` to export: the folder itself, or each ``students/<name>`` of a multi-student
+    run (whose parent folder holds no model of its own)."""
+    folder = Path(student_dir)
+    if (folder / "config.json").is_file():
+        return {"": folder}
+    students = sorted(p.parent for p in (folder / STUDENTS_DIR).glob("*/config.json"))
+    if not students:
+        raise FileNotFoundError(
+            f"--student_dir {student_dir!r} holds no model (no config.json) and no {STUDENTS_DIR}/<name>/ of a "
+            "multi-student run: pass a SEED or MoCo run folder, one of its checkpoint-N folders, or a teacher folder."
+        )
+    return {p.name: p for p in students}
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
     (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(
         sys.argv[1:] if argv is None else argv
     )
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id org/name.")
-    model_type = json.loads((Path(args.student_dir) / "config.json").read_text()).get("model_type")
-    export = export_moco_encoder if model_type == "seed_moco" else export_student
-    folder = export(
-        args.student_dir,
-        args.output_dir,
-        eval_results=args.eval_results,
-        training_summary=run_summary(args.student_dir),
-        repo_id=args.hub_model_id,
-        license=args.license,
-        manifest=(args.manifest, args.manifest_name or Path(args.output_dir).name, args.eval_results)
-        if args.manifest
-        else None,
-    )
-    print(f"Exported {upload_plan(folder)} to {folder}")
-    if args.push_to_hub:
-        print(
-            push_student_to_hub(
-                folder, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo
-            )
+    students = student_folders(args.student_dir)
+    if len(students) > 1 and args.manifest:
+        raise ValueError("--manifest records one model: export the students of a multi-student run one by one.")
+    folders = []
+    for name, student_dir in students.items():  # a multi-student run: output_dir/<name>, repo id <id>-<name>
+        output_dir = Path(args.output_dir) / name if name else Path(args.output_dir)
+        repo_id = f"{args.hub_model_id}-{name}" if args.hub_model_id and name else args.hub_model_id
+        model_type = json.loads((student_dir / "config.json").read_text()).get("model_type")
+        export = export_moco_encoder if model_type == "seed_moco" else export_student
+        folder = export(
+            student_dir,
+            output_dir,
+            eval_results=args.eval_results,
+            training_summary=run_summary(student_dir),
+            repo_id=repo_id,
+            license=args.license,
+            manifest=(args.manifest, args.manifest_name or output_dir.name, args.eval_results)
+            if args.manifest
+            else None,
         )
-    return folder
+        print(f"Exported {upload_plan(folder)} to {folder}")
+        if args.push_to_hub:
+            print(push_student_to_hub(folder, repo_id, token=args.hub_token, private=args.hub_private_repo))
+        folders.append(folder)
+    return folders
 
 
 if __name__ == "__main__":

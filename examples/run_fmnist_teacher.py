@@ -40,6 +40,7 @@ from seed_hf.evaluation import (
 )
 from seed_hf.moco import MocoConfig, MocoForPretraining, load_query_encoder, save_query_encoder
 from seed_hf.precision import cpu_has_native_bf16
+from seed_hf.runs import lock_run_folder
 
 
 @dataclass
@@ -171,7 +172,7 @@ def evaluate(model: MocoForPretraining, args: TeacherArguments, device) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(TeacherArguments).parse_args_into_dataclasses(argv)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    lock_run_folder(out)  # one writer per run folder
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.mixed_precision
     if precision == "auto":
@@ -241,8 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.backward(output.loss)
         optimizer.step()
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        unwrapped.enqueue(output.key_embeds)
+        optimizer.zero_grad(set_to_none=True)  # the model's forward enqueued the keys itself
         step += 1
         if args.time_budget_seconds and step - start == 10:
             if device.type == "cuda":

@@ -27,7 +27,13 @@ from seed_hf.arguments import (
     setup_logging,
 )
 from seed_hf.gpu_input import collate_encoded_batch
-from seed_hf.runs import check_resumable, finished_run_results, resolve_checkpoint, train_and_save
+from seed_hf.runs import (
+    check_resumable,
+    finished_run_results,
+    lock_run_folder,
+    resolve_checkpoint,
+    train_and_save,
+)
 
 
 @dataclass
@@ -53,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_script_args(parser, argv)
     logger = setup_logging(training_args)
     check_hub_arguments(training_args)
+    # one writer per run folder (main process): a second run into it is refused, naming the first
+    lock_run_folder(training_args.output_dir, training_args.should_save)
     if (results := finished_run_results(training_args)) is not None:
         return results
     last_checkpoint = resolve_checkpoint(training_args)

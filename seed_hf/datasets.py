@@ -29,6 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from . import crop_decode, opencv_kernels
+from .subsets import balanced_subset
 from .transforms import MultiViewTransform, build_ssl_transform
 
 if TYPE_CHECKING:
@@ -488,7 +489,8 @@ def build_train_dataset(
     if data_args.uses_fashion_mnist:
         images, labels = load_fashion_mnist("train", data_args.fashion_mnist_dir)
         if data_args.max_train_samples:
-            images, labels = images[: data_args.max_train_samples], labels[: data_args.max_train_samples]
+            keep = balanced_subset(labels, data_args.max_train_samples, seed)
+            images, labels = images[keep], labels[keep]
         return ArrayImageDataset(images, labels, transform, seed=seed)
     if data_args.streaming and (shards := stream_shards(data_args)) is not None:
         return _shard_stream(shards, transform, in_chans, to_array, seed, data_args)
@@ -516,8 +518,19 @@ def build_train_dataset(
         return dataset.map(apply, batched=True, batch_size=16, remove_columns=dataset.column_names)
     apply = ImageColumnTransform(transform, image_column, in_chans, to_array=to_array)
     if data_args.max_train_samples:
-        dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+        dataset = dataset.select(training_subset(dataset, data_args.max_train_samples, seed))
     return SeededRowDataset(dataset, apply, seed=seed)
+
+
+def training_subset(dataset, n: int, seed: int) -> list[int]:
+    """Rows of a ``max_train_samples`` subset of a map-style dataset: a seeded random draw,
+    class-balanced when the rows have a ``label`` column (an imagefolder is sorted by class, so
+    the first N rows would be one class)."""
+    if n >= len(dataset):
+        return list(range(len(dataset)))
+    if "label" in (dataset.column_names or []):
+        return balanced_subset(np.asarray(dataset["label"]), n, seed).tolist()
+    return sorted(np.random.default_rng(seed).choice(len(dataset), n, replace=False).tolist())
 
 
 def stream_shards(data_args: DataTrainingArguments) -> list[str] | None:

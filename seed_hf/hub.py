@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ import torch
 
 from .backbones import pooled_width
 from .modeling_seed import SeedForDistillation
-from .runs import RUN_INFO_FILE
+from .runs import RUN_INFO_FILE, STUDENTS_DIR, TRAINER_STATE_NAME
+from .teachers import weights_fingerprint
 
 __all__ = [
     "export_student",
@@ -59,13 +62,15 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     resolution) and ``trainer_state.json`` (steps, epochs, batch size). A checkpoint folder reads
     the run's ``run_info.json`` one level up. Missing files give missing keys, never guesses."""
     run_dir = Path(run_dir)
+    # students/<name> of a multi-student run: the run's files are two levels up
+    root = run_dir.parent.parent if run_dir.parent.name == STUDENTS_DIR else run_dir
     summary: dict[str, Any] = {}
-    for folder in (run_dir.parent, run_dir):
+    for folder in dict.fromkeys((root.parent, root, run_dir)):
         info = folder / RUN_INFO_FILE
         if info.is_file():
             summary.update(json.loads(info.read_text()))
-    state_file = run_dir / "trainer_state.json"
-    if state_file.is_file():
+    state_file = next((f for f in (run_dir / TRAINER_STATE_NAME, root / TRAINER_STATE_NAME) if f.is_file()), None)
+    if state_file is not None:
         state = json.loads(state_file.read_text())
         summary.update(
             steps=state.get("global_step"),
@@ -74,6 +79,7 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
         )
     summary.pop("teacher", None)  # the student's config records the teacher it really used
     summary.pop("teacher_checkpoint", None)
+    summary.pop("teacher_sha256", None)
     return {k: v for k, v in summary.items() if v is not None}
 
 
@@ -102,9 +108,14 @@ def describe_teacher(name_or_path: str | None, ssl_method: str | None = None) ->
     return {"name": name, "method": method, "base_model": base_model}
 
 
-def results_for(eval_results, *models: str | os.PathLike | None) -> list[dict]:
+def results_for(
+    eval_results, *models: str | os.PathLike | None, fingerprints: Collection[str | None] | None = None
+) -> list[dict]:
     """The rows of an evaluation JSON (path or parsed list) whose ``model`` is one of ``models``
-    (same resolved path or same folder name). Warns when the file has rows but none match."""
+    (same resolved path or same folder name) and, when ``fingerprints`` is given, whose
+    ``weights_sha256`` is one of them: a row measured on other weights at the same path (an
+    earlier step of the run, an older export) is dropped with a warning that says why, so that a
+    card never shows the results of other weights. Warns when no row is left."""
     if eval_results is None:
         return []
     rows = json.loads(Path(eval_results).read_text()) if isinstance(eval_results, (str, os.PathLike)) else eval_results
@@ -117,10 +128,26 @@ def results_for(eval_results, *models: str | os.PathLike | None) -> list[dict]:
         return model in targets or str(Path(model).resolve()) in resolved
 
     matched = [r for r in rows if matches(r)]
+    if fingerprints is not None:
+        accepted = {f for f in fingerprints if f}
+        kept = [r for r in matched if r.get("weights_sha256") in accepted]
+        for r in matched:
+            if r not in kept:
+                why = (
+                    "it records no weights_sha256"
+                    if not r.get("weights_sha256")
+                    else f"it measured weights {r['weights_sha256']}, these are {sorted(accepted) or 'unhashed'}"
+                )
+                logger.warning(
+                    f"Dropped the result row of {r.get('model')} (label fraction {r.get('label_fraction', 1.0):g}): "
+                    f"{why}. Re-evaluate these weights with run_eval.py."
+                )
+        matched = kept
     if rows and not matched:
         logger.warning(
-            f"No row of the evaluation results matches {sorted(targets)} (rows: "
-            f"{[r.get('model') for r in rows]}); the card gets no results. Evaluate this model with run_eval.py."
+            f"No row of the evaluation results matches {sorted(targets)}"
+            + (" and these weights" if fingerprints is not None else "")
+            + f" (rows: {[r.get('model') for r in rows]}); the card gets no results. Evaluate this model with run_eval.py."
         )
     return matched
 
@@ -139,6 +166,7 @@ def export_encoder(
     repo_id: str | None = None,
     license: str = "apache-2.0",
     manifest: tuple[str | os.PathLike, str, str | os.PathLike | None] | None = None,
+    results_source: tuple[Any, tuple, Collection[str | None]] | None = None,
 ) -> Path:
     """Writes a timm backbone as a timm-format folder (``config.json`` + ``model.safetensors``)
     with a model card. Its ``pretrained_cfg`` is :func:`~seed_hf.evaluation.eval_data_config`:
@@ -146,7 +174,12 @@ def export_encoder(
     pipeline rebuild. A 1-channel backbone is exported as a 3-channel one whose first conv
     averages the channels (every Hub loader feeds RGB; on gray images it gives the same features).
     ``manifest=(manifest.json, name, results.json)`` records the model as one the repository ships
-    (see :func:`render_manifest_cards`)."""
+    (see :func:`render_manifest_cards`). ``results_source=(eval_results, models, fingerprints)``
+    selects the card's rows with :func:`results_for` from the rows of ``models`` measured on the
+    ``fingerprints`` or on the exported folder's own weights (instead of passing ``results``).
+
+    The folder is written next to ``out_dir`` and renamed into place when complete: an existing
+    ``out_dir`` is replaced as a whole, and an interrupted export leaves it as it was."""
     from timm.models import save_for_hf
 
     from .evaluation import eval_data_config
@@ -155,31 +188,47 @@ def export_encoder(
     if in_chans == 1:
         backbone, in_chans, mean, std = _grayscale_to_rgb(backbone, architecture, model_args), 3, mean * 3, std * 3
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data_config = eval_data_config(in_chans, image_size, mean, std)
-    pretrained_cfg = {"tag": card_facts.get("method", "seed"), "num_classes": 0, "license": license, **data_config}
-    save_for_hf(
-        backbone,
-        str(out),
-        model_config={"pretrained_cfg": pretrained_cfg},
-        model_args={"in_chans": in_chans, **model_args},
-        safe_serialization=True,
-        data_config=data_config,
-    )
-    _fix_config_for_transformers(out / "config.json", pretrained_cfg)
-    facts = {
-        **card_facts,
-        "architecture": architecture,
-        "feature_dim": pooled_width(backbone),
-        "export_in_chans": in_chans,
-        "image_size": image_size,
-        "mean": [round(m, 4) for m in mean],
-        "std": [round(v, 4) for v in std],
-        "interpolation": data_config["interpolation"],
-        "format": "timm",
-    }
-    card = render_model_card(facts, results or [], repo_id or f"your-org/{out.name}", license)
-    card.save(out / "README.md")
+    # written into a temporary sibling and renamed into place: a killed export leaves the previous
+    # folder (or none), never one that looks complete and is not
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_exports(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        data_config = eval_data_config(in_chans, image_size, mean, std)
+        pretrained_cfg = {"tag": card_facts.get("method", "seed"), "num_classes": 0, "license": license, **data_config}
+        save_for_hf(
+            backbone,
+            str(tmp),
+            model_config={"pretrained_cfg": pretrained_cfg},
+            model_args={"in_chans": in_chans, **model_args},
+            safe_serialization=True,
+            data_config=data_config,
+        )
+        _fix_config_for_transformers(tmp / "config.json", pretrained_cfg)
+        facts = {
+            **card_facts,
+            "architecture": architecture,
+            "feature_dim": pooled_width(backbone),
+            "export_in_chans": in_chans,
+            "image_size": image_size,
+            "mean": [round(m, 4) for m in mean],
+            "std": [round(v, 4) for v in std],
+            "interpolation": data_config["interpolation"],
+            "format": "timm",
+        }
+        if results_source is not None:  # only rows measured on exactly these weights (or the run's)
+            eval_results, models, fingerprints = results_source
+            results = results_for(eval_results, *models, out, fingerprints={*fingerprints, weights_fingerprint(tmp)})
+        card = render_model_card(facts, results or [], repo_id or f"your-org/{out.name}", license)
+        card.save(tmp / "README.md")
+        for file in tmp.rglob("*"):  # safetensors writes 0600; a published folder is world-readable
+            file.chmod(0o755 if file.is_dir() else 0o644)
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if manifest is not None:  # a model the repository ships: its card is re-rendered from the manifest
         path, name, results_file = manifest
         root = Path(path).resolve().parent.parent
@@ -196,6 +245,33 @@ def export_encoder(
             },
         )
     return out
+
+
+def _remove_dead_exports(out: Path) -> None:
+    """Removes the partial / replaced siblings of ``out`` that killed exports left behind."""
+    for leftover in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = leftover.name.rpartition("-")
+        if not kind.endswith((".partial", ".old")) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # an export still running
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Puts the finished folder ``new`` at ``out``, replacing what was there (renames only)."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        new.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(out)
 
 
 def export_student(
@@ -277,7 +353,8 @@ def _export_with_config(
     backbone, config, facts, source, out_dir, eval_results, repo_id, license, manifest
 ) -> Path:
     """:func:`export_encoder` with the input format of a SEED or MoCo config; card rows are the
-    evaluation rows of ``source`` (the run folder) or of the export folder."""
+    evaluation rows of ``source`` (the run folder, with its weights as they are now) or of the
+    export folder (with the exported weights)."""
     return export_encoder(
         backbone,
         out_dir,
@@ -288,10 +365,13 @@ def _export_with_config(
         list(config.image_mean),
         list(config.image_std),
         facts,
-        results_for(eval_results, source, out_dir) if eval_results is not None else [],
+        None,
         repo_id,
         license,
         manifest,
+        results_source=(eval_results, (source, out_dir), {weights_fingerprint(str(source)) if source else None})
+        if eval_results is not None
+        else None,
     )
 
 
@@ -421,7 +501,11 @@ def render_manifest_cards(manifest: str | os.PathLike, cards_dir: str | os.PathL
         results = []
         if entry.get("results"):
             results = results_for(
-                root / entry["results"], entry["folder"], root / entry["folder"], *entry.get("aliases", [])
+                root / entry["results"],
+                entry["folder"],
+                root / entry["folder"],
+                *entry.get("aliases", []),
+                fingerprints={weights_fingerprint(str(folder))},
             )
         card = render_model_card(entry["facts"], results, entry.get("repo_id") or f"your-org/{folder.name}", entry.get("license", "apache-2.0"))
         card.save(folder / "README.md")

@@ -22,6 +22,10 @@ __all__ = [
     "COMPLETE_MARKER",
     "checkpoint_dir",
     "RUN_INFO_FILE",
+    "RUN_LOCK_FILE",
+    "lock_run_folder",
+    "STUDENTS_DIR",
+    "TRAINER_STATE_NAME",
     "is_complete_checkpoint",
     "last_complete_checkpoint",
     "remove_incomplete_checkpoints",
@@ -38,6 +42,8 @@ logger = logging.getLogger(__name__)
 # written into checkpoint-N after every process finished writing it: its absence means a killed save
 COMPLETE_MARKER = "checkpoint_complete.json"
 TRAINER_STATE_NAME = "trainer_state.json"  # the Trainer writes it last into checkpoint-N
+# a multi-student run saves each student into output_dir/students/<name>
+STUDENTS_DIR = "students"
 
 
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -117,6 +123,62 @@ def _same_path(path: str, other: str | None) -> bool:
 
 
 RUN_INFO_FILE = "run_info.json"
+# held (OS-level file lock) by the main process of the run writing into the folder
+RUN_LOCK_FILE = ".seed_hf_run.lock"
+_held_locks: dict[str, Any] = {}  # resolved folder -> lock this process holds (kept until exit)
+
+
+def lock_run_folder(output_dir: str | os.PathLike, is_main_process: bool = True) -> Path | None:
+    """Takes the run folder's lock for this process, until it exits: a second run started into the
+    same ``output_dir`` (which would interleave and delete the first one's checkpoints) is refused
+    with a message naming the other process. The lock is an OS file lock (``filelock``, ``flock``),
+    so a run that dies, even by SIGKILL, releases it and the next run takes it over. Only the main
+    process (``is_main_process``) locks; a process that already holds the lock keeps it (an
+    in-process re-run, a resumed study stage). Returns the lock file (None off the main process).
+
+    Raises:
+        RuntimeError: another process holds the lock of ``output_dir``.
+    """
+    if not is_main_process:
+        return None
+    import socket
+    import sys
+    import time
+
+    from filelock import FileLock, Timeout
+
+    folder = Path(output_dir).resolve()
+    lock_file, owner_file = folder / RUN_LOCK_FILE, folder / f"{RUN_LOCK_FILE}.owner.json"
+    if str(folder) in _held_locks:
+        return lock_file
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_file, timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            owner = json.loads(owner_file.read_text())
+            who = f"process {owner['pid']} on {owner['host']} (started {owner['started']}: {owner['command']})"
+        except (OSError, ValueError, KeyError):
+            who = "another process"
+        raise RuntimeError(
+            f"output_dir {str(folder)!r} is in use: {who} holds its lock {str(lock_file)!r}. Two runs writing one "
+            "folder interleave and delete each other's checkpoints: wait for that run to end, stop it, or give this "
+            "run another output_dir."
+        ) from None
+    owner_file.write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            }
+        )
+        + "\n"
+    )
+    _held_locks[str(folder)] = lock
+    return lock_file
 
 
 def finished_run_results(training_args) -> dict | None:
@@ -237,7 +299,8 @@ def resolve_checkpoint(training_args) -> str | None:
     output_dir = training_args.output_dir
     if os.path.isdir(output_dir) and not training_args.overwrite_output_dir:
         last = last_complete_checkpoint(output_dir)
-        ours = {RUN_INFO_FILE}  # written before the first step; interrupted saves are removed at the start
+        # written before the first step (the lock: when the run starts); interrupted saves are removed at the start
+        ours = {RUN_INFO_FILE, RUN_LOCK_FILE, f"{RUN_LOCK_FILE}.owner.json"}
         leftovers = [
             name
             for name in os.listdir(output_dir)

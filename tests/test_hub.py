@@ -9,6 +9,7 @@ import torch
 from helpers import tiny_moco, tiny_student
 
 from seed_hf.hub import export_student, push_student_to_hub, upload_plan
+from seed_hf.teachers import weights_fingerprint
 
 LOADER = Path(__file__).with_name("load_exported.py")
 
@@ -91,9 +92,9 @@ def test_card_metadata_results_and_round_trip(tmp_path, caplog):
     run_dir = tmp_path / "run"
     model.save_pretrained(run_dir)
     rows = [
-        {"model": str(run_dir), "dataset": "fashion_mnist", "eval_split": "test", "num_train": 60000, "num_eval": 10000,
+        {"model": str(run_dir), "weights_sha256": weights_fingerprint(str(run_dir)), "dataset": "fashion_mnist", "eval_split": "test", "num_train": 60000, "num_eval": 10000,
          "label_fraction": 1.0, "knn_top1": 81.234, "knn_k": 200, "knn_temperature": 0.07},
-        {"model": str(run_dir), "dataset": "fashion_mnist", "eval_split": "test", "num_train": 600, "num_eval": 10000,
+        {"model": str(run_dir), "weights_sha256": weights_fingerprint(str(run_dir)), "dataset": "fashion_mnist", "eval_split": "test", "num_train": 600, "num_eval": 10000,
          "label_fraction": 0.01, "knn_top1": 60.5, "knn_k": 200, "knn_temperature": 0.07, "linear_top1": 70.25},
         {"model": "pixels", "dataset": "fashion_mnist", "knn_top1": 79.0},
     ]
@@ -137,7 +138,7 @@ def test_moco_card_says_moco_and_local_teachers_stay_private(tmp_path):
 
     moco = tiny_moco()
     save_query_encoder(moco, tmp_path / "moco")
-    rows = [{"model": str(tmp_path / "moco"), "dataset": "fashion_mnist", "knn_top1": 70.0, "knn_k": 200, "knn_temperature": 0.07,
+    rows = [{"model": str(tmp_path / "moco"), "weights_sha256": weights_fingerprint(str(tmp_path / "moco")), "dataset": "fashion_mnist", "knn_top1": 70.0, "knn_k": 200, "knn_temperature": 0.07,
              "label_fraction": 1.0, "num_train": 100, "num_eval": 50, "linear_top1": 75.5}]
     folder = export_moco_encoder(tmp_path / "moco", tmp_path / "export", eval_results=rows, training_summary={"steps": 5})
     card = ModelCard.load(folder / "README.md")

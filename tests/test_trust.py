@@ -1,0 +1,212 @@
+"""Right on the user's own data: subsets, results bound to weights, run-folder locks, atomic
+exports, multi-student runs and the queue count of every script that trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import requires_fashion_mnist
+from helpers import tiny_student
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+import run_eval  # noqa: E402
+import run_export  # noqa: E402
+import run_fmnist_teacher  # noqa: E402
+import run_moco  # noqa: E402
+import run_seed  # noqa: E402
+
+from seed_hf.evaluation import balanced_subset, load_labelled_splits  # noqa: E402
+from seed_hf.hub import export_student, results_for  # noqa: E402
+from seed_hf.teachers import weights_fingerprint  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = ["--per_device_train_batch_size", "16", "--max_steps", "3", "--use_cpu", "--report_to", "none"]
+TRAIN += ["--disable_tqdm", "true", "--save_steps", "3", "--max_train_samples", "128"]
+
+
+def class_sorted_folders(root: Path, per_class: dict[str, int], classes=(0, 1, 2, 3)) -> dict[str, Path]:
+    """Imagefolders of real Fashion-MNIST images, one sub-folder per class (sorted by class, as
+    ImageNet is)."""
+    from PIL import Image
+
+    from seed_hf.datasets import load_fashion_mnist
+
+    images, labels = load_fashion_mnist("train")
+    folders, offset = {}, 0
+    for split, n in per_class.items():
+        for c in classes:
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True)
+            for i, index in enumerate(np.flatnonzero(labels == c)[offset : offset + n]):
+                Image.fromarray(images[index]).save(folder / f"{i:04d}.png")
+        folders[split], offset = root / split, offset + n
+    return folders
+
+
+def test_balanced_subset_draws_every_class_and_is_seeded():
+    labels = np.repeat(np.arange(4), [50, 50, 5, 100])  # sorted by class, one small class
+    keep = balanced_subset(labels, 100, seed=0)
+    counts = np.bincount(labels[keep], minlength=4)
+    assert len(keep) == 100 and len(set(keep)) == 100
+    assert counts[2] == 5 and set(counts[[0, 1, 3]]) <= {31, 32}  # the small class gives all it has
+    assert (balanced_subset(labels, 100, seed=0) == keep).all()
+    assert not (balanced_subset(labels, 100, seed=1) == keep).all()
+
+
+@requires_fashion_mnist
+def test_eval_subsets_of_a_class_sorted_folder_are_balanced_and_recorded(tmp_path):
+    folders = class_sorted_folders(tmp_path, {"train": 60, "val": 20})
+    out = tmp_path / "rows.json"
+    rows = run_eval.main(
+        ["--models", "pixels", "--train_dir", str(folders["train"]), "--validation_dir", str(folders["val"]),
+         "--max_train_samples", "100", "--max_eval_samples", "40", "--output_file", str(out)]
+    )  # fmt: skip
+    (row,) = rows
+    # the first 100 / 40 images are all of class 0: kNN would report 100 %
+    assert row["knn_top1"] < 100.0
+    assert row["train_subset"]["per_class"] == {"0": 25, "1": 25, "2": 25, "3": 25}
+    assert row["eval_subset"]["per_class"] == {"0": 10, "1": 10, "2": 10, "3": 10}
+    assert row["train_subset"]["seed"] == 0 and row["train_subset"]["of"] == 240
+    assert json.loads(out.read_text())[0]["eval_subset"]["drawn"] == "class-balanced random draw"
+
+
+@requires_fashion_mnist
+def test_knn_monitor_subset_holds_every_class(tmp_path):
+    folders = class_sorted_folders(tmp_path, {"train": 30, "val": 10})
+    data = load_labelled_splits(train_dir=str(folders["train"]), validation_dir=str(folders["val"])).subsample(20, 8)
+    assert sorted(set(data.train_labels.tolist())) == [0, 1, 2, 3]
+    assert sorted(set(data.eval_labels.tolist())) == [0, 1, 2, 3]
+
+
+def test_training_subset_of_an_imagefolder_is_balanced(tmp_path):
+    import datasets
+
+    from seed_hf.datasets import training_subset
+
+    dataset = datasets.Dataset.from_dict({"label": [0] * 30 + [1] * 30 + [2] * 30})
+    rows = training_subset(dataset, 30, seed=3)
+    assert np.bincount(np.asarray(dataset["label"])[rows]).tolist() == [10, 10, 10]
+
+
+def test_card_rows_are_bound_to_the_exported_weights(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    tiny_student().save_pretrained(run_dir)
+    step2 = weights_fingerprint(str(run_dir))
+    rows = [{"model": str(run_dir), "weights_sha256": step2, "dataset": "d", "knn_top1": 50.0, "knn_k": 200,
+             "knn_temperature": 0.07, "label_fraction": 1.0}]  # fmt: skip
+    (tmp_path / "eval.json").write_text(json.dumps(rows))
+    kept = export_student(run_dir, tmp_path / "e2", eval_results=tmp_path / "eval.json")
+    assert "50.00" in (kept / "README.md").read_text()
+
+    tiny_student(queue_size=48).save_pretrained(run_dir)  # "trained on": other weights at the same path
+    with caplog.at_level("WARNING"):
+        folder = export_student(run_dir, tmp_path / "e4", eval_results=tmp_path / "eval.json")
+    card = (folder / "README.md").read_text()
+    assert "50.00" not in card and "Not evaluated" in card
+    assert f"it measured weights {step2}" in caplog.text and "Dropped the result row" in caplog.text
+    # rows of the exported folder itself count when they measured exactly these weights
+    export_rows = [{**rows[0], "model": str(folder), "weights_sha256": weights_fingerprint(str(folder))}]
+    assert results_for(export_rows, folder, fingerprints={weights_fingerprint(str(folder))}) == export_rows
+    assert results_for([{**export_rows[0], "weights_sha256": None}], folder, fingerprints={"x"}) == []
+
+
+def test_export_is_atomic_world_readable_and_replaced_by_a_rerun(tmp_path):
+    run_dir = tmp_path / "run"
+    tiny_student().save_pretrained(run_dir)
+    out = tmp_path / "export"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        import seed_hf.hub as hub
+        real = hub.render_model_card
+        def killed(*args, **kwargs):  # the weights and config are written: die before the card
+            os.kill(os.getpid(), signal.SIGKILL)
+        hub.render_model_card = killed
+        hub.export_student({str(run_dir)!r}, {str(out)!r})
+        """
+    )
+    process = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    assert not out.exists()  # no folder that looks complete
+    folder = export_student(run_dir, out)
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # partial folder cleaned up
+    assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in folder.iterdir())
+    (folder / "stale.txt").write_text("from an older export")
+    export_student(run_dir, out)
+    assert not (out / "stale.txt").exists()
+
+
+@requires_fashion_mnist
+def test_multi_student_run_exports_and_evaluates_every_student(tmp_path):
+    out = tmp_path / "run"
+    run_seed.main(
+        ["--teacher_name_or_path", "test_resnet", "--allow_random_teacher", "--student_architecture",
+         "test_efficientnet,test_resnet", "--queue_size", "64", "--output_dir", str(out), *TRAIN]
+    )  # fmt: skip
+    exported = run_export.main(["--student_dir", str(out), "--output_dir", str(tmp_path / "export")])
+    assert sorted(Path(f).name for f in exported) == ["test_efficientnet", "test_resnet"]
+    card = (tmp_path / "export" / "test_resnet" / "README.md").read_text()
+    assert "fashion_mnist" in card and "3 × 16" in card  # data and steps from the parent run
+    rows = run_eval.main(["--models", str(out), "--max_train_samples", "200", "--max_eval_samples", "50"])
+    assert sorted(Path(r["model"]).name for r in rows) == ["test_efficientnet", "test_resnet"]
+
+
+def _num_filled(weights: Path, key: str = "queue.num_filled") -> int:
+    return int(load_file(str(weights))[key])
+
+
+@requires_fashion_mnist
+@pytest.mark.parametrize("script", ["run_seed", "run_moco", "run_fmnist_teacher"])
+def test_every_training_script_enqueues_each_key_once(tmp_path, script):
+    """After n steps of b images the queue holds n·b keys (not 2·n·b)."""
+    out = tmp_path / "run"
+    if script == "run_seed":
+        run_seed.main(["--teacher_name_or_path", "test_resnet", "--allow_random_teacher", "--student_architecture",
+                       "test_efficientnet", "--queue_size", "64", "--output_dir", str(out), *TRAIN])  # fmt: skip
+        weights = out / "model.safetensors"
+    elif script == "run_moco":
+        run_moco.main(["--architecture", "test_resnet", "--queue_size", "64", "--key_bn_splits", "2",
+                       "--output_dir", str(out), *TRAIN])  # fmt: skip
+        weights = out / "model.safetensors"
+    else:
+        run_fmnist_teacher.main(["--output_dir", str(out), "--architecture", "test_resnet", "--batch_size", "16",
+                                 "--max_steps", "3", "--queue_size", "64", "--key_bn_splits", "2", "--image_size",
+                                 "32", "--save_steps", "3", "--max_eval_samples", "40", "--mixed_precision", "no"])  # fmt: skip
+        weights = out / "checkpoint" / "model.safetensors"
+    assert _num_filled(weights) == 3 * 16
+
+
+@requires_fashion_mnist
+def test_a_second_run_into_a_locked_folder_is_refused_and_a_dead_owner_is_taken_over(tmp_path):
+    from seed_hf.runs import RUN_LOCK_FILE, lock_run_folder
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from seed_hf.runs import lock_run_folder; lock_run_folder({str(out)!r}); "
+         "print('locked', flush=True); import time; time.sleep(120)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for main, model in ((run_moco.main, ["--architecture", "test_resnet", "--key_bn_splits", "2"]),
+                            (run_seed.main, ["--teacher_name_or_path", "test_resnet", "--allow_random_teacher"])):  # fmt: skip
+            with pytest.raises(RuntimeError, match=f"process {holder.pid} on .* holds its lock .*{RUN_LOCK_FILE}"):
+                main([*model, "--queue_size", "64", "--output_dir", str(out), *TRAIN])
+        assert not (out / "model.safetensors").exists() and not list(out.glob("checkpoint-*"))
+    finally:
+        holder.kill()  # SIGKILL: no clean-up, the OS drops its lock
+        holder.wait()
+    assert lock_run_folder(out) == out.resolve() / RUN_LOCK_FILE
+    assert json.loads((out / f"{RUN_LOCK_FILE}.owner.json").read_text())["pid"] == os.getpid()
