@@ -26,6 +26,7 @@ from seed_hf.evaluation import (
     PIXEL_BASELINES,
     LabelledImages,
     LabelledSplits,
+    eval_data_config,
     eval_transform,
     extract_features,
     knn_accuracy,
@@ -75,6 +76,13 @@ class EvalArguments:
         default=None, metadata={"help": "Use N eval images, drawn as --max_train_samples (eval_subset in the rows)."}
     )
     subset_seed: int = field(default=0, metadata={"help": "Seed of the --max_train_samples / --max_eval_samples draws."})
+    pixel_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Resize images to N px (short side, centre crop N×N, bilinear) for the pixels / pixels_centred "
+            "baselines, e.g. on folders of mixed sizes; default: each image at its own size."
+        },
+    )
     batch_size: int = field(default=256, metadata={"help": "Feature extraction batch size."})
     num_workers: int = field(default=0, metadata={"help": "Dataloader workers for feature extraction."})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "Device."})
@@ -86,6 +94,14 @@ class EvalArguments:
             "shipped teacher and the pixel baselines); its rows are printed next to the new ones, marked 'recorded'."
         },
     )
+
+
+def pixel_data_config(data: LabelledSplits, size: int) -> dict:
+    """The evaluation transform of the pixel baselines at ``size`` px: no normalisation, the image's
+    own channels (1 for a grayscale source, else 3)."""
+    first = LabelledImages(data.train_images, data.train_labels).image(0)
+    channels = 1 if first.mode in ("L", "I", "I;16", "F") else 3
+    return eval_data_config(channels, size, [0.0] * channels, [1.0] * channels)
 
 
 def expand_models(models: list[str]) -> list[str]:
@@ -102,8 +118,11 @@ def expand_models(models: list[str]) -> list[str]:
 
 
 def features_of(name: str, data: LabelledSplits, args: EvalArguments):
-    """(spec, train features, eval features) of one model; pixel baselines flatten the image."""
+    """(spec, train features, eval features) of one model; pixel baselines flatten the image (at
+    its own size, or resized to ``--pixel_size``)."""
     spec = load_encoder(name)
+    if spec.module is None and args.pixel_size:
+        spec.data_config = pixel_data_config(data, args.pixel_size)
     transform = eval_transform(spec.data_config) if spec.data_config else None
     out = []
     for split, images, labels in (
@@ -111,11 +130,19 @@ def features_of(name: str, data: LabelledSplits, args: EvalArguments):
         ("eval", data.eval_images, data.eval_labels),
     ):
         dataset = LabelledImages(images, labels, transform)
-        out.append(
-            extract_features(
+        try:
+            features = extract_features(
                 spec.module, dataset, args.batch_size, args.device, args.num_workers, desc=f"{Path(name).name}/{split}"
             )
-        )
+        except RuntimeError as error:
+            if spec.module is not None or "equal size" not in str(error):
+                raise
+            raise ValueError(
+                f"The {name} baseline compares images pixel by pixel, and the {split} images of {data.name} are of "
+                "different sizes: pass --pixel_size N to resize them (short side to N, centre crop N×N, bilinear; "
+                "recorded in the rows)."
+            ) from None
+        out.append(features)
     (x_train, y_train), (x_eval, y_eval) = out
     if name == "pixels_centred":  # the train split's mean image: the baseline a sceptical reader uses
         mean = x_train.mean(0, keepdim=True)

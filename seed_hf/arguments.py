@@ -102,7 +102,11 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Training resolution (default 224, 32 for Fashion-MNIST)."}
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Truncate the training set (debugging)."}
+        default=None,
+        metadata={
+            "help": "Train on N images (debugging): a seeded random draw (seed --seed), class-balanced when the "
+            "source has labels (an imagefolder, Fashion-MNIST); a stream takes its first N rows after shuffling."
+        },
     )
     knn_monitor_samples: int = field(
         default=0,
@@ -140,6 +144,11 @@ class DataTrainingArguments:
             raise ValueError(
                 f"--augmentation must be one of {AUGMENTATION_PRESETS}, got {self.augmentation!r}."
             )
+        for name in ("image_size", "max_train_samples", "knn_monitor_samples"):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "knn_monitor_samples" else 1):
+                at_least = 0 if name == "knn_monitor_samples" else 1
+                raise ValueError(f"--{name} must be an integer ≥ {at_least} (or left unset), got {value}.")
         if self.data_device not in DATA_DEVICES:
             raise ValueError(f"--data_device must be one of {DATA_DEVICES}, got {self.data_device!r}.")
         if self.data_device == "cuda":
@@ -175,13 +184,21 @@ class DataTrainingArguments:
             dataset, split = f"imagefolder {Path(self.train_dir).name}", None
         else:
             dataset, split = f"{len(self.train_files)} local shard file(s)", None
-        return {
+        described = {
             "dataset": dataset,
             "dataset_split": split,
             "augmentation": augmentation,
             "image_size": image_size,
             "in_chans": in_chans,
         }
+        if self.max_train_samples:
+            described["train_subset"] = {
+                "images": self.max_train_samples,
+                "drawn": "first rows of the shuffled stream"
+                if self.streaming
+                else "seeded random draw (the run's seed), class-balanced where the source has labels",
+            }
+        return described
 
     @property
     def uses_fashion_mnist(self) -> bool:
@@ -192,12 +209,12 @@ class DataTrainingArguments:
         if self.uses_fashion_mnist:
             return (
                 self.augmentation or "grayscale_small",
-                self.image_size or 32,
+                32 if self.image_size is None else self.image_size,
                 1,
                 FASHION_MNIST_MEAN,
                 FASHION_MNIST_STD,
             )
-        return self.augmentation or "moco_v2", self.image_size or 224, 3, None, None
+        return self.augmentation or "moco_v2", 224 if self.image_size is None else self.image_size, 3, None, None
 
 
 def build_device_transform(
@@ -229,20 +246,100 @@ def build_device_transform(
 
 
 def parse_script_args(parser, argv: list[str] | None = None) -> tuple:
-    """``HfArgumentParser`` dataclasses from the command line, or from a recipe ``.json`` given
-    first (keys starting with ``_`` are comments) followed by command-line overrides:
-    ``run_seed.py recipes/x.json --max_steps 2``."""
+    """``HfArgumentParser`` dataclasses from the command line and recipe ``.json`` files (keys:
+    the flags without ``--``; keys starting with ``_`` are comments): ``run_seed.py recipes/x.json
+    --max_steps 2``. A recipe may stand anywhere (``.json`` in any case, an existing file that is
+    not the value of a flag); command-line flags override its values wherever they stand.
+
+    Raises:
+        SystemExit: with a message and no traceback, for a recipe that is missing, is not valid
+            JSON (file, line and column named) or has a key that is no flag (close names given).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith(".json"):
-        recipe = json.loads(Path(argv.pop(0)).read_text())
-        flags: list[str] = []
-        for key, value in recipe.items():
-            if key.startswith("_") or value is None:
-                continue
-            flags.append(f"--{key}")
-            flags.extend(str(v) for v in value) if isinstance(value, list) else flags.append(str(value))
-        argv = flags + argv  # later flags win
-    return parser.parse_args_into_dataclasses(argv)
+    recipes, rest = _split_recipes(parser, argv)
+    flags = [flag for recipe in recipes for flag in _recipe_flags(parser, recipe)]
+    return parser.parse_args_into_dataclasses(flags + rest)  # later flags win
+
+
+def _is_flag(token: str) -> bool:
+    if not token.startswith("-"):
+        return False
+    try:  # "-1" is a value (--max_steps -1), not a flag
+        float(token)
+        return False
+    except ValueError:
+        return True
+
+
+def _split_recipes(parser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """(recipe files, the other arguments): a ``.json`` token is a recipe unless a preceding flag
+    takes it as its value (``--teacher_checkpoint x.json``, ``--train_files a.json b.json``)."""
+    actions = {option: action for action in parser._actions for option in action.option_strings}
+    recipes: list[str] = []
+    rest: list[str] = []
+    takes: int | str = 0  # values the last flag still takes: a count, "many" (nargs + / *) or "bool"
+    for token in argv:
+        if _is_flag(token):
+            action = actions.get(token.split("=", 1)[0])
+            nargs = getattr(action, "nargs", 0)
+            if "=" in token or action is None or nargs == 0:
+                takes = 0
+            elif nargs in ("+", "*"):
+                takes = "many"
+            elif nargs == "?":  # HfArgumentParser's bools: --flag [true|false]
+                takes = "bool" if action.const is True else 1
+            else:
+                takes = 1 if nargs is None else int(nargs)
+            rest.append(token)
+            continue
+        is_json = token.lower().endswith(".json")
+        if takes == "many" or (isinstance(takes, int) and takes > 0):
+            takes = takes - 1 if isinstance(takes, int) else takes
+            rest.append(token)
+            continue
+        takes = 0
+        if not is_json:
+            rest.append(token)
+        elif Path(token).is_file():
+            recipes.append(token)
+        else:
+            raise SystemExit(f"error: recipe file {token!r} does not exist.")
+    return recipes, rest
+
+
+def _recipe_flags(parser, path: str) -> list[str]:
+    """A recipe file as command-line flags, checked against the parser's flags."""
+    import difflib
+
+    try:
+        recipe = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise SystemExit(
+            f"error: recipe {path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}."
+        ) from None
+    if not isinstance(recipe, dict):
+        raise SystemExit(
+            f"error: recipe {path} must hold a JSON object of flag names to values, got a {type(recipe).__name__}."
+        )
+    options = {option[2:] for action in parser._actions for option in action.option_strings if option.startswith("--")}
+    dests = sorted({action.dest for action in parser._actions if action.option_strings} - {"help"})
+    unknown = [key for key in recipe if not key.startswith("_") and key not in options]
+    if unknown:
+        named = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, dests, n=3)
+            named.append(f"{key!r}" + (f" (close: {', '.join(close)})" if close else ""))
+        raise SystemExit(
+            f"error: recipe {path}: unknown key{'s' if len(unknown) > 1 else ''} {'; '.join(named)}. Keys are "
+            "the script's flags without '--' (see --help); keys starting with '_' are comments."
+        )
+    flags: list[str] = []
+    for key, value in recipe.items():
+        if key.startswith("_") or value is None:
+            continue
+        flags.append(f"--{key}")
+        flags.extend(str(v) for v in value) if isinstance(value, list) else flags.append(str(value))
+    return flags
 
 
 def setup_logging(training_args) -> logging.Logger:

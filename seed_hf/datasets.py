@@ -469,7 +469,21 @@ def build_train_dataset(
     small_crop_scale: tuple[float, float] = (0.05, 0.14),
 ):
     """Training dataset yielding ``pixel_values`` (``pixel_values_k`` for 2 views, and
-    ``pixel_values_small`` with ``num_small_crops`` small crops)."""
+    ``pixel_values_small`` with ``num_small_crops`` small crops). It states the normalisation of
+    its views (``normalization = (mean, std)``), which the trainer checks against the config the
+    export publishes."""
+    dataset = _train_dataset(
+        data_args, num_views, in_chans, mean, std, seed, world_size, num_workers, num_small_crops, small_crop_size,
+        small_crop_scale,
+    )  # fmt: skip
+    dataset.normalization = (list(mean), list(std))
+    return dataset
+
+
+def _train_dataset(
+    data_args, num_views, in_chans, mean, std, seed, world_size, num_workers, num_small_crops, small_crop_size,
+    small_crop_scale,
+):  # fmt: skip
     preset, image_size, _, _, _ = data_args.resolved()
     backend = data_args.augmentation_backend
     to_array = backend == "opencv"  # the opencv backend takes decoded ndarrays

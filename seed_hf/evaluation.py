@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .backbones import pooled_features
 from .losses import check_temperature
+from .subsets import balanced_subset, subset_record
 
 __all__ = [
     "EVAL_INTERPOLATION",
@@ -49,6 +50,8 @@ __all__ = [
     "linear_probe",
     "topk_accuracy",
     "label_subset",
+    "balanced_subset",
+    "subset_record",
 ]
 
 logger = logging.getLogger(__name__)
@@ -335,7 +338,8 @@ def linear_probe(
         n_val = max(1, int(round(val_fraction * len(x_train))))
         val, fit = order[:n_val], order[n_val:]
         classifier = None
-        for l2 in sorted(l2_grid, reverse=True):  # strong → weak penalty, each warm-started from the last
+        # strong → weak penalty, each warm-started from the last; minutes on large splits, hence the bar
+        for l2 in tqdm(sorted(l2_grid, reverse=True), desc="linear probe (L2 grid)", leave=False):
             classifier = _fit_logistic(x_train[fit], train_labels[fit], num_classes, l2, max_iter, classifier)
             fits[l2] = classifier
             with torch.no_grad():
@@ -385,20 +389,26 @@ class LabelledSplits:
     eval_labels: np.ndarray
     eval_split: str
 
-    def subsample(self, max_train: int | None = None, max_eval: int | None = None) -> LabelledSplits:
-        """The first ``max_train`` / ``max_eval`` images of each split (smoke runs)."""
+    train_subset: dict[str, Any] | None = None
+    eval_subset: dict[str, Any] | None = None
 
-        def head(images, labels, n):
+    def subsample(self, max_train: int | None = None, max_eval: int | None = None, seed: int = 0) -> LabelledSplits:
+        """A class-balanced, seeded draw of ``max_train`` / ``max_eval`` images of each split
+        (:func:`balanced_subset`): never the first N, which on a class-sorted folder (an
+        imagefolder, ImageNet) is one class. How each split was drawn is kept in
+        ``train_subset`` / ``eval_subset`` (None: the whole split), for the result rows."""
+
+        def draw(images, labels, n, subset):
             if not n or n >= len(labels):
-                return images, labels
-            images = images[:n] if isinstance(images, np.ndarray) else Subset(images, range(n))
-            return images, labels[:n]
+                return images, labels, subset
+            keep = balanced_subset(labels, n, seed)
+            images = images[keep] if isinstance(images, np.ndarray) else Subset(images, keep.tolist())
+            return images, labels[keep], subset_record(labels, keep, seed)
 
+        train_images, train_labels, train_subset = draw(self.train_images, self.train_labels, max_train, self.train_subset)
+        eval_images, eval_labels, eval_subset = draw(self.eval_images, self.eval_labels, max_eval, self.eval_subset)
         return LabelledSplits(
-            self.name,
-            *head(self.train_images, self.train_labels, max_train),
-            *head(self.eval_images, self.eval_labels, max_eval),
-            self.eval_split,
+            self.name, train_images, train_labels, eval_images, eval_labels, self.eval_split, train_subset, eval_subset
         )
 
 

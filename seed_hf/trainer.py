@@ -116,7 +116,12 @@ class SeedTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.save_total_limit == 1:
+        if self.max_steps == 0:  # transformers would read 0 as "train by epochs", silently
+            raise ValueError(
+                "max_steps=0 trains nothing: pass a positive number of steps, or -1 (the default) to train "
+                "for num_train_epochs."
+            )
+        if self.save_total_limit == 1 and self.save_strategy != "no":
             logger.warning(
                 "save_total_limit=1 would delete the last complete checkpoint while the next one is still being "
                 "written (a run killed then could not resume): keeping 2."
@@ -211,6 +216,7 @@ class QueueTrainer(Trainer):
         self.knn_monitor = knn_monitor
         self.device_transform = device_transform
         self.stream_callback: StreamPositionCallback | None = None
+        self._first_batch_checked = False
         if knn_monitor is not None and kwargs.get("eval_dataset") is None:
             kwargs["eval_dataset"] = knn_monitor.eval_dataset  # the Trainer requires one for eval_strategy
         super().__init__(*args, **kwargs)
@@ -313,6 +319,38 @@ class QueueTrainer(Trainer):
         finally:
             model.train(was_training)
 
+    def _check_first_batch(self, inputs: dict[str, Any]) -> None:
+        """The first batch against the config the export will publish: a student trained on other
+        sizes, channels or normalisation than its config says would be exported with a
+        ``pretrained_cfg`` that preprocesses Hub users' images differently from its training."""
+        self._first_batch_checked = True
+        config = _unwrapped(self).config
+        pixels = inputs.get("pixel_values")
+        if isinstance(pixels, torch.Tensor) and pixels.ndim == 4:
+            c, h, w = pixels.shape[1:]
+            if (c, h, w) != (config.in_chans, config.image_size, config.image_size):
+                raise ValueError(
+                    f"The first training batch holds {c}×{h}×{w} images, but the model's config says in_chans="
+                    f"{config.in_chans}, image_size={config.image_size}: set them to the data's (the export's "
+                    "pretrained_cfg and card are written from the config)."
+                )
+        stated = getattr(self.train_dataset, "normalization", None)
+        if stated is None:
+            logger.warning(
+                f"The training dataset does not state its normalisation (a `normalization` attribute (mean, std), as "
+                f"seed_hf's datasets have): the export records the config's image_mean={list(config.image_mean)}, "
+                f"image_std={list(config.image_std)}. Make sure the data was normalised with them."
+            )
+        elif not (
+            torch.allclose(torch.tensor(stated[0], dtype=torch.float), torch.tensor(config.image_mean, dtype=torch.float))
+            and torch.allclose(torch.tensor(stated[1], dtype=torch.float), torch.tensor(config.image_std, dtype=torch.float))
+        ):
+            raise ValueError(
+                f"The training data is normalised with mean {list(stated[0])}, std {list(stated[1])}, but the "
+                f"model's config says image_mean={list(config.image_mean)}, image_std={list(config.image_std)} (what "
+                "the export publishes): build the config with the data's normalisation."
+            )
+
     def _validate_batch_size(self) -> None:
         global_batch = self.args.per_device_train_batch_size * max(1, self.args.world_size)
         if self.args.per_device_train_batch_size < 2:
@@ -354,6 +392,8 @@ class QueueTrainer(Trainer):
     ) -> torch.Tensor:
         if self.device_transform is not None:  # first: its skipped images are counted below
             inputs = self.device_transform(inputs)
+        if not self._first_batch_checked:
+            self._check_first_batch(inputs)
         skipped = inputs.pop(SKIPPED_KEY, None)
         if skipped is not None:  # device-side sum: no sync per step
             self._skipped_images = self._skipped_images.to(skipped.device) + skipped.sum()

@@ -210,3 +210,53 @@ def test_a_second_run_into_a_locked_folder_is_refused_and_a_dead_owner_is_taken_
         holder.wait()
     assert lock_run_folder(out) == out.resolve() / RUN_LOCK_FILE
     assert json.loads((out / f"{RUN_LOCK_FILE}.owner.json").read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("size", [0, -3])
+def test_image_size_zero_is_refused_like_a_negative_one(size):
+    from seed_hf.arguments import DataTrainingArguments
+
+    with pytest.raises(ValueError, match=f"--image_size must be an integer ≥ 1 .*got {size}"):
+        DataTrainingArguments(image_size=size)
+
+
+def test_pixel_baselines_on_mixed_sizes_refuse_or_resize_as_stated(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(2):
+            folder = tmp_path / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(6):
+                size = (20 + 4 * (i % 3), 24)
+                Image.fromarray((rng.random(size[::-1] + (3,)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    common = ["--models", "pixels", "--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val")]
+    with pytest.raises(ValueError, match="different sizes: pass --pixel_size N"):
+        run_eval.main(common)
+    (row,) = run_eval.main([*common, "--pixel_size", "16"])
+    assert row["preprocessing"]["input_size"] == [3, 16, 16] and row["feature_dim"] == 3 * 16 * 16
+
+
+def test_library_api_checks_the_first_batch_against_the_config(tmp_path):
+    from helpers import TensorImages, tiny_teacher
+
+    from seed_hf import SeedConfig, SeedForDistillation, SeedTrainer, SeedTrainingArguments, collate_batch
+
+    args = SeedTrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8, use_cpu=True, report_to="none",
+        disable_tqdm=True, save_strategy="no",
+    )  # fmt: skip
+    default = SeedForDistillation(SeedConfig(student_architecture="test_resnet", queue_size=40, projection_dim=16))
+    assert default.config.image_size == 224  # left at its defaults, trained on 32-px images
+    trainer = SeedTrainer(model=default, teacher=tiny_teacher(), args=args, train_dataset=TensorImages(16),
+                          data_collator=collate_batch)  # fmt: skip
+    with pytest.raises(ValueError, match="holds 3×32×32 images, but the model's config says in_chans=3, image_size=224"):
+        trainer.train()
+
+    data = TensorImages(16)
+    data.normalization = ([0.5] * 3, [0.5] * 3)  # what seed_hf's dataset builders state
+    trainer = SeedTrainer(model=tiny_student(), teacher=tiny_teacher(), args=args, train_dataset=data,
+                          data_collator=collate_batch)  # fmt: skip
+    with pytest.raises(ValueError, match=r"normalised with mean \[0.5, 0.5, 0.5\].*image_mean=\[0.485"):
+        trainer.train()
