@@ -43,7 +43,7 @@ fashion-mnist:
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,onnx]"
 	touch $@
 
 setup-oldest: $(VENV_OLDEST)/.installed fashion-mnist
@@ -66,7 +66,7 @@ demo: setup
 	  --student_architecture mobilenetv3_small_100 --image_size 64 --queue_size 4096 --base_learning_rate 0.06 \
 	  --teacher_temperature $(DEMO_TEACHER_TEMPERATURE) \
 	  --per_device_train_batch_size 256 --max_steps $(DEMO_STUDENT_STEPS) --warmup_steps 20 \
-	  --save_steps 100 --save_total_limit 1 --logging_steps 25 --use_cpu --disable_tqdm false \
+	  --save_steps 100 --save_total_limit 2 --logging_steps 25 --use_cpu --disable_tqdm false \
 	  --output_dir $(DEMO_DIR)/student
 	@echo "== 2/3 export the student as a timm/transformers folder =="
 	$(PY) examples/run_export.py --student_dir $(DEMO_DIR)/student --output_dir $(DEMO_EXPORT_DIR)

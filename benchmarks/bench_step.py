@@ -4,8 +4,16 @@
 Both use the same timm models and the same loss math; they run alternated in one process,
 median of --repeats after --warmup. The official-style step follows jacobswan1/SEED:
 NCHW, teacher under ``no_grad`` with its BatchNorm layers, einsum logits against a cloned
-(dim, K) queue, plain autograd. Ours is ``SeedTrainer.training_step`` (channels_last, teacher
-BN folded and under ``inference_mode``, one GEMM for student and teacher logits).
+(dim, K) queue, plain autograd. Ours is ``SeedTrainer.training_step`` on the path ``run_seed.py``
+takes by default: ``SeedTrainingArguments``' defaults resolved by the trainer's own
+``resolve_step_path`` (``--channels_last auto --student_dtype auto``: a timed probe of the real
+models picks each one's memory format and the student's precision, ``seed_hf.fast_path``), teacher
+BN folded and under ``inference_mode``, one GEMM for student and teacher logits. The row
+``seed_hf_previous_default`` is the path run_seed.py took before (NCHW, fp32 student, same teacher).
+
+``--end_to_end_steps N`` also runs ``examples/run_seed.py`` itself for N steps on Fashion-MNIST
+(the data loader, augmentation, logging and checkpoints included) with the same models and batch,
+and reports its img/s against the step alone: what is lost outside the model step.
 
 It also reports the overhead: our step ÷ (teacher inference alone + student train step
 alone), i.e. how close the step is to the cost of its two unavoidable parts.
@@ -17,18 +25,26 @@ fp32 and bf16 teacher softmax distributions.
 
     python benchmarks/bench_step.py                      # CPU: ResNet-18 <- ResNet-50, 224 px, batch 32
     python benchmarks/bench_step.py --device cuda --batch_size 256 --bf16
+    # the demo's shape: shipped teacher -> MobileNetV3-S, 64 px, batch 256, + 60 steps of run_seed.py
+    python benchmarks/bench_step.py --teacher pretrained/fmnist-mocov2-resnet18 --student mobilenetv3_small_100 \
+        --image_size 64 --batch_size 256 --queue_size 4096 --num_students 0 --end_to_end_steps 60
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import TrainerCallback
 
 from seed_hf import (
     SeedConfig,
@@ -40,10 +56,16 @@ from seed_hf import (
 )
 from seed_hf.backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
 from seed_hf.precision import resolve_teacher_dtype
-from seed_hf.teachers import FrozenTeacher
+from seed_hf.teachers import FrozenTeacher, load_teacher
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def build_teacher(arch: str, dim: int) -> FrozenTeacher:
+    """A random timm ``arch`` with a ``dim``-d head, or the teacher a seed_hf folder holds
+    (``--teacher pretrained/fmnist-mocov2-resnet18``: its own width and input channels)."""
+    if os.path.isdir(arch):
+        return load_teacher(arch)
     backbone = create_backbone(arch, 3, None, "teacher")
     width = pooled_width(backbone)
     return FrozenTeacher(backbone, ProjectionHead(width, width, dim), 3, arch)
@@ -52,8 +74,8 @@ def build_teacher(arch: str, dim: int) -> FrozenTeacher:
 class OfficialStyleStep:
     """The official SEED step: eager NCHW models, einsum logits, queue buffer (dim, K) cloned."""
 
-    def __init__(self, student_arch, teacher, queue_size, dim, lr, device, tau_s=0.2, tau_t=0.01):
-        self.student = create_backbone(student_arch).to(device).train()
+    def __init__(self, student_arch, teacher, queue_size, dim, lr, device, tau_s=0.2, tau_t=0.01, in_chans=3):
+        self.student = create_backbone(student_arch, in_chans).to(device).train()
         width = pooled_width(self.student)
         self.head = ProjectionHead(width, width, dim).to(device)
         self.teacher = teacher
@@ -90,12 +112,23 @@ class OfficialStyleStep:
         self.ptr = (self.ptr + n) % k
 
 
-def build_ours(args, teacher: FrozenTeacher, output_dir: str, num_students: int = 1, compiled: bool = False):
+def build_ours(
+    args,
+    teacher: FrozenTeacher,
+    output_dir: str,
+    num_students: int = 1,
+    compiled: bool = False,
+    channels_last: str | None = None,
+    student_dtype: str | None = None,
+):
+    """A SeedTrainer on ``SeedTrainingArguments``' defaults (unless the flags say otherwise), its step
+    path resolved by the trainer's own ``resolve_step_path``, as ``train()`` does."""
     config = SeedConfig(
         student_architecture=args.student,
         queue_size=args.queue_size,
         projection_dim=args.dim,
         image_size=args.image_size,
+        in_chans=args.in_chans,
     )
     model = SeedForDistillation(config)
     if num_students > 1:
@@ -104,7 +137,8 @@ def build_ours(args, teacher: FrozenTeacher, output_dir: str, num_students: int 
         output_dir=output_dir,
         per_device_train_batch_size=args.batch_size,
         use_cpu=args.device == "cpu",
-        channels_last=not args.no_channels_last,
+        channels_last=channels_last or args.channels_last,
+        student_dtype=student_dtype or args.student_dtype,
         bf16=args.bf16,
         torch_compile=compiled,
         teacher_dtype=args.teacher_dtype,
@@ -116,11 +150,65 @@ def build_ours(args, teacher: FrozenTeacher, output_dir: str, num_students: int 
     trainer = SeedTrainer(
         model=model, teacher=teacher, args=training_args, train_dataset=[], data_collator=collate_batch
     )
+    trainer.resolve_step_path()  # first, as train() does: the optimizer sees the final memory format
     # as train() does: accelerate wraps the forward in its autocast (bf16) and places the model
     trainer.model_wrapped = trainer.accelerator.prepare_model(trainer.model)
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # set by train(); we call training_step directly
     return trainer
+
+
+class _StepTimes(TrainerCallback):
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(time.perf_counter())
+
+
+def end_to_end(args, output_dir: str) -> dict:
+    """``examples/run_seed.py`` for ``--end_to_end_steps`` steps on Fashion-MNIST, in this process
+    (its own defaults plus ``--end_to_end_args``); img/s over the steps after the first
+    ``max(2, steps // 5)`` (data loader start, first-step allocations)."""
+    sys.path.insert(0, str(REPO / "examples"))
+    import run_seed
+
+    times = _StepTimes()
+
+    class TimedSeedTrainer(run_seed.SeedTrainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.add_callback(times)
+
+    teacher = ["--teacher_name_or_path", args.teacher]
+    if not os.path.isdir(args.teacher):
+        teacher += ["--allow_random_teacher"]
+    argv = [
+        *teacher, "--student_architecture", args.student, "--image_size", str(args.image_size),
+        "--queue_size", str(args.queue_size), "--per_device_train_batch_size", str(args.batch_size),
+        "--max_steps", str(args.end_to_end_steps), "--output_dir", output_dir, "--overwrite_output_dir",
+        "--report_to", "none", "--disable_tqdm", "true", *(["--use_cpu"] if args.device == "cpu" else []),
+        *(["--bf16"] if args.bf16 else []), *shlex.split(args.end_to_end_args),
+    ]  # fmt: skip
+    original, run_seed.SeedTrainer = run_seed.SeedTrainer, TimedSeedTrainer
+    try:
+        start = time.perf_counter()
+        run_seed.main(argv)
+        wall = time.perf_counter() - start
+    finally:
+        run_seed.SeedTrainer = original
+    skip = max(2, args.end_to_end_steps // 5)
+    if len(times.ends) <= skip:
+        raise ValueError(f"--end_to_end_steps must be > {skip} to time steps after the warm-up.")
+    timed = len(times.ends) - skip
+    per_step = (times.ends[-1] - times.ends[skip - 1]) / timed
+    return {
+        "steps": len(times.ends),
+        "timed_steps": timed,
+        "img_per_s": args.batch_size / per_step,
+        "wall_s": wall,
+        "argv": argv,
+    }
 
 
 def training_step_fn(trainer: SeedTrainer, batch: dict):
@@ -187,7 +275,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU; slow on this CPU)")
-    parser.add_argument("--no_channels_last", action="store_true")
+    parser.add_argument(
+        "--channels_last", default="auto", choices=["auto", "true", "false"],
+        help="seed_hf's --channels_last (default auto: the trainer's probe decides, as in run_seed.py)",
+    )  # fmt: skip
+    parser.add_argument("--no_channels_last", action="store_true", help="same as --channels_last false")
+    parser.add_argument(
+        "--student_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+        help="seed_hf's --student_dtype (default auto: the trainer's probe decides)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--in_chans", type=int, default=None,
+        help="input channels (default: a loaded teacher's, else 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--end_to_end_steps", type=int, default=0,
+        help="also run examples/run_seed.py for N steps on Fashion-MNIST and report its img/s (0: skip)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--end_to_end_args", default="", help="extra run_seed.py flags, e.g. '--dataloader_num_workers 1'"
+    )
     parser.add_argument(
         "--teacher_dtype",
         default="auto",
@@ -204,17 +311,27 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
+    if args.no_channels_last:
+        args.channels_last = "false"
 
     torch.manual_seed(0)
     device = args.device
     torch.backends.cudnn.benchmark = True  # both steps: fixed shapes, let cuDNN pick its kernels
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     baseline_teacher = build_teacher(args.teacher, args.dim).to(device)
-    baseline = OfficialStyleStep(args.student, baseline_teacher, args.queue_size, args.dim, 0.03, device)
+    if args.in_chans is None:
+        args.in_chans = baseline_teacher.in_chans if os.path.isdir(args.teacher) else 3
+    args.dim = baseline_teacher.embed_dim if os.path.isdir(args.teacher) else args.dim
+    # NCHW, as the data loader delivers it: each step converts to its own memory format
+    x = torch.randn(args.batch_size, args.in_chans, args.image_size, args.image_size, device=device)
+    baseline = OfficialStyleStep(
+        args.student, baseline_teacher, args.queue_size, args.dim, 0.03, device, in_chans=args.in_chans
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ours = build_ours(args, build_teacher(args.teacher, args.dim), tmp)
-        x_ours = x.contiguous(memory_format=torch.channels_last) if not args.no_channels_last else x
-        batch = {"pixel_values": x_ours}
+        previous = build_ours(args, build_teacher(args.teacher, args.dim), tmp, channels_last="false",
+                              student_dtype="float32")  # fmt: skip
+        x_ours = ours._to_memory_format(x)
+        batch = {"pixel_values": x}
 
         def student_alone_fn(model, compiled=False):
             """Forward + backward + SGD of the same student, no teacher, no loss logic."""
@@ -226,7 +343,9 @@ def main(argv=None) -> dict:
             embed = torch.compile(embed) if compiled else embed
 
             def run():
-                with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
+                # the resolved path's student precision (bf16 autocast where the probe chose it)
+                bf16 = args.bf16 or ours.step_path.student_dtype == "bfloat16"
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
                     out = embed(x_ours)
                 out.float().square().mean().backward()
                 opt.step()
@@ -237,7 +356,8 @@ def main(argv=None) -> dict:
         runs = {
             "official_style": lambda: baseline(x, args.bf16),
             "seed_hf": training_step_fn(ours, batch),
-            "teacher_inference": lambda: ours.teacher_embeddings(x_ours),
+            "seed_hf_previous_default": training_step_fn(previous, batch),
+            "teacher_inference": lambda: ours.teacher_embeddings(x),
             "student_train": student_alone_fn(ours.model),
         }
         if args.compile:
@@ -254,7 +374,8 @@ def main(argv=None) -> dict:
                 elapsed = timed(fn, device)
                 if i >= args.warmup:
                     times[name].append(elapsed)
-        kl = target_kl(ours.teacher, x_ours, args.queue_size)
+        kl = target_kl(ours.teacher, ours._teacher_input(x), args.queue_size)
+        e2e = end_to_end(args, os.path.join(tmp, "run_seed")) if args.end_to_end_steps else None
     median = {name: statistics.median(v) for name, v in times.items()}
     resolved = resolve_teacher_dtype(args.teacher_dtype, device)
     result = {
@@ -266,6 +387,9 @@ def main(argv=None) -> dict:
         + ("" if args.teacher_dtype == "auto" else f", seed_hf teacher {args.teacher_dtype}"),
         "img_per_s": {name: args.batch_size / t for name, t in median.items()},
         "ratio_seed_hf_vs_official": median["official_style"] / median["seed_hf"],
+        "ratio_seed_hf_vs_previous_default": median["seed_hf_previous_default"] / median["seed_hf"],
+        "ratio_previous_default_vs_official": median["official_style"] / median["seed_hf_previous_default"],
+        "seed_hf_step_path": ours.step_path.to_dict(),
         "seed_hf_teacher_dtype": f"{args.teacher_dtype} -> "
         + ("run's precision" if resolved is None else str(resolved).removeprefix("torch.")),
         "teacher_targets_bf16_vs_fp32": kl,
@@ -294,6 +418,17 @@ def main(argv=None) -> dict:
             if args.num_students > 1
             else {}
         ),
+        **(
+            {
+                "end_to_end": {
+                    **e2e,
+                    "ratio_vs_official_step": e2e["img_per_s"] * median["official_style"] / args.batch_size,
+                    "ratio_vs_seed_hf_step": e2e["img_per_s"] * median["seed_hf"] / args.batch_size,
+                }
+            }
+            if e2e
+            else {}
+        ),
         "repeats": args.repeats,
     }
     print(json.dumps(result, indent=2))
@@ -302,6 +437,19 @@ def main(argv=None) -> dict:
         f" -> ratio {result['ratio_seed_hf_vs_official']:.2f}; overhead {result['overhead']:.3f}"
         f" (limit {result['limit_img_per_s']:.1f} img/s); seed_hf teacher {result['seed_hf_teacher_dtype']}"
     )
+    print(f"seed_hf default path: {ours.step_path.describe()}")
+    print(
+        f"previous default (NCHW, fp32 student) {result['img_per_s']['seed_hf_previous_default']:.1f} img/s"
+        f" -> ratio {result['ratio_previous_default_vs_official']:.2f} vs official-style;"
+        f" default path / previous default {result['ratio_seed_hf_vs_previous_default']:.2f}"
+    )
+    if e2e:
+        e = result["end_to_end"]
+        print(
+            f"run_seed.py end to end ({e['timed_steps']} timed steps of {e['steps']}): {e['img_per_s']:.1f} img/s"
+            f" -> {e['ratio_vs_official_step']:.2f}x the official-style step,"
+            f" {e['ratio_vs_seed_hf_step']:.2f}x seed_hf's step alone"
+        )
     print(
         f"bf16 vs fp32 teacher targets (tau_T {kl['tau_t']}): KL mean {kl['kl_mean_nats']:.2e} nats,"
         f" max {kl['kl_max_nats']:.2e}; key cosine min {kl['key_cosine_min']:.5f}"

@@ -4,6 +4,9 @@ image-feature-extraction pipeline and timm, no seed_hf needed) and optionally pu
 
     python examples/run_export.py --student_dir outputs/demo/student --output_dir exported/seed-mnv3 \
         --eval_results outputs/demo/eval_results.json --push_to_hub --hub_model_id org/seed-mnv3
+
+``--onnx`` adds onnx/model.onnx (verified against PyTorch), ``--onnx_int8`` also
+onnx/model_int8.onnx with its kNN against fp32 in the card (seed_hf.onnx_export).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from seed_hf.arguments import OnnxArguments, onnx_export_options, translate_onnx_error
 from seed_hf.hub import export_moco_encoder, export_student, push_student_to_hub, run_summary, upload_plan
 from seed_hf.runs import STUDENTS_DIR
 
@@ -32,7 +36,14 @@ class ExportArguments:
         default=None,
         metadata={"help": "run_eval.py JSON; the rows of this model (matched by path) go into the card."},
     )
-    license: str = field(default="apache-2.0", metadata={"help": "License of the exported weights (card metadata)."})
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "License of the exported weights (card metadata). Default: a SEED student takes its teacher's "
+            "license where the teacher's record states one, else 'other' (with a note in the card); a MoCo-v2 model "
+            "(trained without a teacher) apache-2.0. A license more permissive than the teacher's is warned about."
+        },
+    )
     manifest: str | None = field(
         default=None,
         metadata={
@@ -67,11 +78,12 @@ def student_folders(student_dir: str) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(
+    args, onnx_args = HfArgumentParser((ExportArguments, OnnxArguments)).parse_args_into_dataclasses(
         sys.argv[1:] if argv is None else argv
     )
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id org/name.")
+    onnx = onnx_export_options(onnx_args)  # before any export: a missing onnx extra stops here
     students = student_folders(args.student_dir)
     if len(students) > 1 and args.manifest:
         raise ValueError("--manifest records one model: export the students of a multi-student run one by one.")
@@ -81,17 +93,23 @@ def main(argv: list[str] | None = None) -> list[Path]:
         repo_id = f"{args.hub_model_id}-{name}" if args.hub_model_id and name else args.hub_model_id
         model_type = json.loads((student_dir / "config.json").read_text()).get("model_type")
         export = export_moco_encoder if model_type == "seed_moco" else export_student
-        folder = export(
-            student_dir,
-            output_dir,
-            eval_results=args.eval_results,
-            training_summary=run_summary(student_dir),
-            repo_id=repo_id,
-            license=args.license,
-            manifest=(args.manifest, args.manifest_name or output_dir.name, args.eval_results)
-            if args.manifest
-            else None,
-        )
+        try:
+            folder = export(
+                student_dir,
+                output_dir,
+                eval_results=args.eval_results,
+                training_summary=run_summary(student_dir),
+                repo_id=repo_id,
+                license=args.license,
+                manifest=(args.manifest, args.manifest_name or output_dir.name, args.eval_results)
+                if args.manifest
+                else None,
+                onnx=onnx,
+            )
+        except ValueError as error:  # export_onnx names its parameters: say the flags instead
+            if onnx is None:
+                raise
+            raise translate_onnx_error(error) from error
         print(f"Exported {upload_plan(folder)} to {folder}")
         if args.push_to_hub:
             print(push_student_to_hub(folder, repo_id, token=args.hub_token, private=args.hub_private_repo))

@@ -179,7 +179,7 @@ def _common(args: StudyArguments, run_dir: Path) -> list[str]:
         "--save_steps",
         "250",
         "--save_total_limit",
-        "1",
+        "2",  # the fewest that keeps a complete checkpoint while the next one is written
         "--logging_steps",
         "25",
         "--eval_strategy",

@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(TeacherArguments).parse_args_into_dataclasses(argv)
     out = Path(args.output_dir)
     lock_run_folder(out)  # one writer per run folder
+    out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.mixed_precision
     if precision == "auto":

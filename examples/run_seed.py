@@ -29,18 +29,23 @@ from seed_hf import (
 )
 from seed_hf.arguments import (
     DataTrainingArguments,
+    OnnxArguments,
     build_device_transform,
     build_knn_monitor,
     build_script_dataset,
     check_hub_arguments,
+    onnx_export_options,
     parse_script_args,
     setup_logging,
+    translate_onnx_error,
 )
 from seed_hf.gpu_input import collate_encoded_batch
 from seed_hf.runs import (
+    STUDENTS_DIR,
     check_resumable,
     check_same_teacher,
     finished_run_results,
+    lock_run_folder,
     resolve_checkpoint,
     train_and_save,
 )
@@ -75,6 +80,24 @@ class ModelArguments:
     )
     teacher_embedding: str = field(
         default="auto", metadata={"help": "transformers teachers: auto, cls, mean or pooler."}
+    )
+    teacher_image_mean: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Normalisation the teacher was trained with (with --teacher_image_std; one value or one per "
+            "channel): inputs are re-normalised to it. Default: a transformers teacher's "
+            "preprocessor_config.json (required then), the data's for other teachers."
+        },
+    )
+    teacher_image_std: list[float] | None = field(
+        default=None, metadata={"help": "See --teacher_image_mean."}
+    )
+    teacher_image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Resize the teacher's inputs to this resolution (e.g. the one it was trained at, when the student "
+            "trains at another: a warning says so); default: the teacher sees the student's views as they are."
+        },
     )
     teacher_ssl_method: str | None = field(
         default=None, metadata={"help": "Provenance: moco_v2, swav, simclr, ..."}
@@ -117,6 +140,20 @@ class ModelArguments:
             "main queue) or all_crops."
         },
     )
+    local_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the local term (LightlyTrain distillationv3, its default since 0.15.0, weight 1.0 there): "
+            "KL between each image's patch-to-patch similarity matrices of teacher and student (the student's last "
+            "feature map resized to the teacher's grid). 0 (default): off, nothing extra is computed."
+        },
+    )
+    local_student_temperature: float = field(
+        default=0.07, metadata={"help": "τ of the student's patch-similarity softmax (LightlyTrain: 0.07)."}
+    )
+    local_teacher_temperature: float = field(
+        default=0.07, metadata={"help": "τ of the teacher's patch-similarity softmax (LightlyTrain: 0.07)."}
+    )
 
 
 def student_model_args_for(architecture: str, architectures: list[str], value: str | None) -> dict | None:
@@ -138,10 +175,13 @@ def student_model_args_for(architecture: str, architectures: list[str], value: s
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SeedTrainingArguments))
-    model_args, data_args, training_args = parse_script_args(parser, argv)
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SeedTrainingArguments, OnnxArguments))
+    model_args, data_args, training_args, onnx_args = parse_script_args(parser, argv)
     logger = setup_logging(training_args)
     check_hub_arguments(training_args)
+    onnx = onnx_export_options(onnx_args)  # --onnx without the onnx extra stops before training
+    # one writer per run folder (main process): a second run into it is refused, naming the first
+    lock_run_folder(training_args.output_dir, training_args.should_save)
     fingerprint = weights_fingerprint(model_args.teacher_name_or_path, model_args.teacher_checkpoint)
     check_same_teacher(training_args, fingerprint)
     if (results := finished_run_results(training_args)) is not None:
@@ -156,6 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
         model_args=json.loads(model_args.teacher_model_args) if model_args.teacher_model_args else None,
         embedding=model_args.teacher_embedding,
         allow_random=model_args.allow_random_teacher,
+        teacher_image_mean=model_args.teacher_image_mean,
+        teacher_image_std=model_args.teacher_image_std,
+        teacher_image_size=model_args.teacher_image_size,
     )
     architectures = [a.strip() for a in model_args.student_architecture.split(",") if a.strip()]
     configs = [
@@ -175,6 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
             num_small_crops=model_args.num_small_crops,
             small_crop_size=model_args.small_crop_size,
             small_queue_keys=model_args.small_queue_keys,
+            local_loss_weight=model_args.local_loss_weight,
+            local_student_temperature=model_args.local_student_temperature,
+            local_teacher_temperature=model_args.local_teacher_temperature,
             image_mean=mean,
             image_std=std,
             teacher_name_or_path=teacher.description,
@@ -215,27 +261,30 @@ def main(argv: list[str] | None = None) -> dict:
     run_info = {
         "method": "seed",
         **data_args.describe(),
-        "teacher": model_args.teacher_name_or_path,
-        "teacher_checkpoint": model_args.teacher_checkpoint and Path(model_args.teacher_checkpoint).name,
-        "teacher_sha256": fingerprint,
+        "teacher": teacher.record.to_dict(),
+        "teacher_sha256": fingerprint,  # what check_same_teacher compares on resume
     }
     metrics = train_and_save(trainer, last_checkpoint, run_info=run_info)
     if isinstance(model, SeedStudentGroup) and training_args.should_save:
-        for folder in model.save_students(f"{training_args.output_dir}/students"):
+        for folder in model.save_students(Path(training_args.output_dir) / STUDENTS_DIR):
             logger.info(f"Saved student to {folder}")
-    if push_to_hub and training_args.should_save:
+    if (push_to_hub or onnx is not None) and training_args.should_save:  # --onnx: export even without a push
         from seed_hf.hub import export_student, push_student_to_hub, run_summary
 
         students = model.students.items() if isinstance(model, SeedStudentGroup) else [("", model)]
         for name, student in students:
-            repo_id = training_args.hub_model_id + (f"-{name}" if name else "")
-            folder = export_student(
-                student,
-                f"{training_args.output_dir}/export/{name}",
-                training_summary=run_summary(training_args.output_dir),
-                repo_id=repo_id,
-            )
-            logger.info(push_student_to_hub(folder, repo_id, token=training_args.hub_token))
+            repo_id = training_args.hub_model_id and training_args.hub_model_id + (f"-{name}" if name else "")
+            try:
+                folder = export_student(
+                    student,
+                    f"{training_args.output_dir}/export/{name}",
+                    training_summary=run_summary(training_args.output_dir),
+                    repo_id=repo_id,
+                    onnx=onnx,
+                )
+            except ValueError as error:  # export_onnx names its parameters: say the flags instead
+                raise translate_onnx_error(error) from error
+            logger.info(push_student_to_hub(folder, repo_id, token=training_args.hub_token) if push_to_hub else f"Exported {folder}")
     return metrics
 
 

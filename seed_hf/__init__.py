@@ -17,7 +17,7 @@ from .datasets import (
     load_fashion_mnist,
 )
 from .hub import export_moco_encoder, export_student, push_student_to_hub
-from .losses import SeedLoss, seed_loss
+from .losses import LocalSimilarityLoss, SeedLoss, local_similarity_loss, seed_loss
 from .moco import MocoConfig, MocoForPretraining, MocoOutput
 from .modeling_seed import SeedForDistillation, SeedOutput, SeedPreTrainedModel
 from .multi_student import SeedGroupOutput, SeedStudentGroup
@@ -47,6 +47,8 @@ __all__ = [
     # loss and queue
     "SeedLoss",
     "seed_loss",
+    "LocalSimilarityLoss",
+    "local_similarity_loss",
     "EmbeddingQueue",
     # teachers
     "load_teacher",

@@ -21,6 +21,9 @@ from .transforms import AUGMENTATION_BACKENDS, AUGMENTATION_PRESETS
 
 __all__ = [
     "DataTrainingArguments",
+    "OnnxArguments",
+    "onnx_export_options",
+    "translate_onnx_error",
     "build_device_transform",
     "build_knn_monitor",
     "build_script_dataset",
@@ -425,3 +428,84 @@ def build_script_dataset(data_args: DataTrainingArguments, training_args, config
     return dataset
 
 
+
+
+@dataclass
+class OnnxArguments:
+    """``--onnx`` / ``--onnx_int8`` of the scripts that export students (seed_hf.onnx_export)."""
+
+    onnx: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write onnx/model.onnx into the exported folder: pixel_values -> pooled features, dynamic "
+            "batch, verified against the PyTorch features within --onnx_atol at batch 1 and 64 (needs the onnx "
+            "extra: pip install 'seed-hf[onnx]')."
+        },
+    )
+    onnx_int8: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write onnx/model_int8.onnx (static int8, calibrated on train images of the --onnx_* data, "
+            "default Fashion-MNIST); its kNN top-1 against fp32 on the evaluation split goes into the card. "
+            "Implies --onnx."
+        },
+    )
+    onnx_atol: float = field(default=1e-4, metadata={"help": "Largest max abs difference ONNX vs PyTorch accepted."})
+    onnx_opset: int = field(default=17, metadata={"help": "ONNX opset of the graphs."})
+    onnx_dataset_name: str | None = field(default=None, metadata={"help": "Labelled datasets id for --onnx_int8."})
+    onnx_train_dir: str | None = field(default=None, metadata={"help": "Labelled imagefolder: calibration + kNN train side."})
+    onnx_validation_dir: str | None = field(default=None, metadata={"help": "Labelled imagefolder: kNN evaluation side."})
+    onnx_train_split: str = field(default="train", metadata={"help": "Split of --onnx_dataset_name to calibrate / fit on."})
+    onnx_validation_split: str | None = field(
+        default=None, metadata={"help": "Split of --onnx_dataset_name to evaluate (default validation, else test)."}
+    )
+    onnx_image_column: str = field(default="image", metadata={"help": "Image column of --onnx_dataset_name."})
+    onnx_label_column: str = field(default="label", metadata={"help": "Label column of --onnx_dataset_name."})
+    onnx_fashion_mnist_dir: str | None = field(default=None, metadata={"help": "Fashion-MNIST idx folder."})
+    onnx_max_train_samples: int | None = field(
+        default=None, metadata={"help": "kNN on N train images (class-balanced seeded draw); default all."}
+    )
+    onnx_max_eval_samples: int | None = field(
+        default=None, metadata={"help": "kNN on N evaluation images (class-balanced seeded draw); default all."}
+    )
+
+
+# export_onnx's parameters -> the flags that set them, for its error messages
+_ONNX_FLAGS = {"atol": "--onnx_atol", "opset": "--onnx_opset", "eval_data": "--onnx_dataset_name / --onnx_train_dir"}
+
+
+def onnx_export_options(args: OnnxArguments) -> dict[str, Any] | None:
+    """``export_onnx`` keyword arguments for the flags (None without ``--onnx`` / ``--onnx_int8``).
+    Checks the onnx extra and the flags first, so a missing extra stops the script before it trains
+    or exports; loads the labelled data of ``--onnx_int8`` (calibration and kNN)."""
+    if not (args.onnx or args.onnx_int8):
+        return None
+    from .onnx_export import require_onnx
+
+    require_onnx("--onnx_int8" if args.onnx_int8 and not args.onnx else "--onnx")
+    if args.onnx_atol <= 0:
+        raise ValueError(f"--onnx_atol must be > 0, got {args.onnx_atol}.")
+    options: dict[str, Any] = {"int8": args.onnx_int8, "atol": args.onnx_atol, "opset": args.onnx_opset}
+    if args.onnx_int8:
+        options["eval_data"] = load_labelled_splits(
+            args.onnx_dataset_name,
+            None,
+            args.onnx_train_dir,
+            args.onnx_validation_dir,
+            args.onnx_train_split,
+            args.onnx_validation_split,
+            args.onnx_image_column,
+            args.onnx_label_column,
+            args.onnx_fashion_mnist_dir,
+        ).subsample(args.onnx_max_train_samples, args.onnx_max_eval_samples)
+    return options
+
+
+def translate_onnx_error(error: ValueError) -> ValueError:
+    """``error`` of ``seed_hf.onnx_export`` with its parameters (``atol=…``) named by their flags."""
+    import re
+
+    message = str(error)
+    for parameter, flag in _ONNX_FLAGS.items():
+        message = re.sub(rf"\b{parameter}=", f"{flag}=", message)
+    return type(error)(message)

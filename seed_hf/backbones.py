@@ -6,9 +6,20 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["create_backbone", "close_model_names", "pooled_width", "pooled_features", "ProjectionHead"]
+__all__ = [
+    "create_backbone",
+    "check_input_size",
+    "close_model_names",
+    "pooled_width",
+    "pooled_features",
+    "feature_map",
+    "resize_feature_map",
+    "token_grid",
+    "ProjectionHead",
+]
 
 
 def create_backbone(
@@ -35,6 +46,50 @@ def create_backbone(
     return timm.create_model(
         architecture, pretrained=pretrained, num_classes=0, in_chans=in_chans, **model_args
     )
+
+
+def check_input_size(
+    backbone: nn.Module,
+    architecture: str,
+    image_size: int,
+    small_crop_size: int | None = None,
+    argument_name: str = "student_architecture",
+    model_args_name: str = "student_model_args",
+) -> None:
+    """Refuses a backbone built for one input size (a timm ViT / Swin ``patch_embed`` with
+    ``strict_img_size``) when the data has another: timm would only fail at the first step, deep in
+    the patch embedding. Models with dynamic sizes (``dynamic_img_size=True``) and CNNs pass.
+
+    Raises:
+        ValueError: naming ``image_size`` (or ``small_crop_size``) and the ``model_args_name``
+            that builds the model for it.
+    """
+    import json
+
+    patch_embed = getattr(backbone, "patch_embed", None)
+    if not getattr(patch_embed, "strict_img_size", False) or getattr(patch_embed, "img_size", None) is None:
+        return
+    height, width = (int(v) for v in patch_embed.img_size)
+    if (height, width) != (image_size, image_size):
+        patch = int(patch_embed.patch_size[0])
+        # at least 4×4 patches: 32 px with 16-px patches would leave 2×2 tokens
+        while patch > 1 and (image_size % patch or image_size // patch < 4):
+            patch -= 1
+        fix = {"img_size": image_size, **({"patch_size": patch} if patch != patch_embed.patch_size[0] else {})}
+        fix_json = json.dumps(fix)
+        raise ValueError(
+            f"{argument_name}={architecture!r} takes {height}×{width} images only (timm img_size), but "
+            f"image_size={image_size}: it would fail at the first step. Build it for your size with "
+            f"{model_args_name}={fix_json} (scripts: --{model_args_name} '{fix_json}'), or for any size "
+            f'with {model_args_name}={{"dynamic_img_size": true}}.'
+        )
+    if small_crop_size is not None and small_crop_size != image_size:
+        raise ValueError(
+            f"{argument_name}={architecture!r} takes {height}×{width} images only (timm img_size), but the "
+            f"small crops are small_crop_size={small_crop_size}: pass "
+            f'{model_args_name}={{"dynamic_img_size": true}} (scripts: --{model_args_name} '
+            """'{"dynamic_img_size": true}') to accept both sizes."""
+        )
 
 
 def close_model_names(name: str, limit: int = 8) -> list[str]:
@@ -68,6 +123,50 @@ def pooled_width(backbone: nn.Module) -> int:
 def pooled_features(backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """Pooled, pre-logits features ``(batch, pooled_width)`` of a timm backbone."""
     return backbone.forward_head(backbone.forward_features(pixel_values), pre_logits=True)
+
+
+def token_grid(num_tokens: int, image_size: tuple[int, int]) -> tuple[int, int]:
+    """The (rows, cols) grid of ``num_tokens`` patch tokens of an ``image_size`` (h, w) input: the
+    factorisation with the image's aspect ratio (one stride for both axes, as ViT patches)."""
+    height, width = image_size
+    rows = max(1, round((num_tokens * height / width) ** 0.5))
+    cols = num_tokens // rows
+    if rows * cols != num_tokens:
+        raise ValueError(f"{num_tokens} patch tokens do not form a grid for a {height}×{width} input.")
+    return rows, cols
+
+
+def feature_map(backbone: nn.Module, features: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """The spatial feature map ``(batch, channels, rows, cols)`` of ``backbone.forward_features``'s
+    output ``features`` for an input of ``image_size`` (h, w): a CNN's last map as it is (NHWC
+    models, timm ``output_fmt="NHWC"`` such as Swin, are permuted), a ViT's tokens without its
+    ``num_prefix_tokens`` (CLS, register / distillation tokens) laid back on their patch grid."""
+    if features.ndim == 4:
+        if getattr(backbone, "output_fmt", "NCHW") == "NHWC":
+            return features.permute(0, 3, 1, 2)
+        return features
+    if features.ndim != 3:
+        raise ValueError(
+            f"{type(backbone).__name__}.forward_features gives {tuple(features.shape)}: neither a feature map "
+            "(batch, channels, h, w) nor tokens (batch, tokens, width), so it has no patch features."
+        )
+    patches = features[:, int(getattr(backbone, "num_prefix_tokens", 0) or 0) :]
+    rows, cols = token_grid(patches.shape[1], image_size)
+    return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], rows, cols)
+
+
+def resize_feature_map(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(batch, channels, h, w)`` → ``(batch, channels, *size)``: the student's map on the teacher's
+    patch grid. Shrinking in both axes averages the cells each target patch covers (adaptive
+    average pooling: 4×4 → 2×2 is the mean of each 2×2 block; bilinear would sample only the middle
+    of each block at 8×8 → 2×2); otherwise bilinear interpolation (``align_corners=False``, as
+    LightlyTrain distillationv3 resizes always). Unchanged when the grids match."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(features.shape[-2:]) == size:
+        return features
+    if features.shape[-2] >= size[0] and features.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(features, size)
+    return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
 
 
 class ProjectionHead(nn.Sequential):

@@ -3,6 +3,8 @@ extension points only.
 
 * :class:`DatasetEpochCallback`: tells a per-sample seeded dataset the epoch it serves.
 * :class:`StreamPositionCallback`: keeps a :class:`seed_hf.shard_stream.ShardStream` where the run is.
+* :class:`StepPathCallback`: records the step's memory format and precision (``seed_hf.fast_path``)
+  in each checkpoint, for the resumed run to reuse.
 * :class:`CheckpointCompletionCallback`: marks a checkpoint complete once every process has
   written it; ``seed_hf.runs.last_complete_checkpoint`` resumes only from marked ones, so a run
   killed while saving resumes from the checkpoint before (the Trainer writes ``checkpoint-N`` in
@@ -18,10 +20,11 @@ import os
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .fast_path import STEP_PATH_FILE
 from .runs import COMPLETE_MARKER, checkpoint_dir
 from .shard_stream import ShardStream
 
-__all__ = ["DatasetEpochCallback", "CheckpointCompletionCallback", "StreamPositionCallback"]
+__all__ = ["DatasetEpochCallback", "CheckpointCompletionCallback", "StepPathCallback", "StreamPositionCallback"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,3 +163,27 @@ class StreamPositionCallback(TrainerCallback):
         if args.should_save and os.path.isdir(checkpoint):
             with open(os.path.join(checkpoint, self.FILE), "w") as f:
                 json.dump({"global_step": state.global_step, **self.layout()}, f, indent=2)
+
+
+class StepPathCallback(TrainerCallback):
+    """Writes the trainer's :class:`seed_hf.fast_path.StepPath` (memory formats, student precision,
+    the probe's timings) to ``step_path.json`` in every checkpoint, and in ``output_dir`` at the end
+    of training: a resumed run continues on the same numerics, and a finished run says how it ran.
+    ``get_path`` returns the trainer's current choice (None before it is resolved)."""
+
+    def __init__(self, get_path):
+        self.get_path = get_path
+
+    def _write(self, folder: str) -> None:
+        path = self.get_path()
+        if path is not None and os.path.isdir(folder):
+            with open(os.path.join(folder, STEP_PATH_FILE), "w") as f:
+                json.dump(path.to_dict(), f, indent=2)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if args.should_save:
+            self._write(checkpoint_dir(args, state))
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if args.should_save:
+            self._write(args.output_dir)

@@ -60,6 +60,17 @@ class SeedConfig(PreTrainedConfig):
             small crop of each image, one key per image, so with `small_queue_size=None` the small
             queue fills in lockstep with the main queue, same size and pointer) or `"all_crops"`
             (all `num_small_crops` keys of each image).
+        local_loss_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the local term ([`~seed_hf.losses.LocalSimilarityLoss`], LightlyTrain distillationv3's
+            default since 0.15.0): the KL between each image's patch-to-patch similarity matrices of the
+            teacher (its last feature map, or a ViT's patch tokens) and of the student (its last feature map
+            resized to the teacher's grid); `loss = SEED loss + local_loss_weight × local loss`. 0 turns it
+            off: no feature maps are computed, the loss and step are today's. LightlyTrain uses 1.0. Only the
+            main view gets it (not the small crops).
+        local_student_temperature (`float`, *optional*, defaults to 0.07):
+            τ of the student's patch-similarity softmax (LightlyTrain: 0.07).
+        local_teacher_temperature (`float`, *optional*, defaults to 0.07):
+            τ of the teacher's patch-similarity softmax (LightlyTrain: 0.07, the same as the student's).
         queue_seed (`int`, *optional*, defaults to 0):
             Seed of the queue's random initial content.
         image_mean (`list[float]`, *optional*, defaults to `None`):
@@ -71,6 +82,10 @@ class SeedConfig(PreTrainedConfig):
             Provenance only: the teacher spec the student was distilled from.
         teacher_ssl_method (`str`, *optional*, defaults to `None`):
             Provenance only: how the teacher was trained (`"moco_v2"`, `"swav"`, ...).
+        teacher (`dict`, *optional*, defaults to `None`):
+            Provenance only: the [`~seed_hf.teacher_record.TeacherRecord`] of the teacher the student
+            was distilled from (kind, source, checkpoint, layout, fingerprint, embedding, resolution,
+            license), written by the trainer from the teacher it ran; read by the cards.
 
     Example:
 
@@ -104,11 +119,15 @@ class SeedConfig(PreTrainedConfig):
         small_crop_scale: list[float] | None = None,
         small_queue_size: int | None = None,
         small_queue_keys: str = "first_crop",
+        local_loss_weight: float = 0.0,
+        local_student_temperature: float = 0.07,
+        local_teacher_temperature: float = 0.07,
         queue_seed: int = 0,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         teacher_name_or_path: str | None = None,
         teacher_ssl_method: str | None = None,
+        teacher: dict[str, Any] | None = None,
         **kwargs,
     ):
         check_temperature("student_temperature", student_temperature)
@@ -137,6 +156,9 @@ class SeedConfig(PreTrainedConfig):
         self.loss_variant = loss_variant
         if num_small_crops < 0:
             raise ValueError(f"num_small_crops must be ≥ 0, got {num_small_crops}.")
+        # checked even without small crops: a 0 would otherwise only fail in OpenCV once they are on
+        if not (isinstance(small_crop_size, int) and small_crop_size > 0):
+            raise ValueError(f"small_crop_size must be a positive integer, got {small_crop_size!r}.")
         small_crop_scale = [0.05, 0.14] if small_crop_scale is None else [float(v) for v in small_crop_scale]
         if len(small_crop_scale) != 2 or not 0 < small_crop_scale[0] <= small_crop_scale[1] <= 1:
             raise ValueError(f"small_crop_scale must be [min, max] within (0, 1], got {small_crop_scale}.")
@@ -149,10 +171,18 @@ class SeedConfig(PreTrainedConfig):
             raise ValueError(f"small_queue_keys must be one of {SMALL_QUEUE_KEYS}, got {small_queue_keys!r}.")
         self.small_queue_size = small_queue_size
         self.small_queue_keys = small_queue_keys
+        if not local_loss_weight >= 0:
+            raise ValueError(f"local_loss_weight must be ≥ 0 (0: off), got {local_loss_weight}.")
+        check_temperature("local_student_temperature", local_student_temperature)
+        check_temperature("local_teacher_temperature", local_teacher_temperature)
+        self.local_loss_weight = float(local_loss_weight)
+        self.local_student_temperature = float(local_student_temperature)
+        self.local_teacher_temperature = float(local_teacher_temperature)
         self.queue_seed = queue_seed
         self.image_mean, self.image_std = default_normalization(in_chans, image_mean, image_std)
         self.teacher_name_or_path = teacher_name_or_path
         self.teacher_ssl_method = teacher_ssl_method
+        self.teacher = dict(teacher) if teacher else None
         super().__init__(**kwargs)
 
 

@@ -13,6 +13,7 @@ files, never pickled code.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from torch import nn
 __all__ = [
     "CheckpointLayout",
     "CHECKPOINT_LAYOUTS",
+    "LAYOUT_METHODS",
+    "checkpoint_license",
     "load_state_dict_file",
     "detect_checkpoint_layout",
     "split_checkpoint",
@@ -77,6 +80,10 @@ class CheckpointLayout:
         head_prefixes: prefixes of the projection head inside the encoder's keys, by preference.
         dropped: encoder sub-modules that are not part of the embedding (SwAV's prototypes).
         also_matches: an extra test for layouts without a distinctive key.
+        method: the self-supervised method of the checkpoints published in this layout.
+        license: the license of the checkpoints published in this layout (their repositories':
+            facebookresearch/moco and /swav CC-BY-NC 4.0, google-research/simclr Apache 2.0), None
+            where it is not known; a user's own checkpoint of the same layout may differ.
     """
 
     name: str
@@ -85,6 +92,8 @@ class CheckpointLayout:
     head_prefixes: tuple[str, ...]
     dropped: tuple[str, ...] = ()
     also_matches: Callable[[StateDict], bool] | None = None
+    method: str | None = None
+    license: str | None = None
 
     def matches(self, state: StateDict) -> bool:
         if any(k.removeprefix("module.").startswith(self.markers) for k in state):
@@ -94,17 +103,30 @@ class CheckpointLayout:
 
 # in detection order: the first layout that matches names the checkpoint
 CHECKPOINT_LAYOUTS = (
-    CheckpointLayout("moco", ("encoder_q.",), ("module.encoder_q.", "encoder_q."), ("fc.",)),
-    CheckpointLayout("seed", ("student.",), ("module.student.", "student."), ("fc.",)),
-    CheckpointLayout("swav", ("prototypes.",), ("module.", ""), ("projection_head.",), ("prototypes.",)),
+    CheckpointLayout(
+        "moco", ("encoder_q.",), ("module.encoder_q.", "encoder_q."), ("fc.",), method="moco", license="cc-by-nc-4.0"
+    ),
+    CheckpointLayout("seed", ("student.",), ("module.student.", "student."), ("fc.",), method="seed"),
+    CheckpointLayout(
+        "swav", ("prototypes.",), ("module.", ""), ("projection_head.",), ("prototypes.",), method="swav",
+        license="cc-by-nc-4.0",
+    ),  # fmt: skip
     CheckpointLayout(
         "simclr",
         ("projection_head.", "projector."),
         ("module.backbone.", "backbone.", "module.encoder.", "encoder.", "module.", ""),
         ("projection_head.", "projector.", "fc.", "head."),
         also_matches=_wrapped_mlp_head,
+        method="simclr",
+        license="apache-2.0",
     ),
 )
+LAYOUT_METHODS = {layout.name: layout.method for layout in CHECKPOINT_LAYOUTS}
+
+
+def checkpoint_license(layout: str | None) -> str | None:
+    """The license of published checkpoints of ``layout`` (:data:`CHECKPOINT_LAYOUTS`), if known."""
+    return next((c.license for c in CHECKPOINT_LAYOUTS if c.name == layout), None)
 # keys of the training wrapper that are not the query encoder (MoCo's key encoder and queue, SEED's teacher)
 _TRAINING_STATE = ("encoder_k.", "teacher.")
 
@@ -115,10 +137,32 @@ def load_state_dict_file(path: str | os.PathLike) -> StateDict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"teacher_checkpoint {str(path)!r} does not exist.")
-    state = load_state_dict(str(path), use_ema=False, weights_only=True)
+    try:
+        state = load_state_dict(str(path), use_ema=False, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError) as error:
+        # timm re-raises torch's UnpicklingError as a RuntimeError that suggests weights_only=False,
+        # which would run the file's pickled code: name the safe formats instead
+        if not isinstance(error, pickle.UnpicklingError) and not isinstance(error.__cause__, pickle.UnpicklingError):
+            raise
+        raise ValueError(_pickled_object_message(path)) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors.")
     return state
+
+
+def _pickled_object_message(path: Path) -> str:
+    try:  # the classes the file would need to unpickle, e.g. timm.models.resnet.ResNet
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:
+        needed = []
+    needed = sorted(needed, key=lambda name: name.startswith("torch."))  # the model's own classes first
+    shown = f" (it needs {', '.join(needed[:3])}{', ...' if len(needed) > 3 else ''})" if needed else ""
+    return (
+        f"teacher_checkpoint {str(path)!r} holds pickled Python objects{shown}, not only tensors: e.g. a whole "
+        "model saved with torch.save(model). seed_hf loads weights only and never runs a file's pickled code. "
+        "Save `model.state_dict()` or safetensors instead: torch.save(model.state_dict(), 'weights.pth') or "
+        "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')."
+    )
 
 
 def detect_checkpoint_layout(state: StateDict) -> str:

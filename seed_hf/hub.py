@@ -20,7 +20,9 @@ import torch
 
 from .backbones import pooled_width
 from .modeling_seed import SeedForDistillation
+from .onnx_export import ONNX_FILES, export_onnx
 from .runs import RUN_INFO_FILE, STUDENTS_DIR, TRAINER_STATE_NAME
+from .teacher_record import TeacherRecord, more_permissive
 from .teachers import weights_fingerprint
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "export_moco_encoder",
     "render_model_card",
     "describe_teacher",
+    "teacher_facts",
+    "student_license",
     "results_for",
     "run_summary",
     "teacher_card_facts",
@@ -41,7 +45,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FILES = ("README.md", "config.json", "model.safetensors")
+EXPORT_FILES = ("README.md", "config.json", "model.safetensors", *ONNX_FILES)  # onnx/: when exported
 TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
 METHODS = {"seed": "SEED distillation", "moco_v2": "MoCo-v2"}
 
@@ -108,6 +112,38 @@ def describe_teacher(name_or_path: str | None, ssl_method: str | None = None) ->
     return {"name": name, "method": method, "base_model": base_model}
 
 
+def teacher_facts(config) -> dict[str, Any]:
+    """What a student's card says about its teacher (``name``, ``method``, ``base_model``,
+    ``license``, ``license_source``, ``image_size``): from the typed record the trainer wrote
+    (``config.teacher``), or, for students trained before it existed, from the spec string."""
+    if getattr(config, "teacher", None):
+        record = TeacherRecord.from_dict(config.teacher)
+        return {
+            "name": record.name,
+            "method": config.teacher_ssl_method or record.ssl_method or record.kind,
+            "base_model": record.hub_id,
+            "license": record.license,
+            "license_source": record.license_source,
+            "image_size": record.image_size,
+        }
+    return {**describe_teacher(config.teacher_name_or_path, config.teacher_ssl_method), "license": None}
+
+
+def student_license(declared: str | None, teacher_license: str | None) -> str:
+    """The license an export declares: ``declared``, else the teacher's, else ``"other"``; warns
+    when ``declared`` grants more than the teacher's license allows (or the teacher's is unknown)."""
+    if declared is None:
+        return teacher_license or "other"
+    if more_permissive(declared, teacher_license):
+        logger.warning(
+            f"The export declares license {declared!r}, but its teacher's license is "
+            f"{repr(teacher_license) if teacher_license else 'not recorded'}: a student distilled from a teacher "
+            "inherits the terms of the teacher's weights. Check them before you publish (e.g. MoCo-v2 and SwAV "
+            "checkpoints are CC-BY-NC 4.0)."
+        )
+    return declared
+
+
 def results_for(
     eval_results, *models: str | os.PathLike | None, fingerprints: Collection[str | None] | None = None
 ) -> list[dict]:
@@ -167,6 +203,7 @@ def export_encoder(
     license: str = "apache-2.0",
     manifest: tuple[str | os.PathLike, str, str | os.PathLike | None] | None = None,
     results_source: tuple[Any, tuple, Collection[str | None]] | None = None,
+    onnx: dict[str, Any] | None = None,
 ) -> Path:
     """Writes a timm backbone as a timm-format folder (``config.json`` + ``model.safetensors``)
     with a model card. Its ``pretrained_cfg`` is :func:`~seed_hf.evaluation.eval_data_config`:
@@ -177,6 +214,8 @@ def export_encoder(
     (see :func:`render_manifest_cards`). ``results_source=(eval_results, models, fingerprints)``
     selects the card's rows with :func:`results_for` from the rows of ``models`` measured on the
     ``fingerprints`` or on the exported folder's own weights (instead of passing ``results``).
+    ``onnx`` (keyword arguments of :func:`~seed_hf.onnx_export.export_onnx`, ``{}`` for its
+    defaults) adds the verified ``onnx/`` graphs, and what the export measured goes into the card.
 
     The folder is written next to ``out_dir`` and renamed into place when complete: an existing
     ``out_dir`` is replaced as a whole, and an interrupted export leaves it as it was."""
@@ -221,6 +260,8 @@ def export_encoder(
         if results_source is not None:  # only rows measured on exactly these weights (or the run's)
             eval_results, models, fingerprints = results_source
             results = results_for(eval_results, *models, out, fingerprints={*fingerprints, weights_fingerprint(tmp)})
+        if onnx is not None:  # verified against these very weights, before the card is written
+            facts["onnx"] = export_onnx(tmp, **onnx)
         card = render_model_card(facts, results or [], repo_id or f"your-org/{out.name}", license)
         card.save(tmp / "README.md")
         for file in tmp.rglob("*"):  # safetensors writes 0600; a published folder is world-readable
@@ -280,8 +321,9 @@ def export_student(
     eval_results: str | os.PathLike | list[dict] | None = None,
     training_summary: dict[str, Any] | None = None,
     repo_id: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     manifest: tuple[str | os.PathLike, str, str | os.PathLike | None] | None = None,
+    onnx: dict[str, Any] | None = None,
 ) -> Path:
     """Exports a SEED student backbone (see :func:`export_encoder`) with its card.
 
@@ -292,12 +334,17 @@ def export_student(
             this student (matched by ``model``: the run folder or the export folder) go into the card.
         training_summary: what the run recorded (``dataset``, ``steps``, ``epochs``, ``batch_size``).
         repo_id: Hub id used in the card's usage snippets.
-        license: license of the weights (card metadata and ``pretrained_cfg``).
+        license: license of the weights (card metadata and ``pretrained_cfg``). Default: the
+            teacher's, when its record states one, else ``"other"`` with a note in the card. A license
+            more permissive than the teacher's (or over a teacher of unknown license) is warned about.
         manifest: ``(manifest.json, name, results.json)`` of a model the repository ships.
+        onnx: keyword arguments of :func:`~seed_hf.onnx_export.export_onnx` (``{}``: its defaults)
+            to add the verified ``onnx/`` graphs; None: no ONNX export.
     """
     model = _load_student(model_or_dir)
     config = model.config
-    teacher = describe_teacher(config.teacher_name_or_path, config.teacher_ssl_method)
+    teacher = teacher_facts(config)
+    license = student_license(license, teacher.get("license"))
     facts = {
         "method": "seed",
         **(training_summary or {}),
@@ -312,7 +359,7 @@ def export_student(
     source = None if isinstance(model_or_dir, SeedForDistillation) else model_or_dir
     return _export_with_config(
         model.student, config, facts,
-        source, out_dir, eval_results, repo_id, license, manifest,
+        source, out_dir, eval_results, repo_id, license, manifest, onnx=onnx,
     )
 
 
@@ -322,18 +369,20 @@ def export_moco_encoder(
     eval_results: str | os.PathLike | list[dict] | None = None,
     training_summary: dict[str, Any] | None = None,
     repo_id: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     manifest: tuple[str | os.PathLike, str, str | os.PathLike | None] | None = None,
+    onnx: dict[str, Any] | None = None,
 ) -> Path:
     """Exports the query encoder of a MoCo-v2 run (the paper's "student trained by SSL alone"
     baseline, or a teacher) as a timm-format folder with a MoCo-v2 card."""
     from .moco import load_query_encoder
 
     encoder, _, config = load_query_encoder(run_dir)
+    license = license or "apache-2.0"  # trained without a teacher: the user's own weights
     facts = {**(training_summary or {}), **_moco_facts(config)}
     return _export_with_config(
         encoder, config, facts,
-        run_dir, out_dir, eval_results, repo_id, license, manifest,
+        run_dir, out_dir, eval_results, repo_id, license, manifest, onnx=onnx,
     )
 
 
@@ -350,7 +399,7 @@ def _moco_facts(config) -> dict[str, Any]:
 
 
 def _export_with_config(
-    backbone, config, facts, source, out_dir, eval_results, repo_id, license, manifest
+    backbone, config, facts, source, out_dir, eval_results, repo_id, license, manifest, onnx=None
 ) -> Path:
     """:func:`export_encoder` with the input format of a SEED or MoCo config; card rows are the
     evaluation rows of ``source`` (the run folder, with its weights as they are now) or of the
@@ -372,6 +421,7 @@ def _export_with_config(
         results_source=(eval_results, (source, out_dir), {weights_fingerprint(str(source)) if source else None})
         if eval_results is not None
         else None,
+        onnx=onnx,
     )
 
 
@@ -461,6 +511,7 @@ def render_model_card(facts: dict[str, Any], results: list[dict], repo_id: str, 
         facts=facts,
         teacher=teacher,
         results=results,
+        license=license,
     )
 
 

@@ -1,8 +1,13 @@
-"""The SEED distillation loss.
+"""The SEED distillation loss, and the optional local (patch-similarity) term.
 
 Reference:
     - [0] SEED: Self-supervised Distillation for Visual Representation, Fang et al., ICLR 2021,
       https://arxiv.org/abs/2101.04731 (official code: github.com/jacobswan1/SEED)
+    - [1] LightlyTrain ``distillationv3`` (``method="distillation"``'s default since LightlyTrain 0.15.0,
+      https://docs.lightly.ai/train/0.15.0/pretrain_distill/methods/distillation.html): the queue KL
+      plus a KL between each image's patch-to-patch similarity matrices of teacher and student
+      (lightly-ai/lightly-train ``src/lightly_train/_methods/distillationv3/distillationv3_loss.py``,
+      ``DistillationV3Loss``; ``temperature_local=0.07``, ``loss_local_weight=1.0``)
 """
 
 from __future__ import annotations
@@ -11,7 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LOSS_VARIANTS", "seed_logits", "seed_loss", "soft_cross_entropy", "SeedLoss"]
+__all__ = [
+    "LOSS_VARIANTS",
+    "LocalSimilarityLoss",
+    "SeedLoss",
+    "local_similarity_loss",
+    "seed_logits",
+    "seed_loss",
+    "soft_cross_entropy",
+]
 
 LOSS_VARIANTS = ("official", "batch_keys")
 
@@ -195,3 +208,97 @@ class SeedLoss(nn.Module):
         s_sims, t_sims = seed_logits(student_embeds, teacher_embeds, queue, self.variant, batch_teacher_embeds)
         logits = s_sims / self.student_temperature
         return soft_cross_entropy(logits, t_sims / self.teacher_temperature), logits
+
+
+def local_similarity_loss(
+    student_patches: torch.Tensor,
+    teacher_patches: torch.Tensor,
+    student_temperature: float = 0.07,
+    teacher_temperature: float = 0.07,
+) -> torch.Tensor:
+    """Mean KL between the teacher's and the student's patch-to-patch similarity distributions;
+    see :class:`LocalSimilarityLoss` for the formula.
+
+    Shapes: ``student_patches`` ``(n, p, c_s)``, ``teacher_patches`` ``(n, p, c_t)`` (the same p
+    patches of the same n images, in the same order; the widths may differ). Returns a scalar
+    fp32 tensor.
+    """
+    check_temperature("local_student_temperature", student_temperature)
+    check_temperature("local_teacher_temperature", teacher_temperature)
+    same_patches = student_patches.shape[:2] == teacher_patches.shape[:2]
+    if student_patches.ndim != 3 or teacher_patches.ndim != 3 or not same_patches:
+        raise ValueError(
+            "student and teacher patches must be (images, patches, width) with the same images and patches, got "
+            f"{tuple(student_patches.shape)} and {tuple(teacher_patches.shape)}: resize the student's feature map "
+            "to the teacher's grid first (seed_hf.backbones.resize_feature_map)."
+        )
+    # fp32 even under autocast, like the global term: the softmaxes of logits up to 1/τ
+    with torch.autocast(device_type=student_patches.device.type, enabled=False):
+        s = F.normalize(student_patches.float(), dim=-1)
+        t = F.normalize(teacher_patches.float(), dim=-1)
+        # each image's (p, p) cosine-similarity matrix: in each model's own space, so the widths need not match
+        s_logits = (s @ s.transpose(1, 2)) / student_temperature
+        t_logits = (t @ t.transpose(1, 2)) / teacher_temperature
+        log_p_s = F.log_softmax(s_logits, dim=-1)
+        log_p_t = F.log_softmax(t_logits, dim=-1)
+        # KL(p_T || p_S) per row, averaged over the n·p rows (images × patches)
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1).mean()
+
+
+class LocalSimilarityLoss(nn.Module):
+    """Local term: the student mimics, within each image, how similar the teacher finds each
+    patch to every other patch.
+
+    - [1] LightlyTrain ``distillationv3``, default ``method="distillation"`` since LightlyTrain 0.15.0
+      (https://docs.lightly.ai/train/0.15.0/pretrain_distill/methods/distillation.html; lightly-train
+      ``_methods/distillationv3/distillationv3_loss.py``, the ``local_loss`` of ``DistillationV3Loss``)
+
+    For image i, with teacher patch features T_i (P × D_T) and student patch features S_i (P × D_S)
+    of the same P grid cells (the student's feature map resized to the teacher's grid), each row
+    L2-normalised:
+
+    .. math::
+
+        q^T_i = \\mathrm{softmax}_{row}(T_i T_i^\\top / \\tau_T), \\qquad
+        q^S_i = \\mathrm{softmax}_{row}(S_i S_i^\\top / \\tau_S), \\qquad
+        L_{local} = \\frac{1}{N P} \\sum_i \\sum_m \\mathrm{KL}(q^T_{i,m} \\,\\|\\, q^S_{i,m})
+
+    Rows m are patches (the diagonal, self-similarity, is kept, as in [1]); both softmaxes run
+    in fp32. Similarities are compared in each model's own space, so D_S need not equal D_T and no
+    projection is learned ([1] first maps the student's patches with a learned linear layer to
+    D_T; an identity here). KL differs from the soft cross-entropy by the teacher's entropy, a
+    constant for the student: same gradients, but 0 at a perfect match. In SEED the total loss is
+    ``L_SEED + local_loss_weight · L_local`` ([1] sums its queue KL and this term, weight 1.0).
+
+    Args:
+        student_temperature (`float`, *optional*, defaults to 0.07): τ_S ([1]: 0.07).
+        teacher_temperature (`float`, *optional*, defaults to 0.07): τ_T ([1]: 0.07, the same
+            ``temperature_local`` for both).
+
+    Raises:
+        ValueError: a temperature ≤ 0, or patches of different images / grids.
+
+    Examples:
+        >>> loss_fn = LocalSimilarityLoss()
+        >>> student, teacher = torch.randn(8, 16, 576), torch.randn(8, 16, 512)  # 4×4 grids
+        >>> loss_fn(student, teacher).shape
+        torch.Size([])
+    """
+
+    def __init__(self, student_temperature: float = 0.07, teacher_temperature: float = 0.07):
+        super().__init__()
+        check_temperature("local_student_temperature", student_temperature)
+        check_temperature("local_teacher_temperature", teacher_temperature)
+        self.student_temperature = student_temperature
+        self.teacher_temperature = teacher_temperature
+
+    def forward(self, student_patches: torch.Tensor, teacher_patches: torch.Tensor) -> torch.Tensor:
+        """
+        Shape:
+            student_patches: (batch_size, num_patches, student_width), unit norm or not (normalised here)
+            teacher_patches: (batch_size, num_patches, teacher_width), unit norm or not (normalised here)
+            output: scalar
+        """
+        return local_similarity_loss(
+            student_patches, teacher_patches, self.student_temperature, self.teacher_temperature
+        )

@@ -10,10 +10,20 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
+from .backbones import (
+    ProjectionHead,
+    check_input_size,
+    create_backbone,
+    feature_map,
+    pooled_features,
+    pooled_width,
+    resize_feature_map,
+    token_grid,
+)
 from .configuration_seed import SeedConfig
 from .distributed import all_gather_no_grad
-from .losses import SeedLoss
+from .losses import LocalSimilarityLoss, SeedLoss
+from .progress import QuietHubMixin
 from .queue import EmbeddingQueue
 
 __all__ = ["SeedOutput", "SeedPreTrainedModel", "SeedForDistillation", "init_module_weights"]
@@ -26,7 +36,8 @@ class SeedOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*):
-            SEED loss, returned when `teacher_embeds` is given.
+            SEED loss, returned when `teacher_embeds` is given; with the local term on
+            (`config.local_loss_weight > 0`) the SEED loss + `local_loss_weight` × `local_loss`.
         student_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
             L2-normalised student projections z^S.
         teacher_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
@@ -35,6 +46,10 @@ class SeedOutput(ModelOutput):
             Student logits z^S·D⁺/τ_S (`(batch_size, global_batch_size + queue_size)` for `batch_keys`).
         pooler_output (`torch.FloatTensor` of shape `(batch_size, pooled_width)`):
             Pooled backbone features: the representation used downstream.
+        local_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            The local term, unweighted: mean KL between the teacher's and the student's patch-to-patch
+            similarity distributions ([`~seed_hf.losses.LocalSimilarityLoss`]); returned when
+            `config.local_loss_weight > 0` and `teacher_patches` are given.
     """
 
     loss: torch.FloatTensor | None = None
@@ -42,6 +57,7 @@ class SeedOutput(ModelOutput):
     teacher_embeds: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
+    local_loss: torch.FloatTensor | None = None
 
 
 @torch.no_grad()
@@ -60,7 +76,7 @@ def init_module_weights(module: nn.Module) -> None:
                 layer.reset_parameters()
 
 
-class SeedPreTrainedModel(PreTrainedModel):
+class SeedPreTrainedModel(QuietHubMixin, PreTrainedModel):
     config_class = SeedConfig
     base_model_prefix = "student"
     main_input_name = "pixel_values"
@@ -107,10 +123,20 @@ class SeedForDistillation(SeedPreTrainedModel):
         self.student = create_backbone(
             config.student_architecture, config.in_chans, config.student_model_args
         )
+        check_input_size(
+            self.student,
+            config.student_architecture,
+            config.image_size,
+            config.small_crop_size if config.num_small_crops > 0 else None,
+        )
         width = pooled_width(self.student)
         self.head = ProjectionHead(width, config.head_hidden_dim or width, config.projection_dim)
         self.queue = EmbeddingQueue(config.queue_size, config.projection_dim, seed=config.queue_seed)
         self.loss_fn = SeedLoss(config.student_temperature, config.teacher_temperature, config.loss_variant)
+        # no parameters: the similarities are compared in each model's own space (nothing to checkpoint)
+        self.local_loss_fn = LocalSimilarityLoss(
+            config.local_student_temperature, config.local_teacher_temperature
+        )
         if config.num_small_crops > 0:
             self.small_queue = EmbeddingQueue(
                 config.small_queue_size or config.queue_size,
@@ -165,6 +191,21 @@ class SeedForDistillation(SeedPreTrainedModel):
         loss, logits = self.loss_fn(student_embeds, teacher_embeds, snapshot, batch_teacher_embeds, return_logits=True)
         return loss, logits, teacher_embeds, batch_teacher_embeds
 
+    def _local_loss(
+        self,
+        student_features: torch.Tensor,
+        image_size: tuple[int, int],
+        teacher_patches: torch.Tensor,
+        teacher_grid_size: tuple[int, int] | None,
+    ) -> torch.Tensor:
+        """The local term of the student's ``forward_features`` output against the teacher's patches
+        ``(n, rows·cols, width)``: the student's map is resized to the teacher's grid first."""
+        if teacher_grid_size is None:
+            teacher_grid_size = token_grid(teacher_patches.shape[1], image_size)
+        grid = (int(teacher_grid_size[0]), int(teacher_grid_size[1]))
+        student_map = resize_feature_map(feature_map(self.student, student_features, image_size), grid)
+        return self.local_loss_fn(student_map.flatten(2).transpose(1, 2), teacher_patches)
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -174,6 +215,8 @@ class SeedForDistillation(SeedPreTrainedModel):
         small_pixel_values: torch.Tensor | None = None,
         small_teacher_embeds: torch.Tensor | None = None,
         batch_small_teacher_embeds: torch.Tensor | None = None,
+        teacher_patches: torch.Tensor | None = None,
+        teacher_grid_size: tuple[int, int] | None = None,
     ) -> SeedOutput | tuple:
         r"""
         Args:
@@ -195,16 +238,38 @@ class SeedForDistillation(SeedPreTrainedModel):
                 Teacher embeddings of the flattened small crops.
             batch_small_teacher_embeds (`torch.FloatTensor`, *optional*):
                 Global-batch small-crop keys for `loss_variant="batch_keys"`.
+            teacher_patches (`torch.FloatTensor` of shape `(batch_size, rows * cols, teacher_width)`, *optional*):
+                The teacher's patch features of `pixel_values` ([`FrozenTeacher.forward_with_patches`]), for the
+                local term (`config.local_loss_weight > 0`; required then in training, ignored otherwise).
+            teacher_grid_size (`tuple[int, int]`, *optional*):
+                `(rows, cols)` of the teacher's patch grid (default: square, or the images' aspect ratio).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        features = self.get_features(pixel_values)
+        local = self.config.local_loss_weight > 0 and teacher_embeds is not None
+        if local and teacher_patches is None:
+            if self.training:  # a loop that forgets them would silently train without the local term
+                raise ValueError(
+                    f"local_loss_weight={self.config.local_loss_weight} needs teacher_patches (and teacher_grid_size): "
+                    "the teacher's patch features, from FrozenTeacher.forward_with_patches (SeedTrainer passes them)."
+                )
+            local = False
+        if local:  # one student forward: its last feature map, pooled for the global term
+            student_features = self.student.forward_features(pixel_values)
+            features = self.student.forward_head(student_features, pre_logits=True)
+        else:
+            features = self.get_features(pixel_values)
         student_embeds = F.normalize(self.head(features), dim=1)
 
-        loss = logits = None
+        loss = logits = local_loss = None
         if teacher_embeds is not None:
             loss, logits, teacher_embeds, keys = self._distill(
                 student_embeds, teacher_embeds, self.queue.embeddings, batch_teacher_embeds
             )
+            if local:
+                local_loss = self._local_loss(
+                    student_features, tuple(pixel_values.shape[-2:]), teacher_patches, teacher_grid_size
+                )
+                loss = loss + self.config.local_loss_weight * local_loss
             small_keys = None
             if small_pixel_values is not None:
                 if small_teacher_embeds is None or not hasattr(self, "small_queue"):
@@ -230,5 +295,6 @@ class SeedForDistillation(SeedPreTrainedModel):
             teacher_embeds=teacher_embeds,
             logits=logits,
             pooler_output=features,
+            local_loss=local_loss,
         )
         return output if return_dict else output.to_tuple()

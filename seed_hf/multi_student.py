@@ -27,10 +27,13 @@ class SeedGroupOutput(ModelOutput):
         loss (`torch.FloatTensor` of shape `()`): sum of the students' SEED losses (their
             gradients are independent, so the sum trains each student as if alone).
         losses (`dict[str, torch.FloatTensor]`): each student's loss.
+        local_losses (`dict[str, torch.FloatTensor]`, *optional*): the unweighted local term of each
+            student that has it on (`local_loss_weight > 0`), shape `()`.
     """
 
     loss: torch.FloatTensor | None = None
     losses: dict[str, torch.Tensor] | None = None
+    local_losses: dict[str, torch.Tensor] | None = None
 
 
 class SeedStudentGroup(nn.Module):
@@ -99,14 +102,18 @@ class SeedStudentGroup(nn.Module):
         teacher_embeds: torch.Tensor | None = None,
         batch_teacher_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
-        **small_crop_kwargs,
+        **student_kwargs,
     ) -> SeedGroupOutput:
-        losses = {
-            name: student(pixel_values, teacher_embeds, batch_teacher_embeds, **small_crop_kwargs).loss
+        # student_kwargs: small crops, teacher_patches / teacher_grid_size (used by the students whose
+        # local_loss_weight > 0, ignored by the others)
+        outputs = {
+            name: student(pixel_values, teacher_embeds, batch_teacher_embeds, return_dict=True, **student_kwargs)
             for name, student in self.students.items()
         }
+        losses = {name: out.loss for name, out in outputs.items()}
+        local_losses = {name: out.local_loss for name, out in outputs.items() if out.local_loss is not None}
         total = None if teacher_embeds is None else torch.stack(list(losses.values())).sum()
-        return SeedGroupOutput(loss=total, losses=losses)
+        return SeedGroupOutput(loss=total, losses=losses, local_losses=local_losses or None)
 
     def save_students(self, out_dir: str | os.PathLike) -> list[str]:
         """``save_pretrained`` of each student into ``out_dir/<name>``; returns the folders."""

@@ -22,7 +22,8 @@ __all__ = [
     "COMPLETE_MARKER",
     "checkpoint_dir",
     "RUN_INFO_FILE",
-    "RUN_LOCK_FILE",
+    "RUN_LOCK_SUFFIX",
+    "run_lock_files",
     "lock_run_folder",
     "STUDENTS_DIR",
     "TRAINER_STATE_NAME",
@@ -124,8 +125,17 @@ def _same_path(path: str, other: str | None) -> bool:
 
 RUN_INFO_FILE = "run_info.json"
 # held (OS-level file lock) by the main process of the run writing into the folder
-RUN_LOCK_FILE = ".seed_hf_run.lock"
+RUN_LOCK_SUFFIX = ".seed_hf_run.lock"
 _held_locks: dict[str, Any] = {}  # resolved folder -> lock this process holds (kept until exit)
+
+
+def run_lock_files(output_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """The lock and its owner record (pid, host, start, command) of a run folder: siblings of the
+    folder (``.<name>.seed_hf_run.lock``), so that taking the lock creates no run folder and a run
+    that stops before training leaves none."""
+    folder = Path(output_dir).resolve()
+    lock_file = folder.parent / f".{folder.name}{RUN_LOCK_SUFFIX}"
+    return lock_file, lock_file.with_name(lock_file.name + ".owner.json")
 
 
 def lock_run_folder(output_dir: str | os.PathLike, is_main_process: bool = True) -> Path | None:
@@ -148,10 +158,10 @@ def lock_run_folder(output_dir: str | os.PathLike, is_main_process: bool = True)
     from filelock import FileLock, Timeout
 
     folder = Path(output_dir).resolve()
-    lock_file, owner_file = folder / RUN_LOCK_FILE, folder / f"{RUN_LOCK_FILE}.owner.json"
+    lock_file, owner_file = run_lock_files(folder)
     if str(folder) in _held_locks:
         return lock_file
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(lock_file, timeout=0, thread_local=False)
     try:
         lock.acquire()
@@ -299,8 +309,7 @@ def resolve_checkpoint(training_args) -> str | None:
     output_dir = training_args.output_dir
     if os.path.isdir(output_dir) and not training_args.overwrite_output_dir:
         last = last_complete_checkpoint(output_dir)
-        # written before the first step (the lock: when the run starts); interrupted saves are removed at the start
-        ours = {RUN_INFO_FILE, RUN_LOCK_FILE, f"{RUN_LOCK_FILE}.owner.json"}
+        ours = {RUN_INFO_FILE}  # written before the first step; interrupted saves are removed at the start
         leftovers = [
             name
             for name in os.listdir(output_dir)

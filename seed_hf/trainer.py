@@ -18,11 +18,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 
-from .callbacks import CheckpointCompletionCallback, DatasetEpochCallback, StreamPositionCallback
+from . import fast_path
+from .callbacks import (
+    CheckpointCompletionCallback,
+    DatasetEpochCallback,
+    StepPathCallback,
+    StreamPositionCallback,
+)
 from .datasets import SKIPPED_KEY, collate_batch
 from .distributed import all_gather_no_grad
 from .evaluation import knn_accuracy
-from .precision import resolve_teacher_dtype
+from .fast_path import StepPath, choose, parse_switch, preserved_state, read_step_path
+from .precision import cpu_has_native_bf16, resolve_teacher_dtype
 from .runs import is_complete_checkpoint, last_complete_checkpoint, remove_incomplete_checkpoints
 from .shard_stream import ShardStream
 from .teachers import FrozenTeacher
@@ -44,6 +51,7 @@ def scaled_learning_rate(base_learning_rate: float, total_batch_size: int) -> fl
 
 
 TEACHER_DTYPES = ("auto", "bfloat16", "float16", "float32")
+STUDENT_DTYPES = ("auto", "bfloat16", "float32")
 @dataclass
 class SeedTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the paper's optimisation defaults (SGD, cosine, wd 1e-4) and
@@ -67,7 +75,27 @@ class SeedTrainingArguments(TrainingArguments):
             "--learning_rate is given."
         },
     )
-    channels_last: bool = field(default=False, metadata={"help": "Run student and teacher in channels_last."})
+    # a str, not a bool: "auto" is the default; a bare --channels_last still means true (nargs/const),
+    # and Python callers and recipes may pass True / False (normalised in __post_init__)
+    channels_last: str = field(
+        default="auto",
+        metadata={
+            "help": "Memory format of student and teacher: auto (default: a few timed steps of the real models at the "
+            "real batch shape before the first step keep the faster of channels_last and NCHW, per model; "
+            "seed_hf.fast_path), true (channels_last) or false (NCHW). A resumed run reuses its recorded choice.",
+            "nargs": "?",
+            "const": True,
+        },
+    )
+    student_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Precision of the student's forward: auto (on CPUs with native bf16, AVX512-BF16 or AMX, the "
+            "faster of fp32 and bf16 autocast in the same timed probe as --channels_last auto: bf16 wins for "
+            "ResNets, loses for depthwise MobileNetV3; elsewhere the run's precision, --bf16 / --fp16), float32 "
+            "or bfloat16 (bf16 autocast without --bf16). The loss's softmaxes run in fp32 either way."
+        },
+    )
     optimize_teacher: bool = field(
         default=True,
         metadata={"help": "Fold the frozen teacher's BatchNorm into its convolutions (exact, faster)."},
@@ -129,6 +157,13 @@ class SeedTrainingArguments(TrainingArguments):
             self.save_total_limit = 2
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(f"teacher_dtype must be one of {TEACHER_DTYPES}, got {self.teacher_dtype!r}.")
+        self.channels_last = parse_switch(self.channels_last, "channels_last")
+        if self.student_dtype not in STUDENT_DTYPES:
+            raise ValueError(f"student_dtype must be one of {STUDENT_DTYPES}, got {self.student_dtype!r}.")
+        if self.student_dtype == "float32" and (self.bf16 or self.fp16):
+            raise ValueError("student_dtype=float32 contradicts --bf16 / --fp16 (mixed precision): drop one.")
+        if self.student_dtype == "bfloat16" and self.fp16:
+            raise ValueError("student_dtype=bfloat16 contradicts --fp16: pass --bf16 instead.")
         if self.learning_rate is None:
             if self.base_learning_rate is None:
                 raise ValueError("Pass --learning_rate or --base_learning_rate.")
@@ -217,6 +252,9 @@ class QueueTrainer(Trainer):
         self.device_transform = device_transform
         self.stream_callback: StreamPositionCallback | None = None
         self._first_batch_checked = False
+        # running sums of the loss_terms() of the steps since the last log (detached, on the device)
+        self.loss_term_sums: dict[str, torch.Tensor] = {}
+        self.loss_term_steps = 0
         if knn_monitor is not None and kwargs.get("eval_dataset") is None:
             kwargs["eval_dataset"] = knn_monitor.eval_dataset  # the Trainer requires one for eval_strategy
         super().__init__(*args, **kwargs)
@@ -239,13 +277,15 @@ class QueueTrainer(Trainer):
             self.args.ignore_data_skip = True
             self.stream_callback = StreamPositionCallback(self.train_dataset)
             self.add_callback(self.stream_callback)
+        # memory formats and student precision: resolved at the start of train() (a resumed run reuses the
+        # recorded choice, which the checkpoint only names then), or by resolve_step_path()
+        self.step_path: StepPath | None = None
+        self.add_callback(StepPathCallback(lambda: self.step_path))
         # last: its on_save marks a checkpoint complete after the other callbacks wrote their files
         self.add_callback(CheckpointCompletionCallback())
         self._validate_batch_size()
         self._validate_precision()
         self._validate_image_size()
-        if getattr(self.args, "channels_last", False):
-            self.model.to(memory_format=torch.channels_last)
         if getattr(self.args, "sync_bn", False) and self.args.world_size > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
 
@@ -265,6 +305,8 @@ class QueueTrainer(Trainer):
             removed = remove_incomplete_checkpoints(self.args.output_dir, keep=keep)
             if removed:
                 logger.warning(f"Removed {removed}: checkpoints whose save was interrupted.")
+        # before super().train(): the optimizer, DDP and torch.compile then see the final memory format
+        self.resolve_step_path(resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None)
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         # every rank calls train(), so the reduction cannot deadlock
         skipped = int(self.accelerator.reduce(self._skipped_images, reduction="sum").item())
@@ -383,13 +425,149 @@ class QueueTrainer(Trainer):
         return super().get_decay_parameter_names(model)
 
     def _to_memory_format(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if getattr(self.args, "channels_last", False) and pixel_values.ndim == 4:
+        """The student's input in the student's memory format (no copy when it already is)."""
+        if self.step_path is not None and self.step_path.student_channels_last and pixel_values.ndim == 4:
             return pixel_values.contiguous(memory_format=torch.channels_last)
         return pixel_values
+
+    # ---- the step's memory format and precision (seed_hf.fast_path) ----
+
+    def resolve_step_path(self, resume_from_checkpoint: str | None = None) -> StepPath:
+        """Chooses, once, the student's (and teacher's) memory format and the student's precision,
+        applies them and returns the :class:`StepPath` (also ``self.step_path``, logged at INFO and
+        written to ``step_path.json`` in every checkpoint). Flags given explicitly are kept; a choice
+        recorded in ``resume_from_checkpoint`` is reused; the rest is probed (``seed_hf.fast_path``).
+        ``train()`` calls it first; call it yourself to drive ``training_step`` directly."""
+        if self.step_path is not None:
+            return self.step_path
+        recorded = read_step_path(resume_from_checkpoint)
+        path = self._choose_step_path(recorded)
+        if self.args.world_size > 1:  # every rank probed; all take rank 0's choice (one numerics per run)
+            from accelerate.utils import broadcast_object_list
+
+            path = StepPath.from_dict(broadcast_object_list([path.to_dict()], from_process=0)[0])
+        self._apply_step_path(path)
+        self.step_path = path
+        logger.info(f"Training step: {path.describe()}")
+        return path
+
+    def _student_candidates(self) -> tuple[list[bool], list[str], dict[str, str]]:
+        """(layouts, precisions, sources of the fixed ones): what the student's probe may choose from,
+        the prior first (``fast_path`` module docstring)."""
+        sources: dict[str, str] = {}
+        given = getattr(self.args, "channels_last", "auto")
+        layouts = [True, False] if given == "auto" else [given == "true"]
+        if given != "auto":
+            sources["student_channels_last"] = "given"
+        dtype = getattr(self.args, "student_dtype", "auto")
+        if self.args.bf16 or self.args.fp16:  # the run's mixed precision, as asked
+            precisions = ["bfloat16" if self.args.bf16 else "float16"]
+            sources["student_dtype"] = "given"
+        elif dtype != "auto":
+            precisions = [dtype]
+            sources["student_dtype"] = "given"
+        elif self.args.device.type == "cpu" and cpu_has_native_bf16():
+            precisions = ["float32", "bfloat16"]
+        else:  # emulated bf16 on other CPUs is slower; on GPUs the precision is the user's (--bf16)
+            precisions = ["float32"]
+        return layouts, precisions, sources
+
+    def _probe_pixels(self) -> int:
+        config = _unwrapped(self).config
+        return self.args.per_device_train_batch_size * config.image_size * config.image_size
+
+    def _probe_batch(self, batch_size: int | None = None) -> torch.Tensor:
+        config = _unwrapped(self).config
+        n = batch_size or self.args.per_device_train_batch_size
+        generator = torch.Generator().manual_seed(0)  # the global RNG streams stay untouched
+        x = torch.randn(n, config.in_chans, config.image_size, config.image_size, generator=generator)
+        return x.to(self.args.device)
+
+    def _student_autocast(self, dtype: str):
+        if dtype == "bfloat16" and not self.args.bf16:
+            return torch.autocast(self.args.device.type, dtype=torch.bfloat16)
+        return self.accelerator.autocast()  # the run's precision
+
+    def _probe_student(
+        self, layouts: list[bool], precisions: list[str]
+    ) -> tuple[tuple[bool, str], dict[str, float], int]:
+        """Times forward + backward of the student's backbone for every (layout, precision), alternated,
+        on random images of the real batch shape; the model is left exactly as it was."""
+        model = _unwrapped(self)
+        device = self.args.device
+        names = {f"{'channels_last' if cl else 'nchw'}/{dtype}": (cl, dtype) for cl in layouts for dtype in precisions}
+        prior = next(iter(names))
+        batch = self._probe_batch()
+
+        def call(name: str):
+            channels_last, dtype = names[name]
+            x = batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+
+            def run():
+                with self._student_autocast(dtype):
+                    out = model.get_features(x)
+                outs = out.values() if isinstance(out, dict) else [out]
+                sum(o.float().square().mean() for o in outs).backward()
+                model.zero_grad(set_to_none=True)
+
+            return run
+
+        def setup(name: str):
+            fmt = torch.channels_last if names[name][0] else torch.contiguous_format
+            model.to(memory_format=fmt)
+
+        with preserved_state(model, device):
+            model.train()
+            setup(prior)
+            first = fast_path.timed_call(prior, call(prior), device)  # also the prior's warm-up
+            if first > fast_path.MAX_PROBE_CALL_S:  # large model on CPU: probe on a smaller batch
+                n = max(8, int(batch.shape[0] * fast_path.MAX_PROBE_CALL_S / first))
+                batch = batch[:n]
+            timings = fast_path.time_candidates(
+                {name: call(name) for name in names}, device, measure=fast_path.timed_call, setup=setup
+            )
+        return names[choose(timings, prior)], timings, batch.shape[0]
+
+    def _choose_step_path(self, recorded: StepPath | None) -> StepPath:
+        """The student's part of the choice (SeedTrainer adds the teacher's)."""
+        layouts, precisions, sources = self._student_candidates()
+        path = StepPath(student_channels_last=layouts[0], student_dtype=precisions[0], sources=sources)
+        if recorded is not None:  # reuse the resumed run's choice for what was not given now
+            if "student_channels_last" not in sources:
+                path.student_channels_last = recorded.student_channels_last
+                sources["student_channels_last"] = "resumed"
+            if "student_dtype" not in sources and recorded.student_dtype in precisions:
+                path.student_dtype = recorded.student_dtype
+                sources["student_dtype"] = "resumed"
+            layouts = [path.student_channels_last] if "student_channels_last" in sources else layouts
+            precisions = [path.student_dtype] if "student_dtype" in sources else precisions
+        if len(layouts) * len(precisions) > 1 and self._probe_pixels() >= fast_path.PROBE_MIN_PIXELS:
+            (path.student_channels_last, path.student_dtype), timings, path.probe_batch_size = self._probe_student(
+                layouts, precisions
+            )
+            path.timings_s["student"] = timings
+            for key, options in (("student_channels_last", layouts), ("student_dtype", precisions)):
+                sources.setdefault(key, "probe" if len(options) > 1 else "prior")
+        for key in ("student_channels_last", "student_dtype"):
+            sources.setdefault(key, "prior")
+        return path
+
+    def _apply_step_path(self, path: StepPath) -> None:
+        fmt = torch.channels_last if path.student_channels_last else torch.contiguous_format
+        _unwrapped(self).to(memory_format=fmt)
+
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+        """The Trainer's hook around ``compute_loss``: bf16 autocast for the student when the step
+        path chose it on an fp32 run (``--bf16`` runs get the accelerator's own autocast)."""
+        if self.step_path is not None and self.step_path.student_dtype == "bfloat16" and not self.args.bf16:
+            return torch.autocast(self.args.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
+        return super().autocast_smart_context_manager(cache_enabled)
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None
     ) -> torch.Tensor:
+        if self.step_path is None:  # training_step driven directly (benchmarks); train() resolves it first
+            self.resolve_step_path()
         if self.device_transform is not None:  # first: its skipped images are counted below
             inputs = self.device_transform(inputs)
         if not self._first_batch_checked:
@@ -399,11 +577,33 @@ class QueueTrainer(Trainer):
             self._skipped_images = self._skipped_images.to(skipped.device) + skipped.sum()
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def loss_terms(self, outputs: Any) -> dict[str, torch.Tensor]:
+        """Public hook: named scalar terms of one training forward's ``outputs``, logged as
+        ``loss_<name>`` next to ``loss``, averaged like it over the steps since the last log (and
+        over processes). Default: none; [`SeedTrainer`] logs each student's loss of a group and the
+        local term (``loss_local``)."""
+        return {}
+
+    def record_loss_terms(self, outputs: Any) -> None:
+        """Adds this step's :meth:`loss_terms` to the running sums (device tensors: no sync per step)."""
+        terms = self.loss_terms(outputs)
+        for name, value in terms.items():
+            value = value.detach().float()
+            previous = self.loss_term_sums.get(name)
+            self.loss_term_sums[name] = value if previous is None else previous + value
+        if terms:
+            self.loss_term_steps += 1
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             logs["queue_fill"] = round(_unwrapped(self).queue.fill_fraction, 4)
-            for name, value in (getattr(self, "_student_losses", None) or {}).items():
-                logs[f"loss_{name}"] = value.item()
+            if self.loss_term_steps:
+                names = sorted(self.loss_term_sums)
+                means = torch.stack([self.loss_term_sums[n] for n in names]) / self.loss_term_steps
+                if self.args.world_size > 1:  # every rank logs the training loss: the reduction cannot deadlock
+                    means = self.accelerator.reduce(means, reduction="mean")
+                logs.update({f"loss_{n}": float(v) for n, v in zip(names, means.tolist())})
+                self.loss_term_sums, self.loss_term_steps = {}, 0
         super().log(logs, start_time)
 
 
@@ -429,15 +629,23 @@ class SeedTrainer(QueueTrainer):
         if isinstance(teacher, FrozenTeacher):
             model = _unwrapped(self)
             teacher.set_data_normalization(model.config.image_mean, model.config.image_std)
-            # the students record their teacher (cards and run folders name it)
+            # the students record their teacher (cards and run folders name it): written here, once
             for student in getattr(model, "students", {"": model}).values():
                 if getattr(student.config, "teacher_name_or_path", "unset") is None:
                     student.config.teacher_name_or_path = teacher.description
-        channels_last = getattr(self.args, "channels_last", False)
+                student.config.teacher = teacher.record.to_dict()
+            trained_at, size = teacher.record.image_size, model.config.image_size
+            if trained_at and trained_at != size and teacher.input_size is None:
+                logger.warning(
+                    f"The teacher ({teacher.record.name}) was trained at {trained_at} px and the student's views are "
+                    f"{size} px: its embeddings at {size} px may be poor targets. Train at {trained_at} px, or pass "
+                    f"teacher_image_size={trained_at} to resize the teacher's inputs."
+                )
         if getattr(self.args, "optimize_teacher", True) and isinstance(teacher, FrozenTeacher):
-            self.teacher.optimize_for_inference(channels_last=channels_last, probe=self._probe_input())
-        elif channels_last:
-            self.teacher.to(memory_format=torch.channels_last)
+            # BN folded now; the memory format is the step path's (resolve_step_path), applied to the folded model
+            self.teacher.optimize_for_inference(
+                channels_last=False, probe=self._probe_input(), feature_map=self.uses_teacher_patches
+            )
         self._validate_teacher()
         if getattr(self.args, "compile_teacher", False):
             # after validation, so the probe batch does not make the batch size dynamic
@@ -462,6 +670,21 @@ class SeedTrainer(QueueTrainer):
             )
         if any(p.requires_grad for p in self.teacher.parameters()):
             raise ValueError("The teacher must be frozen (requires_grad=False).")
+        if self.uses_teacher_patches:  # a teacher without patch features fails now, not at the first step
+            if not isinstance(self.teacher, FrozenTeacher):
+                raise ValueError(
+                    "local_loss_weight > 0 needs a FrozenTeacher (load_teacher): its forward_with_patches gives "
+                    "the patch features the local term distils."
+                )
+            self.teacher.forward_with_patches(self._probe_input())
+
+    @property
+    def uses_teacher_patches(self) -> bool:
+        """Whether a student has the local term on (``local_loss_weight > 0``): the teacher then
+        returns its patch features too, from the same forward."""
+        model = _unwrapped(self)
+        students = getattr(model, "students", {"": model}).values()
+        return any(getattr(student.config, "local_loss_weight", 0) > 0 for student in students)
 
     def _teacher_autocast(self):
         dtype = resolve_teacher_dtype(getattr(self.args, "teacher_dtype", "auto"), self.args.device.type)
@@ -469,19 +692,90 @@ class SeedTrainer(QueueTrainer):
             return self.accelerator.autocast()
         return torch.autocast(self.args.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
+    def _teacher_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The teacher's input in the teacher's memory format (no copy when it already is, e.g. 1-channel
+        images, whose NCHW and channels_last layouts coincide)."""
+        if self.step_path is not None and self.step_path.teacher_channels_last and pixel_values.ndim == 4:
+            return pixel_values.contiguous(memory_format=torch.channels_last)
+        if self.step_path is not None and pixel_values.ndim == 4:
+            return pixel_values.contiguous()
+        return pixel_values
+
     def teacher_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Teacher embeddings ``(batch, dim)`` in fp32, computed under ``teacher_dtype``'s autocast
         and inference_mode (the clone turns the inference tensor into one autograd may save for
         the student's loss)."""
         with torch.inference_mode(), self._teacher_autocast():
-            embeds = self.teacher(pixel_values).float()
+            embeds = self.teacher(self._teacher_input(pixel_values)).float()
         return embeds.clone()
+
+    def _choose_step_path(self, recorded: StepPath | None) -> StepPath:
+        """The student's choice (QueueTrainer) and the teacher's layout: given (--channels_last
+        true/false), resumed, the prior (channels_last) when the workload is tiny or the teacher is
+        compiled (a probe would compile it once per layout), else probed."""
+        path = super()._choose_step_path(recorded)
+        given = getattr(self.args, "channels_last", "auto")
+        if given != "auto":
+            path.teacher_channels_last, path.sources["teacher_channels_last"] = given == "true", "given"
+        elif recorded is not None and recorded.teacher_channels_last is not None:
+            path.teacher_channels_last, path.sources["teacher_channels_last"] = recorded.teacher_channels_last, "resumed"
+        elif self._probe_pixels() < fast_path.PROBE_MIN_PIXELS or getattr(self.args, "compile_teacher", False):
+            path.teacher_channels_last, path.sources["teacher_channels_last"] = True, "prior"
+        else:
+            path.teacher_channels_last, path.timings_s["teacher"] = self._probe_teacher(path.probe_batch_size)
+            path.sources["teacher_channels_last"] = "probe"
+        return path
+
+    def _probe_teacher(self, batch_size: int | None) -> tuple[bool, dict[str, float]]:
+        """Times the teacher's forward (its dtype, inference_mode, the local term's patches if on) in
+        channels_last and NCHW, alternated; prior channels_last."""
+        batch = self._probe_batch(batch_size)
+        # step_path is still None here, so _teacher_input passes these inputs through as they are
+        forward = self.teacher_embeddings_and_patches if self.uses_teacher_patches else self.teacher_embeddings
+        formats = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
+        inputs = {name: batch.contiguous(memory_format=fmt) for name, fmt in formats.items()}
+        timings = fast_path.time_candidates(
+            {name: (lambda x=x: forward(x)) for name, x in inputs.items()},
+            self.args.device,
+            measure=fast_path.timed_call,
+            setup=lambda name: self.teacher.to(memory_format=formats[name]),
+        )
+        return choose(timings, "channels_last") == "channels_last", timings
+
+    def _apply_step_path(self, path: StepPath) -> None:
+        super()._apply_step_path(path)
+        if path.teacher_channels_last is not None:
+            self.teacher.to(memory_format=torch.channels_last if path.teacher_channels_last else torch.contiguous_format)
+
+    def teacher_embeddings_and_patches(
+        self, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """``(embeds (batch, dim) fp32, patches (batch, rows·cols, width), (rows, cols))`` from one
+        teacher forward (:meth:`FrozenTeacher.forward_with_patches`), as :meth:`teacher_embeddings`."""
+        with torch.inference_mode(), self._teacher_autocast():
+            embeds, patches, grid = self.teacher.forward_with_patches(self._teacher_input(pixel_values))
+        return embeds.float().clone(), patches.clone(), grid
+
+    def loss_terms(self, outputs: Any) -> dict[str, torch.Tensor]:
+        """Each student's loss of a [`SeedStudentGroup`] (``loss_<student>``) and the unweighted local
+        term (``loss_local``; ``loss_local_<student>`` in a group)."""
+        terms = dict(getattr(outputs, "losses", None) or {})
+        if getattr(outputs, "local_loss", None) is not None:
+            terms["local"] = outputs.local_loss
+        for name, value in (getattr(outputs, "local_losses", None) or {}).items():
+            terms[f"local_{name}"] = value
+        return terms
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None
     ):
         pixel_values = self._to_memory_format(inputs["pixel_values"])
-        teacher_embeds = self.teacher_embeddings(pixel_values)
+        local_kwargs = {}
+        if self.uses_teacher_patches:  # the local term: embeddings and patch features from one teacher forward
+            teacher_embeds, patches, grid = self.teacher_embeddings_and_patches(pixel_values)
+            local_kwargs = dict(teacher_patches=patches, teacher_grid_size=grid)
+        else:
+            teacher_embeds = self.teacher_embeddings(pixel_values)
         global_keys = all_gather_no_grad(teacher_embeds)
         small_kwargs, small_keys = {}, None
         if inputs.get("pixel_values_small") is not None:  # (n, m, c, s, s): small-patch variant
@@ -498,11 +792,10 @@ class SeedTrainer(QueueTrainer):
             teacher_embeds=teacher_embeds,
             batch_teacher_embeds=global_keys,
             **small_kwargs,
+            **local_kwargs,
         )
-        if model.training:
-            if getattr(outputs, "losses", None):  # a SeedStudentGroup: log each student's loss
-                # detached tensors: .item() (a device sync) only when a log is written
-                self._student_losses = {k: v.detach() for k, v in outputs.losses.items()}
+        if model.training:  # loss_<student>, loss_local: averaged over the logging interval by log()
+            self.record_loss_terms(outputs)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 

@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     )
     dataset = build_train_dataset(data_args, 1, 3, [0.5] * 3, [0.5] * 3, seed=0, world_size=args.world_size)
     trainer = RecordingTrainer(
-        model=tiny_student(queue_size=64),
+        model=tiny_student(queue_size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3),  # the data's
         teacher=tiny_teacher(),
         args=args,
         train_dataset=dataset,

@@ -91,9 +91,10 @@ def test_moco_then_seed_then_eval(tmp_path):
     )
     assert [r["model"] for r in results] == [str(teacher_dir)] * 2 + [str(student_dir)] * 2
     from seed_hf.datasets import load_fashion_mnist
-    from seed_hf.evaluation import label_subset
+    from seed_hf.evaluation import balanced_subset, label_subset
 
-    tenth = len(label_subset(load_fashion_mnist("train")[1][:2000], 0.1))  # class-balanced: ≈ 200
+    labels = load_fashion_mnist("train")[1]  # --max_train_samples 2000 draws 200 per class
+    tenth = len(label_subset(labels[balanced_subset(labels, 2000)], 0.1))  # class-balanced: ≈ 200
     assert [r["num_train"] for r in results] == [tenth, 2000] * 2 and results[0]["num_eval"] == 500
     assert all(0 <= r["knn_top1"] <= 100 for r in results)
     assert json.loads(out.read_text())[1]["knn_k"] == 20 and results[0]["dataset"] == "fashion_mnist"

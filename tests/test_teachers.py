@@ -261,3 +261,165 @@ def test_folder_without_config_is_named_as_such(tmp_path, monkeypatch):
             load_teacher(spec)
         assert "not a timm architecture" not in str(error.value)
         assert "--teacher_checkpoint" in str(error.value)
+
+
+def _tiny_vision_backbone(kind):
+    """A tiny random transformers vision model of each family a teacher can come from, and the
+    width its embedding has."""
+    import transformers as tr
+
+    torch.manual_seed(0)
+    layers = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    small = dict(**layers, image_size=32, patch_size=8)
+    cnn = dict(hidden_sizes=[8, 16, 24, 40], depths=[1, 1, 1, 1])
+    builders = {
+        "vit": lambda: tr.ViTModel(tr.ViTConfig(**small)),
+        "dinov2": lambda: tr.Dinov2Model(tr.Dinov2Config(**small)),
+        "dinov2_registers": lambda: tr.Dinov2WithRegistersModel(
+            tr.Dinov2WithRegistersConfig(**small, num_register_tokens=2)
+        ),
+        "dinov3_vit": lambda: tr.DINOv3ViTModel(tr.DINOv3ViTConfig(**small)),
+        "dinov3_convnext": lambda: tr.DINOv3ConvNextModel(tr.DINOv3ConvNextConfig(**cnn)),
+        "convnext": lambda: tr.ConvNextModel(tr.ConvNextConfig(**cnn)),
+        "resnet": lambda: tr.ResNetModel(tr.ResNetConfig(embedding_size=8, **cnn)),  # pooled (n, c, 1, 1)
+        "clip_vision": lambda: tr.CLIPVisionModel(tr.CLIPVisionConfig(**small)),
+        "clip_vision_projection": lambda: tr.CLIPVisionModelWithProjection(
+            tr.CLIPVisionConfig(**small, projection_dim=12)
+        ),
+        "siglip_vision": lambda: tr.SiglipVisionModel(tr.SiglipVisionConfig(**small)),
+        # a feature map (n, c, h, w) and no pooled output
+        "segformer": lambda: tr.SegformerModel(
+            tr.SegformerConfig(
+                num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 40],
+                num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2],
+            )
+        ),
+    }
+    widths = {"clip_vision_projection": 12, "segformer": 40}
+    width = widths.get(kind, 40 if kind in ("dinov3_convnext", "convnext", "resnet") else 32)
+    return builders[kind]().eval(), width
+
+
+VISION_FAMILIES = [
+    "vit", "dinov2", "dinov2_registers", "dinov3_vit", "dinov3_convnext", "convnext", "resnet",
+    "clip_vision", "clip_vision_projection", "siglip_vision", "segformer",
+]
+
+
+@pytest.mark.parametrize("kind", VISION_FAMILIES)
+def test_every_transformers_vision_family_is_a_teacher(tmp_path, kind):
+    from transformers import ViTImageProcessor
+
+    model, width = _tiny_vision_backbone(kind)
+    model.save_pretrained(tmp_path)
+    ViTImageProcessor(image_mean=[0.5] * 3, image_std=[0.25] * 3).save_pretrained(tmp_path)
+    teacher = load_teacher(str(tmp_path))
+    assert teacher.embed_dim == width
+    x = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)
+    out = teacher(x)
+    assert out.shape == (3, width) and torch.isfinite(out).all()
+    if kind == "segformer":  # only a feature map: its spatial average
+        with torch.no_grad():
+            reference = model(pixel_values=x).last_hidden_state.mean(dim=(2, 3))
+        assert torch.allclose(out, torch.nn.functional.normalize(reference, dim=1), atol=1e-5)
+
+
+def test_clip_vision_with_projection_gives_the_image_embeds(tmp_path):
+    from transformers import ViTImageProcessor
+
+    model, _ = _tiny_vision_backbone("clip_vision_projection")
+    model.save_pretrained(tmp_path)
+    ViTImageProcessor(image_mean=[0.5] * 3, image_std=[0.25] * 3).save_pretrained(tmp_path)
+    teacher = load_teacher(str(tmp_path))
+    assert type(teacher.backbone.model).__name__ == "CLIPVisionModelWithProjection"
+    assert teacher.embed_dim == model.config.projection_dim == 12
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        reference = model(pixel_values=x).image_embeds
+    assert torch.allclose(teacher(x), torch.nn.functional.normalize(reference, dim=1), atol=1e-5)
+
+
+def test_transformers_folder_without_preprocessor_config_needs_its_normalisation(tmp_path):
+    model, _ = _tiny_vision_backbone("dinov2")
+    model.save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        load_teacher(str(tmp_path))
+    message = str(error.value)
+    assert "preprocessor_config.json" in message and "teacher_image_mean" in message and "teacher_image_std" in message
+    teacher = load_teacher(str(tmp_path), teacher_image_mean=[0.5] * 3, teacher_image_std=[0.25] * 3)
+    assert teacher.expected_mean == [0.5] * 3 and teacher.expected_std == [0.25] * 3
+    assert teacher.normalization == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    with pytest.raises(ValueError, match="teacher_image_std"):
+        load_teacher(str(tmp_path), teacher_image_mean=[0.5] * 3)
+    with pytest.raises(ValueError, match="teacher_image_std must be > 0"):
+        load_teacher(str(tmp_path), teacher_image_mean=[0.5] * 3, teacher_image_std=[0.0] * 3)
+
+
+def test_explicit_teacher_normalisation_wins_and_is_recorded(tmp_path):
+    from transformers import ViTImageProcessor
+
+    model, _ = _tiny_vision_backbone("dinov2")
+    model.save_pretrained(tmp_path)
+    ViTImageProcessor(image_mean=[0.5] * 3, image_std=[0.25] * 3).save_pretrained(tmp_path)
+    assert load_teacher(str(tmp_path)).normalization == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    teacher = load_teacher(str(tmp_path), teacher_image_mean=[0.4] * 3, teacher_image_std=[0.2] * 3)
+    assert teacher.expected_mean == [0.4] * 3 and teacher.expected_std == [0.2] * 3
+    # a timm teacher sees the student's normalisation unless told otherwise
+    assert load_teacher("test_resnet", allow_random=True).normalization is None
+    timm_teacher = load_teacher(
+        "test_resnet", allow_random=True, teacher_image_mean=[0.1], teacher_image_std=[0.3]
+    )
+    assert timm_teacher.expected_mean == [0.1] * 3 and timm_teacher.expected_std == [0.3] * 3
+
+
+def test_run_seed_passes_the_teacher_normalisation_flags(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import run_seed
+
+    seen = {}
+
+    def fake_load_teacher(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(run_seed, "load_teacher", fake_load_teacher)
+    argv = [
+        "--teacher_name_or_path", str(tmp_path), "--teacher_image_mean", "0.5", "0.5", "0.5",
+        "--teacher_image_std", "0.25", "0.25", "0.25", "--output_dir", str(tmp_path / "out"),
+        "--use_cpu", "--report_to", "none",
+    ]
+    with pytest.raises(RuntimeError, match="stop here"):
+        run_seed.main(argv)
+    assert seen["teacher_image_mean"] == [0.5] * 3 and seen["teacher_image_std"] == [0.25] * 3
+
+
+def test_pickled_full_model_checkpoint_asks_for_a_state_dict(tmp_path):
+    torch.save(create_backbone("test_resnet"), tmp_path / "model.pth")  # the whole module, pickled
+    with pytest.raises(ValueError) as error:
+        load_teacher("test_resnet", tmp_path / "model.pth")
+    message = str(error.value)
+    assert "model.state_dict()" in message and "safetensors" in message and "model.pth" in message
+    assert "weights_only=False" not in message
+
+
+def test_classification_checkpoint_distils_its_cls_token_not_a_random_pooler(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    classifier = ViTForImageClassification(config).eval()  # its base model has no pooler
+    classifier.save_pretrained(tmp_path)
+    ViTImageProcessor().save_pretrained(tmp_path)
+    teacher = load_teacher(str(tmp_path))
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        reference = classifier.vit(pixel_values=x).last_hidden_state[:, 0]
+    assert teacher.embed_dim == 32
+    assert torch.allclose(teacher(x), torch.nn.functional.normalize(reference, dim=1), atol=1e-5)
+    with pytest.raises(ValueError, match="no pooler weights"):
+        load_teacher(str(tmp_path), embedding="pooler")

@@ -134,12 +134,16 @@ def test_validation_of_sizes_channels_and_precision(tmp_path):
 
     from seed_hf import SeedForDistillation
 
+    small_vit = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+    with pytest.raises(ValueError, match="image_size=32"):  # a 224-px ViT: refused when built
+        SeedForDistillation(tiny_seed_config(student_architecture="vit_tiny_patch16_224", student_model_args=small_vit))
     vit = SeedForDistillation(
         tiny_seed_config(
             student_architecture="vit_tiny_patch16_224",
-            student_model_args={"depth": 1, "embed_dim": 32, "num_heads": 2},
+            student_model_args={**small_vit, "img_size": 32, "patch_size": 8},
         )
     )
+    vit.config.image_size = 24  # a config edited after the build: the trainer's probe forward catches it
     with pytest.raises(ValueError, match="image_size"):
         _seed_trainer(tmp_path, model=vit)
     with pytest.raises(ValueError, match="1-channel teacher"):

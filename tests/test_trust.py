@@ -190,7 +190,7 @@ def test_every_training_script_enqueues_each_key_once(tmp_path, script):
 
 @requires_fashion_mnist
 def test_a_second_run_into_a_locked_folder_is_refused_and_a_dead_owner_is_taken_over(tmp_path):
-    from seed_hf.runs import RUN_LOCK_FILE, lock_run_folder
+    from seed_hf.runs import lock_run_folder, run_lock_files
 
     out = tmp_path / "run"
     holder = subprocess.Popen(
@@ -202,14 +202,15 @@ def test_a_second_run_into_a_locked_folder_is_refused_and_a_dead_owner_is_taken_
         assert holder.stdout.readline().strip() == "locked"
         for main, model in ((run_moco.main, ["--architecture", "test_resnet", "--key_bn_splits", "2"]),
                             (run_seed.main, ["--teacher_name_or_path", "test_resnet", "--allow_random_teacher"])):  # fmt: skip
-            with pytest.raises(RuntimeError, match=f"process {holder.pid} on .* holds its lock .*{RUN_LOCK_FILE}"):
+            with pytest.raises(RuntimeError, match=f"process {holder.pid} on .* holds its lock .*{run_lock_files(out)[0].name}"):
                 main([*model, "--queue_size", "64", "--output_dir", str(out), *TRAIN])
         assert not (out / "model.safetensors").exists() and not list(out.glob("checkpoint-*"))
     finally:
         holder.kill()  # SIGKILL: no clean-up, the OS drops its lock
         holder.wait()
-    assert lock_run_folder(out) == out.resolve() / RUN_LOCK_FILE
-    assert json.loads((out / f"{RUN_LOCK_FILE}.owner.json").read_text())["pid"] == os.getpid()
+    lock_file, owner_file = run_lock_files(out)
+    assert lock_run_folder(out) == lock_file and lock_file.parent == out.resolve().parent
+    assert json.loads(owner_file.read_text())["pid"] == os.getpid()
 
 
 @pytest.mark.parametrize("size", [0, -3])
@@ -260,3 +261,63 @@ def test_library_api_checks_the_first_batch_against_the_config(tmp_path):
                           data_collator=collate_batch)  # fmt: skip
     with pytest.raises(ValueError, match=r"normalised with mean \[0.5, 0.5, 0.5\].*image_mean=\[0.485"):
         trainer.train()
+
+
+def test_teacher_record_license_flows_into_the_students_card(tmp_path, caplog):
+    from huggingface_hub import ModelCard
+    from test_teachers import _moco_v2_checkpoint
+
+    from seed_hf import load_teacher
+
+    _moco_v2_checkpoint(tmp_path / "moco.pth")
+    teacher = load_teacher("test_resnet", tmp_path / "moco.pth")
+    record = teacher.record
+    assert (record.kind, record.layout, record.license, record.checkpoint) == ("timm", "moco", "cc-by-nc-4.0", "moco.pth")
+    assert record.sha256 == weights_fingerprint("test_resnet", tmp_path / "moco.pth") and record.embedding == "head"
+
+    student = tiny_student()
+    student.config.teacher = record.to_dict()  # what SeedTrainer writes
+    folder = export_student(student, tmp_path / "inherits")
+    assert ModelCard.load(folder / "README.md").data.license == "cc-by-nc-4.0"
+    assert "cc-by-nc-4.0 (from its published moco checkpoints)" in (folder / "README.md").read_text()
+    with caplog.at_level("WARNING"):
+        export_student(student, tmp_path / "declared", license="apache-2.0")
+    assert "declares license 'apache-2.0', but its teacher's license is 'cc-by-nc-4.0'" in caplog.text
+
+    student.config.teacher = {**record.to_dict(), "license": None, "license_source": None}
+    folder = export_student(student, tmp_path / "unknown")
+    card = (folder / "README.md").read_text()
+    assert ModelCard.load(folder / "README.md").data.license == "other" and "was not recorded" in card
+
+
+def test_teacher_resolution_is_recorded_warned_about_and_resized_for(tmp_path, caplog):
+    from helpers import TensorImages, tiny_moco
+
+    from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch, load_teacher
+    from seed_hf.moco import save_query_encoder
+
+    save_query_encoder(tiny_moco(image_size=64), tmp_path / "teacher")
+    (tmp_path / "teacher" / "README.md").write_text("---\nlicense: mit\n---\n# a teacher\n")
+    args = SeedTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=8,
+                                 use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no")  # fmt: skip
+    teacher = load_teacher(str(tmp_path / "teacher"))
+    assert (teacher.record.image_size, teacher.record.license, teacher.record.ssl_method) == (64, "mit", "moco_v2")
+    student = tiny_student(image_size=32)
+    with caplog.at_level("WARNING"):
+        SeedTrainer(model=student, teacher=teacher, args=args, train_dataset=TensorImages(16), data_collator=collate_batch)
+    assert "was trained at 64 px and the student's views are 32 px" in caplog.text
+    assert student.config.teacher["image_size"] == 64 and student.config.teacher["license"] == "mit"
+
+    resized = load_teacher(str(tmp_path / "teacher"), teacher_image_size=64)
+    seen = []
+    stem = next(resized.backbone.children())  # pooled_features calls forward_features, not forward
+    stem.register_forward_pre_hook(lambda module, inputs: seen.append(tuple(inputs[0].shape[-2:])))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        args.optimize_teacher = False  # the eager backbone, so that the hook sees its inputs
+        trainer = SeedTrainer(model=tiny_student(image_size=32), teacher=resized, args=args,
+                              train_dataset=TensorImages(16), data_collator=collate_batch)  # fmt: skip
+        trainer.train()
+    assert "was trained at" not in caplog.text
+    assert set(seen) == {(64, 64)}  # the 32-px views, resized for the teacher
+    assert trainer.model.config.teacher["resized_to"] == 64

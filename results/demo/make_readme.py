@@ -4,7 +4,10 @@
     python results/demo/make_readme.py <wall seconds> <cpu model> <cores> <student run dir>
 
 It reads the rows that run wrote to results/demo/eval_results.json, which must be of
-`results/demo/student` (the folder the timed run exported to).
+`results/demo/student` (the folder the timed run exported to), and the speed that
+`benchmarks/bench_infer.py` measured (results/speed/seed-demo-mobilenetv3-small-fmnist.json) when
+present. Without the run folder (gitignored) the run's steps, batch and τ_T come from the student's
+entry in model_cards/models.json, which that run wrote.
 """
 
 import json
@@ -23,15 +26,45 @@ names = {
     "pixels": "raw pixels (recorded)",
     "pixels_centred": "centred pixels (recorded)",
 }
-trainer_state = json.loads((run_dir / "trainer_state.json").read_text())
-steps, batch = trainer_state.get("global_step"), trainer_state.get("train_batch_size")
-tau_t = json.loads((run_dir / "config.json").read_text())["teacher_temperature"]
-table = ["| model | parameters | kNN top-1 (k=200, τ=0.07) | linear probe top-1 |", "| --- | --- | --- | --- |"]
+if (run_dir / "trainer_state.json").is_file():
+    trainer_state = json.loads((run_dir / "trainer_state.json").read_text())
+    steps, batch = trainer_state.get("global_step"), trainer_state.get("train_batch_size")
+    tau_t = json.loads((run_dir / "config.json").read_text())["teacher_temperature"]
+else:
+    manifest = json.loads(Path("model_cards/models.json").read_text())
+    facts = next(e["facts"] for e in manifest if e["folder"] == "results/demo/student")
+    steps, batch, tau_t = facts["steps"], facts["batch_size"], facts["teacher_temperature"]
+speed_file = Path("results/speed/seed-demo-mobilenetv3-small-fmnist.json")
+speed = json.loads(speed_file.read_text()) if speed_file.is_file() else None
+SPEED_RUNTIME = "ONNX Runtime fp32"  # one runtime for both models: the column compares the models
+if speed:
+    by_role = {r["role"]: r for r in speed["rows"] if r["runtime"] == SPEED_RUNTIME}
+    roles = {"pretrained/fmnist-mocov2-resnet18": "teacher", "results/demo/student": "student"}
+header = "| model | parameters | kNN top-1 (k=200, τ=0.07) | linear probe top-1 |"
+if speed:
+    header += f" CPU speed, {SPEED_RUNTIME}: batch-1 ms / batch-64 img/s |"
+table = [header, "|" + " --- |" * (header.count("|") - 1)]
 for r in rows:
     name = names.get(r["model"], f"SEED student, MobileNetV3-Small ({steps} steps × {batch}, τ_T {tau_t:g}), exported folder `{r['model']}`")
-    table.append(f"| {name} | {r['num_parameters']:,} | {r['knn_top1']:.2f} | {r['linear_top1']:.2f} |")
+    line = f"| {name} | {r['num_parameters']:,} | {r['knn_top1']:.2f} | {r['linear_top1']:.2f} |"
+    if speed:
+        t = by_role.get(roles.get(r["model"]))
+        line += f" {t['batch1_ms']:.2f} / {t['batch64_img_s']:,.0f} |" if t else " — |"
+    table.append(line)
 by = {r["model"]: r for r in rows}
 s = next(r for r in rows if r["model"] not in names)
+speed_text = ""
+if speed:
+    ratio = speed["student_vs_teacher"][SPEED_RUNTIME]
+    best = {role: max((r for r in speed["rows"] if r["role"] == role), key=lambda r: r["batch64_img_s"]) for role in ("teacher", "student")}
+    speed_text = (
+        f"Speed: `{speed['command']}` on {speed['machine']['cpu']} ({speed['machine']['threads']} threads, "
+        f"{speed['date']}; load average {' / '.join(map(str, speed['machine']['load_average']))}): with {SPEED_RUNTIME} the student "
+        f"has {ratio['batch64_throughput_ratio']:.1f}× the teacher's batch-64 throughput and "
+        f"{ratio['batch1_latency_ratio']:.1f}× lower batch-1 latency; fastest runtime of each: teacher "
+        f"{best['teacher']['batch64_img_s']:,.0f} img/s ({best['teacher']['runtime']}), student "
+        f"{best['student']['batch64_img_s']:,.0f} img/s ({best['student']['runtime']}). Every runtime: `{speed_file}`.\n"
+    )
 text = f"""# `make demo` on a {cores}-core CPU machine (no GPU)
 
 Measured by `make ship-demo`: `make demo` from a fresh run folder (`{run_dir.parent}`, nothing resumed),
@@ -45,8 +78,8 @@ The student is evaluated from its exported timm folder with the preprocessing a 
 SEED student − centred pixels: {s['knn_top1'] - by['pixels_centred']['knn_top1']:+.2f} kNN, {s['linear_top1'] - by['pixels']['linear_top1']:+.2f} linear;
 student − teacher: {s['knn_top1'] - by['pretrained/fmnist-mocov2-resnet18']['knn_top1']:+.2f} kNN,
 {s['linear_top1'] - by['pretrained/fmnist-mocov2-resnet18']['linear_top1']:+.2f} linear, with {s['num_parameters'] / by['pretrained/fmnist-mocov2-resnet18']['num_parameters']:.0%} of its parameters.
-Files: `eval_results.json` (the student's rows, written by `examples/run_eval.py`), `student/` (the
-exported student with its card; also `model_cards/seed-demo-mobilenetv3-small-fmnist.md`).
+{speed_text}Files: `eval_results.json` (the student's rows, written by `examples/run_eval.py`), `student/` (the
+exported student with its card and `onnx/` graphs; also `model_cards/seed-demo-mobilenetv3-small-fmnist.md`).
 """
 (here / "README.md").write_text(text)
 print(text)

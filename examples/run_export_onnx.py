@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Add verified ONNX graphs to an already exported timm-format folder (no run folder needed):
+``onnx/model.onnx`` and, with ``--onnx_int8``, ``onnx/model_int8.onnx`` (seed_hf.onnx_export).
+
+    python examples/run_export_onnx.py --folder results/demo/student --onnx_int8 \
+        --manifest model_cards/models.json --manifest_name seed-demo-mobilenetv3-small-fmnist
+
+With ``--manifest`` the record (files, opset, exporter, max abs differences, int8 kNN against
+fp32) goes into that entry's card facts and the shipped cards are re-rendered from the manifest.
+Without it the folder's card is left as it is (it was rendered without ``onnx/``): export from the
+run folder with ``run_export.py --onnx`` to get a card that lists it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from seed_hf.arguments import OnnxArguments, onnx_export_options, translate_onnx_error
+from seed_hf.hub import render_manifest_cards, upsert_manifest_entry
+from seed_hf.onnx_export import export_onnx
+
+
+@dataclass
+class FolderArguments:
+    folder: str = field(metadata={"help": "Exported timm-format folder (config.json + model.safetensors)."})
+    manifest: str | None = field(
+        default=None,
+        metadata={"help": "Shipped-models manifest whose --manifest_name entry gets the ONNX facts."},
+    )
+    manifest_name: str | None = field(
+        default=None, metadata={"help": "Entry of --manifest (the folder's card)."}
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, onnx_args = HfArgumentParser((FolderArguments, OnnxArguments)).parse_args_into_dataclasses(
+        sys.argv[1:] if argv is None else argv
+    )
+    onnx_args.onnx = True  # the point of this script
+    if args.manifest and not args.manifest_name:
+        raise ValueError("--manifest needs --manifest_name (the entry of --folder).")
+    entries = {e["name"]: e for e in json.loads(Path(args.manifest).read_text())} if args.manifest else {}
+    if args.manifest and args.manifest_name not in entries:
+        raise ValueError(
+            f"--manifest_name {args.manifest_name!r} is not in {args.manifest}: {sorted(entries)}."
+        )
+    options = onnx_export_options(onnx_args)
+    try:
+        record = export_onnx(args.folder, **options)
+    except ValueError as error:  # export_onnx names its parameters: say the flags instead
+        raise translate_onnx_error(error) from error
+    print(json.dumps({k: v for k, v in record.items() if k != "files"}, indent=1))
+    print(f"Wrote {[f['path'] for f in record['files']]} to {args.folder}")
+    if args.manifest:
+        entry = entries[args.manifest_name]
+        entry["facts"]["onnx"] = record
+        upsert_manifest_entry(args.manifest, entry)
+        for card in render_manifest_cards(args.manifest):
+            print(f"rendered {card}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,488 @@
+"""ONNX export of exported students: ``onnx/model.onnx`` (fp32) and ``onnx/model_int8.onnx``,
+verified against timm's PyTorch features of the same folder.
+
+Works on any timm-format Hub folder (``config.json`` with ``architecture`` + ``pretrained_cfg``,
+``model.safetensors``), so a folder exported earlier gains ``onnx/`` without its run folder. The
+graph takes ``pixel_values (n, 3, H, W)`` (dynamic batch axis) and returns ``pooler_output``, the
+pooled features of ``AutoModel(...).pooler_output`` and of the pipeline with ``pool=True``.
+
+Exporter: the TorchScript exporter (``torch.onnx.export(dynamo=False)``), chosen by measurement
+on torch 2.14 / onnxruntime 1.32. Both exporters round-trip resnet18, mobilenetv3_small_100,
+efficientnet_b0, convnext_atto and a ViT within 4e-6 at batch 1 and 64, but onnxruntime's
+static-int8 pass fuses the TorchScript graph of MobileNetV3 completely (53 QLinearConv,
+QLinearMul/Add) while it leaves 25 of the 53 convolutions of the dynamo graph in float between
+Q/DQ pairs: that int8 model ran 3.5x slower than the TorchScript one on this CPU. TorchScript
+also exports 10x faster (0.2-1 s) and into one self-contained file (dynamo writes external data
+by default). It is deprecated in torch >= 2.9; ``exporter="dynamo"`` keeps the newer path one
+argument away (it needs onnxscript, part of the ``onnx`` extra).
+
+int8: static quantization in QDQ format (per-channel s8 weights, u8 activations, percentile
+calibration on images of the training source; min-max where an activation is constant). Dynamic
+quantization was measured 4-10x slower than static on CNN students here (its ConvInteger kernels),
+with no better kNN.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "ONNX_DIR",
+    "ONNX_FILE",
+    "ONNX_INT8_FILE",
+    "ONNX_FILES",
+    "DEFAULT_OPSET",
+    "EXPORTERS",
+    "OnnxVerificationError",
+    "require_onnx",
+    "export_onnx",
+    "export_pooled_onnx",
+    "quantize_int8",
+    "ort_session",
+    "folder_transform",
+    "sample_images",
+]
+
+logger = logging.getLogger(__name__)
+
+ONNX_DIR = "onnx"
+ONNX_FILE = f"{ONNX_DIR}/model.onnx"
+ONNX_INT8_FILE = f"{ONNX_DIR}/model_int8.onnx"
+ONNX_FILES = (ONNX_FILE, ONNX_INT8_FILE)
+DEFAULT_OPSET = 17  # LayerNormalization is a native op from 17 on (ViT, ConvNeXt)
+EXPORTERS = ("torchscript", "dynamo")
+INPUT_NAME, OUTPUT_NAME = "pixel_values", "pooler_output"
+VERIFY_BATCH = 64
+INT8_METHOD = "static QDQ, per-channel int8 weights, uint8 activations, percentile (99.999) calibration"
+INT8_METHOD_MINMAX = INT8_METHOD.replace(
+    "percentile (99.999)", "min-max (percentile failed: a constant activation)"
+)
+EXTRA_HINT = "pip install 'seed-hf[onnx]' (onnx, onnxruntime, onnxscript, scikit-image)"
+
+
+class OnnxVerificationError(ValueError):
+    """The exported graph does not give timm's PyTorch features within ``atol``."""
+
+
+def require_onnx(what: str = "ONNX export"):
+    """``(onnx, onnxruntime)``, or an ImportError saying that ``what`` needs the extra."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(
+            f"{what} needs the onnx extra of seed_hf ({error.name} is missing): {EXTRA_HINT}."
+        ) from None
+    return onnx, onnxruntime
+
+
+def _folder_config(folder: Path) -> dict[str, Any]:
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if "architecture" not in config or "pretrained_cfg" not in config:
+        raise FileNotFoundError(
+            f"folder {str(folder)!r} is not a timm-format folder (config.json with architecture and "
+            "pretrained_cfg, written by seed_hf.hub.export_student / export_encoder)."
+        )
+    return config
+
+
+def folder_transform(folder: str | os.PathLike) -> tuple[Callable, dict[str, Any]]:
+    """The evaluation transform a user rebuilds from a folder's ``pretrained_cfg`` (timm's
+    ``resolve_data_config`` + ``create_transform``, after ``convert("RGB")``) and its data config."""
+    from timm.data import resolve_data_config
+
+    from .evaluation import eval_transform
+
+    data_config = resolve_data_config(pretrained_cfg=_folder_config(Path(folder))["pretrained_cfg"])
+    return eval_transform(data_config), data_config
+
+
+def sample_images(n: int = VERIFY_BATCH, seed: int = 0) -> list:
+    """``n`` real photos, offline: seeded random crops of scikit-image's sample images (colour and
+    grayscale, 100-1400 px), as PIL images in their own mode."""
+    from PIL import Image
+
+    try:
+        from skimage import data
+    except ImportError:
+        raise ImportError(
+            f"The default verification images are scikit-image's sample photos: {EXTRA_HINT}."
+        ) from None
+    names = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "coins", "clock", "hubble_deep_field",
+             "immunohistochemistry", "retina", "page", "grass", "brick", "colorwheel", "cell")  # fmt: skip
+    photos = [Image.fromarray(getattr(data, name)()) for name in names]
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        side = int(min(w, h) * rng.uniform(0.3, 1.0))  # crops at many scales: varied feature statistics
+        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        images.append(photo.crop((x, y, x + side, y + side)))
+    return images
+
+
+def _pixel_values(images, transform: Callable, indices: Sequence[int] | None = None) -> np.ndarray:
+    """``(n, c, h, w)`` float32 of ``images`` (PIL images, uint8 arrays or a ``datasets`` column)."""
+    from .evaluation import LabelledImages
+
+    dataset = LabelledImages(images, np.zeros(len(images), dtype=np.int64), transform)
+    indices = range(len(images)) if indices is None else indices
+    return torch.stack([dataset[int(i)]["pixel_values"] for i in indices]).numpy()
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None):
+    """A CPU onnxruntime session with ``threads`` intra-op threads (default: torch's count, so the
+    two runtimes are compared on the same cores)."""
+    _, ort = require_onnx()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: the CPU provider warns about every unfused node
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run(session, pixel_values: np.ndarray) -> np.ndarray:
+    return session.run(None, {INPUT_NAME: np.ascontiguousarray(pixel_values, dtype=np.float32)})[0]
+
+
+def export_pooled_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    example: torch.Tensor,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "torchscript",
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Writes ``model`` (``pixel_values -> pooled features``, in eval mode) as one ONNX file with a
+    dynamic batch axis, traced on ``example`` (a real batch of >= 2 images: a batch of 1 could let
+    a size-1 axis be folded into a constant)."""
+    onnx, _ = require_onnx()
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter={exporter!r} must be one of {EXPORTERS}.")
+    if example.shape[0] < 2:
+        raise ValueError(
+            f"example must hold >= 2 images to trace a dynamic batch axis, got {tuple(example.shape)}."
+        )
+    model = model.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, tracer hints
+        if exporter == "torchscript":
+            torch.onnx.export(
+                model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset, dynamo=False, do_constant_folding=True,
+            )  # fmt: skip
+        else:
+            program = torch.onnx.export(
+                model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset, dynamo=True,
+            )  # fmt: skip
+            program.save(str(path), external_data=False)  # one self-contained file
+    proto = onnx.load(str(path))
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+CALIBRATION_BATCH = 32
+
+
+def _whole_batches(pixel_values: np.ndarray) -> np.ndarray:
+    """The calibration images that fill equal batches: the percentile calibrator stacks every
+    batch's activations, so a shorter last batch fails there ("inhomogeneous shape")."""
+    batch = min(CALIBRATION_BATCH, len(pixel_values))
+    return pixel_values[: len(pixel_values) // batch * batch]
+
+
+class _CalibrationReader:
+    """onnxruntime's ``CalibrationDataReader`` protocol over preprocessed batches."""
+
+    def __init__(self, pixel_values: np.ndarray, batch_size: int = CALIBRATION_BATCH):
+        self._batches = iter(
+            [{INPUT_NAME: pixel_values[i : i + batch_size]} for i in range(0, len(pixel_values), batch_size)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: np.ndarray) -> str:
+    """Static int8 (QDQ) of ``fp32_path`` calibrated on ``calibration`` (preprocessed ``(n, c, h, w)``
+    images). Returns the method, as the card states it."""
+    require_onnx()
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if len(calibration) < 1:
+        raise ValueError("calibration needs at least one image.")
+    calibration = _whole_batches(calibration)
+    pre = Path(int8_path).with_suffix(".pre.onnx")
+    try:
+        # shape inference + BatchNorm folding first, as onnxruntime recommends: Q/DQ then sit
+        # around the ops that run fused in int8
+        quant_pre_process(str(fp32_path), str(pre))
+        for method in (CalibrationMethod.Percentile, CalibrationMethod.MinMax):
+            try:
+                quantize_static(
+                    str(pre),
+                    str(int8_path),
+                    _CalibrationReader(calibration),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,  # u8 x s8: the VNNI / AMX kernels
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=method,  # percentile clips rare outliers: cosine 0.989 vs 0.986 (min-max)
+                )
+                break
+            except ValueError as error:
+                # a constant activation (a dead channel of an untrained net) has no histogram
+                if method != CalibrationMethod.Percentile or "bins" not in str(error):
+                    raise
+                logger.warning(f"Percentile calibration failed ({error}); calibrating with min-max instead.")
+    finally:
+        pre.unlink(missing_ok=True)
+    return INT8_METHOD if method == CalibrationMethod.Percentile else INT8_METHOD_MINMAX
+
+
+class _OrtEncoder(nn.Module):
+    """onnxruntime sessions as one ``nn.Module`` for :func:`~seed_hf.evaluation.extract_features`:
+    their features side by side, so every image is decoded and preprocessed once for all of them."""
+
+    def __init__(self, *sessions):
+        super().__init__()
+        self.sessions = sessions
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = pixel_values.numpy()
+        return torch.cat([torch.from_numpy(_run(s, x)) for s in self.sessions], dim=1)
+
+
+def _int8_knn(
+    fp32, int8, eval_data, transform, k: int, temperature: float, batch_size: int
+) -> dict[str, Any]:
+    """Weighted kNN top-1 of the fp32 and int8 graphs on ``eval_data`` (train -> eval split)."""
+    from .evaluation import LabelledImages, extract_features, knn_accuracy
+
+    encoder = _OrtEncoder(fp32, int8)
+    result: dict[str, Any] = {
+        "dataset": eval_data.name,
+        "eval_split": eval_data.eval_split,
+        "k": k,
+        "temperature": temperature,
+    }
+    features = {}
+    for split, images, labels in (("train", eval_data.train_images, eval_data.train_labels), ("eval", eval_data.eval_images, eval_data.eval_labels)):  # fmt: skip
+        both, y = extract_features(
+            encoder, LabelledImages(images, labels, transform), batch_size, desc=f"onnx kNN {split}"
+        )
+        features[split] = (*both.chunk(2, dim=1), y)
+        result[f"num_{split}"] = len(y)
+    (tr32, tr8, ytr), (ev32, ev8, yev) = features["train"], features["eval"]
+    result["fp32_top1"] = round(knn_accuracy(tr32, ytr, ev32, yev, k, temperature)["top1"], 2)
+    result["int8_top1"] = round(knn_accuracy(tr8, ytr, ev8, yev, k, temperature)["top1"], 2)
+    result["int8_minus_fp32"] = round(result["int8_top1"] - result["fp32_top1"], 2)
+    return result
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    import hashlib
+
+    data = path.read_bytes()
+    return {
+        "path": f"{ONNX_DIR}/{path.name}",
+        "size_mb": round(len(data) / 2**20, 2),
+        "sha256": hashlib.sha256(data).hexdigest()[:16],
+    }
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Puts the finished ``new`` at ``out`` by renames only: a reader sees the old folder or the
+    new one, never a half-written one."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_onnx(
+    folder: str | os.PathLike,
+    *,
+    int8: bool = False,
+    images: Sequence | None = None,
+    eval_data=None,
+    calibration_images: Sequence | None = None,
+    num_calibration: int = 256,
+    atol: float = 1e-4,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "torchscript",
+    knn_k: int = 200,
+    knn_temperature: float = 0.07,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Writes ``<folder>/onnx/model.onnx`` (and with ``int8`` ``onnx/model_int8.onnx``), verified.
+
+    The fp32 graph is run by onnxruntime on real images through the folder's own
+    ``pretrained_cfg`` preprocessing and compared with timm's PyTorch features of the folder
+    (``timm.create_model("local-dir:...")``) one image at a time and as one batch of 64; a max abs
+    difference above ``atol`` raises :class:`OnnxVerificationError` with the figure, and ``onnx/``
+    is left as it was (the folder is built beside it and renamed into place).
+
+    Args:
+        folder: a timm-format folder (an exported student).
+        int8: also write the static-int8 graph.
+        images: verification images (PIL images or uint8 arrays); default: 64 class-balanced eval
+            images of ``eval_data``, else 64 crops of scikit-image's sample photos.
+        eval_data: a :class:`~seed_hf.evaluation.LabelledSplits` (the training / evaluation source):
+            int8 calibration images come from its train split and the kNN top-1 of int8 against
+            fp32 is measured on it (train -> eval split).
+        calibration_images: int8 calibration images instead of ``num_calibration`` class-balanced
+            train images of ``eval_data`` (or the verification images when there is no ``eval_data``).
+        atol: the largest max abs difference accepted between onnxruntime and PyTorch.
+        opset: ONNX opset of the graph.
+        exporter: ``"torchscript"`` (default, see the module docstring) or ``"dynamo"``.
+        knn_k, knn_temperature: the weighted kNN of the int8-vs-fp32 comparison.
+        batch_size: images per onnxruntime call for the kNN features.
+        seed: seed of the class-balanced draws.
+
+    Returns:
+        What it did, as cards render it (``facts["onnx"]``): files (size, sha256), opset, exporter,
+        input / output, max abs differences at batch 1 and 64, versions, and for int8 the method,
+        calibration, cosine to fp32 and the kNN top-1 of both graphs.
+    """
+    onnx, ort = require_onnx()
+    import timm
+
+    from .subsets import balanced_subset
+    from .teachers import weights_fingerprint
+
+    if atol <= 0:
+        raise ValueError(f"atol={atol} must be > 0.")
+    if num_calibration < 1:
+        raise ValueError(f"num_calibration={num_calibration} must be >= 1.")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter={exporter!r} must be one of {EXPORTERS}.")
+    folder = Path(folder)
+    transform, data_config = folder_transform(folder)  # also checks that folder is a timm folder
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0).eval()
+    if images is not None:
+        pixels, verified_on = _pixel_values(images, transform), f"{len(images)} given images"
+    elif eval_data is not None:
+        keep = balanced_subset(eval_data.eval_labels, VERIFY_BATCH, seed)
+        pixels = _pixel_values(eval_data.eval_images, transform, keep)
+        verified_on = f"{len(keep)} class-balanced images of {eval_data.name} ({eval_data.eval_split} split)"
+    else:
+        pixels, verified_on = (
+            _pixel_values(sample_images(VERIFY_BATCH, seed), transform),
+            "64 crops of scikit-image's sample photos",
+        )
+    if len(pixels) < 2:
+        raise ValueError(f"images must hold >= 2 images, got {len(pixels)}.")
+    weights_sha256 = weights_fingerprint(str(folder))
+
+    out = folder / ONNX_DIR
+    tmp = folder / f".{ONNX_DIR}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        fp32_path = tmp / Path(ONNX_FILE).name
+        metadata = {
+            "source_weights_sha256": weights_sha256,
+            "output": "pooled features (pooler_output)",
+            "producer": "seed_hf",
+        }
+        export_pooled_onnx(model, fp32_path, torch.from_numpy(pixels[:2]), opset, exporter, metadata)
+        session = ort_session(fp32_path)
+        with torch.no_grad():  # PyTorch at the same batch sizes: each side's own kernels per size
+            reference = model(torch.from_numpy(pixels)).numpy()
+            singles = [model(torch.from_numpy(pixels[i : i + 1])).numpy() for i in range(len(pixels))]
+        diffs = {
+            "batch_1": max(
+                float(np.abs(_run(session, pixels[i : i + 1]) - singles[i]).max()) for i in range(len(pixels))
+            ),
+            f"batch_{len(pixels)}": float(np.abs(_run(session, pixels) - reference).max()),
+        }
+        for batch, diff in diffs.items():
+            if not diff <= atol:  # also catches NaN
+                raise OnnxVerificationError(
+                    f"ONNX export of {folder} failed verification: onnxruntime vs timm PyTorch features at "
+                    f"{batch.replace('_', ' ')}: max abs difference {diff:.3g} > atol={atol:g} ({verified_on})."
+                )
+        record: dict[str, Any] = {
+            "exporter": exporter,
+            "opset": max(
+                o.version for o in onnx.load(str(fp32_path)).opset_import if o.domain in ("", "ai.onnx")
+            ),
+            "input": {"name": INPUT_NAME, "shape": ["batch", *data_config["input_size"]]},
+            "output": {"name": OUTPUT_NAME, "shape": ["batch", int(reference.shape[1])]},
+            "max_abs_diff": {k: float(f"{v:.3g}") for k, v in diffs.items()},
+            "atol": atol,
+            "verified_on": verified_on,
+            "source_weights_sha256": weights_sha256,
+            "versions": {
+                "torch": torch.__version__.split("+")[0],
+                "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__,
+            },
+        }
+        if int8:
+            if calibration_images is not None:
+                calibration = _whole_batches(_pixel_values(calibration_images, transform))
+                calibrated_on = f"{len(calibration)} given images"
+            elif eval_data is not None:
+                keep = balanced_subset(eval_data.train_labels, num_calibration, seed)
+                calibration = _whole_batches(_pixel_values(eval_data.train_images, transform, keep))
+                calibrated_on = f"{len(calibration)} class-balanced images of {eval_data.name} (train split)"
+            else:
+                calibration = _whole_batches(pixels)
+                calibrated_on = f"the {len(calibration)} verification images"
+            int8_path = tmp / Path(ONNX_INT8_FILE).name
+            method = quantize_int8(fp32_path, int8_path, calibration)
+            int8_session = ort_session(int8_path)
+            quantized = _run(int8_session, pixels)
+            cosine = (quantized * reference).sum(1) / (
+                np.linalg.norm(quantized, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12
+            )
+            record["int8"] = {
+                "method": method,
+                "calibration": calibrated_on,
+                "cosine_to_fp32": {
+                    "mean": round(float(cosine.mean()), 4),
+                    "min": round(float(cosine.min()), 4),
+                },
+            }
+            if eval_data is not None:
+                record["int8"]["knn"] = _int8_knn(
+                    session, int8_session, eval_data, transform, knn_k, knn_temperature, batch_size
+                )
+            else:
+                logger.warning("int8 export without eval_data: no kNN of int8 against fp32 is measured.")
+        for file in tmp.iterdir():
+            file.chmod(0o644)  # a published folder is world-readable
+        tmp.chmod(0o755)
+        record["files"] = [_file_record(p) for p in sorted(tmp.iterdir())]
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info(
+        f"Wrote {[f['path'] for f in record['files']]} to {folder} (max abs diff {record['max_abs_diff']})"
+    )
+    return record
