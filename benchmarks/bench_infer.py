@@ -91,7 +91,7 @@ def load_student(folder: Path, workdir: Path, data, args) -> dict:
         export_onnx(onnx_dir, int8=True, calibration_images=[data.train_images[int(i)] for i in keep])
     return {
         "role": "student",
-        "name": f"student `{folder.name}` ({model.pretrained_cfg.get('architecture', type(model).__name__)})",
+        "name": f"student {model.pretrained_cfg.get('architecture', type(model).__name__)} (`{folder}`)",
         "module": model,
         "transform": transform,
         "onnx": onnx_dir / ONNX_FILE,
@@ -116,7 +116,7 @@ def load_teacher(folder: Path, workdir: Path, data, args) -> dict:
     quantize_int8(fp32, int8, calibration)
     return {
         "role": "teacher",
-        "name": f"teacher `{folder.name}` ({config.architecture})",
+        "name": f"teacher {config.architecture} (`{folder}`)",
         "module": encoder,
         "transform": transform,
         "onnx": fp32,
@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--manifest", default=None, help="Shipped-models manifest to record the table in.")
     parser.add_argument("--manifest_name", default=None, help="Entry of --manifest (the student's card).")
-    parser.add_argument("--threads", type=int, default=2, help="Threads of both runtimes (intra-op).")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="Threads of both runtimes (intra-op)."
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=64)
@@ -241,7 +243,10 @@ def main(argv: list[str] | None = None) -> dict:
             "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "threads": args.threads,
-            "load_average": load_before + load_after[:1],  # 1/5/15 min before, 1 min after
+            "load_average": {
+                "before": load_before,
+                "after": load_after,
+            },  # 1 / 5 / 15 min: was the CPU shared?
         },
         "versions": {
             "python": platform.python_version(),

@@ -122,13 +122,16 @@ def build_ours(
     student_dtype: str | None = None,
 ):
     """A SeedTrainer on ``SeedTrainingArguments``' defaults (unless the flags say otherwise), its step
-    path resolved by the trainer's own ``resolve_step_path``, as ``train()`` does."""
+    path resolved by the trainer's own ``resolve_step_path``, as ``train()`` does. ``args`` may also
+    be another benchmark's (bench_gpu_input.py: ``no_channels_last``, no ``in_chans``)."""
+    if channels_last is None:
+        channels_last = getattr(args, "channels_last", None) or ("false" if args.no_channels_last else "auto")
     config = SeedConfig(
         student_architecture=args.student,
         queue_size=args.queue_size,
         projection_dim=args.dim,
         image_size=args.image_size,
-        in_chans=args.in_chans,
+        in_chans=getattr(args, "in_chans", None) or 3,
     )
     model = SeedForDistillation(config)
     if num_students > 1:
@@ -137,8 +140,8 @@ def build_ours(
         output_dir=output_dir,
         per_device_train_batch_size=args.batch_size,
         use_cpu=args.device == "cpu",
-        channels_last=channels_last or args.channels_last,
-        student_dtype=student_dtype or args.student_dtype,
+        channels_last=channels_last,
+        student_dtype=student_dtype or getattr(args, "student_dtype", "auto"),
         bf16=args.bf16,
         torch_compile=compiled,
         teacher_dtype=args.teacher_dtype,

@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(
             f"--manifest_name {args.manifest_name!r} is not in {args.manifest}: {sorted(entries)}."
         )
+    if args.manifest:  # manifest folders are relative to the repository root, its parent's parent
+        recorded = Path(args.manifest).resolve().parent.parent / entries[args.manifest_name]["folder"]
+        if recorded.resolve() != Path(args.folder).resolve():
+            raise ValueError(
+                f"--manifest_name {args.manifest_name!r} records {recorded}, not --folder {args.folder}."
+            )
     options = onnx_export_options(onnx_args)
     try:
         record = export_onnx(args.folder, **options)

@@ -21,6 +21,7 @@ from .losses import LocalSimilarityLoss, SeedLoss, local_similarity_loss, seed_l
 from .moco import MocoConfig, MocoForPretraining, MocoOutput
 from .modeling_seed import SeedForDistillation, SeedOutput, SeedPreTrainedModel
 from .multi_student import SeedGroupOutput, SeedStudentGroup
+from .onnx_export import export_onnx
 from .queue import EmbeddingQueue
 from .teachers import FrozenTeacher, load_teacher, weights_fingerprint
 from .trainer import KnnMonitor, MocoTrainer, SeedTrainer, SeedTrainingArguments
@@ -72,4 +73,5 @@ __all__ = [
     "export_student",
     "export_moco_encoder",
     "push_student_to_hub",
+    "export_onnx",
 ]

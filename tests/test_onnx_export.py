@@ -29,6 +29,18 @@ from seed_hf.onnx_export import (
 pytest.importorskip("onnxruntime")
 LOADER = Path(__file__).with_name("load_exported.py")
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One thread for torch and onnxruntime (which follows torch's count): on a shared 2-core
+    machine two OpenMP threads wait at every barrier for the one another job descheduled (10-20x
+    slower); the figures checked here do not depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 FAMILIES = [  # (architecture, trained in_chans, image size, model_args)
     pytest.param("resnet18", 1, 40, {}, id="resnet18-1ch"),
     pytest.param("mobilenetv3_small_100", 1, 40, {}, id="mobilenetv3_small-1ch"),
@@ -180,6 +192,7 @@ def test_int8_export_records_knn_against_fp32(tmp_path, arch, in_chans, size, mo
 
 def test_failed_verification_names_the_figure_and_keeps_the_old_onnx(tmp_path, monkeypatch):
     folder = _exported(tmp_path, *FAMILIES[0].values)
+    (folder / ".onnx.partial-999999999").mkdir()  # left by a killed export (no such process)
     export_onnx(folder)
     before = (folder / ONNX_FILE).read_bytes()
     real_export = onnx_export.export_pooled_onnx
@@ -271,14 +284,16 @@ def test_bench_infer_smoke(tmp_path):
     manifest.write_text(json.dumps([{"name": "s", "folder": str(student), "facts": {"method": "seed"}}]))
     out = bench_infer.main(
         ["--student", str(student), "--teacher", str(teacher), "--rounds", "1", "--warmup", "1",
-         "--batch1_calls", "2", "--batch_calls", "1", "--batch_size", "8", "--num_calibration", "16",
+         "--batch1_calls", "2", "--threads", "1", "--batch_calls", "1", "--batch_size", "8", "--num_calibration", "16",
          "--output_json", str(tmp_path / "speed.json"), "--manifest", str(manifest), "--manifest_name", "s"]
     )  # fmt: skip
     assert [(r["role"], r["runtime"]) for r in out["rows"]] == [
         (role, runtime) for role in ("teacher", "student") for runtime in bench_infer.RUNTIMES
     ]
     assert all(r["batch1_ms"] > 0 and r["batch64_img_s"] > 0 for r in out["rows"])
-    assert out["machine"]["threads"] == 2 and out["machine"]["cpu"]
+    assert (
+        out["machine"]["threads"] == 1 and out["machine"]["cores"] == os.cpu_count() and out["machine"]["cpu"]
+    )
     assert not (student / "onnx").exists()  # the benchmark never writes into the folder it measures
     assert json.loads(manifest.read_text())[0]["facts"]["speed"]["rows"] == out["rows"]
     assert json.loads((tmp_path / "speed.json").read_text())["rows"] == out["rows"]
@@ -317,3 +332,28 @@ def test_dynamo_exporter_is_one_argument_away(tmp_path):
     assert sorted(p.name for p in (folder / "onnx").iterdir()) == ["model.onnx"]  # no external data file
     with pytest.raises(ValueError, match="exporter="):
         export_onnx(folder, exporter="tflite")
+
+
+def test_run_seed_onnx_exports_at_the_end_of_training(tmp_path):
+    """run_seed.py --onnx (no --push_to_hub): the student is exported with a verified onnx/."""
+    from conftest import FASHION_MNIST_AVAILABLE
+    from helpers import tiny_moco
+
+    if not FASHION_MNIST_AVAILABLE:
+        pytest.skip("apt-get install -y dataset-fashion-mnist")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    try:
+        import run_seed
+    finally:
+        sys.path.pop(0)
+    teacher = tmp_path / "teacher"
+    tiny_moco(in_chans=1, image_size=32, image_mean=[0.286], image_std=[0.353]).save_pretrained(teacher)
+    run_seed.main(
+        ["--teacher_name_or_path", str(teacher), "--student_architecture", "test_efficientnet", "--image_size", "32",
+         "--queue_size", "64", "--per_device_train_batch_size", "16", "--max_steps", "2", "--use_cpu",
+         "--max_train_samples", "64", "--report_to", "none", "--disable_tqdm", "true", "--save_steps", "2",
+         "--output_dir", str(tmp_path / "run"), "--onnx"]
+    )  # fmt: skip
+    folder = tmp_path / "run" / "export"
+    assert upload_plan(folder) == ["README.md", "config.json", "model.safetensors", ONNX_FILE]
+    assert "## ONNX" in (folder / "README.md").read_text()

@@ -25,8 +25,8 @@ import run_fmnist_teacher  # noqa: E402
 import run_moco  # noqa: E402
 import run_seed  # noqa: E402
 
-from seed_hf.evaluation import balanced_subset, load_labelled_splits  # noqa: E402
-from seed_hf.hub import export_student, results_for  # noqa: E402
+from seed_hf.evaluation import load_labelled_splits  # noqa: E402
+from seed_hf.hub import export_student  # noqa: E402
 from seed_hf.teachers import weights_fingerprint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +54,8 @@ def class_sorted_folders(root: Path, per_class: dict[str, int], classes=(0, 1, 2
 
 
 def test_balanced_subset_draws_every_class_and_is_seeded():
+    from seed_hf.evaluation import balanced_subset
+
     labels = np.repeat(np.arange(4), [50, 50, 5, 100])  # sorted by class, one small class
     keep = balanced_subset(labels, 100, seed=0)
     counts = np.bincount(labels[keep], minlength=4)
@@ -65,7 +67,7 @@ def test_balanced_subset_draws_every_class_and_is_seeded():
 
 @requires_fashion_mnist
 def test_eval_subsets_of_a_class_sorted_folder_are_balanced_and_recorded(tmp_path):
-    folders = class_sorted_folders(tmp_path, {"train": 60, "val": 20})
+    folders = class_sorted_folders(tmp_path, {"train": 120, "val": 50})  # the first 100 / 40: class 0 only
     out = tmp_path / "rows.json"
     rows = run_eval.main(
         ["--models", "pixels", "--train_dir", str(folders["train"]), "--validation_dir", str(folders["val"]),
@@ -76,7 +78,7 @@ def test_eval_subsets_of_a_class_sorted_folder_are_balanced_and_recorded(tmp_pat
     assert row["knn_top1"] < 100.0
     assert row["train_subset"]["per_class"] == {"0": 25, "1": 25, "2": 25, "3": 25}
     assert row["eval_subset"]["per_class"] == {"0": 10, "1": 10, "2": 10, "3": 10}
-    assert row["train_subset"]["seed"] == 0 and row["train_subset"]["of"] == 240
+    assert row["train_subset"]["seed"] == 0 and row["train_subset"]["of"] == 480
     assert json.loads(out.read_text())[0]["eval_subset"]["drawn"] == "class-balanced random draw"
 
 
@@ -99,6 +101,8 @@ def test_training_subset_of_an_imagefolder_is_balanced(tmp_path):
 
 
 def test_card_rows_are_bound_to_the_exported_weights(tmp_path, caplog):
+    from seed_hf.hub import results_for
+
     run_dir = tmp_path / "run"
     tiny_student().save_pretrained(run_dir)
     step2 = weights_fingerprint(str(run_dir))

@@ -58,8 +58,9 @@ if speed:
     ratio = speed["student_vs_teacher"][SPEED_RUNTIME]
     best = {role: max((r for r in speed["rows"] if r["role"] == role), key=lambda r: r["batch64_img_s"]) for role in ("teacher", "student")}
     speed_text = (
-        f"Speed: `{speed['command']}` on {speed['machine']['cpu']} ({speed['machine']['threads']} threads, "
-        f"{speed['date']}; load average {' / '.join(map(str, speed['machine']['load_average']))}): with {SPEED_RUNTIME} the student "
+        f"Speed: `{speed['command']}` on {speed['machine']['cpu']} ({speed['machine']['threads']} thread{'s' if speed['machine']['threads'] != 1 else ''}, "
+        f"{speed['date']}; 1-min load average {speed['machine']['load_average']['before'][0]} before, "
+        f"{speed['machine']['load_average']['after'][0]} after): with {SPEED_RUNTIME} the student "
         f"has {ratio['batch64_throughput_ratio']:.1f}× the teacher's batch-64 throughput and "
         f"{ratio['batch1_latency_ratio']:.1f}× lower batch-1 latency; fastest runtime of each: teacher "
         f"{best['teacher']['batch64_img_s']:,.0f} img/s ({best['teacher']['runtime']}), student "
