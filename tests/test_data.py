@@ -42,6 +42,21 @@ def test_per_sample_seeded_augmentation_depends_on_epoch_and_index_only():
     assert not torch.equal(x["pixel_values"], b[1]["pixel_values"])
 
 
+def test_per_sample_rng_seeds_the_cpu_stream_only(monkeypatch):
+    """The draws are those of a CPU generator seeded with sample_seed (what torch.manual_seed gave);
+    the global CPU stream is restored and no accelerator generator is touched (torch.manual_seed
+    reseeded CUDA lazily, recording a traceback per sample: a third of the demo's data time)."""
+    from seed_hf.datasets import per_sample_rng, sample_seed
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    state = torch.get_rng_state()
+    with per_sample_rng(3, 1, 7):
+        x = torch.rand(5)
+    assert torch.equal(x, torch.rand(5, generator=torch.Generator().manual_seed(sample_seed(3, 1, 7))))
+    assert torch.equal(torch.get_rng_state(), state) and calls == []
+
+
 @pytest.mark.parametrize("mode", ["CMYK", "P", "I;16", "LA", "RGBA", "1", "L"])
 def test_convert_image_modes(mode):
     image = Image.new(mode, (8, 8))
