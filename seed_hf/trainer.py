@@ -733,6 +733,10 @@ class SeedTrainer(QueueTrainer):
         # step_path is still None here, so _teacher_input passes these inputs through as they are
         forward = self.teacher_embeddings_and_patches if self.uses_teacher_patches else self.teacher_embeddings
         formats = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
+        self.teacher.to(memory_format=torch.channels_last)
+        first = fast_path.timed_call("channels_last", lambda: forward(batch), self.args.device)  # + warm-up
+        if first > fast_path.MAX_PROBE_CALL_S:  # a large teacher on CPU: probe on a smaller batch
+            batch = batch[: max(8, int(batch.shape[0] * fast_path.MAX_PROBE_CALL_S / first))]
         inputs = {name: batch.contiguous(memory_format=fmt) for name, fmt in formats.items()}
         timings = fast_path.time_candidates(
             {name: (lambda x=x: forward(x)) for name, x in inputs.items()},
