@@ -27,7 +27,8 @@ fp32 and bf16 teacher softmax distributions.
     python benchmarks/bench_step.py --device cuda --batch_size 256 --bf16
     # the demo's shape: shipped teacher -> MobileNetV3-S, 64 px, batch 256, + 60 steps of run_seed.py
     python benchmarks/bench_step.py --teacher pretrained/fmnist-mocov2-resnet18 --student mobilenetv3_small_100 \
-        --image_size 64 --batch_size 256 --queue_size 4096 --num_students 0 --end_to_end_steps 60
+        --image_size 64 --batch_size 256 --queue_size 4096 --teacher_temperature 1e-4 --num_students 0 \
+        --end_to_end_steps 60 --end_to_end_args "--dataloader_num_workers 1"
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ def build_ours(
         projection_dim=args.dim,
         image_size=args.image_size,
         in_chans=getattr(args, "in_chans", None) or 3,
+        teacher_temperature=getattr(args, "teacher_temperature", 0.01),
     )
     model = SeedForDistillation(config)
     if num_students > 1:
@@ -189,6 +191,7 @@ def end_to_end(args, output_dir: str) -> dict:
     argv = [
         *teacher, "--student_architecture", args.student, "--image_size", str(args.image_size),
         "--queue_size", str(args.queue_size), "--per_device_train_batch_size", str(args.batch_size),
+        "--teacher_temperature", str(args.teacher_temperature),
         "--max_steps", str(args.end_to_end_steps), "--output_dir", output_dir, "--overwrite_output_dir",
         "--report_to", "none", "--disable_tqdm", "true", *(["--use_cpu"] if args.device == "cpu" else []),
         *(["--bf16"] if args.bf16 else []), *shlex.split(args.end_to_end_args),
@@ -274,6 +277,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--queue_size", type=int, default=65536)
     parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument(
+        "--teacher_temperature", type=float, default=0.01, help="tau_T of both steps (the demo's: 1e-4)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -327,8 +333,9 @@ def main(argv=None) -> dict:
     # NCHW, as the data loader delivers it: each step converts to its own memory format
     x = torch.randn(args.batch_size, args.in_chans, args.image_size, args.image_size, device=device)
     baseline = OfficialStyleStep(
-        args.student, baseline_teacher, args.queue_size, args.dim, 0.03, device, in_chans=args.in_chans
-    )
+        args.student, baseline_teacher, args.queue_size, args.dim, 0.03, device, tau_t=args.teacher_temperature,
+        in_chans=args.in_chans,
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         ours = build_ours(args, build_teacher(args.teacher, args.dim), tmp)
         previous = build_ours(args, build_teacher(args.teacher, args.dim), tmp, channels_last="false",
@@ -386,6 +393,7 @@ def main(argv=None) -> dict:
         if device == "cuda"
         else f"cpu ({torch.get_num_threads()} threads)",
         "config": f"{args.student} <- {args.teacher}, {args.image_size}px, batch {args.batch_size}, K {args.queue_size}"
+        + f", tau_T {args.teacher_temperature}"
         + (", bf16" if args.bf16 else ", fp32")
         + ("" if args.teacher_dtype == "auto" else f", seed_hf teacher {args.teacher_dtype}"),
         "img_per_s": {name: args.batch_size / t for name, t in median.items()},

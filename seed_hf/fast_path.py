@@ -15,8 +15,13 @@ The rule, deterministic given the timings (tests inject them):
   each, so a load change hits all of them alike; a candidate's time is its fastest call.
 * The *prior* is the table measured on this project's machines: channels_last (student and
   teacher) and the run's own precision (fp32 unless ``--bf16``). Another candidate replaces it only
-  when it is faster by more than :data:`MARGIN`, so noise cannot flip a near tie, and a run and its
+  when it is faster by more than :data:`MARGIN` (another layout) or :data:`PRECISION_MARGIN`
+  (another precision: the numerics move more), so noise cannot flip a near tie, and a run and its
   repetition make the same choice where it matters little.
+* A busy machine keeps the prior: when a candidate's timed calls differ by more than
+  :data:`MAX_SPREAD` (or the budget left a single one), the timings say more about the other jobs
+  than about the models. (Measured: with other jobs on a 2-core machine every 2-thread candidate
+  slows down 5–20× and they end within 10–15 % of each other, where quiet they are 1.5–1.8× apart.)
 * Tiny workloads (fewer than :data:`PROBE_MIN_PIXELS` pixels per batch: unit tests, toy runs) keep
   the prior without probing: their steps take milliseconds, the probe would be noise, and their
   results then do not depend on timing.
@@ -46,11 +51,14 @@ from torch import nn
 
 __all__ = [
     "MARGIN",
+    "MAX_SPREAD",
+    "PRECISION_MARGIN",
     "PROBE_BUDGET_S",
     "PROBE_MIN_PIXELS",
     "STEP_PATH_FILE",
     "StepPath",
     "choose",
+    "is_noisy",
     "parse_switch",
     "preserved_state",
     "read_step_path",
@@ -63,14 +71,19 @@ logger = logging.getLogger(__name__)
 # a candidate must beat the prior by more than this to replace it (run-to-run noise of the fastest of
 # 2 alternated calls is a few % on a quiet machine; the gains worth taking are 1.2–2.6x)
 MARGIN = 0.10
+# the same for a candidate of another precision than the prior's (bf16 autocast moves the numerics
+# more than a layout does; the gains worth it are 1.5-2.6x)
+PRECISION_MARGIN = 0.25
+# fastest / slowest timed call of a candidate beyond which the probe counts as noisy (quiet: < 1.05)
+MAX_SPREAD = 1.15
 # batch × height × width below which the probe is skipped: 64 images of 64 px (a test's 8 × 32 × 32 is
 # 32x smaller; the Fashion-MNIST demo's 256 × 64 × 64 is 4x larger)
 PROBE_MIN_PIXELS = 64 * 64 * 64
 # a probe call longer than this (large models on CPU) is repeated on a proportionally smaller batch
-MAX_PROBE_CALL_S = 3.0
+MAX_PROBE_CALL_S = 2.0
 # a probe stops after the round in which it passed this many seconds (at least one timed round runs):
 # a loaded machine must not turn a few seconds of probing into minutes
-PROBE_BUDGET_S = 20.0
+PROBE_BUDGET_S = 30.0
 STEP_PATH_FILE = "step_path.json"  # in each checkpoint: what a resumed run reuses
 SWITCH_VALUES = ("auto", "true", "false")
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -100,7 +113,8 @@ class StepPath:
     ``sources`` says, per choice, where it came from: ``"given"`` (the user's flag), ``"probe"``
     (measured; ``timings_s`` holds the seconds per call of each candidate), ``"prior"`` (the
     table: tiny workload, a single candidate, or no candidate faster by :data:`MARGIN`) or
-    ``"resumed"`` (recorded in the checkpoint resumed from)."""
+    ``"resumed"`` (recorded in the checkpoint resumed from). ``noisy`` names the parts whose
+    probe ran on a busy machine and so kept the prior (:func:`is_noisy`)."""
 
     student_channels_last: bool = True
     student_dtype: str = "float32"
@@ -108,6 +122,7 @@ class StepPath:
     sources: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, dict[str, float]] = field(default_factory=dict)
     probe_batch_size: int | None = None
+    noisy: list[str] = field(default_factory=list)  # the parts ("student", "teacher") whose probe was noisy
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,7 +152,8 @@ class StepPath:
             for part, times in self.timings_s.items()
         )
         batch = f" at batch {self.probe_batch_size}" if self.probe_batch_size else ""
-        return ", ".join(parts) + (f" [probe{batch}: {timings}]" if timings else "")
+        noisy = f"; noisy ({', '.join(self.noisy)}: a busy machine), the prior kept" if self.noisy else ""
+        return ", ".join(parts) + (f" [probe{batch}: {timings}{noisy}]" if timings else "")
 
 
 def timed_call(name: str, fn: Callable[[], Any], device: torch.device) -> float:
@@ -156,12 +172,12 @@ def time_candidates(
     candidates: dict[str, Callable[[], Any]],
     device: torch.device,
     warmup: int = 1,
-    repeats: int = 2,
+    repeats: int = 3,
     measure: Callable[[str, Callable[[], Any], torch.device], float] | None = None,
     setup: Callable[[str], Any] | None = None,
     budget_s: float | None = None,
-) -> dict[str, float]:
-    """Fastest of ``repeats`` timed calls per candidate after ``warmup`` untimed ones, alternated
+) -> dict[str, list[float]]:
+    """The seconds of ``repeats`` timed calls per candidate after ``warmup`` untimed ones, alternated
     round robin so that a change of load hits every candidate alike. ``setup(name)`` runs untimed
     before each call (e.g. converting the model to the candidate's memory format). After the first
     timed round, no new round starts once the measured calls add up to ``budget_s`` (default
@@ -169,7 +185,7 @@ def time_candidates(
     tests can replace it)."""
     measure = measure or timed_call
     budget_s = PROBE_BUDGET_S if budget_s is None else budget_s
-    best = {name: float("inf") for name in candidates}
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
     spent = 0.0
     for round_ in range(warmup + repeats):
         if round_ > warmup and spent >= budget_s:
@@ -180,17 +196,36 @@ def time_candidates(
             elapsed = measure(name, fn, device)
             spent += elapsed
             if round_ >= warmup:
-                best[name] = min(best[name], elapsed)
-    return best
+                samples[name].append(elapsed)
+    return samples
 
 
-def choose(timings: dict[str, float], prior: str, margin: float = MARGIN) -> str:
-    """The fastest candidate if it beats ``prior`` by more than ``margin`` (a fraction), else
-    ``prior``; ties between the others go to the first in ``timings``' order."""
-    if prior not in timings:
-        raise ValueError(f"The prior {prior!r} is not among the candidates {sorted(timings)}.")
-    fastest = min(timings, key=timings.__getitem__)
-    return fastest if timings[fastest] * (1 + margin) < timings[prior] else prior
+def is_noisy(samples: dict[str, list[float]], max_spread: float = MAX_SPREAD) -> bool:
+    """Whether the timings cannot be trusted: a candidate with fewer than 2 timed calls, or whose
+    slowest call took more than ``max_spread`` times its fastest."""
+    return any(len(v) < 2 or max(v) > max_spread * min(v) for v in samples.values())
+
+
+def choose(
+    samples: dict[str, list[float]],
+    prior: str,
+    margins: dict[str, float] | float = MARGIN,
+    max_spread: float = MAX_SPREAD,
+) -> str:
+    """The candidate whose fastest call is fastest if it beats ``prior``'s by more than its margin
+    (a fraction; ``margins`` per candidate or one for all), else ``prior``; ``prior`` also when the
+    timings are noisy (:func:`is_noisy`). Deterministic given the timings."""
+    if prior not in samples:
+        raise ValueError(f"The prior {prior!r} is not among the candidates {sorted(samples)}.")
+    if is_noisy(samples, max_spread):
+        return prior
+    best = {name: min(v) for name, v in samples.items()}
+
+    def margin(name: str) -> float:
+        return margins.get(name, MARGIN) if isinstance(margins, dict) else margins
+
+    winners = [name for name in best if best[name] * (1 + margin(name)) < best[prior]]
+    return min(winners, key=best.__getitem__) if winners else prior
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from .callbacks import (
 from .datasets import SKIPPED_KEY, collate_batch
 from .distributed import all_gather_no_grad
 from .evaluation import knn_accuracy
-from .fast_path import StepPath, choose, parse_switch, preserved_state, read_step_path
+from .fast_path import StepPath, choose, is_noisy, parse_switch, preserved_state, read_step_path
 from .precision import cpu_has_native_bf16, resolve_teacher_dtype
 from .runs import is_complete_checkpoint, last_complete_checkpoint, remove_incomplete_checkpoints
 from .shard_stream import ShardStream
@@ -490,7 +490,7 @@ class QueueTrainer(Trainer):
 
     def _probe_student(
         self, layouts: list[bool], precisions: list[str]
-    ) -> tuple[tuple[bool, str], dict[str, float], int]:
+    ) -> tuple[tuple[bool, str], dict[str, list[float]], int]:
         """Times forward + backward of the student's backbone for every (layout, precision), alternated,
         on random images of the real batch shape; the model is left exactly as it was."""
         model = _unwrapped(self)
@@ -523,10 +523,15 @@ class QueueTrainer(Trainer):
             if first > fast_path.MAX_PROBE_CALL_S:  # large model on CPU: probe on a smaller batch
                 n = max(8, int(batch.shape[0] * fast_path.MAX_PROBE_CALL_S / first))
                 batch = batch[:n]
-            timings = fast_path.time_candidates(
+            samples = fast_path.time_candidates(
                 {name: call(name) for name in names}, device, measure=fast_path.timed_call, setup=setup
             )
-        return names[choose(timings, prior)], timings, batch.shape[0]
+        # another precision than the prior's must win by more: it moves the numerics more than a layout
+        margins = {
+            name: fast_path.PRECISION_MARGIN if dtype != names[prior][1] else fast_path.MARGIN
+            for name, (_, dtype) in names.items()
+        }
+        return names[choose(samples, prior, margins)], samples, batch.shape[0]
 
     def _choose_step_path(self, recorded: StepPath | None) -> StepPath:
         """The student's part of the choice (SeedTrainer adds the teacher's)."""
@@ -542,10 +547,12 @@ class QueueTrainer(Trainer):
             layouts = [path.student_channels_last] if "student_channels_last" in sources else layouts
             precisions = [path.student_dtype] if "student_dtype" in sources else precisions
         if len(layouts) * len(precisions) > 1 and self._probe_pixels() >= fast_path.PROBE_MIN_PIXELS:
-            (path.student_channels_last, path.student_dtype), timings, path.probe_batch_size = self._probe_student(
+            (path.student_channels_last, path.student_dtype), samples, path.probe_batch_size = self._probe_student(
                 layouts, precisions
             )
-            path.timings_s["student"] = timings
+            path.timings_s["student"] = {name: min(v) for name, v in samples.items()}
+            if is_noisy(samples):
+                path.noisy.append("student")
             for key, options in (("student_channels_last", layouts), ("student_dtype", precisions)):
                 sources.setdefault(key, "probe" if len(options) > 1 else "prior")
         for key in ("student_channels_last", "student_dtype"):
@@ -722,11 +729,14 @@ class SeedTrainer(QueueTrainer):
         elif self._probe_pixels() < fast_path.PROBE_MIN_PIXELS or getattr(self.args, "compile_teacher", False):
             path.teacher_channels_last, path.sources["teacher_channels_last"] = True, "prior"
         else:
-            path.teacher_channels_last, path.timings_s["teacher"] = self._probe_teacher(path.probe_batch_size)
+            path.teacher_channels_last, samples = self._probe_teacher(path.probe_batch_size)
+            path.timings_s["teacher"] = {name: min(v) for name, v in samples.items()}
             path.sources["teacher_channels_last"] = "probe"
+            if is_noisy(samples):
+                path.noisy.append("teacher")
         return path
 
-    def _probe_teacher(self, batch_size: int | None) -> tuple[bool, dict[str, float]]:
+    def _probe_teacher(self, batch_size: int | None) -> tuple[bool, dict[str, list[float]]]:
         """Times the teacher's forward (its dtype, inference_mode, the local term's patches if on) in
         channels_last and NCHW, alternated; prior channels_last."""
         batch = self._probe_batch(batch_size)
@@ -738,13 +748,13 @@ class SeedTrainer(QueueTrainer):
         if first > fast_path.MAX_PROBE_CALL_S:  # a large teacher on CPU: probe on a smaller batch
             batch = batch[: max(8, int(batch.shape[0] * fast_path.MAX_PROBE_CALL_S / first))]
         inputs = {name: batch.contiguous(memory_format=fmt) for name, fmt in formats.items()}
-        timings = fast_path.time_candidates(
+        samples = fast_path.time_candidates(
             {name: (lambda x=x: forward(x)) for name, x in inputs.items()},
             self.args.device,
             measure=fast_path.timed_call,
             setup=lambda name: self.teacher.to(memory_format=formats[name]),
         )
-        return choose(timings, "channels_last") == "channels_last", timings
+        return choose(samples, "channels_last") == "channels_last", samples
 
     def _apply_step_path(self, path: StepPath) -> None:
         super()._apply_step_path(path)

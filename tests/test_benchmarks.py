@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import requires_fashion_mnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -55,6 +56,24 @@ def test_bench_step_smoke(extra):
                            "--warmup", "1", "--num_students", "0", *extra])
     assert out["ratio_seed_hf_vs_official"] > 0 and out["overhead"] > 0
     assert ("multi_student" in out) == ("--num_students" in extra)
+    # the default path is the trainer's own resolution (tiny shapes: the prior), next to the previous default
+    assert out["ratio_seed_hf_vs_previous_default"] > 0 and out["img_per_s"]["seed_hf_previous_default"] > 0
+    assert out["seed_hf_step_path"]["sources"]["student_channels_last"] == "prior"
+
+
+@requires_fashion_mnist
+def test_bench_step_end_to_end_runs_run_seed(tmp_path):
+    """--end_to_end_steps runs examples/run_seed.py itself (Fashion-MNIST) and reports its img/s
+    against the step alone."""
+    import bench_step
+
+    out = bench_step.main(["--device", "cpu", "--student", "test_resnet", "--teacher", "test_efficientnet",
+                           "--image_size", "32", "--batch_size", "4", "--queue_size", "64", "--repeats", "1",
+                           "--warmup", "1", "--num_students", "0", "--end_to_end_steps", "3",
+                           "--end_to_end_args", "--max_train_samples 64 --save_strategy no"])  # fmt: skip
+    e2e = out["end_to_end"]
+    assert e2e["steps"] == 3 and e2e["timed_steps"] == 1 and e2e["img_per_s"] > 0
+    assert e2e["ratio_vs_official_step"] > 0 and e2e["ratio_vs_seed_hf_step"] > 0
 
 
 def test_bench_gpu_input_smoke(tmp_path):

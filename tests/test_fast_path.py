@@ -10,7 +10,15 @@ from transformers import HfArgumentParser
 
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch, fast_path
 from seed_hf import trainer as trainer_module
-from seed_hf.fast_path import StepPath, choose, parse_switch, time_candidates
+from seed_hf.fast_path import (
+    MARGIN,
+    PRECISION_MARGIN,
+    StepPath,
+    choose,
+    is_noisy,
+    parse_switch,
+    time_candidates,
+)
 
 
 def _args(tmp_path, **kwargs):
@@ -26,14 +34,18 @@ def _trainer(tmp_path, **kwargs):
 
 
 class FakeTimer:
-    """Injected ``timed_call``: seconds per candidate name (calls recorded, nothing run)."""
+    """Injected ``timed_call``: seconds per candidate name, a list cycling call after call (calls
+    recorded, nothing run)."""
 
-    def __init__(self, seconds: dict[str, float], default: float = 1.0):
+    def __init__(self, seconds: dict[str, float | list[float]], default: float = 1.0):
         self.seconds, self.default, self.calls = seconds, default, []
 
     def __call__(self, name, fn, device):
+        value = self.seconds.get(name, self.default)
+        if isinstance(value, list):
+            value = value[self.calls.count(name) % len(value)]
         self.calls.append(name)
-        return self.seconds.get(name, self.default)
+        return value
 
 
 @pytest.fixture
@@ -66,17 +78,25 @@ def test_switch_values_and_flags():
 
 
 def test_rule_is_deterministic_given_timings():
-    # the prior stays unless another candidate beats it by more than the margin
-    assert choose({"cl": 1.0, "nchw": 0.95}, "cl") == "cl"
-    assert choose({"cl": 1.0, "nchw": 0.85}, "cl") == "nchw"
-    assert choose({"cl": 1.0, "nchw": 0.85, "bf16": 0.5}, "cl") == "bf16"
-    assert choose({"cl": 0.5, "nchw": 1.0}, "cl") == "cl"
-    # round robin, fastest of the timed calls, warm-up not counted
+    # the prior stays unless another candidate beats it by more than its margin
+    assert choose({"cl": [1.0, 1.0], "nchw": [0.95, 0.95]}, "cl") == "cl"
+    assert choose({"cl": [1.0, 1.0], "nchw": [0.85, 0.86]}, "cl") == "nchw"
+    assert choose({"cl": [1.0, 1.0], "nchw": [0.85, 0.85], "bf16": [0.5, 0.5]}, "cl") == "bf16"
+    assert choose({"cl": [0.5, 0.5], "nchw": [1.0, 1.0]}, "cl") == "cl"
+    # another precision needs its own, larger margin: 15% faster is not enough, 30% is
+    margins = {"cl": MARGIN, "bf16": PRECISION_MARGIN}
+    assert choose({"cl": [1.0, 1.0], "bf16": [0.85, 0.85]}, "cl", margins) == "cl"
+    assert choose({"cl": [1.0, 1.0], "bf16": [0.7, 0.7]}, "cl", margins) == "bf16"
+    # a busy machine (a candidate's calls 30% apart, or a single call) keeps the prior
+    assert is_noisy({"cl": [1.0, 1.3], "nchw": [0.5, 0.5]})
+    assert choose({"cl": [1.0, 1.3], "nchw": [0.5, 0.5]}, "cl") == "cl"
+    assert choose({"cl": [1.0], "nchw": [0.5]}, "cl") == "cl"
+    # round robin, every timed call kept, warm-up not counted
     seen = []
     times = iter([9.0, 9.0, 2.0, 3.0, 1.0, 4.0])
     result = time_candidates({"a": None, "b": None}, torch.device("cpu"), warmup=1, repeats=2, budget_s=100,
                              measure=lambda name, fn, device: (seen.append(name), next(times))[1])  # fmt: skip
-    assert seen == ["a", "b", "a", "b", "a", "b"] and result == {"a": 1.0, "b": 3.0}
+    assert seen == ["a", "b", "a", "b", "a", "b"] and result == {"a": [2.0, 1.0], "b": [3.0, 4.0]}
     # a probe over budget stops after its first timed round
     seen.clear()
     time_candidates({"a": None}, torch.device("cpu"), warmup=1, repeats=3, budget_s=5.0,
@@ -144,6 +164,15 @@ def test_probe_chooses_bf16_student_where_faster_and_loss_stays_fp32(tmp_path, p
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the loss's logits and softmaxes stay fp32 under it
         out = trainer.model(TensorImages(8).images, teacher_embeds=torch.randn(8, 16))
     assert out.loss.dtype == torch.float32 and out.logits.dtype == torch.float32
+
+
+def test_busy_machine_keeps_the_prior(tmp_path, probed):
+    """Timings whose calls disagree (other jobs on the cores) do not flip the choice: the prior, and
+    the log and record say the probe was noisy."""
+    probed({"nchw/float32": [0.2, 0.9], "channels_last/bfloat16": [0.3, 0.9], "nchw": [0.1, 0.8]}, native_bf16=True)
+    path = _trainer(tmp_path).resolve_step_path()
+    assert (path.student_channels_last, path.student_dtype, path.teacher_channels_last) == (True, "float32", True)
+    assert path.noisy == ["student", "teacher"] and "noisy" in path.describe()
 
 
 def test_real_probe_leaves_model_and_rng_untouched(tmp_path, monkeypatch):
