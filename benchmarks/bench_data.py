@@ -11,7 +11,7 @@ bytes, alternated, median of --repeats, one process and one thread (so rates are
 * ``opencv_full_decode``: seed_hf without crop-aware decoding: libjpeg-turbo full decode to an
   ndarray (``decode_image(..., to_array=True)``) + ``build_ssl_transform`` (opencv backend);
 * ``opencv_crop_aware``: seed_hf's default for JPEG bytes: the random crop drawn from the
-  header, DCT-scaled decode of what the crop needs (``seed_hf.crop_decode``), same transform.
+  header, DCT-scaled decode of what the crop needs (``seed_hf.data.crop_decode``), same transform.
 
 For ``moco_v2`` it also times the stages alone (decode; augmentation of decoded images; full
 decode + crop against crop-aware decode + crop), the end-to-end loaders (parquet →
@@ -43,9 +43,10 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_photo_set import ensure_photo_set  # noqa: E402
 
-from seed_hf import crop_decode, opencv_kernels  # noqa: E402
-from seed_hf.datasets import ImageColumnTransform, collate_batch, decode_image  # noqa: E402
-from seed_hf.transforms import RandomGaussianBlur, ToNormalizedTensor, build_ssl_transform  # noqa: E402
+from seed_hf.data import crop_decode, opencv_kernels  # noqa: E402
+from seed_hf.data.decode import collate_batch, decode_image  # noqa: E402
+from seed_hf.data.rows import ImageColumnTransform  # noqa: E402
+from seed_hf.data.transforms import RandomGaussianBlur, ToNormalizedTensor, build_ssl_transform  # noqa: E402
 
 PRESETS = ("moco_v2", "moco_v1", "simclr", "swav")
 MEAN, STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD

@@ -13,7 +13,7 @@ weights), ``SeedTrainer.training_step`` at 224 px, bf16 autocast, channels_last,
 * (c) ``gpu_input``: end to end from the same shards with ``--data_device cuda``'s path: the
   workers pass the JPEG bytes (``EncodedImageTransform`` + ``collate_encoded_batch``), the
   trainer's ``device_transform`` decodes them with nvJPEG and augments them on the GPU
-  (``seed_hf.gpu_input``), then the step.
+  (``seed_hf.data.gpu_input``), then the step.
 
 It prints the rates and the ratios (b)/(a) and (c)/(a) (goal: (c)/(a) ≥ 0.9) and writes them as
 JSON, with the GPU input path's own rate (decode + augmentation, no training) and how far nvJPEG's
@@ -51,18 +51,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_step  # noqa: E402
 from make_photo_set import ensure_photo_set  # noqa: E402
 
-from seed_hf import collate_batch, opencv_kernels  # noqa: E402
-from seed_hf.batched_transforms import BatchedSSLTransform  # noqa: E402
-from seed_hf.datasets import SKIPPED_KEY, ImageColumnTransform  # noqa: E402
-from seed_hf.gpu_input import (  # noqa: E402
+from seed_hf import collate_batch  # noqa: E402
+from seed_hf.data import opencv_kernels  # noqa: E402
+from seed_hf.data.batched_transforms import BatchedSSLTransform  # noqa: E402
+from seed_hf.data.decode import SKIPPED_KEY  # noqa: E402
+from seed_hf.data.gpu_input import (  # noqa: E402
     ENCODED_KEY,
     DeviceInputTransform,
     EncodedImageTransform,
     collate_encoded_batch,
     decode_images,
 )
-from seed_hf.shard_stream import ShardStream  # noqa: E402
-from seed_hf.transforms import MultiViewTransform, build_ssl_transform  # noqa: E402
+from seed_hf.data.rows import ImageColumnTransform  # noqa: E402
+from seed_hf.data.shard_stream import ShardStream  # noqa: E402
+from seed_hf.data.transforms import MultiViewTransform, build_ssl_transform  # noqa: E402
 
 GOAL = 0.9
 

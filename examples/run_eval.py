@@ -35,6 +35,7 @@ from seed_hf.evaluation import (
     load_encoder,
     load_labelled_splits,
 )
+from seed_hf.cli import flags_in_errors
 from seed_hf.runs import STUDENTS_DIR
 from seed_hf.teachers import weights_fingerprint
 
@@ -189,6 +190,11 @@ def evaluate_model(name: str, args: EvalArguments, data: LabelledSplits) -> list
 
 def main(argv: list[str] | None = None) -> list[dict]:
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    with flags_in_errors(EvalArguments):  # the library names its parameters: say the flags
+        return _evaluate(args)
+
+
+def _evaluate(args: EvalArguments) -> list[dict]:
     data = load_labelled_splits(
         args.dataset_name,
         args.dataset_config_name,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from seed_hf.arguments import OnnxArguments, onnx_export_options, translate_onnx_error
+from seed_hf.cli import OnnxArguments, flags_in_errors, onnx_export_options
+from seed_hf.cli.script import ONNX_FLAGS
 from seed_hf.hub import export_moco_encoder, export_student, push_student_to_hub, run_summary, upload_plan
 from seed_hf.runs import STUDENTS_DIR
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         repo_id = f"{args.hub_model_id}-{name}" if args.hub_model_id and name else args.hub_model_id
         model_type = json.loads((student_dir / "config.json").read_text()).get("model_type")
         export = export_moco_encoder if model_type == "seed_moco" else export_student
-        try:
+        with flags_in_errors(aliases=ONNX_FLAGS):  # export_onnx names its parameters: say the flags
             folder = export(
                 student_dir,
                 output_dir,
@@ -106,10 +107,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 else None,
                 onnx=onnx,
             )
-        except ValueError as error:  # export_onnx names its parameters: say the flags instead
-            if onnx is None:
-                raise
-            raise translate_onnx_error(error) from error
         print(f"Exported {upload_plan(folder)} to {folder}")
         if args.push_to_hub:
             print(push_student_to_hub(folder, repo_id, token=args.hub_token, private=args.hub_private_repo))

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from seed_hf.arguments import OnnxArguments, onnx_export_options, translate_onnx_error
+from seed_hf.cli import OnnxArguments, flags_in_errors, onnx_export_options
+from seed_hf.cli.script import ONNX_FLAGS
 from seed_hf.hub import render_manifest_cards, upsert_manifest_entry
 from seed_hf.onnx_export import export_onnx
 
@@ -56,10 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"--manifest_name {args.manifest_name!r} records {recorded}, not --folder {args.folder}."
             )
     options = onnx_export_options(onnx_args)
-    try:
+    with flags_in_errors(aliases=ONNX_FLAGS):  # export_onnx names its parameters: say the flags
         record = export_onnx(args.folder, **options)
-    except ValueError as error:  # export_onnx names its parameters: say the flags instead
-        raise translate_onnx_error(error) from error
     print(json.dumps({k: v for k, v in record.items() if k != "files"}, indent=1))
     print(f"Wrote {[f['path'] for f in record['files']]} to {args.folder}")
     if args.manifest:

@@ -2,7 +2,7 @@
 """Trains the MoCo-v2 teacher that seed_hf ships for Fashion-MNIST (``make teacher``).
 
 The whole train split sits on the device as one uint8 tensor and both MoCo views are
-augmented there in batches (:class:`seed_hf.batched_transforms.BatchedSSLTransform`, the
+augmented there in batches (:class:`seed_hf.data.batched_transforms.BatchedSSLTransform`, the
 ``grayscale_small`` preset with per-sample parameters), so a GPU is never starved by Python
 per-image work; on a CPU the same script runs (bf16 autocast where the CPU has native bf16).
 
@@ -27,8 +27,8 @@ import torch
 from accelerate import Accelerator
 from transformers import HfArgumentParser
 
-from seed_hf.batched_transforms import BATCHED_PRESETS, BatchedSSLTransform
-from seed_hf.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from seed_hf.data.batched_transforms import BATCHED_PRESETS, BatchedSSLTransform
+from seed_hf.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from seed_hf.evaluation import (
     LabelledImages,
     PooledBackbone,

@@ -16,24 +16,21 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, set_seed
 
-from seed_hf import MocoConfig, MocoForPretraining, MocoTrainer, SeedTrainingArguments, collate_batch
-from seed_hf.arguments import (
+from seed_hf import MocoConfig, MocoForPretraining, MocoTrainer, SeedTrainingArguments
+from seed_hf.cli import (
     DataTrainingArguments,
-    build_device_transform,
+    build_device_input,
     build_knn_monitor,
     build_script_dataset,
     check_hub_arguments,
-    parse_script_args,
-    setup_logging,
-)
-from seed_hf.gpu_input import collate_encoded_batch
-from seed_hf.runs import (
     check_resumable,
     finished_run_results,
-    lock_run_folder,
+    parse_script_args,
     resolve_checkpoint,
+    setup_logging,
     train_and_save,
 )
+from seed_hf.runs import lock_run_folder
 
 
 @dataclass
@@ -66,28 +63,26 @@ def main(argv: list[str] | None = None) -> dict:
     last_checkpoint = resolve_checkpoint(training_args)
     set_seed(training_args.seed)
 
-    _, image_size, in_chans, mean, std = data_args.resolved()
+    data = data_args.train_data()  # resolution, channels, normalisation: derived once, passed on
     config = MocoConfig(
         architecture=model_args.architecture,
         model_args=json.loads(model_args.model_args) if model_args.model_args else None,
-        in_chans=in_chans,
-        image_size=image_size,
+        in_chans=data.in_chans,
+        image_size=data.image_size,
         projection_dim=model_args.projection_dim,
         head_hidden_dim=model_args.head_hidden_dim,
         queue_size=model_args.queue_size,
         contrastive_temperature=model_args.temperature,
         momentum=model_args.momentum,
         key_bn_splits=model_args.key_bn_splits,
-        image_mean=mean,
-        image_std=std,
+        image_mean=data.mean,
+        image_std=data.std,
     )
     check_resumable(last_checkpoint, [config])
     model = MocoForPretraining(config)
-    train_dataset = build_script_dataset(data_args, training_args, config, num_views=2)
+    train_dataset = build_script_dataset(data, training_args, config, num_views=2)
     # --data_device cuda: the workers pass JPEG bytes, decoded and augmented on the GPU by the trainer
-    device_transform = build_device_transform(
-        data_args, config, training_args.device, num_views=2, seed=training_args.seed
-    )
+    device_transform, data_collator = build_device_input(data, config, training_args, num_views=2)
     logger.info(
         f"MoCo-v2 {config.architecture}, lr {training_args.learning_rate:.4g}, dataset {type(train_dataset).__name__}"
     )
@@ -96,11 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        data_collator=collate_encoded_batch if device_transform else collate_batch,
-        knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, image_size),
+        data_collator=data_collator,
+        knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, data.image_size),
         device_transform=device_transform,
     )
-    metrics = train_and_save(trainer, last_checkpoint, run_info={"method": "moco_v2", **data_args.describe()})
+    metrics = train_and_save(trainer, last_checkpoint, run_info={"method": "moco_v2", **data.describe()})
     return metrics
 
 

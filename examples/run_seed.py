@@ -24,31 +24,27 @@ from seed_hf import (
     SeedStudentGroup,
     SeedTrainer,
     SeedTrainingArguments,
-    collate_batch,
     load_teacher,
 )
-from seed_hf.arguments import (
+from seed_hf.cli import (
     DataTrainingArguments,
     OnnxArguments,
-    build_device_transform,
+    build_device_input,
     build_knn_monitor,
     build_script_dataset,
     check_hub_arguments,
-    onnx_export_options,
-    parse_script_args,
-    setup_logging,
-    translate_onnx_error,
-)
-from seed_hf.gpu_input import collate_encoded_batch
-from seed_hf.runs import (
-    STUDENTS_DIR,
     check_resumable,
     check_same_teacher,
     finished_run_results,
-    lock_run_folder,
+    flags_in_errors,
+    onnx_export_options,
+    parse_script_args,
     resolve_checkpoint,
+    setup_logging,
     train_and_save,
 )
+from seed_hf.cli.script import ONNX_FLAGS
+from seed_hf.runs import STUDENTS_DIR, lock_run_folder
 from seed_hf.teachers import weights_fingerprint
 
 
@@ -189,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     last_checkpoint = resolve_checkpoint(training_args)
     set_seed(training_args.seed)
 
-    _, image_size, in_chans, mean, std = data_args.resolved()
+    data = data_args.train_data()  # resolution, channels, normalisation: derived once, passed on
     teacher = load_teacher(
         model_args.teacher_name_or_path,
         model_args.teacher_checkpoint,
@@ -207,8 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
             student_model_args=student_model_args_for(
                 architecture, architectures, model_args.student_model_args
             ),
-            in_chans=in_chans,
-            image_size=image_size,
+            in_chans=data.in_chans,
+            image_size=data.image_size,
             projection_dim=model_args.projection_dim or teacher.embed_dim,
             head_hidden_dim=model_args.head_hidden_dim,
             queue_size=model_args.queue_size,
@@ -221,8 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
             local_loss_weight=model_args.local_loss_weight,
             local_student_temperature=model_args.local_student_temperature,
             local_teacher_temperature=model_args.local_teacher_temperature,
-            image_mean=mean,
-            image_std=std,
+            image_mean=data.mean,
+            image_std=data.std,
             teacher_name_or_path=teacher.description,
             teacher_ssl_method=model_args.teacher_ssl_method,
         )
@@ -236,11 +232,9 @@ def main(argv: list[str] | None = None) -> dict:
         model = SeedStudentGroup(
             {c.student_architecture.replace(".", "_"): SeedForDistillation(c) for c in configs}
         )
-    train_dataset = build_script_dataset(data_args, training_args, config, num_views=1)
+    train_dataset = build_script_dataset(data, training_args, config, num_views=1)
     # --data_device cuda: the workers pass JPEG bytes, decoded and augmented on the GPU by the trainer
-    device_transform = build_device_transform(
-        data_args, config, training_args.device, num_views=1, seed=training_args.seed
-    )
+    device_transform, data_collator = build_device_input(data, config, training_args, num_views=1)
     logger.info(
         f"SEED {', '.join(architectures)} <- {teacher.description}, lr {training_args.learning_rate:.4g}, "
         f"K {config.queue_size}, tau_S {config.student_temperature}, tau_T {config.teacher_temperature}"
@@ -254,13 +248,13 @@ def main(argv: list[str] | None = None) -> dict:
         teacher=teacher,
         args=training_args,
         train_dataset=train_dataset,
-        data_collator=collate_encoded_batch if device_transform else collate_batch,
-        knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, image_size),
+        data_collator=data_collator,
+        knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, data.image_size),
         device_transform=device_transform,
     )
     run_info = {
         "method": "seed",
-        **data_args.describe(),
+        **data.describe(),
         "teacher": teacher.record.to_dict(),
         "teacher_sha256": fingerprint,  # what check_same_teacher compares on resume
     }
@@ -274,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         students = model.students.items() if isinstance(model, SeedStudentGroup) else [("", model)]
         for name, student in students:
             repo_id = training_args.hub_model_id and training_args.hub_model_id + (f"-{name}" if name else "")
-            try:
+            with flags_in_errors(aliases=ONNX_FLAGS):  # export_onnx names its parameters: say the flags
                 folder = export_student(
                     student,
                     f"{training_args.output_dir}/export/{name}",
@@ -282,8 +276,6 @@ def main(argv: list[str] | None = None) -> dict:
                     repo_id=repo_id,
                     onnx=onnx,
                 )
-            except ValueError as error:  # export_onnx names its parameters: say the flags instead
-                raise translate_onnx_error(error) from error
             logger.info(push_student_to_hub(folder, repo_id, token=training_args.hub_token) if push_to_hub else f"Exported {folder}")
     return metrics
 

@@ -7,15 +7,19 @@ is reachable through its module (``seed_hf.evaluation``, ``seed_hf.runs``, ...).
 
 from transformers import AutoConfig, AutoModel
 
-from .arguments import DataTrainingArguments
 from .configuration_seed import SeedConfig
-from .datasets import (
+from .data import (
     ArrayImageDataset,
+    MultiViewTransform,
     SeededRowDataset,
+    TrainData,
+    TrainSource,
+    build_ssl_transform,
     build_train_dataset,
     collate_batch,
     load_fashion_mnist,
 )
+from .evaluation import KnnMonitor
 from .hub import export_moco_encoder, export_student, push_student_to_hub
 from .losses import LocalSimilarityLoss, SeedLoss, local_similarity_loss, seed_loss
 from .moco import MocoConfig, MocoForPretraining, MocoOutput
@@ -24,8 +28,8 @@ from .multi_student import SeedGroupOutput, SeedStudentGroup
 from .onnx_export import export_onnx
 from .queue import EmbeddingQueue
 from .teachers import FrozenTeacher, load_teacher, weights_fingerprint
-from .trainer import KnnMonitor, MocoTrainer, SeedTrainer, SeedTrainingArguments
-from .transforms import MultiViewTransform, build_ssl_transform
+from .trainer import MocoTrainer, SeedTrainer
+from .training_args import SeedTrainingArguments
 
 __version__ = "0.1.0"
 
@@ -59,9 +63,10 @@ __all__ = [
     "SeedTrainer",
     "MocoTrainer",
     "SeedTrainingArguments",
-    "DataTrainingArguments",
     "KnnMonitor",
     # data and augmentation
+    "TrainSource",
+    "TrainData",
     "build_train_dataset",
     "build_ssl_transform",
     "MultiViewTransform",

@@ -2,7 +2,7 @@
 extension points only.
 
 * :class:`DatasetEpochCallback`: tells a per-sample seeded dataset the epoch it serves.
-* :class:`StreamPositionCallback`: keeps a :class:`seed_hf.shard_stream.ShardStream` where the run is.
+* :class:`StreamPositionCallback`: keeps a :class:`seed_hf.data.shard_stream.ShardStream` where the run is.
 * :class:`StepPathCallback`: records the step's memory format and precision (``seed_hf.fast_path``)
   in each checkpoint, for the resumed run to reuse.
 * :class:`CheckpointCompletionCallback`: marks a checkpoint complete once every process has
@@ -20,9 +20,9 @@ import os
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .data.shard_stream import ShardStream
 from .fast_path import STEP_PATH_FILE
 from .runs import COMPLETE_MARKER, checkpoint_dir
-from .shard_stream import ShardStream
 
 __all__ = ["DatasetEpochCallback", "CheckpointCompletionCallback", "StepPathCallback", "StreamPositionCallback"]
 
@@ -33,7 +33,7 @@ class DatasetEpochCallback(TrainerCallback):
     """Calls ``train_dataset.set_epoch(epoch)`` at the start of every epoch, fresh or resumed.
 
     accelerate forwards ``set_epoch`` to the dataset only when the sampler has none, and a
-    per-sample seeded dataset (:class:`seed_hf.datasets.ArrayImageDataset`, ``SeededRowDataset``)
+    per-sample seeded dataset (:class:`seed_hf.data.rows.ArrayImageDataset`, ``SeededRowDataset``)
     draws each view from ``(seed, epoch, index)``: it must know the true epoch, also after a
     resume. ``on_epoch_begin`` runs before the epoch's dataloader iterator (and its workers) is
     created, so the workers receive the new epoch."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .backbones import pooled_features
+from .data.decode import collate_batch
 from .losses import check_temperature
 from .subsets import balanced_subset, subset_record
 
 __all__ = [
     "EVAL_INTERPOLATION",
+    "KnnMonitor",
     "PIXEL_BASELINES",
     "LINEAR_PROBE_PROTOCOL",
     "EncoderSpec",
@@ -432,7 +434,7 @@ def load_labelled_splits(
       ``image_column`` and ``label_column``.
     """
     if dataset_name is None and train_dir is None:
-        from .datasets import load_fashion_mnist
+        from .data.fashion_mnist import load_fashion_mnist
 
         (xtr, ytr), (xte, yte) = (load_fashion_mnist(s, fashion_mnist_dir) for s in ("train", "test"))
         return LabelledSplits("fashion_mnist", xtr, ytr, xte, yte, "test")
@@ -440,7 +442,7 @@ def load_labelled_splits(
 
     if train_dir is not None:
         if validation_dir is None:
-            raise ValueError("--train_dir needs --validation_dir (the labelled images to evaluate on).")
+            raise ValueError("`train_dir` needs `validation_dir` (the labelled images to evaluate on).")
         train = datasets.load_dataset("imagefolder", data_dir=train_dir, split="train")
         evaluation = datasets.load_dataset("imagefolder", data_dir=validation_dir, split="train")
         name, eval_split = Path(train_dir).resolve().parent.name or "imagefolder", "validation"
@@ -452,7 +454,7 @@ def load_labelled_splits(
         if validation_split is None:
             validation_split = next((s for s in ("validation", "test") if s in splits), None)
             if validation_split is None:
-                raise ValueError(f"{dataset_name} has no validation/test split; pass --validation_split ({list(splits)}).")
+                raise ValueError(f"{dataset_name} has no validation/test split; pass `validation_split` ({list(splits)}).")
         if validation_split not in splits:
             raise ValueError(f"{dataset_name} has no split {validation_split!r}; splits: {list(splits)}.")
         train, evaluation = splits[train_split], splits[validation_split]
@@ -462,7 +464,7 @@ def load_labelled_splits(
         if missing:
             raise ValueError(
                 f"The {split_name} data has no column(s) {missing}; its columns are {split.column_names}. "
-                "Pass --image_column / --label_column."
+                "Pass `image_column` / `label_column`."
             )
     return LabelledSplits(
         name,
@@ -472,3 +474,51 @@ def load_labelled_splits(
         np.asarray(evaluation[label_column]),
         eval_split,
     )
+
+
+@dataclass
+class KnnMonitor:
+    """The online kNN monitor: weighted-kNN top-1 of a model's pooled features on labelled
+    datasets (items with ``pixel_values`` and ``labels``), computed on every rank from
+    ``gather_for_metrics`` (no rank-0-only collective, so DDP cannot deadlock)."""
+
+    train_dataset: Any
+    eval_dataset: Any
+    k: int = 200
+    temperature: float = 0.07
+    batch_size: int = 256
+    _loaders: dict = field(default_factory=dict, init=False, repr=False)
+
+    @torch.no_grad()
+    def _features(self, model: nn.Module, dataset, accelerator, to_input) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        # prepared once per dataset: accelerate keeps every prepared loader, so re-preparing at each
+        # evaluation would pile them up
+        if id(dataset) not in self._loaders:
+            self._loaders[id(dataset)] = accelerator.prepare(
+                DataLoader(dataset, batch_size=self.batch_size, collate_fn=collate_batch, shuffle=False)
+            )
+        features: dict[str, list[torch.Tensor]] = {}
+        labels = []
+        for batch in self._loaders[id(dataset)]:
+            out = model.get_features(to_input(batch["pixel_values"]))
+            for name, value in (out if isinstance(out, dict) else {"": out}).items():
+                features.setdefault(name, []).append(accelerator.gather_for_metrics(value.float()).cpu())
+            labels.append(accelerator.gather_for_metrics(batch["labels"]).cpu())
+        return {k: torch.cat(v) for k, v in features.items()}, torch.cat(labels)
+
+    def evaluate(self, model: nn.Module, accelerator, prefix: str = "eval", to_input=lambda x: x) -> dict[str, float]:
+        """``{prefix}_knn_top1`` (``_<student>`` per student of a group) of ``model`` in eval mode."""
+        was_training = model.training
+        model.eval()
+        try:
+            train_features, train_labels = self._features(model, self.train_dataset, accelerator, to_input)
+            test_features, test_labels = self._features(model, self.eval_dataset, accelerator, to_input)
+        finally:
+            model.train(was_training)
+        metrics = {}
+        for name, train in train_features.items():
+            accuracy = knn_accuracy(
+                train, train_labels, test_features[name], test_labels, self.k, self.temperature
+            )
+            metrics[f"{prefix}_knn_top1" + (f"_{name}" if name else "")] = accuracy["top1"]
+        return metrics

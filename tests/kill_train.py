@@ -14,8 +14,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from helpers import KillAtStep, tiny_student, tiny_teacher  # noqa: E402
 
 from seed_hf import ArrayImageDataset, SeedTrainer, SeedTrainingArguments, build_ssl_transform, collate_batch  # noqa: E402
-from seed_hf.datasets import ImageColumnTransform, SeededRowDataset  # noqa: E402
-from seed_hf.runs import resolve_checkpoint  # noqa: E402
+from seed_hf.cli.runs import resolve_checkpoint  # noqa: E402
+from seed_hf.data.rows import ImageColumnTransform, SeededRowDataset  # noqa: E402
 
 
 def augmented_images(n: int = 40, source: str = "array"):

@@ -19,9 +19,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from helpers import KillAtStep, tiny_student, tiny_teacher  # noqa: E402
 
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E402
-from seed_hf.arguments import DataTrainingArguments  # noqa: E402
-from seed_hf.datasets import build_train_dataset  # noqa: E402
-from seed_hf.runs import resolve_checkpoint  # noqa: E402
+from seed_hf.cli.arguments import DataTrainingArguments  # noqa: E402
+from seed_hf.cli.runs import resolve_checkpoint  # noqa: E402
+from seed_hf.data.sources import build_train_dataset  # noqa: E402
 
 
 class RecordingTrainer(SeedTrainer):
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         full_determinism=bool(opts.save_steps),
         accelerator_config={"dispatch_batches": False} if streaming else None,
     )
-    dataset = build_train_dataset(data_args, 1, 3, [0.5] * 3, [0.5] * 3, seed=0, world_size=args.world_size)
+    dataset = build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3, seed=0, world_size=args.world_size)
     trainer = RecordingTrainer(
         model=tiny_student(queue_size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3),  # the data's
         teacher=tiny_teacher(),

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from seed_hf import opencv_kernels
-from seed_hf.datasets import DecodeStats, decode_image
-from seed_hf.transforms import AUGMENTATION_PRESETS, build_ssl_transform
+from seed_hf.data import opencv_kernels
+from seed_hf.data.decode import DecodeStats, decode_image
+from seed_hf.data.transforms import AUGMENTATION_PRESETS, build_ssl_transform
 
 pytestmark = pytest.mark.skipif(opencv_kernels.cv2 is None, reason="OpenCV not installed")
 
@@ -148,7 +148,7 @@ def test_decode_to_array_counts_truncated_and_corrupt(tmp_path):
 
 
 def test_data_arguments_check_the_backend():
-    from seed_hf.arguments import DataTrainingArguments
+    from seed_hf.cli.arguments import DataTrainingArguments
 
     assert DataTrainingArguments().augmentation_backend == "opencv"
     with pytest.raises(ValueError, match="augmentation_backend"):

@@ -4,7 +4,11 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from seed_hf.batched_transforms import BatchedSSLTransform, batched_color_jitter, random_resized_crop_boxes
+from seed_hf.data.batched_transforms import (
+    BatchedSSLTransform,
+    batched_color_jitter,
+    random_resized_crop_boxes,
+)
 
 
 def test_crop_boxes_follow_torchvision_distribution():

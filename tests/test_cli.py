@@ -16,8 +16,9 @@ import run_moco  # noqa: E402
 import run_seed  # noqa: E402
 
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E402
-from seed_hf.arguments import DataTrainingArguments, parse_script_args  # noqa: E402
-from seed_hf.datasets import build_train_dataset  # noqa: E402
+from seed_hf.cli.arguments import DataTrainingArguments, parse_script_args  # noqa: E402
+from seed_hf.cli.flags import flags_in_errors  # noqa: E402
+from seed_hf.data.sources import build_train_dataset  # noqa: E402
 from seed_hf.runs import COMPLETE_MARKER  # noqa: E402
 
 SCRIPTS = sorted((ROOT / "examples").glob("*.py"))
@@ -167,7 +168,7 @@ def test_skipped_images_are_totalled_over_dataloader_workers(tmp_path):
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_skipped_image_log_names_the_row(tmp_path, caplog, monkeypatch, streaming):
-    from seed_hf.datasets import DECODE_STATS
+    from seed_hf.data.decode import DECODE_STATS
 
     monkeypatch.setattr(DECODE_STATS, "skipped", 0)  # names are logged for the first images of a process
     files = write_jpeg_shards(tmp_path, shards=1, rows=8, corrupt_every=3)  # ids 0, 3, 6
@@ -178,7 +179,7 @@ def test_skipped_image_log_names_the_row(tmp_path, caplog, monkeypatch, streamin
         augmentation="none",
         cache_dir=str(tmp_path / "c"),
     )
-    dataset = build_train_dataset(data_args, 1, 3, [0.5] * 3, [0.5] * 3)
+    dataset = build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3)
     rows = list(dataset) if streaming else [dataset[i] for i in range(len(dataset))]
     for bad in (0, 3, 6):
         assert f"skipped undecodable image id={bad}:" in caplog.text
@@ -198,4 +199,5 @@ def test_source_without_a_decodable_image_stops_before_training(tmp_path):
     good = write_jpeg_shards(tmp_path / "good", shards=1, rows=4)
     data_args = DataTrainingArguments(train_files=good, streaming=True, image_column="id", image_size=16)
     with pytest.raises(ValueError, match="Column 'id' of --train_files .* holds no images.*--image_column"):
-        build_train_dataset(data_args, 1, 3, [0.5] * 3, [0.5] * 3)
+        with flags_in_errors(DataTrainingArguments):  # as the scripts show the library's errors
+            build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3)

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from seed_hf import crop_decode, opencv_kernels
-from seed_hf.datasets import DECODE_STATS, ImageColumnTransform, decode_image
-from seed_hf.transforms import MultiViewTransform, build_ssl_transform
+from seed_hf.data import crop_decode, opencv_kernels
+from seed_hf.data.decode import DECODE_STATS, decode_image
+from seed_hf.data.rows import ImageColumnTransform
+from seed_hf.data.transforms import MultiViewTransform, build_ssl_transform
 
 pytestmark = pytest.mark.skipif(opencv_kernels.cv2 is None, reason="OpenCV not installed")
 

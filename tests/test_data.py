@@ -4,14 +4,10 @@ import torch
 from conftest import requires_fashion_mnist
 from PIL import Image
 
-from seed_hf.datasets import (
-    ArrayImageDataset,
-    collate_batch,
-    convert_image,
-    detect_image_column,
-    load_fashion_mnist,
-)
-from seed_hf.transforms import AUGMENTATION_PRESETS, MultiViewTransform, build_ssl_transform
+from seed_hf.data.decode import collate_batch, convert_image
+from seed_hf.data.fashion_mnist import load_fashion_mnist
+from seed_hf.data.rows import ArrayImageDataset, detect_image_column
+from seed_hf.data.transforms import AUGMENTATION_PRESETS, MultiViewTransform, build_ssl_transform
 
 
 @pytest.mark.parametrize("preset", AUGMENTATION_PRESETS)
@@ -46,7 +42,7 @@ def test_per_sample_rng_seeds_the_cpu_stream_only(monkeypatch):
     """The draws are those of a CPU generator seeded with sample_seed (what torch.manual_seed gave);
     the global CPU stream is restored and no accelerator generator is touched (torch.manual_seed
     reseeded CUDA lazily, recording a traceback per sample: a third of the demo's data time)."""
-    from seed_hf.datasets import per_sample_rng, sample_seed
+    from seed_hf.data.rows import per_sample_rng, sample_seed
 
     calls = []
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
@@ -90,7 +86,7 @@ def test_image_column_transform_is_picklable_for_spawned_workers():
     import io
     import pickle
 
-    from seed_hf.datasets import ImageColumnTransform
+    from seed_hf.data.rows import ImageColumnTransform
 
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (10, 200, 30)).save(buffer, format="JPEG")
@@ -104,7 +100,8 @@ def test_image_column_transform_is_picklable_for_spawned_workers():
 def test_a_row_without_the_image_column_is_undecodable_not_a_crash():
     """A webdataset sample without a .jpg member: its row comes back without pixels (collate_batch
     drops and counts it) instead of a KeyError in a dataloader worker."""
-    from seed_hf.datasets import DECODE_STATS, ImageColumnTransform
+    from seed_hf.data.decode import DECODE_STATS
+    from seed_hf.data.rows import ImageColumnTransform
 
     apply = ImageColumnTransform(build_ssl_transform("none", 8), "jpg", 3)
     skipped = DECODE_STATS.skipped

@@ -75,7 +75,7 @@ def test_linear_probe_matches_scikit_learn_on_real_features():
     from sklearn.preprocessing import StandardScaler
 
     if FASHION_MNIST_AVAILABLE:  # real images: 28×28 pixels, 3000 train / 1000 test
-        from seed_hf.datasets import load_fashion_mnist
+        from seed_hf.data.fashion_mnist import load_fashion_mnist
 
         (xtr, ytr), (xte, yte) = load_fashion_mnist("train"), load_fashion_mnist("test")
         x_train, x_test = (torch.from_numpy(a[:n].reshape(n, -1)).float() / 255 for a, n in ((xtr, 3000), (xte, 1000)))

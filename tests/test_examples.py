@@ -90,7 +90,7 @@ def test_moco_then_seed_then_eval(tmp_path):
         ]
     )
     assert [r["model"] for r in results] == [str(teacher_dir)] * 2 + [str(student_dir)] * 2
-    from seed_hf.datasets import load_fashion_mnist
+    from seed_hf.data.fashion_mnist import load_fashion_mnist
     from seed_hf.evaluation import balanced_subset, label_subset
 
     labels = load_fashion_mnist("train")[1]  # --max_train_samples 2000 draws 200 per class

@@ -1,4 +1,4 @@
-"""GPU input path (``--data_device cuda``, ``seed_hf.gpu_input``) on ``device="cpu"``: decode,
+"""GPU input path (``--data_device cuda``, ``seed_hf.data.gpu_input``) on ``device="cpu"``: decode,
 crop-parameter distributions, augmentation statistics against the CPU presets, skip-and-count,
 and a SeedTrainer run fed encoded bytes. Measured figures are in each test's docstring."""
 
@@ -14,19 +14,24 @@ from test_cli import _seed_args
 from test_crop_decode import photo_jpeg
 from torchvision.transforms import v2
 
-from seed_hf import SeedTrainer, SeedTrainingArguments, arguments, crop_decode, opencv_kernels
-from seed_hf.arguments import DataTrainingArguments, build_device_transform
-from seed_hf.batched_transforms import BATCHED_PRESETS, BatchedSSLTransform, random_resized_crop_boxes
-from seed_hf.datasets import SKIPPED_KEY, ImageColumnTransform, build_train_dataset
-from seed_hf.gpu_input import (
+from seed_hf import SeedTrainer, SeedTrainingArguments
+from seed_hf.cli import arguments
+from seed_hf.cli.arguments import DataTrainingArguments
+from seed_hf.data import crop_decode, opencv_kernels
+from seed_hf.data.batched_transforms import BATCHED_PRESETS, BatchedSSLTransform, random_resized_crop_boxes
+from seed_hf.data.decode import SKIPPED_KEY
+from seed_hf.data.gpu_input import (
     ENCODED_KEY,
     DeviceInputTransform,
     EncodedImageBatch,
     EncodedImageTransform,
+    build_device_transform,
     collate_encoded_batch,
     decode_images,
 )
-from seed_hf.transforms import RandomGaussianBlur, build_ssl_transform
+from seed_hf.data.rows import ImageColumnTransform
+from seed_hf.data.sources import build_train_dataset
+from seed_hf.data.transforms import RandomGaussianBlur, build_ssl_transform
 
 pytestmark = pytest.mark.skipif(opencv_kernels.cv2 is None, reason="OpenCV not installed (the CPU reference)")
 
@@ -331,7 +336,7 @@ def test_seed_trainer_trains_on_encoded_batches(tmp_path, monkeypatch):
         train_files=files, image_size=32, data_device="cuda", streaming=streaming, cache_dir=str(tmp_path / "c")
     )
     model = tiny_student(queue_size=64)
-    dataset = build_train_dataset(data_args, 1, 3, model.config.image_mean, model.config.image_std)
+    dataset = build_train_dataset(data_args.train_data(), 1, 3, model.config.image_mean, model.config.image_std)
     args = SeedTrainingArguments(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=8,
@@ -349,7 +354,7 @@ def test_seed_trainer_trains_on_encoded_batches(tmp_path, monkeypatch):
         args=args,
         train_dataset=dataset,
         data_collator=collate_encoded_batch,
-        device_transform=build_device_transform(data_args, model.config, args.device, num_views=1),
+        device_transform=build_device_transform("moco_v2", 32, model.config, args.device, num_views=1),
     )
     CountingTrainer.pixel_shapes = []
     metrics = trainer.train().metrics

@@ -34,7 +34,7 @@ def _gray_images(n: int = 16) -> torch.Tensor:
     from conftest import FASHION_MNIST_AVAILABLE
 
     if FASHION_MNIST_AVAILABLE:
-        from seed_hf.datasets import load_fashion_mnist
+        from seed_hf.data.fashion_mnist import load_fashion_mnist
 
         return torch.from_numpy(load_fashion_mnist("test")[0][:n])
     g = torch.Generator().manual_seed(0)

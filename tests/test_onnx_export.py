@@ -82,7 +82,7 @@ def _gray_images(n: int) -> np.ndarray:
     from conftest import FASHION_MNIST_AVAILABLE
 
     if FASHION_MNIST_AVAILABLE:
-        from seed_hf.datasets import load_fashion_mnist
+        from seed_hf.data.fashion_mnist import load_fashion_mnist
 
         return load_fashion_mnist("test")[0][:n]
     return np.stack([np.asarray(im.convert("L").resize((28, 28))) for im in sample_images(n)])

@@ -3,7 +3,8 @@
 import json
 from types import SimpleNamespace
 
-from seed_hf.runs import COMPLETE_MARKER, remove_incomplete_checkpoints, resolve_checkpoint
+from seed_hf.cli.runs import resolve_checkpoint
+from seed_hf.runs import COMPLETE_MARKER, remove_incomplete_checkpoints
 
 
 def _checkpoint(output_dir, step: int, finished: bool = True, marked: bool = False):

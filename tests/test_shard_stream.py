@@ -6,7 +6,7 @@ import torch
 from helpers import write_jpeg_shards
 from torch.utils.data import DataLoader
 
-from seed_hf.shard_stream import ShardStream, locate_batches
+from seed_hf.data.shard_stream import ShardStream, locate_batches
 
 
 def row_id(cells: dict) -> int:
@@ -107,7 +107,7 @@ def test_tar_members_without_a_key_and_extension_are_not_samples(tmp_path):
     import io
     import tarfile
 
-    from seed_hf.shard_stream import ShardIndex
+    from seed_hf.data.shard_stream import ShardIndex
 
     path = tmp_path / "train-00000.tar"
     with tarfile.open(path, "w") as tar:

@@ -69,7 +69,7 @@ def test_ten_percent_corrupt_images_are_skipped_and_counted(tmp_path, streaming)
 
 
 def test_uneven_shard_count_warns(caplog):
-    from seed_hf.datasets import warn_on_uneven_shards
+    from seed_hf.data.shard_stream import warn_on_uneven_shards
 
     assert warn_on_uneven_shards(8, 2, 4) is False
     assert warn_on_uneven_shards(6, 2, 4) is True
@@ -138,9 +138,11 @@ def test_stream_reports_its_epochs_and_warns_when_resumed_with_other_readers(tmp
 
 
 def test_glob_train_files_stream_and_a_missing_file_is_named(tmp_path):
-    from seed_hf.datasets import expand_files
+    from seed_hf.cli import DataTrainingArguments, flags_in_errors
+    from seed_hf.data.sources import expand_files
 
     files = write_jpeg_shards(tmp_path, shards=2, rows=4)
     assert expand_files([str(tmp_path / "*.parquet")]) == sorted(files)
     with pytest.raises(FileNotFoundError, match=r"--train_files '.*missing\.tar' matches no file"):
-        expand_files([str(tmp_path / "missing.tar")])
+        with flags_in_errors(DataTrainingArguments):  # the library names the parameter, the scripts the flag
+            expand_files([str(tmp_path / "missing.tar")])

@@ -214,7 +214,7 @@ def test_online_knn_monitor_through_evaluate(tmp_path):
 
 def test_small_patch_variant_uses_a_second_queue(tmp_path):
     from seed_hf import ArrayImageDataset, build_ssl_transform
-    from seed_hf.transforms import MultiViewTransform
+    from seed_hf.data.transforms import MultiViewTransform
 
     images = (
         (torch.rand(32, 40, 40, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()

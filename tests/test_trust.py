@@ -39,7 +39,7 @@ def class_sorted_folders(root: Path, per_class: dict[str, int], classes=(0, 1, 2
     ImageNet is)."""
     from PIL import Image
 
-    from seed_hf.datasets import load_fashion_mnist
+    from seed_hf.data.fashion_mnist import load_fashion_mnist
 
     images, labels = load_fashion_mnist("train")
     folders, offset = {}, 0
@@ -93,7 +93,7 @@ def test_knn_monitor_subset_holds_every_class(tmp_path):
 def test_training_subset_of_an_imagefolder_is_balanced(tmp_path):
     import datasets
 
-    from seed_hf.datasets import training_subset
+    from seed_hf.data.sources import training_subset
 
     dataset = datasets.Dataset.from_dict({"label": [0] * 30 + [1] * 30 + [2] * 30})
     rows = training_subset(dataset, 30, seed=3)
@@ -219,7 +219,7 @@ def test_a_second_run_into_a_locked_folder_is_refused_and_a_dead_owner_is_taken_
 
 @pytest.mark.parametrize("size", [0, -3])
 def test_image_size_zero_is_refused_like_a_negative_one(size):
-    from seed_hf.arguments import DataTrainingArguments
+    from seed_hf.cli.arguments import DataTrainingArguments
 
     with pytest.raises(ValueError, match=f"--image_size must be an integer ≥ 1 .*got {size}"):
         DataTrainingArguments(image_size=size)

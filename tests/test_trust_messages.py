@@ -11,7 +11,7 @@ from helpers import IMAGE_SIZE, tiny_moco, tiny_student
 from transformers import HfArgumentParser
 
 from seed_hf import SeedConfig, SeedForDistillation, SeedTrainingArguments, load_teacher
-from seed_hf.arguments import DataTrainingArguments, parse_script_args
+from seed_hf.cli.arguments import DataTrainingArguments, parse_script_args
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))

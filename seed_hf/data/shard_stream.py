@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import logging
 import math
 import random
 import tarfile
@@ -43,12 +44,28 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .datasets import seeded_row_example, warn_on_uneven_shards
+from .rows import seeded_row_example
 
-__all__ = ["ShardStream", "ShardIndex", "StreamPosition", "locate_batches", "count_rows"]
+__all__ = ["ShardStream", "ShardIndex", "StreamPosition", "count_rows", "locate_batches", "warn_on_uneven_shards"]
+
+logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 Position = tuple[int, int]  # (shard number in the sorted shard list, row in that shard)
+
+
+def warn_on_uneven_shards(num_shards: int, world_size: int, num_workers: int) -> bool:
+    """Streams are split by shard: with fewer shards than, or a count not divisible by, world_size ×
+    workers, some readers get more data than others (or none). Returns True when it warned."""
+    readers = max(1, world_size) * max(1, num_workers)
+    if num_shards % readers == 0:
+        return False
+    logger.warning(
+        f"The stream has {num_shards} shard(s) for {readers} readers (world_size × dataloader workers): readers get "
+        "uneven data. Use a shard count that is a multiple of world_size × dataloader_num_workers "
+        "(e.g. re-shard the parquet/webdataset files) for balanced, fast streaming."
+    )
+    return True
 
 
 def _open(path: str):
@@ -255,7 +272,7 @@ class ShardStream(IterableDataset):
     Args:
         shards: shard paths or fsspec URLs (``.parquet`` or ``.tar``), one format.
         transform: maps a batch dict of lists (one row) to view lists, as
-            :class:`seed_hf.datasets.ImageColumnTransform` does (undecodable rows come back
+            :class:`seed_hf.data.rows.ImageColumnTransform` does (undecodable rows come back
             with ``pixel_values=None``; ``collate_batch`` drops and counts them).
         shuffle_buffer_size: rows held by each reader's shuffle buffer.
         seed: seeds shard order, shuffle buffers and augmentation.

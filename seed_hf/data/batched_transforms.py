@@ -1,6 +1,6 @@
 """Batched SSL augmentation on tensors: one call augments a whole batch on its device (GPU).
 
-The CPU presets (:func:`seed_hf.transforms.build_ssl_transform`) run per image in dataloader
+The CPU presets (:func:`seed_hf.data.transforms.build_ssl_transform`) run per image in dataloader
 workers; at small resolutions or on a fast GPU the per-image Python cost dominates. Here the
 same operations run on a batch with **per-sample** random parameters:
 
@@ -12,7 +12,7 @@ same operations run on a batch with **per-sample** random parameters:
   RandomGrayscale, Gaussian blur (per-sample σ), horizontal flip, in the preset's order.
 
 Input: a uint8 or float batch ``(n, c, h, w)`` in [0, 255] / [0, 1], or a list of uint8
-``(c, h_i, w_i)`` images of different sizes (decoded JPEGs, :mod:`seed_hf.gpu_input`); output:
+``(c, h_i, w_i)`` images of different sizes (decoded JPEGs, :mod:`seed_hf.data.gpu_input`); output:
 float ``(n, c, size, size)`` normalised with ``mean``/``std``.
 
 The parameters follow the CPU presets' distributions, not their RNG stream: torchvision draws
@@ -188,7 +188,7 @@ BATCHED_PRESETS: dict[str, dict] = {
 
 @dataclass
 class BatchedSSLTransform:
-    """A preset of :func:`seed_hf.transforms.build_ssl_transform` applied to a whole batch at once.
+    """A preset of :func:`seed_hf.data.transforms.build_ssl_transform` applied to a whole batch at once.
 
     Args:
         image_size: output side.

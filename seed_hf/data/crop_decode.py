@@ -19,7 +19,7 @@ decode path (``tests/test_crop_decode.py`` measures and bounds the difference); 
 parameters, and the RNG state after the transform, are identical.
 
 Inputs the header cannot describe (other formats, truncated files, headers PIL rejects) are
-not wrapped: they go through ``seed_hf.datasets.decode_image`` as before, which skips and counts
+not wrapped: they go through ``seed_hf.data.decode.decode_image`` as before, which skips and counts
 corrupt data. Data that passes the header check but fails to decode raises
 :class:`UndecodableImage`, which ``ImageColumnTransform`` skips and counts the same way.
 """
@@ -106,7 +106,7 @@ def _decode_scaled(data: bytes, in_chans: int, scale: int) -> np.ndarray | None:
 def encoded_jpeg(value: Any, in_chans: int) -> EncodedJpeg | None:
     """Wraps a datasets image cell (bytes, path or ``{"bytes", "path"}``) as an
     :class:`EncodedJpeg` when it is a complete JPEG whose header PIL parses; None otherwise
-    (decode it the usual way then). Needs no decoder: the GPU input path (``seed_hf.gpu_input``)
+    (decode it the usual way then). Needs no decoder: the GPU input path (``seed_hf.data.gpu_input``)
     wraps JPEGs here too; the opencv pipeline that decodes them requires OpenCV itself."""
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")

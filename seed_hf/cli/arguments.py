@@ -1,40 +1,23 @@
-"""Argument dataclasses and set-up helpers shared by the example scripts."""
+"""The example scripts' arguments: where the training images come from
+(:class:`DataTrainingArguments`, which builds the data layer's :class:`~seed_hf.data.TrainData`),
+ONNX export (:class:`OnnxArguments`), and the command line with recipe files
+(:func:`parse_script_args`)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-import transformers
 
-from .batched_transforms import BATCHED_PRESETS, BatchedSSLTransform
-from .datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, build_train_dataset
-from .evaluation import LabelledImages, eval_data_config, eval_transform, load_labelled_splits
-from .gpu_input import DeviceInputTransform
-from .trainer import KnnMonitor
-from .transforms import AUGMENTATION_BACKENDS, AUGMENTATION_PRESETS
+from ..data.batched_transforms import BATCHED_PRESETS
+from ..data.sources import TrainData, TrainSource
+from ..data.transforms import AUGMENTATION_BACKENDS, AUGMENTATION_PRESETS
+from .flags import flags_in_errors
 
-__all__ = [
-    "DataTrainingArguments",
-    "OnnxArguments",
-    "onnx_export_options",
-    "translate_onnx_error",
-    "build_device_transform",
-    "build_knn_monitor",
-    "build_script_dataset",
-    "setup_logging",
-    "check_hub_arguments",
-    "parse_script_args",
-]
-
-logger = logging.getLogger(__name__)
-
-DATA_DEVICES = ("cpu", "cuda")
+__all__ = ["DataTrainingArguments", "OnnxArguments", "parse_script_args"]
 
 
 def _cuda_available() -> bool:  # one place to fake a GPU in tests
@@ -136,35 +119,20 @@ class DataTrainingArguments:
         for name in ("dataset_name", "dataset_config_name", "train_dir"):
             if getattr(self, name) == "":  # an emptied recipe field means "not set"
                 setattr(self, name, None)
-        sources = [s for s in (self.dataset_name, self.train_dir, self.train_files) if s]
-        if len(sources) > 1:
-            raise ValueError("Pass at most one of --dataset_name, --train_dir, --train_files.")
-        if self.augmentation_backend not in AUGMENTATION_BACKENDS:
-            raise ValueError(
-                f"--augmentation_backend must be one of {AUGMENTATION_BACKENDS}, got {self.augmentation_backend!r}."
-            )
-        if self.augmentation is not None and self.augmentation not in AUGMENTATION_PRESETS:
-            raise ValueError(
-                f"--augmentation must be one of {AUGMENTATION_PRESETS}, got {self.augmentation!r}."
-            )
-        for name in ("image_size", "max_train_samples", "knn_monitor_samples"):
-            value = getattr(self, name)
-            if value is not None and value < (0 if name == "knn_monitor_samples" else 1):
-                at_least = 0 if name == "knn_monitor_samples" else 1
-                raise ValueError(f"--{name} must be an integer ≥ {at_least} (or left unset), got {value}.")
-        if self.data_device not in DATA_DEVICES:
-            raise ValueError(f"--data_device must be one of {DATA_DEVICES}, got {self.data_device!r}.")
+        if self.knn_monitor_samples < 0:
+            raise ValueError(f"--knn_monitor_samples must be an integer ≥ 0, got {self.knn_monitor_samples}.")
+        self.train_data()  # the library checks the source and its views, here in flags
         if self.data_device == "cuda":
             self._check_device_input()
 
     def _check_device_input(self) -> None:
-        if self.uses_fashion_mnist:
+        if self.source().is_fashion_mnist:
             raise ValueError(
                 "--data_device cuda decodes JPEG bytes on the GPU, but the default Fashion-MNIST source is in-memory "
                 "uint8 arrays with nothing to decode (its 28-px images augment fast in the dataloader workers): drop "
                 "--data_device cuda, or pass a datasets source of JPEGs (--dataset_name, --train_dir, --train_files)."
             )
-        preset = self.resolved()[0]
+        preset = self.train_data().augmentation
         if preset not in BATCHED_PRESETS:
             raise ValueError(
                 f"--data_device cuda runs the augmentation batched on the GPU, which has the presets "
@@ -176,76 +144,31 @@ class DataTrainingArguments:
                 "--data_device cuda (or pass --data_device cpu) to decode and augment in the dataloader workers."
             )
 
-    def describe(self) -> dict[str, Any]:
-        """What the run trains on, as recorded in ``run_info.json`` and model cards (no local paths)."""
-        augmentation, image_size, in_chans, _, _ = self.resolved()
-        if self.uses_fashion_mnist:
-            dataset, split = "fashion_mnist", "train"
-        elif self.dataset_name:
-            dataset, split = self.dataset_name, self.train_split
-        elif self.train_dir:
-            dataset, split = f"imagefolder {Path(self.train_dir).name}", None
-        else:
-            dataset, split = f"{len(self.train_files)} local shard file(s)", None
-        described = {
-            "dataset": dataset,
-            "dataset_split": split,
-            "augmentation": augmentation,
-            "image_size": image_size,
-            "in_chans": in_chans,
-        }
-        if self.max_train_samples:
-            described["train_subset"] = {
-                "images": self.max_train_samples,
-                "drawn": "first rows of the shuffled stream"
-                if self.streaming
-                else "seeded random draw (the run's seed), class-balanced where the source has labels",
-            }
-        return described
-
-    @property
-    def uses_fashion_mnist(self) -> bool:
-        return not (self.dataset_name or self.train_dir or self.train_files)
-
-    def resolved(self) -> tuple[str, int, int, list[float] | None, list[float] | None]:
-        """(augmentation, image_size, in_chans, mean, std); mean/std None means model default."""
-        if self.uses_fashion_mnist:
-            return (
-                self.augmentation or "grayscale_small",
-                32 if self.image_size is None else self.image_size,
-                1,
-                FASHION_MNIST_MEAN,
-                FASHION_MNIST_STD,
+    def source(self) -> TrainSource:
+        """Where the images come from, as the data layer takes it."""
+        with flags_in_errors(DataTrainingArguments):
+            return TrainSource(
+                dataset_name=self.dataset_name,
+                dataset_config_name=self.dataset_config_name,
+                train_dir=self.train_dir,
+                train_files=tuple(self.train_files) if self.train_files else None,
+                train_split=self.train_split,
+                image_column=self.image_column,
+                streaming=self.streaming,
+                shuffle_buffer_size=self.shuffle_buffer_size,
+                fashion_mnist_dir=self.fashion_mnist_dir,
+                cache_dir=self.cache_dir,
+                max_train_samples=self.max_train_samples,
             )
-        return self.augmentation or "moco_v2", 224 if self.image_size is None else self.image_size, 3, None, None
 
-
-def build_device_transform(
-    data_args: DataTrainingArguments, config, device: torch.device | str, num_views: int, seed: int | None = None
-) -> DeviceInputTransform | None:
-    """The trainer's ``device_transform`` for ``--data_device cuda`` (None for ``cpu``): decodes the
-    encoded JPEGs of ``build_train_dataset``'s rows on ``device`` and augments them there with the
-    batched twin of the CPU preset (same views, crop sizes and normalisation as
-    ``build_train_dataset`` builds on the CPU). Pair it with ``gpu_input.collate_encoded_batch``."""
-    if data_args.data_device == "cpu":
-        return None
-    preset, image_size, _, _, _ = data_args.resolved()
-    mean, std = config.image_mean, config.image_std
-    num_small_crops = getattr(config, "num_small_crops", 0)
-    small = (
-        BatchedSSLTransform.from_preset(preset, config.small_crop_size, mean, std, scale=config.small_crop_scale)
-        if num_small_crops
-        else None
-    )
-    return DeviceInputTransform(
-        BatchedSSLTransform.from_preset(preset, image_size, mean, std),
-        device,
-        config.in_chans,
-        num_views,
-        small,
-        num_small_crops,
-        seed=seed,
-    )
+    def train_data(self) -> TrainData:
+        """The source and its views with every default resolved (resolution, channels, preset,
+        normalisation): derived here once, passed on to the data layer, the config and the cards."""
+        source = self.source()
+        with flags_in_errors(DataTrainingArguments):
+            return TrainData.resolve(
+                source, self.augmentation, self.image_size, self.augmentation_backend, self.data_device
+            )
 
 
 def parse_script_args(parser, argv: list[str] | None = None) -> tuple:
@@ -345,91 +268,6 @@ def _recipe_flags(parser, path: str) -> list[str]:
     return flags
 
 
-def setup_logging(training_args) -> logging.Logger:
-    """Per-process log levels as in the transformers examples."""
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    log_level = training_args.get_process_log_level()
-    # seed_hf's own INFO lines (resuming from ..., stream position) are shown on the main process
-    # unless a level was asked for
-    ours = logging.INFO if training_args.log_level == "passive" and training_args.should_log else log_level
-    for lib_logger in (logger, logging.getLogger("seed_hf")):
-        lib_logger.setLevel(ours)
-    import datasets  # imported here: seed_hf imports without `datasets` (e.g. on a bare GPU image)
-
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.enable_default_handler()
-    transformers.utils.logging.enable_explicit_format()
-    return logging.getLogger("seed_hf")
-
-
-def check_hub_arguments(training_args) -> None:
-    """Refuses ``--push_to_hub`` without ``--hub_model_id`` before anything is trained."""
-    if training_args.push_to_hub and not training_args.hub_model_id:
-        raise ValueError(
-            "--push_to_hub needs --hub_model_id org/name (the Hub repository to create or update); "
-            "nothing was trained."
-        )
-
-
-def build_knn_monitor(data_args: DataTrainingArguments, mean, std, image_size: int):
-    """The online kNN monitor datasets (labelled train / evaluation images with the evaluation
-    preprocessing of ``seed_hf.evaluation``), or None when disabled."""
-    if not data_args.knn_monitor_samples:
-        return None
-    has_source = data_args.knn_dataset_name or data_args.knn_train_dir
-    if not has_source and not data_args.uses_fashion_mnist:
-        raise ValueError(
-            "--knn_monitor_samples needs labelled images for this dataset: pass --knn_dataset_name (with "
-            "--knn_label_column) or --knn_train_dir and --knn_validation_dir."
-        )
-    n = data_args.knn_monitor_samples
-    data = load_labelled_splits(
-        data_args.knn_dataset_name,
-        None,
-        data_args.knn_train_dir,
-        data_args.knn_validation_dir,
-        data_args.knn_train_split,
-        data_args.knn_validation_split,
-        data_args.knn_image_column,
-        data_args.knn_label_column,
-        data_args.fashion_mnist_dir,
-    ).subsample(n, max(1, n // 5))
-    transform = eval_transform(eval_data_config(len(mean), image_size, mean, std))
-    return KnnMonitor(
-        LabelledImages(data.train_images, data.train_labels, transform),
-        LabelledImages(data.eval_images, data.eval_labels, transform),
-    )
-
-
-def build_script_dataset(data_args: DataTrainingArguments, training_args, config, num_views: int):
-    """The example scripts' training set for a SEED or MoCo ``config``; for a stream it also
-    turns off batch dispatching, so accelerate shards the unsplit stream itself (splitting it
-    here as well would silently drop data)."""
-    dataset = build_train_dataset(
-        data_args,
-        num_views,
-        config.in_chans,
-        config.image_mean,
-        config.image_std,
-        training_args.seed,
-        training_args.world_size,
-        training_args.dataloader_num_workers,
-        getattr(config, "num_small_crops", 0),
-        getattr(config, "small_crop_size", 96),
-        getattr(config, "small_crop_scale", (0.05, 0.14)),
-    )
-    if data_args.streaming:
-        training_args.accelerator_config.dispatch_batches = False
-    return dataset
-
-
-
-
 @dataclass
 class OnnxArguments:
     """``--onnx`` / ``--onnx_int8`` of the scripts that export students (seed_hf.onnx_export)."""
@@ -468,44 +306,3 @@ class OnnxArguments:
     onnx_max_eval_samples: int | None = field(
         default=None, metadata={"help": "kNN on N evaluation images (class-balanced seeded draw); default all."}
     )
-
-
-# export_onnx's parameters -> the flags that set them, for its error messages
-_ONNX_FLAGS = {"atol": "--onnx_atol", "opset": "--onnx_opset", "eval_data": "--onnx_dataset_name / --onnx_train_dir"}
-
-
-def onnx_export_options(args: OnnxArguments) -> dict[str, Any] | None:
-    """``export_onnx`` keyword arguments for the flags (None without ``--onnx`` / ``--onnx_int8``).
-    Checks the onnx extra and the flags first, so a missing extra stops the script before it trains
-    or exports; loads the labelled data of ``--onnx_int8`` (calibration and kNN)."""
-    if not (args.onnx or args.onnx_int8):
-        return None
-    from .onnx_export import require_onnx
-
-    require_onnx("--onnx_int8" if args.onnx_int8 and not args.onnx else "--onnx")
-    if args.onnx_atol <= 0:
-        raise ValueError(f"--onnx_atol must be > 0, got {args.onnx_atol}.")
-    options: dict[str, Any] = {"int8": args.onnx_int8, "atol": args.onnx_atol, "opset": args.onnx_opset}
-    if args.onnx_int8:
-        options["eval_data"] = load_labelled_splits(
-            args.onnx_dataset_name,
-            None,
-            args.onnx_train_dir,
-            args.onnx_validation_dir,
-            args.onnx_train_split,
-            args.onnx_validation_split,
-            args.onnx_image_column,
-            args.onnx_label_column,
-            args.onnx_fashion_mnist_dir,
-        ).subsample(args.onnx_max_train_samples, args.onnx_max_eval_samples)
-    return options
-
-
-def translate_onnx_error(error: ValueError) -> ValueError:
-    """``error`` of ``seed_hf.onnx_export`` with its parameters (``atol=…``) named by their flags."""
-    import re
-
-    message = str(error)
-    for parameter, flag in _ONNX_FLAGS.items():
-        message = re.sub(rf"\b{parameter}=", f"{flag}=", message)
-    return type(error)(message)

@@ -5,9 +5,9 @@ Presets: ``moco_v2`` (default), ``moco_v1``, ``simclr``, ``swav``, the official 
 ``seed_simclr`` / ``seed_swav`` (weaker than SimCLR's / SwAV's, see :func:`build_ssl_transform`)
 and ``grayscale_small`` for 28-px grayscale data. Teacher and student see the same view.
 Two pixel backends draw the same random parameters from torch's RNG: ``opencv`` (default,
-ndarrays, fastest per core; kernels in ``seed_hf.opencv_kernels``, crop-aware JPEG decode in
-``seed_hf.crop_decode``) and ``torchvision`` (PIL / tensor kernels). The batched GPU version of
-the same operations is ``seed_hf.batched_transforms``.
+ndarrays, fastest per core; kernels in ``seed_hf.data.opencv_kernels``, crop-aware JPEG decode in
+``seed_hf.data.crop_decode``) and ``torchvision`` (PIL / tensor kernels). The batched GPU version of
+the same operations is ``seed_hf.data.batched_transforms``.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def build_ssl_transform(
     tensor ``(c, image_size, image_size)`` normalised with ``mean``/``std``.
 
     ``backend="opencv"`` turns every input into an ndarray and runs OpenCV kernels
-    (``seed_hf.opencv_kernels``); ``"torchvision"`` runs torchvision's PIL kernels on PIL images and
+    (``seed_hf.data.opencv_kernels``); ``"torchvision"`` runs torchvision's PIL kernels on PIL images and
     its tensor kernels otherwise. Both draw the same random parameters from torch's RNG.
 
     Presets (crop scale, then ops in order; jitter = brightness/contrast/saturation/hue, its
@@ -132,7 +132,7 @@ def build_ssl_transform(
       ``main_small-patch.py``; ``swav_small_aug`` with the small-crop scale): ``moco_v2`` with
       scale (0.14, 1), in MoCo-v2's op order.
 
-    The opencv pipeline also takes ``seed_hf.crop_decode.EncodedJpeg`` inputs (it then has
+    The opencv pipeline also takes ``seed_hf.data.crop_decode.EncodedJpeg`` inputs (it then has
     ``accepts_encoded_jpeg = True``): decode and random crop in one step, at a reduced DCT
     scale when the crop allows.
     """

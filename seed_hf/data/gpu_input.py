@@ -9,7 +9,7 @@ only read bytes and parse JPEG headers; the training process
 1. decodes the whole batch with nvJPEG through ``torchvision.io.decode_jpeg(list, device=...)``
    (baseline JPEGs on the hardware JPEG engines of A100/H100/H200, the others by nvJPEG's
    hybrid decoder), and
-2. augments it with :class:`seed_hf.batched_transforms.BatchedSSLTransform`: per-sample
+2. augments it with :class:`seed_hf.data.batched_transforms.BatchedSSLTransform`: per-sample
    RandomResizedCrop boxes drawn from each image's own ``(h, w)``, ``roi_align`` resampling
    of the images of one size in one call, then jitter / grayscale / blur / flip / normalise
    for the whole batch.
@@ -58,7 +58,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from .batched_transforms import BatchedSSLTransform
 from .crop_decode import EncodedJpeg, UndecodableImage
-from .datasets import SKIPPED_KEY, DecodeStats, collate_batch, decode_image
+from .decode import SKIPPED_KEY, DecodeStats, collate_batch, decode_image
 
 __all__ = [
     "ENCODED_KEY",
@@ -68,6 +68,7 @@ __all__ = [
     "collate_encoded_batch",
     "decode_images",
     "DeviceInputTransform",
+    "build_device_transform",
 ]
 
 ENCODED_KEY = "encoded_images"
@@ -86,7 +87,7 @@ def _chw_uint8(image: np.ndarray | torch.Tensor, in_chans: int) -> torch.Tensor:
 
 
 class EncodedImageTransform:
-    """Per-row transform for :class:`seed_hf.datasets.ImageColumnTransform` (``to_array=True``) on
+    """Per-row transform for :class:`seed_hf.data.rows.ImageColumnTransform` (``to_array=True``) on
     the GPU path: complete RGB / grayscale JPEGs stay encoded (:class:`EncodedJpeg`, header
     size parsed); other JPEG colour spaces and non-JPEG cells become uint8 ``(c, h, w)``
     tensors decoded here; data that cannot be decoded raises :class:`UndecodableImage`, which
@@ -316,3 +317,32 @@ class DeviceInputTransform:
             inputs["pixel_values_small"] = torch.stack(crops, dim=1)
         return inputs
 
+
+def build_device_transform(
+    augmentation: str,
+    image_size: int,
+    config,
+    device: torch.device | str,
+    num_views: int,
+    seed: int | None = None,
+) -> DeviceInputTransform:
+    """The trainer's ``device_transform`` for a GPU input path: decodes the encoded JPEGs of
+    ``sources.build_train_dataset``'s rows (``data_device="cuda"``) on ``device`` and augments them
+    there with the batched twin of the CPU preset ``augmentation`` (same views, crop sizes and
+    normalisation, the model ``config``'s). Pair it with :func:`collate_encoded_batch`."""
+    mean, std = config.image_mean, config.image_std
+    num_small_crops = getattr(config, "num_small_crops", 0)
+    small = (
+        BatchedSSLTransform.from_preset(augmentation, config.small_crop_size, mean, std, scale=config.small_crop_scale)
+        if num_small_crops
+        else None
+    )
+    return DeviceInputTransform(
+        BatchedSSLTransform.from_preset(augmentation, image_size, mean, std),
+        device,
+        config.in_chans,
+        num_views,
+        small,
+        num_small_crops,
+        seed=seed,
+    )

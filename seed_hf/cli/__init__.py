@@ -1,0 +1,39 @@
+"""The example scripts' layer: their argument dataclasses and recipe files (:mod:`.arguments`),
+set-up (:mod:`.script`), decisions on a run folder (:mod:`.runs`) and library errors shown as
+their flags (:mod:`.flags`). The library (everything outside ``seed_hf.cli``) never imports it."""
+
+from .arguments import DataTrainingArguments, OnnxArguments, parse_script_args
+from .flags import flags_in_errors
+from .runs import (
+    check_resumable,
+    check_same_teacher,
+    finished_run_results,
+    resolve_checkpoint,
+    train_and_save,
+)
+from .script import (
+    build_device_input,
+    build_knn_monitor,
+    build_script_dataset,
+    check_hub_arguments,
+    onnx_export_options,
+    setup_logging,
+)
+
+__all__ = [
+    "DataTrainingArguments",
+    "OnnxArguments",
+    "build_device_input",
+    "build_knn_monitor",
+    "build_script_dataset",
+    "check_hub_arguments",
+    "check_resumable",
+    "check_same_teacher",
+    "finished_run_results",
+    "flags_in_errors",
+    "onnx_export_options",
+    "parse_script_args",
+    "resolve_checkpoint",
+    "setup_logging",
+    "train_and_save",
+]

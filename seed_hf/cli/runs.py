@@ -1,0 +1,197 @@
+"""The example scripts' decisions on a run folder: which checkpoint to resume from
+(``--resume_from_checkpoint`` or the last complete one), whether the run is already finished or
+belongs to another model or teacher, and the files a finished run leaves (:func:`train_and_save`).
+They take the scripts' ``TrainingArguments`` and name its flags."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..runs import (
+    RUN_INFO_FILE,
+    TRAINER_STATE_NAME,
+    is_complete_checkpoint,
+    last_complete_checkpoint,
+    remove_incomplete_checkpoints,
+)
+
+__all__ = [
+    "RUN_FIELDS",
+    "check_resumable",
+    "check_same_teacher",
+    "finished_run_results",
+    "recorded_teacher",
+    "resolve_checkpoint",
+    "train_and_save",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def finished_run_results(training_args) -> dict | None:
+    """The train results of a run in ``output_dir`` that already reached the requested length.
+
+    Resuming it would train 0 steps and overwrite its results with zeros: the scripts return
+    these results instead (and say so). None when there is no such run, or with
+    ``--overwrite_output_dir``."""
+    output_dir = Path(training_args.output_dir)
+    state_file, results_file = output_dir / TRAINER_STATE_NAME, output_dir / "train_results.json"
+    if training_args.overwrite_output_dir or not (state_file.is_file() and results_file.is_file()):
+        return None
+    state = json.loads(state_file.read_text())
+    step = state.get("global_step", 0)
+    if training_args.max_steps > 0:
+        target = training_args.max_steps
+    elif state.get("num_train_epochs") == training_args.num_train_epochs:
+        target = state.get("max_steps")
+    else:  # another length in epochs: the Trainer works out what is left
+        return None
+    if not target or step < target:
+        return None
+    logger.warning(
+        f"The run in {output_dir} is already complete ({step} of {target} steps): nothing to train, its results "
+        "are kept. Pass a larger --max_steps to train on (the learning-rate schedule then follows the new length: "
+        "a warm restart), or --overwrite_output_dir to start over."
+    )
+    remove_incomplete_checkpoints(str(output_dir))
+    return json.loads(results_file.read_text())
+
+
+# config fields that decide the shapes of a checkpoint's tensors
+RUN_FIELDS = (
+    "model_type",
+    "student_architecture",
+    "architecture",
+    "student_model_args",
+    "model_args",
+    "in_chans",
+    "projection_dim",
+    "head_hidden_dim",
+    "queue_size",
+    "num_small_crops",
+)
+
+
+def recorded_teacher(output_dir: str | os.PathLike) -> str | None:
+    """The teacher fingerprint a run in ``output_dir`` recorded in ``run_info.json`` (None: no
+    run there, or one from before fingerprints were recorded)."""
+    info = Path(output_dir) / RUN_INFO_FILE
+    return json.loads(info.read_text()).get("teacher_sha256") if info.is_file() else None
+
+
+def check_same_teacher(training_args, fingerprint: str | None) -> None:
+    """Refuses to resume (or to return the results of) a distillation in ``output_dir`` whose
+    recorded teacher differs from the teacher now at the same path: the student would mix two
+    teachers, or a finished student of the old teacher would pass for one of the new."""
+    if training_args.overwrite_output_dir or fingerprint is None:
+        return
+    recorded = recorded_teacher(training_args.output_dir)
+    if recorded is not None and recorded != fingerprint:
+        raise ValueError(
+            f"--output_dir {training_args.output_dir} holds a run distilled from another teacher (sha256 {recorded}; "
+            f"the teacher given now is {fingerprint}). Pass another --output_dir, or --overwrite_output_dir to "
+            "start over there."
+        )
+
+
+def check_resumable(checkpoint: str | None, configs: list) -> None:
+    """Refuses to resume from a checkpoint of another model (architecture, widths, queue size) with
+    one message naming what the folder holds and what was asked for, instead of a state-dict
+    size-mismatch dump. ``configs``: the config of each model (one per student of a group)."""
+    if checkpoint is None:
+        return
+    config_file = Path(checkpoint) / "config.json"
+    requested = [c.to_dict() for c in configs]
+    if config_file.is_file():
+        saved = json.loads(config_file.read_text())
+        if len(requested) > 1:
+            names = [c.get("student_architecture") for c in requested]
+            held, asked = f"one student ({saved.get('student_architecture')})", f"students {names}"
+        else:
+            differences = [
+                key
+                for key in RUN_FIELDS
+                if key in saved or key in requested[0]
+                if saved.get(key) != requested[0].get(key)
+            ]
+            if not differences:
+                return
+            held = ", ".join(f"{key}={saved.get(key)!r}" for key in differences)
+            asked = ", ".join(f"{key}={requested[0].get(key)!r}" for key in differences)
+    else:  # a SeedStudentGroup checkpoint: students.<name>.* keys
+        weights = Path(checkpoint) / "model.safetensors"
+        if not weights.is_file():
+            return
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:
+            held_names = sorted({k.split(".")[1] for k in f.keys() if k.startswith("students.")})
+        asked_names = sorted(c.get("student_architecture", "").replace(".", "_") for c in requested)
+        if held_names == asked_names or not held_names:
+            return
+        held, asked = f"students {held_names}", f"students {asked_names}"
+    raise ValueError(
+        f"--output_dir {Path(checkpoint).parent} holds a run of {held} ({Path(checkpoint).name}), but this "
+        f"run asks for {asked}: pass another --output_dir, or --overwrite_output_dir to start a new run there."
+    )
+
+
+def resolve_checkpoint(training_args) -> str | None:
+    """The checkpoint to resume from: ``--resume_from_checkpoint`` or the last complete one in
+    ``output_dir``; raises on a non-empty ``output_dir`` without checkpoints."""
+    if training_args.resume_from_checkpoint is not None:
+        if training_args.resume_from_checkpoint in ("True", "true", True):
+            return last_complete_checkpoint(training_args.output_dir)
+        return training_args.resume_from_checkpoint
+    output_dir = training_args.output_dir
+    if os.path.isdir(output_dir) and not training_args.overwrite_output_dir:
+        last = last_complete_checkpoint(output_dir)
+        ours = {RUN_INFO_FILE}  # written before the first step; interrupted saves are removed at the start
+        leftovers = [
+            name
+            for name in os.listdir(output_dir)
+            if name not in ours
+            and not (name.startswith("checkpoint-") and not is_complete_checkpoint(os.path.join(output_dir, name)))
+        ]
+        if last is None and leftovers:
+            raise ValueError(
+                f"Output directory ({output_dir}) already exists and is not empty. "
+                "Use --overwrite_output_dir to overwrite it."
+            )
+        if last is not None:
+            logger.info(f"Checkpoint detected, resuming training at {last}.")
+        return last
+    return None
+
+
+def train_and_save(trainer, resume_from_checkpoint: str | None, run_info: dict[str, Any] | None = None) -> dict:
+    """``train`` → ``save_model`` → metrics and state files, as the transformers examples do. A
+    resumed run that had nothing left to train keeps the results it saved when it finished.
+    ``run_info`` (data, method, teacher) is written to ``output_dir/run_info.json`` for exports
+    and model cards."""
+    if run_info is not None and trainer.args.should_save:
+        Path(trainer.args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(trainer.args.output_dir) / RUN_INFO_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
+    start_step = None
+    if resume_from_checkpoint and (Path(resume_from_checkpoint) / TRAINER_STATE_NAME).is_file():
+        start_step = json.loads((Path(resume_from_checkpoint) / TRAINER_STATE_NAME).read_text())[
+            "global_step"
+        ]
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    results_file = Path(trainer.args.output_dir) / "train_results.json"
+    if trainer.state.global_step == start_step and results_file.is_file():
+        logger.warning(
+            f"The run in {trainer.args.output_dir} is already complete (step {start_step}): nothing was trained, "
+            "its results are kept."
+        )
+        return json.loads(results_file.read_text())
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    return result.metrics
+

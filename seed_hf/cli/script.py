@@ -1,0 +1,170 @@
+"""Set-up shared by the example scripts: logging, the Hub flags, the training set, the online kNN
+monitor and the ONNX options, each from the scripts' argument dataclasses; library errors come back
+in the scripts' flags (:mod:`.flags`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import transformers
+
+from ..data.decode import collate_batch
+from ..data.gpu_input import build_device_transform, collate_encoded_batch
+from ..data.sources import TrainData, build_train_dataset
+from ..evaluation import KnnMonitor, LabelledImages, eval_data_config, eval_transform, load_labelled_splits
+from .arguments import DataTrainingArguments, OnnxArguments
+from .flags import flags_in_errors
+
+__all__ = [
+    "LABELLED_DATA_FLAGS",
+    "build_device_input",
+    "build_knn_monitor",
+    "build_script_dataset",
+    "check_hub_arguments",
+    "onnx_export_options",
+    "setup_logging",
+]
+
+logger = logging.getLogger(__name__)
+
+# load_labelled_splits' parameters -> the flags of each labelled source the scripts take: the kNN
+# monitor's (--knn_*) and the int8 calibration's (--onnx_*); run_eval.py's flags are the parameters
+LABELLED_DATA_FLAGS = {
+    prefix: {
+        "dataset_name": f"--{prefix}_dataset_name",
+        "train_dir": f"--{prefix}_train_dir",
+        "validation_dir": f"--{prefix}_validation_dir",
+        "train_split": f"--{prefix}_train_split",
+        "validation_split": f"--{prefix}_validation_split",
+        "image_column": f"--{prefix}_image_column",
+        "label_column": f"--{prefix}_label_column",
+        "fashion_mnist_dir": f"--{prefix}_fashion_mnist_dir" if prefix == "onnx" else "--fashion_mnist_dir",
+    }
+    for prefix in ("knn", "onnx")
+}
+# export_onnx's parameters -> the flags that set them
+ONNX_FLAGS = {"atol": "--onnx_atol", "opset": "--onnx_opset", "eval_data": "--onnx_dataset_name / --onnx_train_dir"}
+
+
+def setup_logging(training_args) -> logging.Logger:
+    """Per-process log levels as in the transformers examples."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    # seed_hf's own INFO lines (resuming from ..., stream position) are shown on the main process
+    # unless a level was asked for
+    ours = logging.INFO if training_args.log_level == "passive" and training_args.should_log else log_level
+    for lib_logger in (logger, logging.getLogger("seed_hf")):
+        lib_logger.setLevel(ours)
+    import datasets  # imported here: seed_hf imports without `datasets` (e.g. on a bare GPU image)
+
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    return logging.getLogger("seed_hf")
+
+
+def check_hub_arguments(training_args) -> None:
+    """Refuses ``--push_to_hub`` without ``--hub_model_id`` before anything is trained."""
+    if training_args.push_to_hub and not training_args.hub_model_id:
+        raise ValueError(
+            "--push_to_hub needs --hub_model_id org/name (the Hub repository to create or update); "
+            "nothing was trained."
+        )
+
+
+def _labelled(args, prefix: str):
+    """``load_labelled_splits`` of the ``--{prefix}_*`` flags."""
+    flag = lambda name: getattr(args, f"{prefix}_{name}")  # noqa: E731
+    return load_labelled_splits(
+        flag("dataset_name"),
+        None,
+        flag("train_dir"),
+        flag("validation_dir"),
+        flag("train_split"),
+        flag("validation_split"),
+        flag("image_column"),
+        flag("label_column"),
+        args.onnx_fashion_mnist_dir if prefix == "onnx" else args.fashion_mnist_dir,
+    )
+
+
+def build_knn_monitor(data_args: DataTrainingArguments, mean, std, image_size: int) -> KnnMonitor | None:
+    """The online kNN monitor datasets (labelled train / evaluation images with the evaluation
+    preprocessing of ``seed_hf.evaluation``), or None when disabled."""
+    if not data_args.knn_monitor_samples:
+        return None
+    has_source = data_args.knn_dataset_name or data_args.knn_train_dir
+    if not has_source and not data_args.source().is_fashion_mnist:
+        raise ValueError(
+            "--knn_monitor_samples needs labelled images for this dataset: pass --knn_dataset_name (with "
+            "--knn_label_column) or --knn_train_dir and --knn_validation_dir."
+        )
+    n = data_args.knn_monitor_samples
+    with flags_in_errors(DataTrainingArguments, aliases=LABELLED_DATA_FLAGS["knn"]):
+        data = _labelled(data_args, "knn").subsample(n, max(1, n // 5))
+    transform = eval_transform(eval_data_config(len(mean), image_size, mean, std))
+    return KnnMonitor(
+        LabelledImages(data.train_images, data.train_labels, transform),
+        LabelledImages(data.eval_images, data.eval_labels, transform),
+    )
+
+
+def build_script_dataset(data: TrainData, training_args, config, num_views: int):
+    """The example scripts' training set of ``data`` for a SEED or MoCo ``config``; for a stream it
+    also turns off batch dispatching, so accelerate shards the unsplit stream itself (splitting it
+    here as well would silently drop data)."""
+    with flags_in_errors(DataTrainingArguments):
+        dataset = build_train_dataset(
+            data,
+            num_views,
+            config.in_chans,
+            config.image_mean,
+            config.image_std,
+            training_args.seed,
+            training_args.world_size,
+            training_args.dataloader_num_workers,
+            getattr(config, "num_small_crops", 0),
+            getattr(config, "small_crop_size", 96),
+            getattr(config, "small_crop_scale", (0.05, 0.14)),
+        )
+    if data.source.streaming:
+        training_args.accelerator_config.dispatch_batches = False
+    return dataset
+
+
+def build_device_input(data: TrainData, config, training_args, num_views: int) -> tuple[Any, Callable]:
+    """``(device_transform, data_collator)`` of the trainer: with ``--data_device cuda`` the workers
+    pass JPEG bytes, decoded and augmented batched on the training device (seeded by the run's
+    seed); on the CPU path no device transform and :func:`collate_batch`."""
+    if data.data_device == "cpu":
+        return None, collate_batch
+    transform = build_device_transform(
+        data.augmentation, data.image_size, config, training_args.device, num_views, seed=training_args.seed
+    )
+    return transform, collate_encoded_batch
+
+
+def onnx_export_options(args: OnnxArguments) -> dict[str, Any] | None:
+    """``export_onnx`` keyword arguments for the flags (None without ``--onnx`` / ``--onnx_int8``).
+    Checks the onnx extra and the flags first, so a missing extra stops the script before it trains
+    or exports; loads the labelled data of ``--onnx_int8`` (calibration and kNN)."""
+    if not (args.onnx or args.onnx_int8):
+        return None
+    from ..onnx_export import require_onnx
+
+    require_onnx("--onnx_int8" if args.onnx_int8 and not args.onnx else "--onnx")
+    if args.onnx_atol <= 0:
+        raise ValueError(f"--onnx_atol must be > 0, got {args.onnx_atol}.")
+    options: dict[str, Any] = {"int8": args.onnx_int8, "atol": args.onnx_atol, "opset": args.onnx_opset}
+    if args.onnx_int8:
+        with flags_in_errors(OnnxArguments, aliases=LABELLED_DATA_FLAGS["onnx"]):
+            options["eval_data"] = _labelled(args, "onnx").subsample(args.onnx_max_train_samples, args.onnx_max_eval_samples)
+    return options

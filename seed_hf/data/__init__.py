@@ -1,0 +1,29 @@
+"""Training data: sources (:mod:`.sources`), decoding (:mod:`.decode`), per-sample seeded rows
+(:mod:`.rows`), exactly resumable shard streams (:mod:`.shard_stream`), augmentation per image
+(:mod:`.transforms`, OpenCV kernels in :mod:`.opencv_kernels`, crop-aware JPEG decode in
+:mod:`.crop_decode`) and batched on the GPU (:mod:`.batched_transforms`, :mod:`.gpu_input`), and
+Fashion-MNIST (:mod:`.fashion_mnist`). Nothing here knows the example scripts' arguments: a
+source is a :class:`TrainSource`, its views a :class:`TrainData`."""
+
+from .decode import SKIPPED_KEY, collate_batch
+from .fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from .rows import ArrayImageDataset, ImageColumnTransform, SeededRowDataset
+from .sources import TrainData, TrainSource, build_train_dataset
+from .transforms import MultiViewTransform, build_ssl_transform
+
+__all__ = [
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "SKIPPED_KEY",
+    "ArrayImageDataset",
+    "ImageColumnTransform",
+    "MultiViewTransform",
+    "SeededRowDataset",
+    "TrainData",
+    "TrainSource",
+    "build_ssl_transform",
+    "build_train_dataset",
+    "collate_batch",
+    "load_fashion_mnist",
+]
