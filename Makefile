@@ -78,7 +78,8 @@ demo: setup
 	$(PY) examples/run_export.py --student_dir $(DEMO_DIR)/student --output_dir $(DEMO_EXPORT_DIR)
 	@echo "== 3/3 kNN (k=200, tau=0.07) and linear probe on the test split, as a Hub user loads the student =="
 	$(PY) examples/run_eval.py --models $(DEMO_EXPORT_DIR) --linear_probe \
-	  --reference_results results/teacher/eval_results.json --output_file $(DEMO_EVAL_FILE)
+	  --reference_results results/teacher/eval_results.json results/demo/moco_baseline/eval_results.json \
+	  --output_file $(DEMO_EVAL_FILE)
 	$(PY) examples/run_export.py --student_dir $(DEMO_DIR)/student --output_dir $(DEMO_EXPORT_DIR) \
 	  --eval_results $(DEMO_EVAL_FILE) --hub_model_id your-org/seed-demo-mobilenetv3-small-fmnist \
 	  $(if $(DEMO_MANIFEST),--manifest $(DEMO_MANIFEST) --manifest_name seed-demo-mobilenetv3-small-fmnist)
@@ -96,6 +97,8 @@ demo-baseline: setup
 	  --save_steps 100 --save_total_limit 2 --logging_steps 25 --use_cpu --disable_tqdm true \
 	  --dataloader_num_workers $(DEMO_DATALOADER_WORKERS) --output_dir $(DEMO_BASELINE_DIR)
 	$(PY) examples/run_export.py --student_dir $(DEMO_BASELINE_DIR) --output_dir results/demo/moco_baseline/student
+	$(PY) -c 'import json, sys; from seed_hf.hub import run_summary; print(json.dumps(run_summary(sys.argv[1]), indent=2))' \
+	  $(DEMO_BASELINE_DIR) > results/demo/moco_baseline/run_summary.json
 	$(PY) examples/run_eval.py --models results/demo/moco_baseline/student --linear_probe \
 	  --output_file results/demo/moco_baseline/eval_results.json
 
@@ -155,7 +158,7 @@ study: setup
 	done
 	$(PY) examples/render_model_cards.py
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q -x tests
 
 # The core tests (loss, trainer, resume, hub export/load, examples' --help) on the oldest
@@ -167,8 +170,10 @@ test-oldest: setup-oldest
 test-all: setup
 	$(PY) -m pytest -q -m "" tests
 
+# run by `make test` (so by CI): lint rules and formatting of every Python file
 lint: setup
-	$(PY) -m ruff check seed_hf examples tests benchmarks
+	$(PY) -m ruff check seed_hf examples tests benchmarks results
+	$(PY) -m ruff format --check seed_hf examples tests benchmarks results
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

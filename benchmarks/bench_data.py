@@ -117,7 +117,10 @@ def op_costs(raw: list[bytes], decoded_pil: list, decoded_arrays: list, size: in
         "to_tensor_normalize": (T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)]), pil_crops),
     }
     ours_ops = {
-        "random_resized_crop": (opencv_kernels.ArrayRandomResizedCrop(size, scale=(0.2, 1.0)), decoded_arrays),
+        "random_resized_crop": (
+            opencv_kernels.ArrayRandomResizedCrop(size, scale=(0.2, 1.0)),
+            decoded_arrays,
+        ),
         "decode_and_crop": (lambda b: aware_crop(crop_decode.encoded_jpeg(b, 3)), raw),
         "color_jitter": (opencv_kernels.ArrayColorJitter(0.4, 0.4, 0.4, 0.1), array_crops),
         "grayscale": (opencv_kernels.ArrayRandomGrayscale(1.0), array_crops),
@@ -149,7 +152,9 @@ def rate(loader, n: int) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num_images", type=int, default=1000, help="size of the real-photo set")
     parser.add_argument("--photo_dir", default=None, help="folder of the set (built there when missing)")
     parser.add_argument("--image_size", type=int, default=224)
@@ -257,7 +262,9 @@ def main(argv=None) -> dict:
             f" x{row['crop_aware_vs_official']:.2f} vs official"
         )
     split = out["moco_v2_opencv_full_decode_ms"]
-    print(f"moco_v2, opencv full decode: decode {split['decode']:.2f} ms + augment {split['augment']:.2f} ms per image")
+    print(
+        f"moco_v2, opencv full decode: decode {split['decode']:.2f} ms + augment {split['augment']:.2f} ms per image"
+    )
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(out, indent=2))
     return out

@@ -146,11 +146,16 @@ def nvjpeg_vs_libjpeg(encoded, device: str) -> dict[str, float]:
     """Max and mean |Δ| (uint8 levels) of the device decode against libjpeg-turbo's on one batch."""
     on_device, on_cpu = decode_images(encoded, device), decode_images(encoded, "cpu")
     diffs = [(a.cpu().int() - b.int()).abs() for a, b in zip(on_device, on_cpu)]
-    return {"max_abs": max(d.max().item() for d in diffs), "mean_abs": sum(d.float().mean().item() for d in diffs) / len(diffs)}
+    return {
+        "max_abs": max(d.max().item() for d in diffs),
+        "mean_abs": sum(d.float().mean().item() for d in diffs) / len(diffs),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--student", default="resnet18")
     parser.add_argument("--teacher", default="resnet50")
@@ -158,25 +163,34 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--queue_size", type=int, default=65536)
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: bf16 on cuda, fp32 on cpu")
+    parser.add_argument(
+        "--precision", choices=["bf16", "fp32"], default=None, help="default: bf16 on cuda, fp32 on cpu"
+    )
     parser.add_argument("--no_channels_last", action="store_true")
     parser.add_argument("--steps", type=int, default=100, help="timed steps per mode")
     parser.add_argument(
-        "--warmup", type=int, default=None, help="untimed steps first (default: cuda 10, loaders +workers×prefetch; cpu 1)"
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps first (default: cuda 10, loaders +workers×prefetch; cpu 1)",
     )
     parser.add_argument("--num_workers", type=int, default=16, help="dataloader workers of (b) and (c)")
     parser.add_argument("--prefetch_factor", type=int, default=2)
     parser.add_argument("--num_images", type=int, default=2048, help="photos in the webdataset set")
     parser.add_argument("--num_shards", type=int, default=32, help="shards (≥ workers, so each has its own)")
-    parser.add_argument("--photo_dir", default=None, help="the set's folder (default: make_photo_set's cache)")
+    parser.add_argument(
+        "--photo_dir", default=None, help="the set's folder (default: make_photo_set's cache)"
+    )
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
     args.bf16 = (args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")) == "bf16"
     args.teacher_dtype = "auto"  # bench_step.build_ours: the run's precision on GPUs
     cuda = args.device.startswith("cuda")
     step_warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
-    loader_warmup = args.warmup if args.warmup is not None else (
-        step_warmup + args.num_workers * args.prefetch_factor if cuda else 1
+    loader_warmup = (
+        args.warmup
+        if args.warmup is not None
+        else (step_warmup + args.num_workers * args.prefetch_factor if cuda else 1)
     )
 
     manifest = ensure_photo_set(args.num_images, cache_dir=args.photo_dir, num_shards=args.num_shards)
@@ -193,7 +207,9 @@ def main(argv: list[str] | None = None) -> dict:
         x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
         x = x if args.no_channels_last else x.contiguous(memory_format=torch.channels_last)
         fixed = {"pixel_values": x}
-        results = {"step": timed_steps(None, run_step, lambda b: b, step_warmup, args.steps, args.device, fixed)}
+        results = {
+            "step": timed_steps(None, run_step, lambda b: b, step_warmup, args.steps, args.device, fixed)
+        }
 
         # (b) CPU pipeline: decode + moco_v2 in the workers, as build_train_dataset streams it
         backend = "opencv" if opencv_kernels.cv2 is not None else "torchvision"
@@ -204,11 +220,14 @@ def main(argv: list[str] | None = None) -> dict:
             drop_bad_rows=True,
             to_array=backend == "opencv",
         )
+
         def to_device(batch: dict[str, Any]) -> dict[str, Any]:
             """As accelerate's loader places a batch; the encoded images stay on the host for nvJPEG.
             The photo set has no bad images: the skip counts (which train() sums) are dropped."""
             batch.pop(SKIPPED_KEY, None)
-            return {k: v if k == ENCODED_KEY else v.to(args.device, non_blocking=True) for k, v in batch.items()}
+            return {
+                k: v if k == ENCODED_KEY else v.to(args.device, non_blocking=True) for k, v in batch.items()
+            }
 
         results["cpu_pipeline"] = run_loader_mode(
             loader(files, cpu_rows, collate_batch, args), run_step, to_device, loader_warmup, args
@@ -225,16 +244,30 @@ def main(argv: list[str] | None = None) -> dict:
 
         # the GPU input path alone (decode + augmentation of one collated batch, no training)
         sample = collate_encoded_batch(
-            [row for _, row in zip(range(args.batch_size), Cycle(shard_stream(files, gpu_rows, args.batch_size, 0)))]
+            [
+                row
+                for _, row in zip(
+                    range(args.batch_size), Cycle(shard_stream(files, gpu_rows, args.batch_size, 0))
+                )
+            ]
         )
         results["gpu_input_alone"] = timed_steps(
-            None, lambda b: device_transform(b), lambda b: b, step_warmup, max(3, args.steps // 4), args.device, sample
+            None,
+            lambda b: device_transform(b),
+            lambda b: b,
+            step_warmup,
+            max(3, args.steps // 4),
+            args.device,
+            sample,
         )
         pixels = nvjpeg_vs_libjpeg(sample[ENCODED_KEY], trainer.args.device)
         trainer.device_transform = None
         # (a) again: the ceiling is the faster of the two (clocks, allocator and cuDNN warm by now)
         again = timed_steps(None, run_step, lambda b: b, step_warmup, args.steps, args.device, fixed)
-        results["step_before"], results["step"] = results["step"], max(results["step"], again, key=lambda r: r["img_per_s"])
+        results["step_before"], results["step"] = (
+            results["step"],
+            max(results["step"], again, key=lambda r: r["img_per_s"]),
+        )
         results["step_after"] = again
 
     rates = {name: r["img_per_s"] for name, r in results.items()}

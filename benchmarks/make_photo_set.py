@@ -215,7 +215,9 @@ def ensure_photo_set(
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output_dir", default=None, help="default: the cache folder bench_data.py uses")
     parser.add_argument("--num_images", type=int, default=1000)
     parser.add_argument("--num_shards", type=int, default=4)

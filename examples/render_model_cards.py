@@ -23,10 +23,14 @@ from seed_hf.hub import render_manifest_cards, teacher_card_facts, upsert_manife
 
 @dataclass
 class CardArguments:
-    manifest: str = field(default="model_cards/models.json", metadata={"help": "Manifest of the shipped models."})
+    manifest: str = field(
+        default="model_cards/models.json", metadata={"help": "Manifest of the shipped models."}
+    )
     teacher: str | None = field(
         default="pretrained/fmnist-mocov2-resnet18",
-        metadata={"help": "The shipped teacher folder (its entry is rebuilt from results/teacher/); '' skips it."},
+        metadata={
+            "help": "The shipped teacher folder (its entry is rebuilt from results/teacher/); '' skips it."
+        },
     )
     teacher_results: str = field(
         default="results/teacher/eval_results.json", metadata={"help": "Evaluation JSON of the teacher."}
@@ -37,9 +41,15 @@ class CardArguments:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    (args,) = HfArgumentParser(CardArguments).parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    (args,) = HfArgumentParser(CardArguments).parse_args_into_dataclasses(
+        sys.argv[1:] if argv is None else argv
+    )
     if args.teacher:
-        training = json.loads(Path(args.teacher_training).read_text()) if Path(args.teacher_training).is_file() else {}
+        training = (
+            json.loads(Path(args.teacher_training).read_text())
+            if Path(args.teacher_training).is_file()
+            else {}
+        )
         facts = {**teacher_card_facts(args.teacher, training), "folder": args.teacher}
         upsert_manifest_entry(
             args.manifest,

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
+from seed_hf.cli import flags_in_errors
 from seed_hf.evaluation import (
     LINEAR_PROBE_PROTOCOL,
     PIXEL_BASELINES,
@@ -35,7 +36,6 @@ from seed_hf.evaluation import (
     load_encoder,
     load_labelled_splits,
 )
-from seed_hf.cli import flags_in_errors
 from seed_hf.runs import STUDENTS_DIR
 from seed_hf.teachers import weights_fingerprint
 
@@ -50,8 +50,12 @@ class EvalArguments:
     )
     dataset_name: str | None = field(default=None, metadata={"help": "datasets hub id or local dataset."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration name."})
-    train_dir: str | None = field(default=None, metadata={"help": "Labelled imagefolder for the kNN/probe fit."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Labelled imagefolder to evaluate on."})
+    train_dir: str | None = field(
+        default=None, metadata={"help": "Labelled imagefolder for the kNN/probe fit."}
+    )
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "Labelled imagefolder to evaluate on."}
+    )
     train_split: str = field(default="train", metadata={"help": "Split of --dataset_name to fit on."})
     validation_split: str | None = field(
         default=None, metadata={"help": "Split to evaluate on (default: validation, else test)."}
@@ -74,9 +78,12 @@ class EvalArguments:
         },
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use N eval images, drawn as --max_train_samples (eval_subset in the rows)."}
+        default=None,
+        metadata={"help": "Use N eval images, drawn as --max_train_samples (eval_subset in the rows)."},
     )
-    subset_seed: int = field(default=0, metadata={"help": "Seed of the --max_train_samples / --max_eval_samples draws."})
+    subset_seed: int = field(
+        default=0, metadata={"help": "Seed of the --max_train_samples / --max_eval_samples draws."}
+    )
     pixel_size: int | None = field(
         default=None,
         metadata={
@@ -88,11 +95,11 @@ class EvalArguments:
     num_workers: int = field(default=0, metadata={"help": "Dataloader workers for feature extraction."})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "Device."})
     output_file: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
-    reference_results: str | None = field(
+    reference_results: list[str] | None = field(
         default=None,
         metadata={
-            "help": "A results JSON of earlier runs on the same data (e.g. results/teacher/eval_results.json: the "
-            "shipped teacher and the pixel baselines); its rows are printed next to the new ones, marked 'recorded'."
+            "help": "Results JSONs of earlier runs on the same data (e.g. results/teacher/eval_results.json: the "
+            "shipped teacher and the pixel baselines); their rows are printed next to the new ones, marked 'recorded'."
         },
     )
 
@@ -133,7 +140,12 @@ def features_of(name: str, data: LabelledSplits, args: EvalArguments):
         dataset = LabelledImages(images, labels, transform)
         try:
             features = extract_features(
-                spec.module, dataset, args.batch_size, args.device, args.num_workers, desc=f"{Path(name).name}/{split}"
+                spec.module,
+                dataset,
+                args.batch_size,
+                args.device,
+                args.num_workers,
+                desc=f"{Path(name).name}/{split}",
             )
         except RuntimeError as error:
             if spec.module is not None or "equal size" not in str(error):
@@ -172,24 +184,34 @@ def evaluate_model(name: str, args: EvalArguments, data: LabelledSplits) -> list
             "label_fraction": fraction,
             "train_subset": data.train_subset,
             "eval_subset": data.eval_subset,
-            "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in (spec.data_config or {}).items()}
+            "preprocessing": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in (spec.data_config or {}).items()
+            }
             or "raw [0, 1] pixels",
         }
         knn = knn_accuracy(xt, yt, x_eval, y_eval, min(args.knn_k, len(yt)), args.knn_temperature)
         row.update(
-            knn_top1=knn["top1"], knn_top5=knn["top5"], knn_k=min(args.knn_k, len(yt)), knn_temperature=args.knn_temperature
+            knn_top1=knn["top1"],
+            knn_top5=knn["top5"],
+            knn_k=min(args.knn_k, len(yt)),
+            knn_temperature=args.knn_temperature,
         )
         if args.linear_probe:
             probe = linear_probe(xt, yt, x_eval, y_eval)
             row.update(
-                linear_top1=probe["top1"], linear_top5=probe["top5"], probe_l2=probe["l2"], probe_protocol=LINEAR_PROBE_PROTOCOL
+                linear_top1=probe["top1"],
+                linear_top5=probe["top5"],
+                probe_l2=probe["l2"],
+                probe_protocol=LINEAR_PROBE_PROTOCOL,
             )
         rows.append(row)
     return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(
+        sys.argv[1:] if argv is None else argv
+    )
     with flags_in_errors(EvalArguments):  # the library names its parameters: say the flags
         return _evaluate(args)
 
@@ -208,14 +230,17 @@ def _evaluate(args: EvalArguments) -> list[dict]:
     ).subsample(args.max_train_samples, args.max_eval_samples, args.subset_seed)
     results = [row for name in expand_models(args.models) for row in evaluate_model(name, args, data)]
     recorded = []
-    if args.reference_results:
-        recorded = [
+    for reference in args.reference_results or []:
+        rows = [
             r
-            for r in json.loads(Path(args.reference_results).read_text())
+            for r in json.loads(Path(reference).read_text())
             if r.get("dataset") == data.name and r.get("num_eval") == len(data.eval_labels)
         ]
-        if not recorded:
-            print(f"warning: {args.reference_results} has no rows for {data.name} with {len(data.eval_labels)} eval images")
+        if not rows:
+            print(
+                f"warning: {reference} has no rows for {data.name} with {len(data.eval_labels)} eval images"
+            )
+        recorded += rows
     print(f"\n{data.name}: {len(data.train_labels)} train → {len(data.eval_labels)} {data.eval_split} images")
     print(f"{'model':<44} {'labels':>7} {'params':>11} {'kNN top-1':>10} {'linear top-1':>13}")
     fractions = set(args.label_fractions)

@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     onnx = onnx_export_options(onnx_args)  # before any export: a missing onnx extra stops here
     students = student_folders(args.student_dir)
     if len(students) > 1 and args.manifest:
-        raise ValueError("--manifest records one model: export the students of a multi-student run one by one.")
+        raise ValueError(
+            "--manifest records one model: export the students of a multi-student run one by one."
+        )
     folders = []
     for name, student_dir in students.items():  # a multi-student run: output_dir/<name>, repo id <id>-<name>
         output_dir = Path(args.output_dir) / name if name else Path(args.output_dir)

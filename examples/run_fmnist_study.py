@@ -28,23 +28,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import run_eval  # the scripts beside this one (on sys.path: this script's folder), run as a user runs them
+import run_moco
+import run_seed
 import torch
 from transformers import HfArgumentParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_eval  # noqa: E402
-import run_moco  # noqa: E402
-import run_seed  # noqa: E402
-
-from seed_hf.teachers import weights_fingerprint  # noqa: E402
+from seed_hf.teachers import weights_fingerprint
 
 
 @dataclass
 class StudyArguments:
     output_dir: str = field(default="results/fmnist", metadata={"help": "Where everything goes."})
-    work_dir: str = field(default="outputs/fmnist_study", metadata={"help": "Checkpoints (large, not committed)."})
+    work_dir: str = field(
+        default="outputs/fmnist_study", metadata={"help": "Checkpoints (large, not committed)."}
+    )
     teacher: str = field(
-        default="pretrained/fmnist-mocov2-resnet18", metadata={"help": "The SEED teacher (any load_teacher spec)."}
+        default="pretrained/fmnist-mocov2-resnet18",
+        metadata={"help": "The SEED teacher (any load_teacher spec)."},
     )
     student_architecture: str = field(default="mobilenetv3_small_100", metadata={"help": "Small student."})
     image_size: int = field(default=64, metadata={"help": "Training resolution (the teacher's)."})
@@ -54,19 +55,29 @@ class StudyArguments:
     student_steps: int = field(default=1000, metadata={"help": "Steps of each student (MoCo-v2 and SEED)."})
     batch_size: int = field(default=256, metadata={"help": "Batch size of every run."})
     queue_size: int = field(default=4096, metadata={"help": "K for MoCo and SEED."})
-    moco_momentum: float = field(default=0.99, metadata={"help": "MoCo key-encoder momentum (0.99 for short runs)."})
+    moco_momentum: float = field(
+        default=0.99, metadata={"help": "MoCo key-encoder momentum (0.99 for short runs)."}
+    )
     moco_temperature: float = field(default=0.1, metadata={"help": "MoCo InfoNCE temperature."})
-    base_learning_rate: float = field(default=0.06, metadata={"help": "lr = base × batch / 256 (SGD, cosine)."})
+    base_learning_rate: float = field(
+        default=0.06, metadata={"help": "lr = base × batch / 256 (SGD, cosine)."}
+    )
     teacher_temperature: float = field(
-        default=1e-4, metadata={"help": "SEED τ_T (the official code's 1e-4, as `make demo`; the paper's is 0.01)."}
+        default=1e-4,
+        metadata={"help": "SEED τ_T (the official code's 1e-4, as `make demo`; the paper's is 0.01)."},
     )
     eval_steps: int = field(default=250, metadata={"help": "Online kNN monitor interval (steps)."})
     monitor_samples: int = field(default=5000, metadata={"help": "Train images of the online kNN monitor."})
     label_fractions: list[float] = field(
-        default_factory=lambda: [1.0, 0.1, 0.01], metadata={"help": "Train-label fractions of the evaluation."}
+        default_factory=lambda: [1.0, 0.1, 0.01],
+        metadata={"help": "Train-label fractions of the evaluation."},
     )
-    eval_train_samples: int | None = field(default=None, metadata={"help": "Limit final-eval train images (smoke tests)."})
-    eval_test_samples: int | None = field(default=None, metadata={"help": "Limit final-eval test images (smoke tests)."})
+    eval_train_samples: int | None = field(
+        default=None, metadata={"help": "Limit final-eval train images (smoke tests)."}
+    )
+    eval_test_samples: int | None = field(
+        default=None, metadata={"help": "Limit final-eval test images (smoke tests)."}
+    )
     license: str = field(default="apache-2.0", metadata={"help": "License of the exported students."})
     manifest: str | None = field(
         default="model_cards/models.json",
@@ -91,8 +102,17 @@ RECIPES_FILE = "study_recipes.json"  # in work_dir: stage → the recipe its run
 # flags that do not change what a run learns: where it writes, how it logs, checkpoints and monitors,
 # and the device (a run started on the CPU may be resumed on a GPU)
 NOT_RECIPE = frozenset(
-    {"--output_dir", "--logging_steps", "--report_to", "--save_steps", "--save_total_limit", "--eval_strategy",
-     "--eval_steps", "--knn_monitor_samples", "--use_cpu"}
+    {
+        "--output_dir",
+        "--logging_steps",
+        "--report_to",
+        "--save_steps",
+        "--save_total_limit",
+        "--eval_strategy",
+        "--eval_steps",
+        "--knn_monitor_samples",
+        "--use_cpu",
+    }
 )
 
 
@@ -126,7 +146,9 @@ def recipe_differences(recorded: dict | None, recipe: dict) -> list[str]:
         if old.get(flag) != new.get(flag)
     ]
     if recorded.get("teacher_sha256") != recipe.get("teacher_sha256"):
-        lines.append(f"teacher weights sha256 {recorded.get('teacher_sha256')} → {recipe.get('teacher_sha256')}")
+        lines.append(
+            f"teacher weights sha256 {recorded.get('teacher_sha256')} → {recipe.get('teacher_sha256')}"
+        )
     return lines
 
 
@@ -150,8 +172,10 @@ def move_stale_run(work_dir: Path, name: str, recipe: dict) -> Path | None:
                 break
             stale = run_dir.with_name(f"{name}.recipe-{tag}-{n}")
         run_dir.rename(stale)
-        print(f"[study] {name}: {run_dir} was trained with another recipe ({'; '.join(differences)}): "
-              f"moved to {stale}, training again")
+        print(
+            f"[study] {name}: {run_dir} was trained with another recipe ({'; '.join(differences)}): "
+            f"moved to {stale}, training again"
+        )
     work_dir.mkdir(parents=True, exist_ok=True)
     partial = recipes_file.with_suffix(".json.partial")  # a kill while writing leaves the old file whole
     partial.write_text(json.dumps({**recipes, name: recipe}, indent=2) + "\n")
@@ -208,11 +232,17 @@ def _recorded_rows(args: StudyArguments, models: dict[str, str], teacher_sha: st
     rows = [
         {**r, "recorded_in": str(path)}
         for r in json.loads(path.read_text())
-        if r["model"] in fixed and r["label_fraction"] in args.label_fractions and r.get("num_eval") == 10000
+        if r["model"] in fixed
+        and r["label_fraction"] in args.label_fractions
+        and r.get("num_eval") == 10000
         # a teacher row counts only if it measured the teacher's current weights
         and (r["model"] != models["teacher"] or r.get("weights_sha256") == teacher_sha)
     ]
-    complete = {m for m in fixed if {r["label_fraction"] for r in rows if r["model"] == m} == set(args.label_fractions)}
+    complete = {
+        m
+        for m in fixed
+        if {r["label_fraction"] for r in rows if r["model"] == m} == set(args.label_fractions)
+    }
     return [r for r in rows if r["model"] in complete]
 
 
@@ -281,18 +311,23 @@ NAMES = {
 
 def write_readme(args: StudyArguments, out: Path, rows: list[dict], timings: dict, plots: list[str]) -> None:
     fractions = sorted({r["label_fraction"] for r in rows}, reverse=True)
-    header = "| model | parameters | " + " | ".join(
-        f"kNN {f:.0%} | linear {f:.0%}" for f in fractions
-    ) + " |"
+    header = "| model | parameters | " + " | ".join(f"kNN {f:.0%} | linear {f:.0%}" for f in fractions) + " |"
     table = [header, "|---|---|" + "---|---|" * len(fractions)]
     by = {(r["name"], r["label_fraction"]): r for r in rows}
     for name in NAMES:
         cells = []
         for f in fractions:
             r = by.get((name, f), {})
-            cells += [f"{r['knn_top1']:.2f}" if "knn_top1" in r else "—", f"{r['linear_top1']:.2f}" if "linear_top1" in r else "—"]
+            cells += [
+                f"{r['knn_top1']:.2f}" if "knn_top1" in r else "—",
+                f"{r['linear_top1']:.2f}" if "linear_top1" in r else "—",
+            ]
         params = by.get((name, 1.0), {}).get("num_parameters", 0)
-        table.append(f"| {NAMES[name].format(student=args.student_architecture)} | {params:,} | " + " | ".join(cells) + " |")
+        table.append(
+            f"| {NAMES[name].format(student=args.student_architecture)} | {params:,} | "
+            + " | ".join(cells)
+            + " |"
+        )
 
     def diff(a: str, b: str, metric: str = "knn_top1") -> str:
         return f"{by[(a, 1.0)][metric] - by[(b, 1.0)][metric]:+.2f}"
@@ -350,7 +385,9 @@ cards are also in `model_cards/`).
 
 
 def main(argv=None) -> list[dict]:
-    (args,) = HfArgumentParser(StudyArguments).parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    (args,) = HfArgumentParser(StudyArguments).parse_args_into_dataclasses(
+        sys.argv[1:] if argv is None else argv
+    )
     out, work = Path(args.output_dir), Path(args.work_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings_file = out / "timings.json"
@@ -411,8 +448,12 @@ def main(argv=None) -> list[dict]:
     def export_all(eval_results=None):
         for name, folder in exports.items():
             exporters[name](
-                runs[name], folder, eval_results=eval_results, training_summary=run_summary(runs[name]),
-                repo_id=f"your-org/{folder.name}-fmnist-{args.student_architecture}", license=args.license,
+                runs[name],
+                folder,
+                eval_results=eval_results,
+                training_summary=run_summary(runs[name]),
+                repo_id=f"your-org/{folder.name}-fmnist-{args.student_architecture}",
+                license=args.license,
                 # shipped models: model_cards/ re-renders their cards from results.json (make cards)
                 manifest=(args.manifest, f"{folder.name}-fmnist-{args.student_architecture}", eval_results)
                 if args.manifest and eval_results
@@ -420,7 +461,12 @@ def main(argv=None) -> list[dict]:
             )
 
     export_all()
-    models = {"teacher": args.teacher, **{k: str(v) for k, v in exports.items()}, "pixels": "pixels", "pixels_centred": "pixels_centred"}
+    models = {
+        "teacher": args.teacher,
+        **{k: str(v) for k, v in exports.items()},
+        "pixels": "pixels",
+        "pixels_centred": "pixels_centred",
+    }
     recorded = _recorded_rows(args, models, teacher_sha)
     start = time.time()
     results = recorded + run_eval.main(

@@ -6,6 +6,11 @@ augmented there in batches (:class:`seed_hf.data.batched_transforms.BatchedSSLTr
 ``grayscale_small`` preset with per-sample parameters), so a GPU is never starved by Python
 per-image work; on a CPU the same script runs (bf16 autocast where the CPU has native bf16).
 
+Why a loop of its own and not ``MocoTrainer``: the data never leave the device (no DataLoader,
+no collation), so the step is ``model(q, pixel_values_k=k)``, backward, optimizer. The model's
+``forward`` computes the loss against a snapshot of its queue and enqueues the keys itself; this
+loop never touches the queue (``tests/test_trust.py`` counts the keys enqueued per step).
+
 Resumable: ``--output_dir`` keeps ``checkpoint/`` (model, optimizer, scheduler, step; written
 atomically every ``--save_steps``); re-running the same command continues from it. Views are
 seeded by (seed, step), batches by (seed, epoch), so a resumed run draws the same data.
@@ -45,11 +50,16 @@ from seed_hf.runs import lock_run_folder
 
 @dataclass
 class TeacherArguments:
-    output_dir: str = field(default="outputs/fmnist_teacher", metadata={"help": "Run folder (checkpoint, logs)."})
-    export_dir: str | None = field(
-        default=None, metadata={"help": "Where the shipped teacher folder is written at the end (None: skip)."}
+    output_dir: str = field(
+        default="outputs/fmnist_teacher", metadata={"help": "Run folder (checkpoint, logs)."}
     )
-    fmnist_dir: str | None = field(default=None, metadata={"help": "Fashion-MNIST idx folder (default: Debian's)."})
+    export_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the shipped teacher folder is written at the end (None: skip)."},
+    )
+    fmnist_dir: str | None = field(
+        default=None, metadata={"help": "Fashion-MNIST idx folder (default: Debian's)."}
+    )
     init_from: str | None = field(
         default=None,
         metadata={
@@ -61,19 +71,24 @@ class TeacherArguments:
     architecture: str = field(default="resnet18", metadata={"help": "timm architecture of the encoder."})
     model_args: str | None = field(
         default=None,
-        metadata={"help": 'JSON keyword arguments of timm.create_model, e.g. \'{"output_stride": 16}\' (saved in the config).'},
+        metadata={
+            "help": "JSON keyword arguments of timm.create_model, e.g. '{\"output_stride\": 16}' (saved in the config)."
+        },
     )
     augmentation: str = field(
-        default="grayscale_small", metadata={"help": f"Batched augmentation preset, one of {tuple(BATCHED_PRESETS)}."}
+        default="grayscale_small",
+        metadata={"help": f"Batched augmentation preset, one of {tuple(BATCHED_PRESETS)}."},
     )
     augmentation_overrides: str | None = field(
         default=None,
         metadata={
-            "help": 'JSON fields of BatchedSSLTransform that replace the preset\'s, e.g. \'{"scale": [0.2, 1.0], '
+            "help": "JSON fields of BatchedSSLTransform that replace the preset's, e.g. '{\"scale\": [0.2, 1.0], "
             '"jitter": [0.8, 0.8, 0, 0], "blur_p": 0.5}\'.'
         },
     )
-    image_size: int = field(default=64, metadata={"help": "Training and evaluation resolution (28 px upsampled)."})
+    image_size: int = field(
+        default=64, metadata={"help": "Training and evaluation resolution (28 px upsampled)."}
+    )
     batch_size: int = field(default=512, metadata={"help": "Images per step."})
     max_steps: int | None = field(
         default=None,
@@ -84,9 +99,13 @@ class TeacherArguments:
     )
     time_budget_seconds: float | None = field(
         default=None,
-        metadata={"help": "Fit the run into this many seconds: after 30 timed steps max_steps is set from the measured rate."},
+        metadata={
+            "help": "Fit the run into this many seconds: after 30 timed steps max_steps is set from the measured rate."
+        },
     )
-    learning_rate: float = field(default=0.06, metadata={"help": "SGD learning rate per 256 images (scaled by batch/256)."})
+    learning_rate: float = field(
+        default=0.06, metadata={"help": "SGD learning rate per 256 images (scaled by batch/256)."}
+    )
     weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
     temperature: float = field(default=0.2, metadata={"help": "InfoNCE temperature (MoCo-v2: 0.2)."})
@@ -98,13 +117,16 @@ class TeacherArguments:
     seed: int = field(default=0, metadata={"help": "Seed of init, batches and views."})
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 where native), bf16 or no."})
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Evaluate the final kNN on the first N train / N test images (smoke runs)."}
+        default=None,
+        metadata={"help": "Evaluate the final kNN on the first N train / N test images (smoke runs)."},
     )
 
 
 def build_augmentation(args: TeacherArguments) -> BatchedSSLTransform:
     """The preset, with the JSON overrides applied (unknown fields are an error, not ignored)."""
-    augment = BatchedSSLTransform.from_preset(args.augmentation, args.image_size, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    augment = BatchedSSLTransform.from_preset(
+        args.augmentation, args.image_size, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    )
     overrides = json.loads(args.augmentation_overrides) if args.augmentation_overrides else {}
     known = {f.name for f in fields(BatchedSSLTransform)} - {"image_size", "mean", "std"}
     if unknown := set(overrides) - known:
@@ -116,7 +138,11 @@ def warm_start(model: MocoForPretraining, path: str) -> None:
     """Query and key encoder (and heads) from the MoCo folder ``path``; a mismatch is an error."""
     encoder, head, source = load_query_encoder(path)
     c = model.config
-    if (source.architecture, source.model_args or {}, source.in_chans) != (c.architecture, c.model_args or {}, c.in_chans):
+    if (source.architecture, source.model_args or {}, source.in_chans) != (
+        c.architecture,
+        c.model_args or {},
+        c.in_chans,
+    ):
         raise ValueError(
             f"--init_from {path} is {source.architecture} {source.model_args} with {source.in_chans} channel(s); "
             f"this run builds {c.architecture} {c.model_args} with {c.in_chans}."
@@ -153,7 +179,9 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, max_steps: i
 def evaluate(model: MocoForPretraining, args: TeacherArguments, device) -> dict:
     """Weighted kNN (k=200, τ=0.07) of the pooled encoder features, train → test, with the
     evaluation preprocessing of ``run_eval.py`` (``seed_hf.evaluation``)."""
-    data = load_labelled_splits(fashion_mnist_dir=args.fmnist_dir).subsample(args.max_eval_samples, args.max_eval_samples)
+    data = load_labelled_splits(fashion_mnist_dir=args.fmnist_dir).subsample(
+        args.max_eval_samples, args.max_eval_samples
+    )
     c = model.config
     transform = eval_transform(eval_data_config(c.in_chans, c.image_size, c.image_mean, c.image_std))
     encoder = PooledBackbone(model.encoder)
@@ -253,8 +281,12 @@ def main(argv: list[str] | None = None) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rate = 30 / (time.time() - timed_from[0])
-            schedule["total"] = max(step + 1, int(rate * (args.time_budget_seconds - (time.time() - t0))) + step)
-            print(f"{rate:.2f} steps/s ({rate * args.batch_size:.0f} img/s): max_steps set to {schedule['total']}")
+            schedule["total"] = max(
+                step + 1, int(rate * (args.time_budget_seconds - (time.time() - t0))) + step
+            )
+            print(
+                f"{rate:.2f} steps/s ({rate * args.batch_size:.0f} img/s): max_steps set to {schedule['total']}"
+            )
         if step % args.log_steps == 0 or step == schedule["total"]:
             record = {
                 "step": step,

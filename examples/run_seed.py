@@ -108,8 +108,8 @@ class ModelArguments:
     student_model_args: str | None = field(
         default=None,
         metadata={
-            "help": "JSON dict of extra timm.create_model args (e.g. {\"drop_rate\": 0.2}); with several "
-            "students, a dict keyed by architecture gives each its own ({\"efficientnet_b0\": {...}, ...})."
+            "help": 'JSON dict of extra timm.create_model args (e.g. {"drop_rate": 0.2}); with several '
+            'students, a dict keyed by architecture gives each its own ({"efficientnet_b0": {...}, ...}).'
         },
     )
     projection_dim: int | None = field(
@@ -219,7 +219,6 @@ def main(argv: list[str] | None = None) -> dict:
             local_teacher_temperature=model_args.local_teacher_temperature,
             image_mean=data.mean,
             image_std=data.std,
-            teacher_name_or_path=teacher.description,
             teacher_ssl_method=model_args.teacher_ssl_method,
         )
         for architecture in architectures
@@ -276,7 +275,11 @@ def main(argv: list[str] | None = None) -> dict:
                     repo_id=repo_id,
                     onnx=onnx,
                 )
-            logger.info(push_student_to_hub(folder, repo_id, token=training_args.hub_token) if push_to_hub else f"Exported {folder}")
+            logger.info(
+                push_student_to_hub(folder, repo_id, token=training_args.hub_token)
+                if push_to_hub
+                else f"Exported {folder}"
+            )
     return metrics
 
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .queue import EmbeddingQueue
+
 __all__ = [
     "create_backbone",
     "check_input_size",
@@ -19,6 +21,7 @@ __all__ = [
     "resize_feature_map",
     "token_grid",
     "ProjectionHead",
+    "init_module_weights",
 ]
 
 
@@ -75,7 +78,10 @@ def check_input_size(
         # at least 4×4 patches: 32 px with 16-px patches would leave 2×2 tokens
         while patch > 1 and (image_size % patch or image_size // patch < 4):
             patch -= 1
-        fix = {"img_size": image_size, **({"patch_size": patch} if patch != patch_embed.patch_size[0] else {})}
+        fix = {
+            "img_size": image_size,
+            **({"patch_size": patch} if patch != patch_embed.patch_size[0] else {}),
+        }
         fix_json = json.dumps(fix)
         raise ValueError(
             f"{argument_name}={architecture!r} takes {height}×{width} images only (timm img_size), but "
@@ -178,3 +184,19 @@ class ProjectionHead(nn.Sequential):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
         super().__init__(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+@torch.no_grad()
+def init_module_weights(module: nn.Module) -> None:
+    """Initialises the modules seed_hf owns: projection heads (PyTorch's default Linear init) and
+    queues (random unit vectors).
+
+    ``PreTrainedModel.post_init`` calls this on every submodule; timm backbones are skipped on
+    purpose, so they keep timm's own init (zero-init of the last BN per residual block, ...).
+    """
+    if isinstance(module, EmbeddingQueue):
+        module.reset()
+    elif isinstance(module, ProjectionHead):
+        for layer in module:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()

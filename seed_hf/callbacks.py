@@ -24,7 +24,12 @@ from .data.shard_stream import ShardStream
 from .fast_path import STEP_PATH_FILE
 from .runs import COMPLETE_MARKER, checkpoint_dir
 
-__all__ = ["DatasetEpochCallback", "CheckpointCompletionCallback", "StepPathCallback", "StreamPositionCallback"]
+__all__ = [
+    "DatasetEpochCallback",
+    "CheckpointCompletionCallback",
+    "StepPathCallback",
+    "StreamPositionCallback",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -104,11 +104,21 @@ class CheckpointLayout:
 # in detection order: the first layout that matches names the checkpoint
 CHECKPOINT_LAYOUTS = (
     CheckpointLayout(
-        "moco", ("encoder_q.",), ("module.encoder_q.", "encoder_q."), ("fc.",), method="moco", license="cc-by-nc-4.0"
+        "moco",
+        ("encoder_q.",),
+        ("module.encoder_q.", "encoder_q."),
+        ("fc.",),
+        method="moco",
+        license="cc-by-nc-4.0",
     ),
     CheckpointLayout("seed", ("student.",), ("module.student.", "student."), ("fc.",), method="seed"),
     CheckpointLayout(
-        "swav", ("prototypes.",), ("module.", ""), ("projection_head.",), ("prototypes.",), method="swav",
+        "swav",
+        ("prototypes.",),
+        ("module.", ""),
+        ("projection_head.",),
+        ("prototypes.",),
+        method="swav",
         license="cc-by-nc-4.0",
     ),  # fmt: skip
     CheckpointLayout(
@@ -127,6 +137,8 @@ LAYOUT_METHODS = {layout.name: layout.method for layout in CHECKPOINT_LAYOUTS}
 def checkpoint_license(layout: str | None) -> str | None:
     """The license of published checkpoints of ``layout`` (:data:`CHECKPOINT_LAYOUTS`), if known."""
     return next((c.license for c in CHECKPOINT_LAYOUTS if c.name == layout), None)
+
+
 # keys of the training wrapper that are not the query encoder (MoCo's key encoder and queue, SEED's teacher)
 _TRAINING_STATE = ("encoder_k.", "teacher.")
 
@@ -142,7 +154,9 @@ def load_state_dict_file(path: str | os.PathLike) -> StateDict:
     except (RuntimeError, pickle.UnpicklingError) as error:
         # timm re-raises torch's UnpicklingError as a RuntimeError that suggests weights_only=False,
         # which would run the file's pickled code: name the safe formats instead
-        if not isinstance(error, pickle.UnpicklingError) and not isinstance(error.__cause__, pickle.UnpicklingError):
+        if not isinstance(error, pickle.UnpicklingError) and not isinstance(
+            error.__cause__, pickle.UnpicklingError
+        ):
             raise
         raise ValueError(_pickled_object_message(path)) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -287,4 +301,3 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, ar
             message += " Weights of another architecture? Name the one they were trained with in teacher_name_or_path."
         raise ValueError(message)
     module.load_state_dict(state)
-

@@ -286,7 +286,12 @@ def knn_accuracy(
 
 
 def _fit_logistic(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int, init: nn.Linear | None = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    l2: float,
+    max_iter: int,
+    init: nn.Linear | None = None,
 ) -> nn.Linear:
     """Multinomial logistic regression ``mean CE + l2/2 ||W||²`` (bias unpenalised), full-batch
     L-BFGS with strong-Wolfe line search (scikit-learn's ``lbfgs`` solver, C = 1 / (n · l2))."""
@@ -394,7 +399,9 @@ class LabelledSplits:
     train_subset: dict[str, Any] | None = None
     eval_subset: dict[str, Any] | None = None
 
-    def subsample(self, max_train: int | None = None, max_eval: int | None = None, seed: int = 0) -> LabelledSplits:
+    def subsample(
+        self, max_train: int | None = None, max_eval: int | None = None, seed: int = 0
+    ) -> LabelledSplits:
         """A class-balanced, seeded draw of ``max_train`` / ``max_eval`` images of each split
         (:func:`balanced_subset`): never the first N, which on a class-sorted folder (an
         imagefolder, ImageNet) is one class. How each split was drawn is kept in
@@ -407,10 +414,21 @@ class LabelledSplits:
             images = images[keep] if isinstance(images, np.ndarray) else Subset(images, keep.tolist())
             return images, labels[keep], subset_record(labels, keep, seed)
 
-        train_images, train_labels, train_subset = draw(self.train_images, self.train_labels, max_train, self.train_subset)
-        eval_images, eval_labels, eval_subset = draw(self.eval_images, self.eval_labels, max_eval, self.eval_subset)
+        train_images, train_labels, train_subset = draw(
+            self.train_images, self.train_labels, max_train, self.train_subset
+        )
+        eval_images, eval_labels, eval_subset = draw(
+            self.eval_images, self.eval_labels, max_eval, self.eval_subset
+        )
         return LabelledSplits(
-            self.name, train_images, train_labels, eval_images, eval_labels, self.eval_split, train_subset, eval_subset
+            self.name,
+            train_images,
+            train_labels,
+            eval_images,
+            eval_labels,
+            self.eval_split,
+            train_subset,
+            eval_subset,
         )
 
 
@@ -454,7 +472,9 @@ def load_labelled_splits(
         if validation_split is None:
             validation_split = next((s for s in ("validation", "test") if s in splits), None)
             if validation_split is None:
-                raise ValueError(f"{dataset_name} has no validation/test split; pass `validation_split` ({list(splits)}).")
+                raise ValueError(
+                    f"{dataset_name} has no validation/test split; pass `validation_split` ({list(splits)})."
+                )
         if validation_split not in splits:
             raise ValueError(f"{dataset_name} has no split {validation_split!r}; splits: {list(splits)}.")
         train, evaluation = splits[train_split], splits[validation_split]
@@ -490,7 +510,9 @@ class KnnMonitor:
     _loaders: dict = field(default_factory=dict, init=False, repr=False)
 
     @torch.no_grad()
-    def _features(self, model: nn.Module, dataset, accelerator, to_input) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _features(
+        self, model: nn.Module, dataset, accelerator, to_input
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         # prepared once per dataset: accelerate keeps every prepared loader, so re-preparing at each
         # evaluation would pile them up
         if id(dataset) not in self._loaders:
@@ -506,7 +528,9 @@ class KnnMonitor:
             labels.append(accelerator.gather_for_metrics(batch["labels"]).cpu())
         return {k: torch.cat(v) for k, v in features.items()}, torch.cat(labels)
 
-    def evaluate(self, model: nn.Module, accelerator, prefix: str = "eval", to_input=lambda x: x) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, accelerator, prefix: str = "eval", to_input=lambda x: x
+    ) -> dict[str, float]:
         """``{prefix}_knn_top1`` (``_<student>`` per student of a group) of ``model`` in eval mode."""
         was_training = model.training
         model.eval()

@@ -232,10 +232,14 @@ def choose(
 def preserved_state(module: nn.Module, device: torch.device) -> Iterator[None]:
     """Runs a probe on ``module`` without leaving a trace: its buffers (BatchNorm statistics,
     queues), its train/eval mode, its gradients (None afterwards) and the RNG streams (dropout,
-    drop-path) are as before."""
+    drop-path) are those it had before the probe."""
     buffers = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
     modes = [(m, m.training) for m in module.modules()]
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
     try:
         with torch.random.fork_rng(devices=devices):
             yield

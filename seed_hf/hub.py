@@ -73,7 +73,9 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
         info = folder / RUN_INFO_FILE
         if info.is_file():
             summary.update(json.loads(info.read_text()))
-    state_file = next((f for f in (run_dir / TRAINER_STATE_NAME, root / TRAINER_STATE_NAME) if f.is_file()), None)
+    state_file = next(
+        (f for f in (run_dir / TRAINER_STATE_NAME, root / TRAINER_STATE_NAME) if f.is_file()), None
+    )
     if state_file is not None:
         state = json.loads(state_file.read_text())
         summary.update(
@@ -154,7 +156,11 @@ def results_for(
     card never shows the results of other weights. Warns when no row is left."""
     if eval_results is None:
         return []
-    rows = json.loads(Path(eval_results).read_text()) if isinstance(eval_results, (str, os.PathLike)) else eval_results
+    rows = (
+        json.loads(Path(eval_results).read_text())
+        if isinstance(eval_results, (str, os.PathLike))
+        else eval_results
+    )
     rows = list(rows if isinstance(rows, list) else [rows])
     targets = {str(m) for m in models if m is not None}
     resolved = {str(Path(t).resolve()) for t in targets}
@@ -225,7 +231,12 @@ def export_encoder(
 
     backbone = backbone.eval()
     if in_chans == 1:
-        backbone, in_chans, mean, std = _grayscale_to_rgb(backbone, architecture, model_args), 3, mean * 3, std * 3
+        backbone, in_chans, mean, std = (
+            _grayscale_to_rgb(backbone, architecture, model_args),
+            3,
+            mean * 3,
+            std * 3,
+        )
     out = Path(out_dir)
     # written into a temporary sibling and renamed into place: a killed export leaves the previous
     # folder (or none), never one that looks complete and is not
@@ -236,7 +247,12 @@ def export_encoder(
     tmp.mkdir()
     try:
         data_config = eval_data_config(in_chans, image_size, mean, std)
-        pretrained_cfg = {"tag": card_facts.get("method", "seed"), "num_classes": 0, "license": license, **data_config}
+        pretrained_cfg = {
+            "tag": card_facts.get("method", "seed"),
+            "num_classes": 0,
+            "license": license,
+            **data_config,
+        }
         save_for_hf(
             backbone,
             str(tmp),
@@ -259,7 +275,9 @@ def export_encoder(
         }
         if results_source is not None:  # only rows measured on exactly these weights (or the run's)
             eval_results, models, fingerprints = results_source
-            results = results_for(eval_results, *models, out, fingerprints={*fingerprints, weights_fingerprint(tmp)})
+            results = results_for(
+                eval_results, *models, out, fingerprints={*fingerprints, weights_fingerprint(tmp)}
+            )
         if onnx is not None:  # verified against these very weights, before the card is written
             facts["onnx"] = export_onnx(tmp, **onnx)
         card = render_model_card(facts, results or [], repo_id or f"your-org/{out.name}", license)
@@ -358,8 +376,16 @@ def export_student(
     }
     source = None if isinstance(model_or_dir, SeedForDistillation) else model_or_dir
     return _export_with_config(
-        model.student, config, facts,
-        source, out_dir, eval_results, repo_id, license, manifest, onnx=onnx,
+        model.student,
+        config,
+        facts,
+        source,
+        out_dir,
+        eval_results,
+        repo_id,
+        license,
+        manifest,
+        onnx=onnx,
     )
 
 
@@ -381,8 +407,16 @@ def export_moco_encoder(
     license = license or "apache-2.0"  # trained without a teacher: the user's own weights
     facts = {**(training_summary or {}), **_moco_facts(config)}
     return _export_with_config(
-        encoder, config, facts,
-        run_dir, out_dir, eval_results, repo_id, license, manifest, onnx=onnx,
+        encoder,
+        config,
+        facts,
+        run_dir,
+        out_dir,
+        eval_results,
+        repo_id,
+        license,
+        manifest,
+        onnx=onnx,
     )
 
 
@@ -418,14 +452,20 @@ def _export_with_config(
         repo_id,
         license,
         manifest,
-        results_source=(eval_results, (source, out_dir), {weights_fingerprint(str(source)) if source else None})
+        results_source=(
+            eval_results,
+            (source, out_dir),
+            {weights_fingerprint(str(source)) if source else None},
+        )
         if eval_results is not None
         else None,
         onnx=onnx,
     )
 
 
-def _grayscale_to_rgb(backbone: torch.nn.Module, architecture: str, model_args: dict[str, Any]) -> torch.nn.Module:
+def _grayscale_to_rgb(
+    backbone: torch.nn.Module, architecture: str, model_args: dict[str, Any]
+) -> torch.nn.Module:
     """Copy of a 1-channel timm backbone taking 3 channels: first-conv weight repeated / 3."""
     from .backbones import create_backbone
 
@@ -470,7 +510,11 @@ def render_model_card(facts: dict[str, Any], results: list[dict], repo_id: str, 
     dataset = facts.get("dataset")
     # kNN and linear probe get distinct metric names/configs so the Hub groups them apart
     metric_specs = (
-        ("knn_top1", "knn", lambda r: f"kNN top-1 (k={r.get('knn_k', 200)}, τ={r.get('knn_temperature', 0.07)})"),
+        (
+            "knn_top1",
+            "knn",
+            lambda r: f"kNN top-1 (k={r.get('knn_k', 200)}, τ={r.get('knn_temperature', 0.07)})",
+        ),
         ("linear_top1", "linear_probe", lambda r: "linear probe top-1"),
     )
     eval_results = [
@@ -482,7 +526,8 @@ def render_model_card(facts: dict[str, Any], results: list[dict], repo_id: str, 
             metric_type="accuracy",
             metric_value=round(float(r[key]), 2),
             metric_name=name(r),
-            metric_config=config_name + (f"_{r['label_fraction']:g}_labels" if r.get("label_fraction", 1.0) < 1 else ""),
+            metric_config=config_name
+            + (f"_{r['label_fraction']:g}_labels" if r.get("label_fraction", 1.0) < 1 else ""),
         )
         for r in results
         for key, config_name, name in metric_specs
@@ -534,11 +579,17 @@ def teacher_card_facts(folder: str | os.PathLike, training: dict[str, Any] | Non
         "mean": [round(m, 4) for m in config.image_mean],
         "std": [round(v, 4) for v in config.image_std],
         "interpolation": EVAL_INTERPOLATION,
-        **{k: v for k, v in training.items() if k in ("dataset", "dataset_split", "steps", "batch_size", "epochs", "augmentation", "compute")},
+        **{
+            k: v
+            for k, v in training.items()
+            if k in ("dataset", "dataset_split", "steps", "batch_size", "epochs", "augmentation", "compute")
+        },
     }
 
 
-def render_manifest_cards(manifest: str | os.PathLike, cards_dir: str | os.PathLike | None = None) -> list[Path]:
+def render_manifest_cards(
+    manifest: str | os.PathLike, cards_dir: str | os.PathLike | None = None
+) -> list[Path]:
     """(Re)renders the card of every model a repository ships from ``manifest`` (JSON list of
     ``{"name", "folder", "results", "aliases", "facts", "repo_id", "license"}``, paths relative to
     the manifest's parent's parent, i.e. the repository root) and the results JSON each names:
@@ -558,7 +609,12 @@ def render_manifest_cards(manifest: str | os.PathLike, cards_dir: str | os.PathL
                 *entry.get("aliases", []),
                 fingerprints={weights_fingerprint(str(folder))},
             )
-        card = render_model_card(entry["facts"], results, entry.get("repo_id") or f"your-org/{folder.name}", entry.get("license", "apache-2.0"))
+        card = render_model_card(
+            entry["facts"],
+            results,
+            entry.get("repo_id") or f"your-org/{folder.name}",
+            entry.get("license", "apache-2.0"),
+        )
         card.save(folder / "README.md")
         card.save(cards_dir / f"{entry['name']}.md")
         written.append(cards_dir / f"{entry['name']}.md")

@@ -211,7 +211,9 @@ class SeedLoss(nn.Module):
                 self.variant,
                 batch_teacher_embeds,
             )
-        s_sims, t_sims = seed_logits(student_embeds, teacher_embeds, queue, self.variant, batch_teacher_embeds)
+        s_sims, t_sims = seed_logits(
+            student_embeds, teacher_embeds, queue, self.variant, batch_teacher_embeds
+        )
         logits = s_sims / self.student_temperature
         return soft_cross_entropy(logits, t_sims / self.teacher_temperature), logits
 

@@ -19,11 +19,17 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import ProjectionHead, check_input_size, create_backbone, pooled_features, pooled_width
+from .backbones import (
+    ProjectionHead,
+    check_input_size,
+    create_backbone,
+    init_module_weights,
+    pooled_features,
+    pooled_width,
+)
 from .configuration_seed import default_normalization
 from .distributed import all_gather_no_grad
 from .losses import check_temperature
-from .modeling_seed import init_module_weights
 from .progress import QuietHubMixin
 from .queue import EmbeddingQueue
 
@@ -146,7 +152,9 @@ class MocoForPretraining(QuietHubMixin, PreTrainedModel):
         self.encoder = create_backbone(
             config.architecture, config.in_chans, config.model_args, "architecture"
         )
-        check_input_size(self.encoder, config.architecture, config.image_size, None, "architecture", "model_args")
+        check_input_size(
+            self.encoder, config.architecture, config.image_size, None, "architecture", "model_args"
+        )
         width = pooled_width(self.encoder)
         self.head = ProjectionHead(width, config.head_hidden_dim or width, config.projection_dim)
         self.encoder_k = copy.deepcopy(self.encoder)

@@ -15,6 +15,7 @@ from .backbones import (
     check_input_size,
     create_backbone,
     feature_map,
+    init_module_weights,
     pooled_features,
     pooled_width,
     resize_feature_map,
@@ -26,7 +27,7 @@ from .losses import LocalSimilarityLoss, SeedLoss
 from .progress import QuietHubMixin
 from .queue import EmbeddingQueue
 
-__all__ = ["SeedOutput", "SeedPreTrainedModel", "SeedForDistillation", "init_module_weights"]
+__all__ = ["SeedOutput", "SeedPreTrainedModel", "SeedForDistillation"]
 
 
 @dataclass
@@ -60,22 +61,6 @@ class SeedOutput(ModelOutput):
     local_loss: torch.FloatTensor | None = None
 
 
-@torch.no_grad()
-def init_module_weights(module: nn.Module) -> None:
-    """Initialises the modules seed_hf owns: projection heads (PyTorch's default Linear init) and
-    queues (random unit vectors).
-
-    ``PreTrainedModel.post_init`` calls this on every submodule; timm backbones are skipped on
-    purpose, so they keep timm's own init (zero-init of the last BN per residual block, ...).
-    """
-    if isinstance(module, EmbeddingQueue):
-        module.reset()
-    elif isinstance(module, ProjectionHead):
-        for layer in module:
-            if isinstance(layer, nn.Linear):
-                layer.reset_parameters()
-
-
 class SeedPreTrainedModel(QuietHubMixin, PreTrainedModel):
     config_class = SeedConfig
     base_model_prefix = "student"
@@ -88,9 +73,6 @@ class SeedPreTrainedModel(QuietHubMixin, PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         init_module_weights(module)
-
-    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
-        self.student.set_grad_checkpointing(enable)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
         self.student.set_grad_checkpointing(True)
@@ -176,7 +158,9 @@ class SeedForDistillation(SeedPreTrainedModel):
                     f"got {tuple(small_teacher_embeds.shape)}."
                 )
             if self.config.small_queue_keys == "first_crop":
-                small_teacher_embeds = small_teacher_embeds.view(-1, crops, small_teacher_embeds.shape[1])[:, 0]
+                small_teacher_embeds = small_teacher_embeds.view(-1, crops, small_teacher_embeds.shape[1])[
+                    :, 0
+                ]
             self.small_queue.enqueue(F.normalize(small_teacher_embeds.float(), dim=1))
 
     def _distill(self, student_embeds, teacher_embeds, queue, batch_teacher_embeds):
@@ -188,7 +172,9 @@ class SeedForDistillation(SeedPreTrainedModel):
         if batch_teacher_embeds is None and (self.training or self.config.loss_variant == "batch_keys"):
             batch_teacher_embeds = all_gather_no_grad(teacher_embeds)
         snapshot = queue.clone() if self.training else queue
-        loss, logits = self.loss_fn(student_embeds, teacher_embeds, snapshot, batch_teacher_embeds, return_logits=True)
+        loss, logits = self.loss_fn(
+            student_embeds, teacher_embeds, snapshot, batch_teacher_embeds, return_logits=True
+        )
         return loss, logits, teacher_embeds, batch_teacher_embeds
 
     def _local_loss(

@@ -107,7 +107,9 @@ class SeedStudentGroup(nn.Module):
         # student_kwargs: small crops, teacher_patches / teacher_grid_size (used by the students whose
         # local_loss_weight > 0, ignored by the others)
         outputs = {
-            name: student(pixel_values, teacher_embeds, batch_teacher_embeds, return_dict=True, **student_kwargs)
+            name: student(
+                pixel_values, teacher_embeds, batch_teacher_embeds, return_dict=True, **student_kwargs
+            )
             for name, student in self.students.items()
         }
         losses = {name: out.loss for name, out in outputs.items()}

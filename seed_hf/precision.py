@@ -6,7 +6,7 @@ reports the KL between bf16 and fp32 targets) and roughly halves the teacher's t
 that compute in bf16 natively: AVX512-BF16 (``vdpbf16ps``, Cooper Lake, Zen 4 and later) or AMX
 (Sapphire Rapids and later). On other CPUs, oneDNN emulates bf16 through fp32 conversions and
 bf16 is slower than fp32, so ``auto`` keeps fp32 there. On GPUs ``auto`` follows the run's
-mixed precision (``--bf16`` / ``--fp16``), as before.
+mixed precision (``--bf16`` / ``--fp16``).
 """
 
 from __future__ import annotations

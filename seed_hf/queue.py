@@ -49,9 +49,9 @@ class EmbeddingQueue(nn.Module):
         self.reset()
 
     @torch.no_grad()
-    def reset(self, seed: int | None = None) -> None:
-        """Fills the queue with random unit vectors drawn from ``seed`` and empties it."""
-        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
+    def reset(self) -> None:
+        """Fills the queue with random unit vectors drawn from its ``seed`` and empties it."""
+        generator = torch.Generator().manual_seed(self.seed)
         random = torch.randn(self.size, self.dim, generator=generator)
         self.embeddings.copy_(F.normalize(random, dim=1))
         self.ptr.zero_()

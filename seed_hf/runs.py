@@ -92,7 +92,8 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
             logger.warning(
                 f"No checkpoint in {output_dir} has a completion marker ({COMPLETE_MARKER}): they were written by "
                 f"another program or an older seed_hf. Resuming from {os.path.basename(path)}, the newest whose "
-                f"save finished ({TRAINER_STATE_NAME})" + (f"; {skipped} were interrupted." if skipped else ".")
+                f"save finished ({TRAINER_STATE_NAME})"
+                + (f"; {skipped} were interrupted." if skipped else ".")
             )
             return path
         skipped.append(os.path.basename(path))
@@ -116,7 +117,6 @@ def remove_incomplete_checkpoints(output_dir: str, keep: str | None = None) -> l
 
 def _same_path(path: str, other: str | None) -> bool:
     return other is not None and os.path.abspath(path) == os.path.abspath(other)
-
 
 
 RUN_INFO_FILE = "run_info.json"
@@ -164,7 +164,9 @@ def lock_run_folder(output_dir: str | os.PathLike, is_main_process: bool = True)
     except Timeout:
         try:
             owner = json.loads(owner_file.read_text())
-            who = f"process {owner['pid']} on {owner['host']} (started {owner['started']}: {owner['command']})"
+            who = (
+                f"process {owner['pid']} on {owner['host']} (started {owner['started']}: {owner['command']})"
+            )
         except (OSError, ValueError, KeyError):
             who = "another process"
         raise RuntimeError(

@@ -26,7 +26,17 @@ logger = logging.getLogger(__name__)
 
 # licenses that allow commercial use and re-licensing of derived weights
 PERMISSIVE_LICENSES = frozenset(
-    {"apache-2.0", "mit", "bsd", "bsd-2-clause", "bsd-3-clause", "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0", "openrail"}
+    {
+        "apache-2.0",
+        "mit",
+        "bsd",
+        "bsd-2-clause",
+        "bsd-3-clause",
+        "cc0-1.0",
+        "cc-by-4.0",
+        "cc-by-sa-4.0",
+        "openrail",
+    }
 )
 
 

@@ -66,7 +66,9 @@ def weights_fingerprint(name_or_path: str, checkpoint: str | os.PathLike | None 
     if checkpoint is not None:
         files = [Path(checkpoint)] if os.path.isfile(checkpoint) else []  # missing: load_teacher says so
     elif os.path.isdir(name_or_path):
-        files = sorted({f for pattern in _MODEL_FILE_PATTERNS for f in Path(name_or_path).glob(pattern) if f.is_file()})
+        files = sorted(
+            {f for pattern in _MODEL_FILE_PATTERNS for f in Path(name_or_path).glob(pattern) if f.is_file()}
+        )
     else:
         return None
     if not files:
@@ -191,7 +193,9 @@ class FrozenTeacher(nn.Module):
             probe = probe if probe is not None else torch.randn(2, self.in_chans, 64, 64)
             probe = probe.to(next(self.backbone.parameters()).device)
             reference = (
-                self.backbone.forward_features(probe) if feature_map else pooled_features(self.backbone, probe)
+                self.backbone.forward_features(probe)
+                if feature_map
+                else pooled_features(self.backbone, probe)
             )
             if (fused(probe) - reference).abs().max() > 1e-3 * reference.abs().max().clamp_min(1.0):
                 return self
@@ -221,7 +225,9 @@ class FrozenTeacher(nn.Module):
         """
         return self(pixel_values, return_patches=True)
 
-    def _patch_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    def _patch_features(
+        self, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """``(pooled features, patches (n, p, width), grid)`` of the prepared inputs, one backbone forward."""
         backbone = self.backbone
         if hasattr(backbone, "forward_with_patches"):  # TransformersVisionBackbone
@@ -366,8 +372,14 @@ class TransformersVisionBackbone(nn.Module):
             return out.image_embeds
         hidden = getattr(out, "last_hidden_state", None)
         if self.embedding == "mean":
-            return hidden.mean(dim=(2, 3)) if hidden.ndim == 4 else hidden[:, self.prefix_tokens :].mean(dim=1)
-        if self.use_pooler and self.embedding in ("auto", "pooler") and getattr(out, "pooler_output", None) is not None:
+            return (
+                hidden.mean(dim=(2, 3)) if hidden.ndim == 4 else hidden[:, self.prefix_tokens :].mean(dim=1)
+            )
+        if (
+            self.use_pooler
+            and self.embedding in ("auto", "pooler")
+            and getattr(out, "pooler_output", None) is not None
+        ):
             return out.pooler_output.flatten(1)  # ResNet pools to (n, c, 1, 1)
         if self.embedding == "pooler":
             raise ValueError(
@@ -422,7 +434,9 @@ def _processor_normalization(name_or_path: str) -> tuple[list[float], list[float
         "preprocessor_config.json, or pass teacher_image_mean and teacher_image_std (e.g. ImageNet's "
         "[0.485, 0.456, 0.406] and [0.229, 0.224, 0.225])."
     )
-    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "preprocessor_config.json")):
+    if os.path.isdir(name_or_path) and not os.path.isfile(
+        os.path.join(name_or_path, "preprocessor_config.json")
+    ):
         raise FileNotFoundError(missing)
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path)
@@ -437,7 +451,9 @@ def _processor_normalization(name_or_path: str) -> tuple[list[float], list[float
     return [float(m) for m in mean], [float(s) for s in std]
 
 
-def _load_transformers_teacher(name_or_path: str, embedding: str, read_normalization: bool = True) -> FrozenTeacher:
+def _load_transformers_teacher(
+    name_or_path: str, embedding: str, read_normalization: bool = True
+) -> FrozenTeacher:
     model, loading = _vision_model_class(name_or_path).from_pretrained(name_or_path, output_loading_info=True)
     # a classification checkpoint loaded as its base model has no trained pooler: never distil a random one
     untrained_pooler = any(key.split(".")[0] == "pooler" for key in loading.get("missing_keys", ()))
@@ -445,7 +461,9 @@ def _load_transformers_teacher(name_or_path: str, embedding: str, read_normaliza
     local = os.path.isdir(name_or_path)
     vision_config = getattr(model.config, "vision_config", None) or model.config
     size = getattr(vision_config, "image_size", None)
-    license, license_source = (card_license(name_or_path), "model card") if local else _hub_card_license(name_or_path)
+    license, license_source = (
+        (card_license(name_or_path), "model card") if local else _hub_card_license(name_or_path)
+    )
     record = TeacherRecord(
         kind="transformers",
         source=local_name(name_or_path) if local else name_or_path,
@@ -472,7 +490,13 @@ def _load_seed_hf_folder(path: Path, model_type: str) -> FrozenTeacher:
         from .modeling_seed import SeedForDistillation
 
         seed = SeedForDistillation.from_pretrained(path)
-        method, backbone, head, config, in_chans = "seed", seed.student, seed.head, seed.config, seed.config.in_chans
+        method, backbone, head, config, in_chans = (
+            "seed",
+            seed.student,
+            seed.head,
+            seed.config,
+            seed.config.in_chans,
+        )
         license = license or (seed.config.teacher or {}).get("license")  # a student inherits its teacher's
     record = TeacherRecord(
         kind="seed_hf",
@@ -611,9 +635,7 @@ def _load_teacher(
     elif path.is_dir() and not _is_timm_name(str(name_or_path)):
         raise FileNotFoundError(_folder_without_config(path))
     elif str(name_or_path).startswith("hf:"):  # a transformers model on the Hub: hf:facebook/dinov2-base
-        return _load_transformers_teacher(
-            str(name_or_path)[3:], embedding, not explicit_normalization
-        )
+        return _load_transformers_teacher(str(name_or_path)[3:], embedding, not explicit_normalization)
     elif os.sep in str(name_or_path) and not str(name_or_path).startswith(("hf-hub:", "hf_hub:")):
         raise FileNotFoundError(
             f"teacher_name_or_path {str(name_or_path)!r} is no folder (it does not exist). Pass a seed_hf "

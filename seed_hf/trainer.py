@@ -34,10 +34,12 @@ from .fast_path import StepPath, choose, is_noisy, preserved_state, read_step_pa
 from .precision import cpu_has_native_bf16, resolve_teacher_dtype
 from .runs import is_complete_checkpoint, last_complete_checkpoint, remove_incomplete_checkpoints
 from .teachers import FrozenTeacher
+from .training_args import SeedTrainingArguments
 
 __all__ = ["MocoTrainer", "QueueTrainer", "SeedTrainer"]
 
 logger = logging.getLogger(__name__)
+
 
 def _unwrapped(trainer: Trainer, model: nn.Module | None = None) -> nn.Module:
     return trainer.accelerator.unwrap_model(model if model is not None else trainer.model)
@@ -76,6 +78,11 @@ class QueueTrainer(Trainer):
         if knn_monitor is not None and kwargs.get("eval_dataset") is None:
             kwargs["eval_dataset"] = knn_monitor.eval_dataset  # the Trainer requires one for eval_strategy
         super().__init__(*args, **kwargs)
+        if not isinstance(self.args, SeedTrainingArguments):
+            raise TypeError(
+                f"args must be SeedTrainingArguments (TrainingArguments plus the knobs of seed_hf's trainers), got "
+                f"{type(self.args).__name__}: build it as SeedTrainingArguments(output_dir=..., ...)."
+            )
         if hasattr(self.train_dataset, "set_epoch"):  # per-sample seeded augmentation
             if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
                 raise ValueError(
@@ -92,7 +99,12 @@ class QueueTrainer(Trainer):
                 self.args.gradient_accumulation_steps,
             )
             # the stream resumes from global_step itself; the Trainer would re-read every skipped batch
-            self.args.ignore_data_skip = True
+            if not self.args.ignore_data_skip:
+                logger.info(
+                    "ignore_data_skip set to True: a ShardStream resumes at the checkpoint's batch itself, so the "
+                    "Trainer must not re-read the batches before it."
+                )
+                self.args.ignore_data_skip = True
             self.stream_callback = StreamPositionCallback(self.train_dataset)
             self.add_callback(self.stream_callback)
         # memory formats and student precision: resolved at the start of train() (a resumed run reuses the
@@ -104,7 +116,7 @@ class QueueTrainer(Trainer):
         self._validate_batch_size()
         self._validate_precision()
         self._validate_image_size()
-        if getattr(self.args, "sync_bn", False) and self.args.world_size > 1:
+        if self.args.sync_bn and self.args.world_size > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
@@ -202,8 +214,12 @@ class QueueTrainer(Trainer):
                 f"image_std={list(config.image_std)}. Make sure the data was normalised with them."
             )
         elif not (
-            torch.allclose(torch.tensor(stated[0], dtype=torch.float), torch.tensor(config.image_mean, dtype=torch.float))
-            and torch.allclose(torch.tensor(stated[1], dtype=torch.float), torch.tensor(config.image_std, dtype=torch.float))
+            torch.allclose(
+                torch.tensor(stated[0], dtype=torch.float), torch.tensor(config.image_mean, dtype=torch.float)
+            )
+            and torch.allclose(
+                torch.tensor(stated[1], dtype=torch.float), torch.tensor(config.image_std, dtype=torch.float)
+            )
         ):
             raise ValueError(
                 f"The training data is normalised with mean {list(stated[0])}, std {list(stated[1])}, but the "
@@ -238,7 +254,7 @@ class QueueTrainer(Trainer):
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         """Every parameter with ``decay_all_parameters`` (official SEED), else the Trainer's choice."""
-        if getattr(self.args, "decay_all_parameters", False):
+        if self.args.decay_all_parameters:
             return [name for name, _ in model.named_parameters()]
         return super().get_decay_parameter_names(model)
 
@@ -273,11 +289,11 @@ class QueueTrainer(Trainer):
         """(layouts, precisions, sources of the fixed ones): what the student's probe may choose from,
         the prior first (``fast_path`` module docstring)."""
         sources: dict[str, str] = {}
-        given = getattr(self.args, "channels_last", "auto")
+        given = self.args.channels_last
         layouts = [True, False] if given == "auto" else [given == "true"]
         if given != "auto":
             sources["student_channels_last"] = "given"
-        dtype = getattr(self.args, "student_dtype", "auto")
+        dtype = self.args.student_dtype
         if self.args.bf16 or self.args.fp16:  # the run's mixed precision, as asked
             precisions = ["bfloat16" if self.args.bf16 else "float16"]
             sources["student_dtype"] = "given"
@@ -313,7 +329,11 @@ class QueueTrainer(Trainer):
         on random images of the real batch shape; the model is left exactly as it was."""
         model = _unwrapped(self)
         device = self.args.device
-        names = {f"{'channels_last' if cl else 'nchw'}/{dtype}": (cl, dtype) for cl in layouts for dtype in precisions}
+        names = {
+            f"{'channels_last' if cl else 'nchw'}/{dtype}": (cl, dtype)
+            for cl in layouts
+            for dtype in precisions
+        }
         prior = next(iter(names))
         batch = self._probe_batch()
 
@@ -365,8 +385,8 @@ class QueueTrainer(Trainer):
             layouts = [path.student_channels_last] if "student_channels_last" in sources else layouts
             precisions = [path.student_dtype] if "student_dtype" in sources else precisions
         if len(layouts) * len(precisions) > 1 and self._probe_pixels() >= fast_path.PROBE_MIN_PIXELS:
-            (path.student_channels_last, path.student_dtype), samples, path.probe_batch_size = self._probe_student(
-                layouts, precisions
+            (path.student_channels_last, path.student_dtype), samples, path.probe_batch_size = (
+                self._probe_student(layouts, precisions)
             )
             path.timings_s["student"] = {name: min(v) for name, v in samples.items()}
             if is_noisy(samples):
@@ -425,7 +445,9 @@ class QueueTrainer(Trainer):
             if self.loss_term_steps:
                 names = sorted(self.loss_term_sums)
                 means = torch.stack([self.loss_term_sums[n] for n in names]) / self.loss_term_steps
-                if self.args.world_size > 1:  # every rank logs the training loss: the reduction cannot deadlock
+                if (
+                    self.args.world_size > 1
+                ):  # every rank logs the training loss: the reduction cannot deadlock
                     means = self.accelerator.reduce(means, reduction="mean")
                 logs.update({f"loss_{n}": float(v) for n, v in zip(names, means.tolist())})
                 self.loss_term_sums, self.loss_term_steps = {}, 0
@@ -466,13 +488,13 @@ class SeedTrainer(QueueTrainer):
                     f"{size} px: its embeddings at {size} px may be poor targets. Train at {trained_at} px, or pass "
                     f"teacher_image_size={trained_at} to resize the teacher's inputs."
                 )
-        if getattr(self.args, "optimize_teacher", True) and isinstance(teacher, FrozenTeacher):
+        if self.args.optimize_teacher and isinstance(teacher, FrozenTeacher):
             # BN folded now; the memory format is the step path's (resolve_step_path), applied to the folded model
             self.teacher.optimize_for_inference(
                 channels_last=False, probe=self._probe_input(), feature_map=self.uses_teacher_patches
             )
         self._validate_teacher()
-        if getattr(self.args, "compile_teacher", False):
+        if self.args.compile_teacher:
             # after validation, so the probe batch does not make the batch size dynamic
             self.teacher.compile(dynamic=False, options={"freezing": True})
 
@@ -484,9 +506,9 @@ class SeedTrainer(QueueTrainer):
         except Exception as error:
             raise ValueError(
                 f"The teacher cannot take the training images ({model.config.in_chans} channels, "
-                f"{model.config.image_size} px): {str(error).rstrip('.')}. A 1-channel teacher (such as the shipped "
-                "pretrained/fmnist-mocov2-resnet18) needs 1-channel data (Fashion-MNIST); 1-channel data is "
-                "repeated to 3 channels for 3-channel teachers."
+                f"{model.config.image_size} px): {str(error).rstrip('.')}. A 1-channel teacher (trained on 1-channel images, its "
+                "config's in_chans=1) needs 1-channel data; 1-channel data is repeated to 3 channels for 3-channel "
+                "teachers."
             ) from error
         if width is not None and width != model.config.projection_dim:
             raise ValueError(
@@ -512,7 +534,7 @@ class SeedTrainer(QueueTrainer):
         return any(getattr(student.config, "local_loss_weight", 0) > 0 for student in students)
 
     def _teacher_autocast(self):
-        dtype = resolve_teacher_dtype(getattr(self.args, "teacher_dtype", "auto"), self.args.device.type)
+        dtype = resolve_teacher_dtype(self.args.teacher_dtype, self.args.device.type)
         if dtype is None:  # the run's mixed precision
             return self.accelerator.autocast()
         return torch.autocast(self.args.device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -539,12 +561,15 @@ class SeedTrainer(QueueTrainer):
         true/false), resumed, the prior (channels_last) when the workload is tiny or the teacher is
         compiled (a probe would compile it once per layout), else probed."""
         path = super()._choose_step_path(recorded)
-        given = getattr(self.args, "channels_last", "auto")
+        given = self.args.channels_last
         if given != "auto":
             path.teacher_channels_last, path.sources["teacher_channels_last"] = given == "true", "given"
         elif recorded is not None and recorded.teacher_channels_last is not None:
-            path.teacher_channels_last, path.sources["teacher_channels_last"] = recorded.teacher_channels_last, "resumed"
-        elif self._probe_pixels() < fast_path.PROBE_MIN_PIXELS or getattr(self.args, "compile_teacher", False):
+            path.teacher_channels_last, path.sources["teacher_channels_last"] = (
+                recorded.teacher_channels_last,
+                "resumed",
+            )
+        elif self._probe_pixels() < fast_path.PROBE_MIN_PIXELS or self.args.compile_teacher:
             path.teacher_channels_last, path.sources["teacher_channels_last"] = True, "prior"
         else:
             path.teacher_channels_last, samples = self._probe_teacher(path.probe_batch_size)
@@ -559,7 +584,9 @@ class SeedTrainer(QueueTrainer):
         channels_last and NCHW, alternated; prior channels_last."""
         batch = self._probe_batch(batch_size)
         # step_path is still None here, so _teacher_input passes these inputs through as they are
-        forward = self.teacher_embeddings_and_patches if self.uses_teacher_patches else self.teacher_embeddings
+        forward = (
+            self.teacher_embeddings_and_patches if self.uses_teacher_patches else self.teacher_embeddings
+        )
         formats = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
         self.teacher.to(memory_format=torch.channels_last)
         first = fast_path.timed_call("channels_last", lambda: forward(batch), self.args.device)  # + warm-up
@@ -577,7 +604,9 @@ class SeedTrainer(QueueTrainer):
     def _apply_step_path(self, path: StepPath) -> None:
         super()._apply_step_path(path)
         if path.teacher_channels_last is not None:
-            self.teacher.to(memory_format=torch.channels_last if path.teacher_channels_last else torch.contiguous_format)
+            self.teacher.to(
+                memory_format=torch.channels_last if path.teacher_channels_last else torch.contiguous_format
+            )
 
     def teacher_embeddings_and_patches(
         self, pixel_values: torch.Tensor
@@ -603,7 +632,9 @@ class SeedTrainer(QueueTrainer):
     ):
         pixel_values = self._to_memory_format(inputs["pixel_values"])
         local_kwargs = {}
-        if self.uses_teacher_patches:  # the local term: embeddings and patch features from one teacher forward
+        if (
+            self.uses_teacher_patches
+        ):  # the local term: embeddings and patch features from one teacher forward
             teacher_embeds, patches, grid = self.teacher_embeddings_and_patches(pixel_values)
             local_kwargs = dict(teacher_patches=patches, teacher_grid_size=grid)
         else:

@@ -22,6 +22,8 @@ def scaled_learning_rate(base_learning_rate: float, total_batch_size: int) -> fl
 
 TEACHER_DTYPES = ("auto", "bfloat16", "float16", "float32")
 STUDENT_DTYPES = ("auto", "bfloat16", "float32")
+
+
 @dataclass
 class SeedTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the paper's optimisation defaults (SGD, cosine, wd 1e-4) and

@@ -72,7 +72,9 @@ def main(argv=None) -> None:
         full_determinism=bool(opts.save_steps),
         accelerator_config={"dispatch_batches": False} if streaming else None,
     )
-    dataset = build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3, seed=0, world_size=args.world_size)
+    dataset = build_train_dataset(
+        data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3, seed=0, world_size=args.world_size
+    )
     trainer = RecordingTrainer(
         model=tiny_student(queue_size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3),  # the data's
         teacher=tiny_teacher(),

@@ -175,7 +175,10 @@ def official_seed_augmentation(name: str, size: int = 224, scale=(0.14, 1.0)):
         ops = [T.RandomResizedCrop(size, scale=(0.2, 1.0)), T.RandomGrayscale(p=0.2)]
         ops += [T.ColorJitter(0.4, 0.4, 0.4, 0.4), T.RandomHorizontalFlip()]
     else:
-        ops = [T.RandomResizedCrop(size, scale=scale), T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8)]
+        ops = [
+            T.RandomResizedCrop(size, scale=scale),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        ]
         ops += [T.RandomGrayscale(p=0.2), T.RandomApply([TorchSigmaBlur()], p=0.5), T.RandomHorizontalFlip()]
     return T.Compose(ops + [T.ToTensor(), normalize])
 
@@ -199,6 +202,8 @@ def test_seed_presets_are_the_official_seed_augmentations(preset, size, scale):
         assert torch.allclose(a, b, atol=1e-5), (preset, seed, (a - b).abs().max())
     # and they are not the stronger SimCLR/SwAV presets of the same crop
     torch.manual_seed(0)
-    strong = build_ssl_transform(preset.removeprefix("seed_"), size, scale=scale, backend="torchvision")(image)
+    strong = build_ssl_transform(preset.removeprefix("seed_"), size, scale=scale, backend="torchvision")(
+        image
+    )
     torch.manual_seed(0)
     assert not torch.allclose(strong, ours(image), atol=1e-3)

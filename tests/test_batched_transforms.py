@@ -19,7 +19,10 @@ def test_crop_boxes_follow_torchvision_distribution():
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 80).all() and (boxes[:, 3] <= 60).all()
     torch.manual_seed(0)
     ref = torch.tensor(
-        [v2.RandomResizedCrop.get_params(torch.zeros(1, 60, 80), [0.2, 1.0], [3 / 4, 4 / 3])[2:] for _ in range(4000)],
+        [
+            v2.RandomResizedCrop.get_params(torch.zeros(1, 60, 80), [0.2, 1.0], [3 / 4, 4 / 3])[2:]
+            for _ in range(4000)
+        ],
         dtype=torch.float,
     )
     area, ref_area = (w * h / 4800), ref[:, 0] * ref[:, 1] / 4800
@@ -29,8 +32,17 @@ def test_crop_boxes_follow_torchvision_distribution():
 
 def test_full_box_crop_is_a_plain_resize():
     x = torch.rand(2, 3, 16, 16)
-    t = BatchedSSLTransform(16, [0.0] * 3, [1.0] * 3, scale=(1.0, 1.0), jitter=(0, 0, 0, 0), jitter_p=0,
-                            grayscale_p=0, blur_p=0, flip_p=0)
+    t = BatchedSSLTransform(
+        16,
+        [0.0] * 3,
+        [1.0] * 3,
+        scale=(1.0, 1.0),
+        jitter=(0, 0, 0, 0),
+        jitter_p=0,
+        grayscale_p=0,
+        blur_p=0,
+        flip_p=0,
+    )
     # scale 1 and ratio 1 on a square image: the box is the whole image, output = input
     torch.testing.assert_close(t(x, torch.Generator().manual_seed(0)), x, atol=1e-5, rtol=0)
 

@@ -91,7 +91,7 @@ def test_large_photo_decodes_at_reduced_scale():
         out = crop(encoded)
         assert out.shape == (224, 224, 3)
         assert min(encoded._decoded) >= 2  # no full-scale decode happened
-        (scale, decoded), = encoded._decoded.items()
+        ((scale, decoded),) = encoded._decoded.items()
         assert decoded.shape[:2] == (-(-1200 // scale), -(-1600 // scale))  # ceil(side / scale)
 
 

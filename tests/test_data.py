@@ -90,9 +90,13 @@ def test_image_column_transform_is_picklable_for_spawned_workers():
 
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (10, 200, 30)).save(buffer, format="JPEG")
-    apply = ImageColumnTransform(build_ssl_transform("moco_v2", 16), "image", 3, label_column="label", to_array=True)
+    apply = ImageColumnTransform(
+        build_ssl_transform("moco_v2", 16), "image", 3, label_column="label", to_array=True
+    )
     apply = pickle.loads(pickle.dumps(apply))
-    out = apply({"image": [{"bytes": buffer.getvalue()}, {"bytes": b"not an image"}], "label": [1, 2], "id": [7, 8]})
+    out = apply(
+        {"image": [{"bytes": buffer.getvalue()}, {"bytes": b"not an image"}], "label": [1, 2], "id": [7, 8]}
+    )
     assert out["pixel_values"][0].shape == (3, 16, 16) and out["pixel_values"][1] is None
     assert out["labels"] == [1, 2] and out["id"] == [7, 8]
 

@@ -78,21 +78,33 @@ def test_linear_probe_matches_scikit_learn_on_real_features():
         from seed_hf.data.fashion_mnist import load_fashion_mnist
 
         (xtr, ytr), (xte, yte) = load_fashion_mnist("train"), load_fashion_mnist("test")
-        x_train, x_test = (torch.from_numpy(a[:n].reshape(n, -1)).float() / 255 for a, n in ((xtr, 3000), (xte, 1000)))
+        x_train, x_test = (
+            torch.from_numpy(a[:n].reshape(n, -1)).float() / 255 for a, n in ((xtr, 3000), (xte, 1000))
+        )
         y_train, y_test = torch.from_numpy(ytr[:3000]).long(), torch.from_numpy(yte[:1000]).long()
     else:
         x_train, y_train = _clusters(300, 10, 64)
         x_test, y_test = _clusters(100, 10, 64, seed=1)
     scaler = StandardScaler().fit(x_train.numpy())
     for c in (1.0, 0.01):
-        reference = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x_train.numpy()), y_train.numpy())
+        reference = LogisticRegression(C=c, max_iter=5000).fit(
+            scaler.transform(x_train.numpy()), y_train.numpy()
+        )
         sk_top1 = 100 * reference.score(scaler.transform(x_test.numpy()), y_test.numpy())
-        ours = linear_probe(x_train, y_train, x_test, y_test, l2_grid=(1 / (c * len(x_train)),), max_iter=1000)
+        ours = linear_probe(
+            x_train, y_train, x_test, y_test, l2_grid=(1 / (c * len(x_train)),), max_iter=1000
+        )
         assert abs(ours["top1"] - sk_top1) <= 0.5, (c, ours["top1"], sk_top1)
     swept = linear_probe(x_train, y_train, x_test, y_test)
-    assert swept["top1"] >= sk_top1 - 0.5 or swept["top1"] >= 100 * LogisticRegression(max_iter=5000).fit(
-        scaler.transform(x_train.numpy()), y_train.numpy()
-    ).score(scaler.transform(x_test.numpy()), y_test.numpy()) - 0.5
+    assert (
+        swept["top1"] >= sk_top1 - 0.5
+        or swept["top1"]
+        >= 100
+        * LogisticRegression(max_iter=5000)
+        .fit(scaler.transform(x_train.numpy()), y_train.numpy())
+        .score(scaler.transform(x_test.numpy()), y_test.numpy())
+        - 0.5
+    )
     assert set(swept["validation_top1"]) and swept["l2"] in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
 
@@ -130,13 +142,27 @@ def test_run_eval_on_your_own_labelled_images(tmp_path, source):
     model = tiny_student(image_size=32)
     folder = export_student(model, tmp_path / "export")
     if source == "dirs":
-        data_args = ["--train_dir", str(tmp_path / "data" / "train"), "--validation_dir", str(tmp_path / "data" / "test")]
+        data_args = [
+            "--train_dir",
+            str(tmp_path / "data" / "train"),
+            "--validation_dir",
+            str(tmp_path / "data" / "test"),
+        ]
     else:
-        data_args = ["--dataset_name", str(tmp_path / "data"), "--label_column", "label", "--validation_split", "test"]
+        data_args = [
+            "--dataset_name",
+            str(tmp_path / "data"),
+            "--label_column",
+            "label",
+            "--validation_split",
+            "test",
+        ]
     rows = run_eval.main(["--models", str(folder), "pixels", "--knn_k", "3", "--linear_probe", *data_args])
     assert [r["model"] for r in rows] == [str(folder), "pixels"]
     assert all(r["num_train"] == 12 and r["num_eval"] == 6 for r in rows)
     assert rows[1]["knn_top1"] == 100.0  # left vs right: raw pixels separate the classes
     assert rows[0]["preprocessing"]["input_size"] == [3, 32, 32] and 0 <= rows[0]["linear_top1"] <= 100
     with pytest.raises(ValueError, match="--image_column"):
-        run_eval.main(["--models", "pixels", "--dataset_name", str(tmp_path / "data"), "--label_column", "nope"])
+        run_eval.main(
+            ["--models", "pixels", "--dataset_name", str(tmp_path / "data"), "--label_column", "nope"]
+        )

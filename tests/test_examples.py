@@ -105,18 +105,26 @@ def test_moco_then_seed_then_eval(tmp_path):
     assert results[0]["weights_sha256"] == weights_fingerprint(str(teacher_dir)) is not None
     # a finished run in the same output_dir resumes from its last checkpoint (no error)
     run_seed.main(seed_args)
-    assert json.loads((student_dir / "run_info.json").read_text())["teacher_sha256"] == results[0]["weights_sha256"]
+    assert (
+        json.loads((student_dir / "run_info.json").read_text())["teacher_sha256"]
+        == results[0]["weights_sha256"]
+    )
 
     # the teacher at the same path changes (e.g. `make teacher` rebuilt it): the run of the old
     # one is neither resumed nor passed off as finished
     from safetensors.torch import save_file
 
     weights = load_file(str(teacher_dir / "model.safetensors"))
-    save_file({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, str(teacher_dir / "model.safetensors"))
+    save_file(
+        {k: v + 1 if v.is_floating_point() else v for k, v in weights.items()},
+        str(teacher_dir / "model.safetensors"),
+    )
     with pytest.raises(ValueError, match="distilled from another teacher"):
         run_seed.main(seed_args)
     run_seed.main([*seed_args, "--overwrite_output_dir"])
-    assert json.loads((student_dir / "run_info.json").read_text())["teacher_sha256"] == weights_fingerprint(str(teacher_dir))
+    assert json.loads((student_dir / "run_info.json").read_text())["teacher_sha256"] == weights_fingerprint(
+        str(teacher_dir)
+    )
 
 
 def test_study_moves_a_run_of_another_recipe_aside(tmp_path, capsys):
@@ -133,7 +141,11 @@ def test_study_moves_a_run_of_another_recipe_aside(tmp_path, capsys):
     assert (run / "checkpoint-5").is_dir()
 
     moved = run_fmnist_study.move_stale_run(tmp_path, "seed_student", recipe(tau="0.0001"))
-    assert moved.name.startswith("seed_student.recipe-") and (moved / "checkpoint-5").is_dir() and not run.exists()
+    assert (
+        moved.name.startswith("seed_student.recipe-")
+        and (moved / "checkpoint-5").is_dir()
+        and not run.exists()
+    )
     assert "--teacher_temperature 0.01 → 0.0001" in capsys.readouterr().out
     run.mkdir()  # trained again with τ_T 1e-4; then `make teacher` rebuilds the teacher
     moved_again = run_fmnist_study.move_stale_run(tmp_path, "seed_student", recipe(tau="0.0001", sha="new"))
@@ -162,7 +174,9 @@ def test_study_retrains_only_the_stages_whose_recipe_changed(tmp_path, monkeypat
         def main(argv):
             run = Path(argv[argv.index("--output_dir") + 1])
             run.mkdir(parents=True, exist_ok=True)
-            (run / "trainer_state.json").write_text(json.dumps({"global_step": int(argv[argv.index("--max_steps") + 1])}))
+            (run / "trainer_state.json").write_text(
+                json.dumps({"global_step": int(argv[argv.index("--max_steps") + 1])})
+            )
             trained.append(stage)
 
         return main
@@ -181,7 +195,16 @@ def test_study_retrains_only_the_stages_whose_recipe_changed(tmp_path, monkeypat
     teacher.mkdir()
     (teacher / "config.json").write_text("{}")
     (teacher / "model.safetensors").write_bytes(b"weights v1")
-    args = ["--output_dir", str(out), "--work_dir", str(work), "--teacher", str(teacher), "--student_steps", "10"]
+    args = [
+        "--output_dir",
+        str(out),
+        "--work_dir",
+        str(work),
+        "--teacher",
+        str(teacher),
+        "--student_steps",
+        "10",
+    ]
 
     def study(*extra):
         with pytest.raises(ExportReached):
@@ -202,7 +225,11 @@ def test_study_retrains_only_the_stages_whose_recipe_changed(tmp_path, monkeypat
     assert trained == ["moco", "seed", "seed", "seed"]
     study("--teacher_temperature", "0.01", "--moco_temperature", "0.2")
     assert trained == ["moco", "seed", "seed", "seed", "moco"]
-    assert len(list(work.glob("seed_student.recipe-*"))) == 2 and len(list(work.glob("moco_student.recipe-*"))) == 1
+    assert (
+        len(list(work.glob("seed_student.recipe-*"))) == 2
+        and len(list(work.glob("moco_student.recipe-*"))) == 1
+    )
+
 
 @requires_fashion_mnist
 @pytest.mark.parametrize(
@@ -270,16 +297,39 @@ def test_fmnist_teacher_script_trains_resumes_and_exports(tmp_path):
 
     from seed_hf import load_teacher
 
-    common = ["--output_dir", str(tmp_path / "run"), "--architecture", "test_resnet", "--image_size", "32",
-              "--batch_size", "16", "--queue_size", "64", "--warmup_steps", "1", "--save_steps", "2",
-              "--log_steps", "1", "--max_eval_samples", "500"]
+    common = [
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--architecture",
+        "test_resnet",
+        "--image_size",
+        "32",
+        "--batch_size",
+        "16",
+        "--queue_size",
+        "64",
+        "--warmup_steps",
+        "1",
+        "--save_steps",
+        "2",
+        "--log_steps",
+        "1",
+        "--max_eval_samples",
+        "500",
+    ]
     first = run_fmnist_teacher.main([*common, "--max_steps", "3"])
     assert first["steps"] == 3 and 0 <= first["knn_top1"] <= 100
     log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [1, 2, 3]
     second = run_fmnist_teacher.main([*common, "--max_steps", "5", "--export_dir", str(tmp_path / "teacher")])
     log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
-    assert second["steps"] == 5 and [json.loads(line)["step"] for line in log] == [1, 2, 3, 4, 5]  # resumed at 3
+    assert second["steps"] == 5 and [json.loads(line)["step"] for line in log] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]  # resumed at 3
     teacher = load_teacher(str(tmp_path / "teacher"))
     assert teacher(torch.zeros(2, 1, 32, 32)).shape == (2, 128)
 
@@ -294,10 +344,14 @@ def test_fmnist_teacher_script_trains_resumes_and_exports(tmp_path):
     state = model.state_dict()
     for key, value in exported.items():
         assert torch.equal(state[key], value.float())
-        assert torch.equal(state[key.replace("encoder.", "encoder_k.").replace("head.", "head_k.")], value.float())
+        assert torch.equal(
+            state[key.replace("encoder.", "encoder_k.").replace("head.", "head_k.")], value.float()
+        )
     with pytest.raises(ValueError, match="this run builds"):
         run_fmnist_teacher.warm_start(
-            MocoForPretraining(MocoConfig(architecture="test_efficientnet", in_chans=1, image_size=32, queue_size=64)),
+            MocoForPretraining(
+                MocoConfig(architecture="test_efficientnet", in_chans=1, image_size=32, queue_size=64)
+            ),
             str(tmp_path / "teacher"),
         )
 

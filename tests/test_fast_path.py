@@ -69,10 +69,16 @@ def test_switch_values_and_flags():
         parse_switch("sometimes", "channels_last")
     parser = HfArgumentParser(SeedTrainingArguments)
     base = ["--output_dir", "/tmp/x", "--use_cpu", "--report_to", "none"]
-    for flags, expected in (([], "auto"), (["--channels_last"], "true"), (["--channels_last", "False"], "false")):
+    for flags, expected in (
+        ([], "auto"),
+        (["--channels_last"], "true"),
+        (["--channels_last", "False"], "false"),
+    ):
         (args,) = parser.parse_args_into_dataclasses(base + flags)
         assert args.channels_last == expected, flags
-    assert SeedTrainingArguments(output_dir="/tmp/x", use_cpu=True, channels_last=True).channels_last == "true"
+    assert (
+        SeedTrainingArguments(output_dir="/tmp/x", use_cpu=True, channels_last=True).channels_last == "true"
+    )
     with pytest.raises(ValueError, match="student_dtype"):
         SeedTrainingArguments(output_dir="/tmp/x", use_cpu=True, student_dtype="float32", bf16=True)
 
@@ -111,13 +117,27 @@ def test_auto_probes_chooses_records_and_reuses_on_resume(tmp_path, probed, capl
     with caplog.at_level("INFO", logger="seed_hf"):
         trainer.train()
     path = trainer.step_path
-    assert (path.student_channels_last, path.student_dtype, path.teacher_channels_last) == (False, "float32", True)
-    assert path.sources == {"student_channels_last": "probe", "student_dtype": "prior", "teacher_channels_last": "probe"}
+    assert (path.student_channels_last, path.student_dtype, path.teacher_channels_last) == (
+        False,
+        "float32",
+        True,
+    )
+    assert path.sources == {
+        "student_channels_last": "probe",
+        "student_dtype": "prior",
+        "teacher_channels_last": "probe",
+    }
     assert set(path.timings_s) == {"student", "teacher"} and path.timings_s["student"]["nchw/float32"] == 0.5
     assert {"channels_last/float32", "nchw/float32", "channels_last", "nchw"} <= set(timer.calls)
-    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
-    teacher_conv = next(m for m in trainer.teacher.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
-    assert conv.weight.is_contiguous() and teacher_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    conv = next(
+        m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1
+    )
+    teacher_conv = next(
+        m for m in trainer.teacher.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1
+    )
+    assert conv.weight.is_contiguous() and teacher_conv.weight.is_contiguous(
+        memory_format=torch.channels_last
+    )
     assert any("Training step: student NCHW (probe)" in r.getMessage() for r in caplog.records)
     for folder in (tmp_path / "checkpoint-2", tmp_path):  # every checkpoint, and the finished run
         assert json.loads((folder / fast_path.STEP_PATH_FILE).read_text())["student_channels_last"] is False
@@ -133,7 +153,11 @@ def test_auto_probes_chooses_records_and_reuses_on_resume(tmp_path, probed, capl
 def test_explicit_values_are_kept_and_tiny_workloads_take_the_prior(tmp_path, probed, monkeypatch):
     timer = probed({"nchw/float32": 0.1, "nchw": 0.1}, native_bf16=True)
     path = _trainer(tmp_path, channels_last=True, student_dtype="float32").resolve_step_path()
-    assert (path.student_channels_last, path.teacher_channels_last, path.student_dtype) == (True, True, "float32")
+    assert (path.student_channels_last, path.teacher_channels_last, path.student_dtype) == (
+        True,
+        True,
+        "float32",
+    )
     assert set(path.sources.values()) == {"given"} and timer.calls == []
     path = _trainer(tmp_path, channels_last="false", student_dtype="float32").resolve_step_path()
     assert (path.student_channels_last, path.teacher_channels_last) == (False, False)
@@ -145,7 +169,11 @@ def test_explicit_values_are_kept_and_tiny_workloads_take_the_prior(tmp_path, pr
     monkeypatch.setattr(fast_path, "PROBE_MIN_PIXELS", 10**9)
     timer.calls.clear()
     path = _trainer(tmp_path).resolve_step_path()
-    assert (path.student_channels_last, path.student_dtype, path.teacher_channels_last) == (True, "float32", True)
+    assert (path.student_channels_last, path.student_dtype, path.teacher_channels_last) == (
+        True,
+        "float32",
+        True,
+    )
     assert set(path.sources.values()) == {"prior"} and timer.calls == []
 
 
@@ -169,9 +197,16 @@ def test_probe_chooses_bf16_student_where_faster_and_loss_stays_fp32(tmp_path, p
 def test_busy_machine_keeps_the_prior(tmp_path, probed):
     """Timings whose calls disagree (other jobs on the cores) do not flip the choice: the prior, and
     the log and record say the probe was noisy."""
-    probed({"nchw/float32": [0.2, 0.9], "channels_last/bfloat16": [0.3, 0.9], "nchw": [0.1, 0.8]}, native_bf16=True)
+    probed(
+        {"nchw/float32": [0.2, 0.9], "channels_last/bfloat16": [0.3, 0.9], "nchw": [0.1, 0.8]},
+        native_bf16=True,
+    )
     path = _trainer(tmp_path).resolve_step_path()
-    assert (path.student_channels_last, path.student_dtype, path.teacher_channels_last) == (True, "float32", True)
+    assert (path.student_channels_last, path.student_dtype, path.teacher_channels_last) == (
+        True,
+        "float32",
+        True,
+    )
     assert path.noisy == ["student", "teacher"] and "noisy" in path.describe()
 
 
@@ -182,7 +217,9 @@ def test_real_probe_leaves_model_and_rng_untouched(tmp_path, monkeypatch):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     path = trainer.resolve_step_path()
-    assert path.sources["student_channels_last"] == "probe" and all(t > 0 for t in path.timings_s["student"].values())
+    assert path.sources["student_channels_last"] == "probe" and all(
+        t > 0 for t in path.timings_s["student"].values()
+    )
     assert torch.equal(torch.get_rng_state(), rng)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key  # BN statistics, queue, weights

@@ -95,7 +95,9 @@ def test_crop_boxes_from_each_images_size_follow_torchvision():
     shapes = torch.tensor([(h, w) for w, h in SIZES] + [(60, 1000), (1000, 60)])
     pick = torch.randint(len(shapes), (n,), generator=torch.Generator().manual_seed(1))
     heights, widths = shapes[pick, 0], shapes[pick, 1]
-    boxes = random_resized_crop_boxes(n, heights, widths, (0.2, 1.0), generator=torch.Generator().manual_seed(0))
+    boxes = random_resized_crop_boxes(
+        n, heights, widths, (0.2, 1.0), generator=torch.Generator().manual_seed(0)
+    )
     x1, y1, x2, y2 = boxes.unbind(1)
     assert (x1 >= 0).all() and (y1 >= 0).all() and (x2 <= widths).all() and (y2 <= heights).all()
     torch.manual_seed(0)
@@ -124,7 +126,13 @@ def test_crop_boxes_from_each_images_size_follow_torchvision():
 def _cpu_preset_fields(preset: str, image_size: int = 224) -> dict:
     """The parameters of ``build_ssl_transform(preset)``, read from its ops, in the vocabulary of
     ``BatchedSSLTransform``."""
-    fields = {"jitter": (0.0, 0.0, 0.0, 0.0), "jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0, "flip_p": 0.0}
+    fields = {
+        "jitter": (0.0, 0.0, 0.0, 0.0),
+        "jitter_p": 0.0,
+        "grayscale_p": 0.0,
+        "blur_p": 0.0,
+        "flip_p": 0.0,
+    }
     order = []
     for op in build_ssl_transform(preset, image_size).transforms:
         p, inner = 1.0, op
@@ -134,7 +142,9 @@ def _cpu_preset_fields(preset: str, image_size: int = 224) -> dict:
             fields["scale"] = tuple(inner.scale)
         elif isinstance(inner, v2.ColorJitter):
             ranges = (inner.brightness, inner.contrast, inner.saturation, inner.hue)
-            fields["jitter"] = tuple(0.0 if r is None else float(r[1]) - (1.0 if i < 3 else 0.0) for i, r in enumerate(ranges))
+            fields["jitter"] = tuple(
+                0.0 if r is None else float(r[1]) - (1.0 if i < 3 else 0.0) for i, r in enumerate(ranges)
+            )
             fields["jitter_p"] = p
             order.append("jitter")
         elif isinstance(inner, v2.RandomGrayscale):
@@ -198,9 +208,13 @@ def test_batched_views_have_the_statistics_of_the_cpu_preset():
     jpegs, repeats, size = photo_set(24, scale=0.5), 16, 64
     torch.manual_seed(0)
     cpu_transform = build_ssl_transform("moco_v2", size, MEAN, STD)
-    cpu_views = torch.stack([cpu_transform(crop_decode.encoded_jpeg(j, 3)) for _ in range(repeats) for j in jpegs])
+    cpu_views = torch.stack(
+        [cpu_transform(crop_decode.encoded_jpeg(j, 3)) for _ in range(repeats) for j in jpegs]
+    )
     reference = _view_statistics(cpu_views)
-    images = decode_images(collate_encoded_batch(encoded_rows([{"bytes": j} for j in jpegs]))[ENCODED_KEY], "cpu")
+    images = decode_images(
+        collate_encoded_batch(encoded_rows([{"bytes": j} for j in jpegs]))[ENCODED_KEY], "cpu"
+    )
 
     def batched(transform: BatchedSSLTransform) -> dict:
         generator = torch.Generator().manual_seed(0)
@@ -232,7 +246,9 @@ def test_undecodable_images_are_dropped_with_their_rows_and_counted():
     dropped by the worker as on the CPU path."""
     good = photo_jpeg((120, 90))
     header_only = good[: good.index(b"\xff\xda")] + b"\xff\xda\x00\x0c" + b"\x00" * 10 + b"\xff\xd9"
-    rows = encoded_rows([{"bytes": good}, {"bytes": header_only}, {"bytes": b"not an image"}, {"bytes": good}])
+    rows = encoded_rows(
+        [{"bytes": good}, {"bytes": header_only}, {"bytes": b"not an image"}, {"bytes": good}]
+    )
     assert rows[2]["pixel_values"] is None and isinstance(rows[1]["pixel_values"], crop_decode.EncodedJpeg)
     batch = collate_encoded_batch(rows)
     assert batch["id"].tolist() == [0, 1, 3] and batch[SKIPPED_KEY].sum() == 1
@@ -333,10 +349,16 @@ def test_seed_trainer_trains_on_encoded_batches(tmp_path, monkeypatch):
     files = write_jpeg_shards(tmp_path, shards=2, rows=8, corrupt_every=5)  # ids 0, 5, 10, 15 corrupt
     streaming = True
     data_args = DataTrainingArguments(
-        train_files=files, image_size=32, data_device="cuda", streaming=streaming, cache_dir=str(tmp_path / "c")
+        train_files=files,
+        image_size=32,
+        data_device="cuda",
+        streaming=streaming,
+        cache_dir=str(tmp_path / "c"),
     )
     model = tiny_student(queue_size=64)
-    dataset = build_train_dataset(data_args.train_data(), 1, 3, model.config.image_mean, model.config.image_std)
+    dataset = build_train_dataset(
+        data_args.train_data(), 1, 3, model.config.image_mean, model.config.image_std
+    )
     args = SeedTrainingArguments(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=8,

@@ -60,7 +60,11 @@ def test_hub_load_paths_give_the_evaluation_features(tmp_path, arch, in_chans):
     and pipeline(pool=True), in a process without seed_hf, give seed_hf's evaluation features of
     real gray images (1e-4), for the exported folder and for the training run folder."""
     model = tiny_student(
-        student_architecture=arch, in_chans=in_chans, image_size=40, image_mean=[0.286] * in_chans, image_std=[0.353] * in_chans
+        student_architecture=arch,
+        in_chans=in_chans,
+        image_size=40,
+        image_mean=[0.286] * in_chans,
+        image_std=[0.353] * in_chans,
     ).eval()
     run_dir = tmp_path / "run"
     model.save_pretrained(run_dir)
@@ -92,10 +96,31 @@ def test_card_metadata_results_and_round_trip(tmp_path, caplog):
     run_dir = tmp_path / "run"
     model.save_pretrained(run_dir)
     rows = [
-        {"model": str(run_dir), "weights_sha256": weights_fingerprint(str(run_dir)), "dataset": "fashion_mnist", "eval_split": "test", "num_train": 60000, "num_eval": 10000,
-         "label_fraction": 1.0, "knn_top1": 81.234, "knn_k": 200, "knn_temperature": 0.07},
-        {"model": str(run_dir), "weights_sha256": weights_fingerprint(str(run_dir)), "dataset": "fashion_mnist", "eval_split": "test", "num_train": 600, "num_eval": 10000,
-         "label_fraction": 0.01, "knn_top1": 60.5, "knn_k": 200, "knn_temperature": 0.07, "linear_top1": 70.25},
+        {
+            "model": str(run_dir),
+            "weights_sha256": weights_fingerprint(str(run_dir)),
+            "dataset": "fashion_mnist",
+            "eval_split": "test",
+            "num_train": 60000,
+            "num_eval": 10000,
+            "label_fraction": 1.0,
+            "knn_top1": 81.234,
+            "knn_k": 200,
+            "knn_temperature": 0.07,
+        },
+        {
+            "model": str(run_dir),
+            "weights_sha256": weights_fingerprint(str(run_dir)),
+            "dataset": "fashion_mnist",
+            "eval_split": "test",
+            "num_train": 600,
+            "num_eval": 10000,
+            "label_fraction": 0.01,
+            "knn_top1": 60.5,
+            "knn_k": 200,
+            "knn_temperature": 0.07,
+            "linear_top1": 70.25,
+        },
         {"model": "pixels", "dataset": "fashion_mnist", "knn_top1": 79.0},
     ]
     (tmp_path / "eval.json").write_text(json.dumps(rows))
@@ -113,12 +138,20 @@ def test_card_metadata_results_and_round_trip(tmp_path, caplog):
     assert "transformers" in data["tags"] and "seed" in data["tags"] and data["license"] == "mit"
     assert data["base_model"] == "org/moco-r50"  # the teacher is a Hub id
     # exactly this student's rows (not the pixels row), one metric per measured number
-    measured = [(r.get("label_fraction"), key, round(r[key], 2)) for r in rows[:2] for key in ("knn_top1", "linear_top1") if key in r]
+    measured = [
+        (r.get("label_fraction"), key, round(r[key], 2))
+        for r in rows[:2]
+        for key in ("knn_top1", "linear_top1")
+        if key in r
+    ]
     got = [(e.metric_config, e.metric_value) for e in card.data.eval_results]
     assert [v for _, v in got] == [v for _, _, v in measured]
     assert [c for c, _ in got] == ["knn", "knn_0.01_labels", "linear_probe_0.01_labels"]
     assert "60000 (100%)" in card.text and "600 (1%)" in card.text and "10000" in card.text
-    assert "org/moco-r50" in card.text and 'pipeline("image-feature-extraction", model="org/seed-tiny")' in card.text
+    assert (
+        "org/moco-r50" in card.text
+        and 'pipeline("image-feature-extraction", model="org/seed-tiny")' in card.text
+    )
     assert "pool=True" in card.text and "fang2021seed" in card.text and "A **test_resnet**" in card.text
     assert str(tmp_path) not in card.text
     assert ModelCard(str(card)).data.to_dict() == data
@@ -138,12 +171,31 @@ def test_moco_card_says_moco_and_local_teachers_stay_private(tmp_path):
 
     moco = tiny_moco()
     save_query_encoder(moco, tmp_path / "moco")
-    rows = [{"model": str(tmp_path / "moco"), "weights_sha256": weights_fingerprint(str(tmp_path / "moco")), "dataset": "fashion_mnist", "knn_top1": 70.0, "knn_k": 200, "knn_temperature": 0.07,
-             "label_fraction": 1.0, "num_train": 100, "num_eval": 50, "linear_top1": 75.5}]
-    folder = export_moco_encoder(tmp_path / "moco", tmp_path / "export", eval_results=rows, training_summary={"steps": 5})
+    rows = [
+        {
+            "model": str(tmp_path / "moco"),
+            "weights_sha256": weights_fingerprint(str(tmp_path / "moco")),
+            "dataset": "fashion_mnist",
+            "knn_top1": 70.0,
+            "knn_k": 200,
+            "knn_temperature": 0.07,
+            "label_fraction": 1.0,
+            "num_train": 100,
+            "num_eval": 50,
+            "linear_top1": 75.5,
+        }
+    ]
+    folder = export_moco_encoder(
+        tmp_path / "moco", tmp_path / "export", eval_results=rows, training_summary={"steps": 5}
+    )
     card = ModelCard.load(folder / "README.md")
     assert "moco" in card.data.tags and "seed" not in card.data.tags and card.data.base_model is None
-    assert "MoCo-v2" in card.text and "SEED distillation" not in card.text and "distilled" not in card.text and "| teacher |" not in card.text
+    assert (
+        "MoCo-v2" in card.text
+        and "SEED distillation" not in card.text
+        and "distilled" not in card.text
+        and "| teacher |" not in card.text
+    )
     assert [e.metric_value for e in card.data.eval_results] == [70.0, 75.5]
     assert "chen2020mocov2" in card.text
     described = describe_teacher(f"moco_v2:{tmp_path / 'moco'}")

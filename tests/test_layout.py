@@ -44,7 +44,10 @@ def _imports(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
             else:
                 continue
             # `from . import x` / `from .data import rows` import submodules where they exist
-            targets = [f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in modules else prefix for alias in node.names]
+            targets = [
+                f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in modules else prefix
+                for alias in node.names
+            ]
         else:
             continue
         found |= {m for t in targets if (m := _resolve(t, modules)) and m != module}

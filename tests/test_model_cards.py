@@ -29,7 +29,11 @@ def test_card_is_in_sync_with_its_results(entry, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # results JSON rows name models by repository-relative paths
     card = ModelCard.load(ROOT / "model_cards" / f"{entry['name']}.md")
     assert card.data.to_dict() == ModelCard.load(ROOT / entry["folder"] / "README.md").data.to_dict()
-    rows = results_for(ROOT / entry["results"], entry["folder"], *entry.get("aliases", [])) if entry.get("results") else []
+    rows = (
+        results_for(ROOT / entry["results"], entry["folder"], *entry.get("aliases", []))
+        if entry.get("results")
+        else []
+    )
     measured = [round(float(r[k]), 2) for r in rows for k in ("knn_top1", "linear_top1") if k in r]
     assert [e.metric_value for e in card.data.eval_results or []] == measured
     assert str(ROOT) not in card.text and "/tmp/" not in card.text  # no local paths
@@ -37,7 +41,11 @@ def test_card_is_in_sync_with_its_results(entry, tmp_path, monkeypatch):
     manifest = tmp_path / "model_cards" / "models.json"
     manifest.parent.mkdir()
     for e in [entry]:
-        moved = {**e, "folder": str(ROOT / e["folder"]), "results": e.get("results") and str(ROOT / e["results"])}
+        moved = {
+            **e,
+            "folder": str(ROOT / e["folder"]),
+            "results": e.get("results") and str(ROOT / e["results"]),
+        }
         manifest.write_text(json.dumps([moved]))
     folder_card = (ROOT / entry["folder"] / "README.md").read_text()
     try:

@@ -144,7 +144,9 @@ def test_query_encoder_folder_roundtrip(tmp_path):
     x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     with torch.no_grad():
         expected = model.embed(x)
-        got = torch.nn.functional.normalize(head(encoder.forward_head(encoder.forward_features(x), pre_logits=True)), dim=1)
+        got = torch.nn.functional.normalize(
+            head(encoder.forward_head(encoder.forward_features(x), pre_logits=True)), dim=1
+        )
     assert (expected - got).abs().max() < 1e-2  # fp16 storage
     teacher = load_teacher(str(tmp_path))
     assert torch.allclose(teacher(x), got, atol=1e-5)
@@ -162,7 +164,9 @@ class OfficialSmallPatchQueues:
         self.small_queue = small_queue.t().clone()
         self.queue_ptr = 0
 
-    def step(self, t_emb_per_rank: list[torch.Tensor], t_small_emb_per_rank: list[torch.Tensor], n_crops: int):
+    def step(
+        self, t_emb_per_rank: list[torch.Tensor], t_small_emb_per_rank: list[torch.Tensor], n_crops: int
+    ):
         dim = self.queue.shape[0]
         firsts = [t.view(-1, n_crops, dim)[:, 0].contiguous() for t in t_small_emb_per_rank]
         keys, small_keys = torch.cat(t_emb_per_rank), torch.cat(firsts)  # concat_all_gather
@@ -179,7 +183,9 @@ def test_small_queue_follows_the_official_enqueue(keys):
     """Two ranks x 2 images x 3 small crops, K = 8: 3 steps wrap the queues around once. The
     default (first_crop) matches the official reference exactly, all_crops does not."""
     small_queue_size = None if keys == "first_crop" else 36
-    model = tiny_student(queue_size=8, num_small_crops=3, small_queue_keys=keys, small_queue_size=small_queue_size)
+    model = tiny_student(
+        queue_size=8, num_small_crops=3, small_queue_keys=keys, small_queue_size=small_queue_size
+    )
     if keys == "first_crop":
         reference = OfficialSmallPatchQueues(model.queue.embeddings, model.small_queue.embeddings)
     g = torch.Generator().manual_seed(0)

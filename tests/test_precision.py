@@ -15,7 +15,14 @@ ARM64 = {"fp", "asimd", "sve", "bf16"}  # Arm's bf16 flag: not among the x86 fla
 
 @pytest.mark.parametrize(
     "flags, native",
-    [(ICELAKE, False), (COOPER_LAKE, True), (SAPPHIRE_RAPIDS, True), (AMX_ONLY, True), (ARM64, False), (set(), False)],
+    [
+        (ICELAKE, False),
+        (COOPER_LAKE, True),
+        (SAPPHIRE_RAPIDS, True),
+        (AMX_ONLY, True),
+        (ARM64, False),
+        (set(), False),
+    ],
 )
 def test_cpu_has_native_bf16(flags, native):
     assert precision.cpu_has_native_bf16(flags) is native

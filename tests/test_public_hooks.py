@@ -16,7 +16,9 @@ from seed_hf.callbacks import DatasetEpochCallback
 from seed_hf.runs import COMPLETE_MARKER
 
 PRIVATE_TRAINER_NAMES = {
-    name for name in dir(Trainer) if name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+    name
+    for name in dir(Trainer)
+    if name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 }
 
 

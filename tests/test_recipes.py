@@ -118,7 +118,9 @@ def test_recipes_carry_the_official_settings():
 
 def test_student_model_args_shared_or_per_student():
     both = ["efficientnet_b0", "mobilenetv3_large_100"]
-    assert run_seed.student_model_args_for("resnet18", ["resnet18"], '{"drop_rate": 0.1}') == {"drop_rate": 0.1}
+    assert run_seed.student_model_args_for("resnet18", ["resnet18"], '{"drop_rate": 0.1}') == {
+        "drop_rate": 0.1
+    }
     assert run_seed.student_model_args_for(both[1], both, '{"drop_rate": 0.1}') == {"drop_rate": 0.1}
     per_student = '{"efficientnet_b0": {"drop_path_rate": 0.2}, "mobilenetv3_large_100": {"drop_rate": 0.2}}'
     assert run_seed.student_model_args_for(both[1], both, per_student) == {"drop_rate": 0.2}

@@ -93,7 +93,9 @@ def test_an_epoch_holds_whole_optimizer_steps(shards, workers, accumulation):
     """With gradient accumulation, a process's batches per epoch are a multiple of the
     accumulation steps: the Trainer counts batches as global_step × accumulation, and would carry
     an epoch's incomplete last accumulation into the next epoch's first optimizer step."""
-    stream = ShardStream(shards, identify, shuffle_buffer_size=5, seed=0).configure(4, 1, 0, workers, accumulation)
+    stream = ShardStream(shards, identify, shuffle_buffer_size=5, seed=0).configure(
+        4, 1, 0, workers, accumulation
+    )
     for epoch in range(3):
         assert stream.batches_per_epoch(epoch) > 0
         assert stream.batches_per_epoch(epoch) % accumulation == 0, (epoch, stream.batches_per_epoch(epoch))

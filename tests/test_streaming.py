@@ -44,7 +44,9 @@ def _run(
     result = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=600)
     logs = result.stdout + result.stderr
     if "--kill_at" in options:
-        assert result.returncode != 0, logs[-3000:]  # killed (torchrun reports the child's SIGKILL as a failure)
+        assert result.returncode != 0, logs[
+            -3000:
+        ]  # killed (torchrun reports the child's SIGKILL as a failure)
         return [], logs
     assert result.returncode == 0, logs[-5000:]
     return [json.loads((out / f"ids_rank{r}.json").read_text()) for r in range(nproc)], logs
@@ -84,6 +86,7 @@ def test_sigkilled_stream_resumes_bit_identical(tmp_path, fmt, nproc):
     killed after step 9 and resumed from checkpoint-8, the run ends bit-identical to an uninterrupted
     one, having trained on the same images in the same order (across an epoch boundary)."""
     import torch
+
     files = write_jpeg_shards(tmp_path / "data", fmt, shards=4 * nproc, rows=6)
     # 2 × nproc readers of 2 shards (12 rows, 6 batches of 2) each: 12 batches per epoch and process
     common = ["--workers", "2", "--save_steps", "4", "--augmentation", "moco_v2"]

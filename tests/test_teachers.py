@@ -290,8 +290,14 @@ def _tiny_vision_backbone(kind):
         # a feature map (n, c, h, w) and no pooled output
         "segformer": lambda: tr.SegformerModel(
             tr.SegformerConfig(
-                num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 40],
-                num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2],
+                num_encoder_blocks=2,
+                depths=[1, 1],
+                sr_ratios=[2, 1],
+                hidden_sizes=[8, 40],
+                num_attention_heads=[1, 2],
+                patch_sizes=[7, 3],
+                strides=[4, 2],
+                mlp_ratios=[2, 2],
             )
         ),
     }
@@ -301,8 +307,17 @@ def _tiny_vision_backbone(kind):
 
 
 VISION_FAMILIES = [
-    "vit", "dinov2", "dinov2_registers", "dinov3_vit", "dinov3_convnext", "convnext", "resnet",
-    "clip_vision", "clip_vision_projection", "siglip_vision", "segformer",
+    "vit",
+    "dinov2",
+    "dinov2_registers",
+    "dinov3_vit",
+    "dinov3_convnext",
+    "convnext",
+    "resnet",
+    "clip_vision",
+    "clip_vision_projection",
+    "siglip_vision",
+    "segformer",
 ]
 
 
@@ -345,7 +360,11 @@ def test_transformers_folder_without_preprocessor_config_needs_its_normalisation
     with pytest.raises(FileNotFoundError) as error:
         load_teacher(str(tmp_path))
     message = str(error.value)
-    assert "preprocessor_config.json" in message and "teacher_image_mean" in message and "teacher_image_std" in message
+    assert (
+        "preprocessor_config.json" in message
+        and "teacher_image_mean" in message
+        and "teacher_image_std" in message
+    )
     teacher = load_teacher(str(tmp_path), teacher_image_mean=[0.5] * 3, teacher_image_std=[0.25] * 3)
     assert teacher.expected_mean == [0.5] * 3 and teacher.expected_std == [0.25] * 3
     assert teacher.normalization == {"mean": [0.5] * 3, "std": [0.25] * 3}
@@ -387,9 +406,21 @@ def test_run_seed_passes_the_teacher_normalisation_flags(tmp_path, monkeypatch):
 
     monkeypatch.setattr(run_seed, "load_teacher", fake_load_teacher)
     argv = [
-        "--teacher_name_or_path", str(tmp_path), "--teacher_image_mean", "0.5", "0.5", "0.5",
-        "--teacher_image_std", "0.25", "0.25", "0.25", "--output_dir", str(tmp_path / "out"),
-        "--use_cpu", "--report_to", "none",
+        "--teacher_name_or_path",
+        str(tmp_path),
+        "--teacher_image_mean",
+        "0.5",
+        "0.5",
+        "0.5",
+        "--teacher_image_std",
+        "0.25",
+        "0.25",
+        "0.25",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--use_cpu",
+        "--report_to",
+        "none",
     ]
     with pytest.raises(RuntimeError, match="stop here"):
         run_seed.main(argv)
@@ -410,7 +441,12 @@ def test_classification_checkpoint_distils_its_cls_token_not_a_random_pooler(tmp
 
     torch.manual_seed(0)
     config = ViTConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
     )
     classifier = ViTForImageClassification(config).eval()  # its base model has no pooler
     classifier.save_pretrained(tmp_path)

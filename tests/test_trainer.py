@@ -136,7 +136,9 @@ def test_validation_of_sizes_channels_and_precision(tmp_path):
 
     small_vit = {"depth": 1, "embed_dim": 32, "num_heads": 2}
     with pytest.raises(ValueError, match="image_size=32"):  # a 224-px ViT: refused when built
-        SeedForDistillation(tiny_seed_config(student_architecture="vit_tiny_patch16_224", student_model_args=small_vit))
+        SeedForDistillation(
+            tiny_seed_config(student_architecture="vit_tiny_patch16_224", student_model_args=small_vit)
+        )
     vit = SeedForDistillation(
         tiny_seed_config(
             student_architecture="vit_tiny_patch16_224",
@@ -296,7 +298,9 @@ def test_weight_decay_on_every_parameter(tmp_path):
     official = groups(decay_all_parameters=True)
     assert official[1e-4] == set(names.values()) and not official.get(0.0)
     default = groups()
-    assert any(n.endswith("bias") for n in default[0.0]) and not any(n.endswith("bias") for n in default[1e-4])
+    assert any(n.endswith("bias") for n in default[0.0]) and not any(
+        n.endswith("bias") for n in default[1e-4]
+    )
 
 
 class _RecordingSeedTrainer(SeedTrainer):
@@ -317,8 +321,16 @@ def test_plain_accelerate_loop_matches_seed_trainer(tmp_path):
     trainer = _RecordingSeedTrainer(
         model=tiny_student(),
         teacher=teacher,
-        args=_args(tmp_path, max_steps=5, learning_rate=0.05, lr_scheduler_type="constant", weight_decay=0.0,
-                   optimize_teacher=False, teacher_dtype="float32", max_grad_norm=0.0),
+        args=_args(
+            tmp_path,
+            max_steps=5,
+            learning_rate=0.05,
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            optimize_teacher=False,
+            teacher_dtype="float32",
+            max_grad_norm=0.0,
+        ),
         train_dataset=TensorImages(64),
         data_collator=collate_batch,
     )

@@ -85,7 +85,9 @@ def test_eval_subsets_of_a_class_sorted_folder_are_balanced_and_recorded(tmp_pat
 @requires_fashion_mnist
 def test_knn_monitor_subset_holds_every_class(tmp_path):
     folders = class_sorted_folders(tmp_path, {"train": 30, "val": 10})
-    data = load_labelled_splits(train_dir=str(folders["train"]), validation_dir=str(folders["val"])).subsample(20, 8)
+    data = load_labelled_splits(
+        train_dir=str(folders["train"]), validation_dir=str(folders["val"])
+    ).subsample(20, 8)
     assert sorted(set(data.train_labels.tolist())) == [0, 1, 2, 3]
     assert sorted(set(data.eval_labels.tolist())) == [0, 1, 2, 3]
 
@@ -206,7 +208,10 @@ def test_a_second_run_into_a_locked_folder_is_refused_and_a_dead_owner_is_taken_
         assert holder.stdout.readline().strip() == "locked"
         for main, model in ((run_moco.main, ["--architecture", "test_resnet", "--key_bn_splits", "2"]),
                             (run_seed.main, ["--teacher_name_or_path", "test_resnet", "--allow_random_teacher"])):  # fmt: skip
-            with pytest.raises(RuntimeError, match=f"process {holder.pid} on .* holds its lock .*{run_lock_files(out)[0].name}"):
+            with pytest.raises(
+                RuntimeError,
+                match=f"process {holder.pid} on .* holds its lock .*{run_lock_files(out)[0].name}",
+            ):
                 main([*model, "--queue_size", "64", "--output_dir", str(out), *TRAIN])
         assert not (out / "model.safetensors").exists() and not list(out.glob("checkpoint-*"))
     finally:
@@ -235,8 +240,17 @@ def test_pixel_baselines_on_mixed_sizes_refuse_or_resize_as_stated(tmp_path):
             folder.mkdir(parents=True)
             for i in range(6):
                 size = (20 + 4 * (i % 3), 24)
-                Image.fromarray((rng.random(size[::-1] + (3,)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    common = ["--models", "pixels", "--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val")]
+                Image.fromarray((rng.random(size[::-1] + (3,)) * 255).astype(np.uint8)).save(
+                    folder / f"{i}.png"
+                )
+    common = [
+        "--models",
+        "pixels",
+        "--train_dir",
+        str(tmp_path / "train"),
+        "--validation_dir",
+        str(tmp_path / "val"),
+    ]
     with pytest.raises(ValueError, match="different sizes: pass --pixel_size N"):
         run_eval.main(common)
     (row,) = run_eval.main([*common, "--pixel_size", "16"])
@@ -252,11 +266,15 @@ def test_library_api_checks_the_first_batch_against_the_config(tmp_path):
         output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8, use_cpu=True, report_to="none",
         disable_tqdm=True, save_strategy="no",
     )  # fmt: skip
-    default = SeedForDistillation(SeedConfig(student_architecture="test_resnet", queue_size=40, projection_dim=16))
+    default = SeedForDistillation(
+        SeedConfig(student_architecture="test_resnet", queue_size=40, projection_dim=16)
+    )
     assert default.config.image_size == 224  # left at its defaults, trained on 32-px images
     trainer = SeedTrainer(model=default, teacher=tiny_teacher(), args=args, train_dataset=TensorImages(16),
                           data_collator=collate_batch)  # fmt: skip
-    with pytest.raises(ValueError, match="holds 3×32×32 images, but the model's config says in_chans=3, image_size=224"):
+    with pytest.raises(
+        ValueError, match="holds 3×32×32 images, but the model's config says in_chans=3, image_size=224"
+    ):
         trainer.train()
 
     data = TensorImages(16)
@@ -276,8 +294,16 @@ def test_teacher_record_license_flows_into_the_students_card(tmp_path, caplog):
     _moco_v2_checkpoint(tmp_path / "moco.pth")
     teacher = load_teacher("test_resnet", tmp_path / "moco.pth")
     record = teacher.record
-    assert (record.kind, record.layout, record.license, record.checkpoint) == ("timm", "moco", "cc-by-nc-4.0", "moco.pth")
-    assert record.sha256 == weights_fingerprint("test_resnet", tmp_path / "moco.pth") and record.embedding == "head"
+    assert (record.kind, record.layout, record.license, record.checkpoint) == (
+        "timm",
+        "moco",
+        "cc-by-nc-4.0",
+        "moco.pth",
+    )
+    assert (
+        record.sha256 == weights_fingerprint("test_resnet", tmp_path / "moco.pth")
+        and record.embedding == "head"
+    )
 
     student = tiny_student()
     student.config.teacher = record.to_dict()  # what SeedTrainer writes
@@ -305,10 +331,20 @@ def test_teacher_resolution_is_recorded_warned_about_and_resized_for(tmp_path, c
     args = SeedTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=8,
                                  use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no")  # fmt: skip
     teacher = load_teacher(str(tmp_path / "teacher"))
-    assert (teacher.record.image_size, teacher.record.license, teacher.record.ssl_method) == (64, "mit", "moco_v2")
+    assert (teacher.record.image_size, teacher.record.license, teacher.record.ssl_method) == (
+        64,
+        "mit",
+        "moco_v2",
+    )
     student = tiny_student(image_size=32)
     with caplog.at_level("WARNING"):
-        SeedTrainer(model=student, teacher=teacher, args=args, train_dataset=TensorImages(16), data_collator=collate_batch)
+        SeedTrainer(
+            model=student,
+            teacher=teacher,
+            args=args,
+            train_dataset=TensorImages(16),
+            data_collator=collate_batch,
+        )
     assert "was trained at 64 px and the student's views are 32 px" in caplog.text
     assert student.config.teacher["image_size"] == 64 and student.config.teacher["license"] == "mit"
 

@@ -68,7 +68,9 @@ def test_recipe_at_any_position_and_any_case_with_later_flags_winning(tmp_path, 
 
 
 def test_vit_student_of_another_input_size_is_caught_at_build_time():
-    config = SeedConfig(student_architecture="vit_tiny_patch16_224", image_size=32, queue_size=16, projection_dim=8)
+    config = SeedConfig(
+        student_architecture="vit_tiny_patch16_224", image_size=32, queue_size=16, projection_dim=8
+    )
     with pytest.raises(ValueError) as error:
         SeedForDistillation(config)
     message = str(error.value)

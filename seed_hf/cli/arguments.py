@@ -105,13 +105,18 @@ class DataTrainingArguments:
     knn_dataset_name: str | None = field(
         default=None, metadata={"help": "Labelled datasets id of the kNN monitor (with --knn_label_column)."}
     )
-    knn_train_dir: str | None = field(default=None, metadata={"help": "Labelled imagefolder: kNN monitor's train side."})
-    knn_validation_dir: str | None = field(default=None, metadata={"help": "Labelled imagefolder evaluated by the kNN monitor."})
+    knn_train_dir: str | None = field(
+        default=None, metadata={"help": "Labelled imagefolder: kNN monitor's train side."}
+    )
+    knn_validation_dir: str | None = field(
+        default=None, metadata={"help": "Labelled imagefolder evaluated by the kNN monitor."}
+    )
     knn_image_column: str = field(default="image", metadata={"help": "Image column of --knn_dataset_name."})
     knn_label_column: str = field(default="label", metadata={"help": "Label column of --knn_dataset_name."})
     knn_train_split: str = field(default="train", metadata={"help": "Split of --knn_dataset_name to fit on."})
     knn_validation_split: str | None = field(
-        default=None, metadata={"help": "Split of --knn_dataset_name to evaluate (default validation, else test)."}
+        default=None,
+        metadata={"help": "Split of --knn_dataset_name to evaluate (default validation, else test)."},
     )
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
 
@@ -247,7 +252,12 @@ def _recipe_flags(parser, path: str) -> list[str]:
         raise SystemExit(
             f"error: recipe {path} must hold a JSON object of flag names to values, got a {type(recipe).__name__}."
         )
-    options = {option[2:] for action in parser._actions for option in action.option_strings if option.startswith("--")}
+    options = {
+        option[2:]
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--")
+    }
     dests = sorted({action.dest for action in parser._actions if action.option_strings} - {"help"})
     unknown = [key for key in recipe if not key.startswith("_") and key not in options]
     if unknown:
@@ -288,14 +298,25 @@ class OnnxArguments:
             "Implies --onnx."
         },
     )
-    onnx_atol: float = field(default=1e-4, metadata={"help": "Largest max abs difference ONNX vs PyTorch accepted."})
+    onnx_atol: float = field(
+        default=1e-4, metadata={"help": "Largest max abs difference ONNX vs PyTorch accepted."}
+    )
     onnx_opset: int = field(default=17, metadata={"help": "ONNX opset of the graphs."})
-    onnx_dataset_name: str | None = field(default=None, metadata={"help": "Labelled datasets id for --onnx_int8."})
-    onnx_train_dir: str | None = field(default=None, metadata={"help": "Labelled imagefolder: calibration + kNN train side."})
-    onnx_validation_dir: str | None = field(default=None, metadata={"help": "Labelled imagefolder: kNN evaluation side."})
-    onnx_train_split: str = field(default="train", metadata={"help": "Split of --onnx_dataset_name to calibrate / fit on."})
+    onnx_dataset_name: str | None = field(
+        default=None, metadata={"help": "Labelled datasets id for --onnx_int8."}
+    )
+    onnx_train_dir: str | None = field(
+        default=None, metadata={"help": "Labelled imagefolder: calibration + kNN train side."}
+    )
+    onnx_validation_dir: str | None = field(
+        default=None, metadata={"help": "Labelled imagefolder: kNN evaluation side."}
+    )
+    onnx_train_split: str = field(
+        default="train", metadata={"help": "Split of --onnx_dataset_name to calibrate / fit on."}
+    )
     onnx_validation_split: str | None = field(
-        default=None, metadata={"help": "Split of --onnx_dataset_name to evaluate (default validation, else test)."}
+        default=None,
+        metadata={"help": "Split of --onnx_dataset_name to evaluate (default validation, else test)."},
     )
     onnx_image_column: str = field(default="image", metadata={"help": "Image column of --onnx_dataset_name."})
     onnx_label_column: str = field(default="label", metadata={"help": "Label column of --onnx_dataset_name."})
@@ -304,5 +325,6 @@ class OnnxArguments:
         default=None, metadata={"help": "kNN on N train images (class-balanced seeded draw); default all."}
     )
     onnx_max_eval_samples: int | None = field(
-        default=None, metadata={"help": "kNN on N evaluation images (class-balanced seeded draw); default all."}
+        default=None,
+        metadata={"help": "kNN on N evaluation images (class-balanced seeded draw); default all."},
     )

@@ -29,7 +29,9 @@ def flag_names(sources: Iterable[Any], aliases: Mapping[str, str] | None = None)
             for dataclass_type in source.dataclass_types:
                 flags |= {f.name: f"--{f.name}" for f in dataclasses.fields(dataclass_type)}
         else:
-            raise TypeError(f"flag_names takes dataclasses or HfArgumentParsers, got {type(source).__name__}.")
+            raise TypeError(
+                f"flag_names takes dataclasses or HfArgumentParsers, got {type(source).__name__}."
+            )
     return flags | dict(aliases or {})
 
 

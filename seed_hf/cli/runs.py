@@ -155,7 +155,9 @@ def resolve_checkpoint(training_args) -> str | None:
             name
             for name in os.listdir(output_dir)
             if name not in ours
-            and not (name.startswith("checkpoint-") and not is_complete_checkpoint(os.path.join(output_dir, name)))
+            and not (
+                name.startswith("checkpoint-") and not is_complete_checkpoint(os.path.join(output_dir, name))
+            )
         ]
         if last is None and leftovers:
             raise ValueError(
@@ -168,7 +170,9 @@ def resolve_checkpoint(training_args) -> str | None:
     return None
 
 
-def train_and_save(trainer, resume_from_checkpoint: str | None, run_info: dict[str, Any] | None = None) -> dict:
+def train_and_save(
+    trainer, resume_from_checkpoint: str | None, run_info: dict[str, Any] | None = None
+) -> dict:
     """``train`` → ``save_model`` → metrics and state files, as the transformers examples do. A
     resumed run that had nothing left to train keeps the results it saved when it finished.
     ``run_info`` (data, method, teacher) is written to ``output_dir/run_info.json`` for exports
@@ -194,4 +198,3 @@ def train_and_save(trainer, resume_from_checkpoint: str | None, run_info: dict[s
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     return result.metrics
-

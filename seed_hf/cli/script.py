@@ -46,7 +46,11 @@ LABELLED_DATA_FLAGS = {
     for prefix in ("knn", "onnx")
 }
 # export_onnx's parameters -> the flags that set them
-ONNX_FLAGS = {"atol": "--onnx_atol", "opset": "--onnx_opset", "eval_data": "--onnx_dataset_name / --onnx_train_dir"}
+ONNX_FLAGS = {
+    "atol": "--onnx_atol",
+    "opset": "--onnx_opset",
+    "eval_data": "--onnx_dataset_name / --onnx_train_dir",
+}
 
 
 def setup_logging(training_args) -> logging.Logger:
@@ -166,5 +170,7 @@ def onnx_export_options(args: OnnxArguments) -> dict[str, Any] | None:
     options: dict[str, Any] = {"int8": args.onnx_int8, "atol": args.onnx_atol, "opset": args.onnx_opset}
     if args.onnx_int8:
         with flags_in_errors(OnnxArguments, aliases=LABELLED_DATA_FLAGS["onnx"]):
-            options["eval_data"] = _labelled(args, "onnx").subsample(args.onnx_max_train_samples, args.onnx_max_eval_samples)
+            options["eval_data"] = _labelled(args, "onnx").subsample(
+                args.onnx_max_train_samples, args.onnx_max_eval_samples
+            )
     return options

@@ -1,6 +1,6 @@
 """Training data: sources (:mod:`.sources`), decoding (:mod:`.decode`), per-sample seeded rows
-(:mod:`.rows`), exactly resumable shard streams (:mod:`.shard_stream`), augmentation per image
-(:mod:`.transforms`, OpenCV kernels in :mod:`.opencv_kernels`, crop-aware JPEG decode in
+(:mod:`.rows`), exactly resumable shard streams (:mod:`.shard_stream`), augmentation presets (:mod:`.augmentation`, one
+table for both paths), per image (:mod:`.transforms`, OpenCV kernels in :mod:`.opencv_kernels`, crop-aware JPEG decode in
 :mod:`.crop_decode`) and batched on the GPU (:mod:`.batched_transforms`, :mod:`.gpu_input`), and
 Fashion-MNIST (:mod:`.fashion_mnist`). Nothing here knows the example scripts' arguments: a
 source is a :class:`TrainSource`, its views a :class:`TrainData`."""

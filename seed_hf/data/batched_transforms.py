@@ -11,6 +11,10 @@ same operations run on a batch with **per-sample** random parameters:
 * ColorJitter (brightness, contrast, saturation, hue; per-sample random order as torchvision),
   RandomGrayscale, Gaussian blur (per-sample σ), horizontal flip, in the preset's order.
 
+Presets: :meth:`BatchedSSLTransform.from_preset` reads :data:`seed_hf.data.augmentation.PRESETS`,
+the same table as the per-image path (flip commutes with the pixel-wise colour ops and the
+symmetric blur, so only grayscale-before-jitter is kept of a preset's order).
+
 Input: a uint8 or float batch ``(n, c, h, w)`` in [0, 255] / [0, 1], or a list of uint8
 ``(c, h_i, w_i)`` images of different sizes (decoded JPEGs, :mod:`seed_hf.data.gpu_input`); output:
 float ``(n, c, size, size)`` normalised with ``mean``/``std``.
@@ -29,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from .transforms import _blur_kernel
+from .augmentation import PRESETS, AugmentationSpec, blur_kernel_size
 
 __all__ = ["BatchedSSLTransform", "random_resized_crop_boxes", "batched_color_jitter", "BATCHED_PRESETS"]
 
@@ -106,7 +110,9 @@ def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
     h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
     h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
+    s = torch.where(
+        maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc)
+    )
     h = (h + shift.view(-1, 1, 1)) % 1.0
     i = torch.floor(h * 6.0)
     f = h * 6.0 - i
@@ -172,18 +178,11 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> to
     return y.view(n, c, h, w)
 
 
-# build_ssl_transform's presets as batched parameters (fields of BatchedSSLTransform that differ
-# from moco_v2). Flip commutes with the pixel-wise colour ops and the symmetric blur, so its place
-# in a preset's order does not change the distribution; grayscale before jitter (moco_v1) does.
-BATCHED_PRESETS: dict[str, dict] = {
-    "moco_v2": {},
-    "seed_swav": {"scale": (0.14, 1.0)},
-    "moco_v1": {"jitter": (0.4, 0.4, 0.4, 0.4), "jitter_p": 1.0, "blur_p": 0.0, "grayscale_first": True},
-    "seed_simclr": {"jitter": (0.4, 0.4, 0.4, 0.4), "jitter_p": 1.0, "blur_p": 0.0, "grayscale_first": True},
-    "simclr": {"scale": (0.08, 1.0), "jitter": (0.8, 0.8, 0.8, 0.2)},
-    "swav": {"scale": (0.14, 1.0), "jitter": (0.8, 0.8, 0.8, 0.2)},
-    "grayscale_small": {"scale": (0.3, 1.0), "jitter": (0.4, 0.4, 0.0, 0.0), "grayscale_p": 0.0, "blur_p": 0.0},
-}
+# the presets of seed_hf.data.augmentation.PRESETS that have a batched version (from_preset reads
+# PRESETS itself; this mapping names them for the command line)
+BATCHED_PRESETS: dict[str, AugmentationSpec] = {name: spec for name, spec in PRESETS.items() if spec.batched}
+
+_DEFAULT = PRESETS["moco_v2"]  # BatchedSSLTransform's field defaults
 
 
 @dataclass
@@ -197,32 +196,39 @@ class BatchedSSLTransform:
         jitter: ``(brightness, contrast, saturation, hue)`` of ColorJitter.
         jitter_p: probability of the colour jitter.
         grayscale_p: probability of RandomGrayscale.
-        blur_p: probability of the Gaussian blur (σ ∈ [0.1, 2.0], kernel 10% of the side, as the
-            CPU presets).
+        blur_p: probability of the Gaussian blur (kernel 10% of the side, as the CPU presets:
+            ``seed_hf.data.augmentation.blur_kernel_size``).
         flip_p: probability of the horizontal flip.
         grayscale_first: RandomGrayscale before the jitter (``moco_v1``) instead of after it.
+        blur_sigma: range of the blur's per-sample σ.
+
+    The defaults are ``moco_v2``'s; :meth:`from_preset` takes every field from
+    ``seed_hf.data.augmentation.PRESETS``, the table the per-image path reads too.
     """
 
     image_size: int
     mean: Sequence[float]
     std: Sequence[float]
-    scale: tuple[float, float] = (0.2, 1.0)
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
-    flip_p: float = 0.5
-    grayscale_first: bool = False
+    scale: tuple[float, float] = _DEFAULT.scale
+    jitter: tuple[float, float, float, float] = _DEFAULT.jitter
+    jitter_p: float = _DEFAULT.jitter_p
+    grayscale_p: float = _DEFAULT.grayscale_p
+    blur_p: float = _DEFAULT.blur_p
+    flip_p: float = _DEFAULT.flip_p
+    grayscale_first: bool = _DEFAULT.grayscale_first
+    blur_sigma: tuple[float, float] = _DEFAULT.blur_sigma
 
     @classmethod
     def from_preset(
         cls, preset: str, image_size: int, mean, std, scale: tuple[float, float] | None = None
     ) -> BatchedSSLTransform:
         """The batched twin of ``build_ssl_transform(preset, image_size, mean, std, scale)``: every
-        preset but ``none`` (``BATCHED_PRESETS``)."""
-        if preset not in BATCHED_PRESETS:
-            raise ValueError(f"batched preset must be one of {tuple(BATCHED_PRESETS)}, got {preset!r}.")
-        fields = dict(BATCHED_PRESETS[preset])
+        preset of ``seed_hf.data.augmentation.PRESETS`` marked ``batched`` (all but ``none``)."""
+        spec = PRESETS.get(preset)
+        if spec is None or not spec.batched:
+            batched = tuple(name for name, s in PRESETS.items() if s.batched)
+            raise ValueError(f"batched preset must be one of {batched}, got {preset!r}.")
+        fields = spec.batched_fields()
         if scale is not None:
             fields["scale"] = tuple(scale)
         return cls(image_size, mean, std, **fields)
@@ -259,12 +265,16 @@ class BatchedSSLTransform:
             for i, image in enumerate(images):
                 by_shape.setdefault(tuple(image.shape), []).append(i)
             rows = list(by_shape.values())
-            batches = [torch.stack([images[i] for i in r]) if len(r) > 1 else images[r[0]].unsqueeze(0) for r in rows]
+            batches = [
+                torch.stack([images[i] for i in r]) if len(r) > 1 else images[r[0]].unsqueeze(0) for r in rows
+            ]
         order = torch.tensor([i for r in rows for i in r])
         index_in_group = torch.cat([torch.arange(len(r)) for r in rows])
         if len(rows) > 1:  # grouped order (boxes of a list live on the host)
             boxes = boxes[order.to(boxes.device, non_blocking=True)]
-        rois = torch.cat([index_in_group.to(boxes.device, boxes.dtype, non_blocking=True).unsqueeze(1), boxes], 1)
+        rois = torch.cat(
+            [index_in_group.to(boxes.device, boxes.dtype, non_blocking=True).unsqueeze(1), boxes], 1
+        )
         device = batches[0].device
         rois = rois.to(device, torch.float32, non_blocking=True)
         starts = [0, *torch.tensor([len(r) for r in rows]).cumsum(0).tolist()]
@@ -291,8 +301,10 @@ class BatchedSSLTransform:
             x = self._random_grayscale(x, generator)
         if self.blur_p > 0:
             blur = torch.rand(n, device=device, generator=generator) < self.blur_p
-            sigma = _uniform(n, 0.1, 2.0, generator, device)
-            x = torch.where(blur.view(-1, 1, 1, 1), _gaussian_blur(x, sigma, _blur_kernel(self.image_size)), x)
+            sigma = _uniform(n, *self.blur_sigma, generator, device)
+            x = torch.where(
+                blur.view(-1, 1, 1, 1), _gaussian_blur(x, sigma, blur_kernel_size(self.image_size)), x
+            )
         if self.flip_p > 0:
             flip = torch.rand(n, device=device, generator=generator) < self.flip_p
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
@@ -311,7 +323,10 @@ class BatchedSSLTransform:
         cache = self.__dict__.setdefault("_normalisation_cache", {})
         if device not in cache:
             mean, std = torch.tensor(list(self.mean)), torch.tensor(list(self.std))
-            cache[device] = ((1 / std).view(1, -1, 1, 1).to(device), (-mean / std).view(1, -1, 1, 1).to(device))
+            cache[device] = (
+                (1 / std).view(1, -1, 1, 1).to(device),
+                (-mean / std).view(1, -1, 1, 1).to(device),
+            )
         return cache[device]
 
     @torch.no_grad()

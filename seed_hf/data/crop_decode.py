@@ -10,7 +10,7 @@ then never fully decoded for a small view.
 When it pays: the reduction applies when the box is at least twice the output on both sides.
 At 224 px that needs boxes of 448 × 448 or more, so ImageNet's typical 500 × 375 photos are
 decoded at full scale (the gain there is the resize, below); photos of 1000 px and more, and
-the 96-px small crops, decode at 1/2 to 1/8 of the pixels (``benchmarks/SCALE_NOTES.md``).
+the 96-px small crops, decode at 1/2 to 1/8 of the pixels (README, "ImageNet at scale").
 
 The resize after the crop is :func:`reducing_resize` (integer area reduction, then bilinear),
 several times faster than OpenCV's area resize at the non-integer factors a random crop has,
@@ -19,7 +19,7 @@ decode path (``tests/test_crop_decode.py`` measures and bounds the difference); 
 parameters, and the RNG state after the transform, are identical.
 
 Inputs the header cannot describe (other formats, truncated files, headers PIL rejects) are
-not wrapped: they go through ``seed_hf.data.decode.decode_image`` as before, which skips and counts
+not wrapped: they go through ``seed_hf.data.decode.decode_image`` (a full decode), which skips and counts
 corrupt data. Data that passes the header check but fails to decode raises
 :class:`UndecodableImage`, which ``ImageColumnTransform`` skips and counts the same way.
 """
@@ -118,7 +118,9 @@ def encoded_jpeg(value: Any, in_chans: int) -> EncodedJpeg | None:
     if not isinstance(value, (bytes, bytearray)):
         return None
     data = bytes(value)
-    if not data.startswith(opencv_kernels.JPEG_START) or not data.rstrip(b"\x00\r\n ").endswith(opencv_kernels.JPEG_END):
+    if not data.startswith(opencv_kernels.JPEG_START) or not data.rstrip(b"\x00\r\n ").endswith(
+        opencv_kernels.JPEG_END
+    ):
         return None  # other formats and truncated files: the full-decode path decides
     try:
         with Image.open(io.BytesIO(data)) as image:  # lazy: parses the markers, decodes nothing
@@ -189,14 +191,23 @@ class CropAwareRandomResizedCrop(opencv_kernels.ArrayRandomResizedCrop):
         # exact: rounding the box to decoded pixels would shift the view by up to s/2 pixels)
         step_x, step_y = box_w / (out_w * scale), box_h / (out_h * scale)
         if step_x >= 2 or step_y >= 2:  # beyond 1/8: area-reduce the (rounded) box instead
-            view = array[round(top / scale) : round((top + box_h) / scale), round(left / scale) : round((left + box_w) / scale)]
+            view = array[
+                round(top / scale) : round((top + box_h) / scale),
+                round(left / scale) : round((left + box_w) / scale),
+            ]
             view = reducing_resize(np.ascontiguousarray(view), (out_h, out_w))
         else:  # bilinear taps at steps below 2 reach every decoded pixel: no aliasing
             inverse_map = np.array(
-                [[step_x, 0, (left + 0.5 * box_w / out_w) / scale - 0.5], [0, step_y, (top + 0.5 * box_h / out_h) / scale - 0.5]]
+                [
+                    [step_x, 0, (left + 0.5 * box_w / out_w) / scale - 0.5],
+                    [0, step_y, (top + 0.5 * box_h / out_h) / scale - 0.5],
+                ]
             )
             view = cv2.warpAffine(
-                array, inverse_map, (out_w, out_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                array,
+                inverse_map,
+                (out_w, out_h),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                 borderMode=cv2.BORDER_REPLICATE,
             )
         return cv2.cvtColor(view, cv2.COLOR_BGR2RGB) if view.ndim == 3 else view

@@ -62,7 +62,9 @@ def decode_image(
             value = value.get("bytes") or value.get("path")
         if to_array and isinstance(value, (str, os.PathLike)):
             value = Path(value).read_bytes()
-        decoded = opencv_kernels.decode_jpeg(value, in_chans) if to_array and isinstance(value, bytes) else None
+        decoded = (
+            opencv_kernels.decode_jpeg(value, in_chans) if to_array and isinstance(value, bytes) else None
+        )
         if decoded is None:  # PIL: every other format, and JPEGs OpenCV does not take
             decoded = _decode_with_pil(value, in_chans)
             decoded = np.asarray(decoded) if to_array else decoded
@@ -126,5 +128,3 @@ def collate_batch(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         elif isinstance(values[0], (int, np.integer)):
             batch[key] = torch.tensor(values)
     return batch
-
-

@@ -50,4 +50,3 @@ def load_fashion_mnist(
             )
     pick = lambda f: f if f.is_file() else f.with_suffix("")  # noqa: E731
     return _read_idx(pick(image_file)), _read_idx(pick(label_file)).astype(np.int64)
-

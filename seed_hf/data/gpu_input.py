@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from .augmentation import VIEW_KEYS
 from .batched_transforms import BatchedSSLTransform
 from .crop_decode import EncodedJpeg, UndecodableImage
 from .decode import SKIPPED_KEY, DecodeStats, collate_batch, decode_image
@@ -201,7 +202,9 @@ def decode_images(
     for row, image in zip(rows, decoded):
         ok = isinstance(image, torch.Tensor)
         if stats is not None:
-            stats.record(ok, "" if ok else f"nvJPEG and libjpeg-turbo failed: {image}", f"row {row} of a batch")
+            stats.record(
+                ok, "" if ok else f"nvJPEG and libjpeg-turbo failed: {image}", f"row {row} of a batch"
+            )
         images[row] = image if ok else None
     return images
 
@@ -240,7 +243,7 @@ class DeviceInputTransform:
     ``num_skipped_images``; a batch without any decodable image raises, as ``collate_batch`` does.
     """
 
-    VIEW_KEYS = ("pixel_values", "pixel_values_k")
+    VIEW_KEYS = VIEW_KEYS
 
     def __init__(
         self,
@@ -269,7 +272,9 @@ class DeviceInputTransform:
         self.seed = seed
         self.stats = DecodeStats()
 
-    def _generators(self, encoded: EncodedImageBatch) -> tuple[torch.Generator | None, torch.Generator | None]:
+    def _generators(
+        self, encoded: EncodedImageBatch
+    ) -> tuple[torch.Generator | None, torch.Generator | None]:
         """The batch's (pixel-op, crop-box) generators: seeded from ``seed`` and the batch's bytes
         (image lengths, the last 64 bytes of each JPEG, and a sample of the pixels of the images
         decoded in the workers), or the configured ones."""
@@ -333,7 +338,9 @@ def build_device_transform(
     mean, std = config.image_mean, config.image_std
     num_small_crops = getattr(config, "num_small_crops", 0)
     small = (
-        BatchedSSLTransform.from_preset(augmentation, config.small_crop_size, mean, std, scale=config.small_crop_scale)
+        BatchedSSLTransform.from_preset(
+            augmentation, config.small_crop_size, mean, std, scale=config.small_crop_scale
+        )
         if num_small_crops
         else None
     )

@@ -129,9 +129,7 @@ _ARRAY_TYPES = (np.ndarray, torch.Tensor, Image.Image)
 def _size_probe(flat_inputs: list[Any]) -> list[Any]:
     """torchvision samples parameters from an image's size: a storage-free tensor of the array's
     (h, w) stands in for ndarrays, which torchvision does not know."""
-    return [
-        torch.empty((0, *x.shape[:2])) if isinstance(x, np.ndarray) else x for x in flat_inputs
-    ]
+    return [torch.empty((0, *x.shape[:2])) if isinstance(x, np.ndarray) else x for x in flat_inputs]
 
 
 class ArrayRandomResizedCrop(v2.RandomResizedCrop):

@@ -207,7 +207,11 @@ class ImageColumnTransform:
 
 
 def seeded_row_example(
-    transform: Callable[[dict[str, list]], dict[str, list]], row: dict[str, Any], seed: int, epoch: int, sample_id: int
+    transform: Callable[[dict[str, list]], dict[str, list]],
+    row: dict[str, Any],
+    seed: int,
+    epoch: int,
+    sample_id: int,
 ) -> dict[str, Any]:
     """One training example from one source row: ``transform`` (an :class:`ImageColumnTransform`,
     which takes batches of rows) applied to the row under :func:`per_sample_rng`."""
@@ -247,5 +251,3 @@ class SeededRowDataset(PerSampleSeeded):
             self._example({key: values[i] for key, values in columns.items()}, int(index))
             for i, index in enumerate(indices)
         ]
-
-

@@ -46,7 +46,14 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .rows import seeded_row_example
 
-__all__ = ["ShardStream", "ShardIndex", "StreamPosition", "count_rows", "locate_batches", "warn_on_uneven_shards"]
+__all__ = [
+    "ShardStream",
+    "ShardIndex",
+    "StreamPosition",
+    "count_rows",
+    "locate_batches",
+    "warn_on_uneven_shards",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +125,8 @@ class ShardIndex:
     """Row access to one shard: its row count, sequential reads from any row, and reads of
     chosen rows (grouped by parquet row group / tar offsets)."""
 
-    def __init__(self, path: str, columns: Sequence[str] | None = None):
+    def __init__(self, path: str):
         self.path = path
-        self.columns = list(columns) if columns else None
         self._samples: list[_TarSample] | None = None
         self._row_groups: list[int] | None = None
 
@@ -162,7 +168,7 @@ class ShardIndex:
             for row in wanted:
                 by_group.setdefault(bisect.bisect_right(starts, row) - 1, []).append(row)
             for group, group_rows in by_group.items():
-                table = parquet.read_row_group(group, columns=self.columns)
+                table = parquet.read_row_group(group)
                 for row in group_rows:
                     out[row] = table.slice(row - starts[group], 1).to_pylist()[0]
         return out
@@ -184,7 +190,7 @@ class ShardIndex:
                 if first + count <= start:
                     first += count
                     continue
-                table = parquet.read_row_group(group, columns=self.columns)
+                table = parquet.read_row_group(group)
                 for offset, row in enumerate(table.to_pylist()):
                     if first + offset >= start:
                         yield first + offset, row
@@ -259,7 +265,9 @@ def locate_batches(batches: int, batches_per_epoch: Callable[[int], int]) -> Str
     while True:
         per_epoch = batches_per_epoch(epoch)
         if per_epoch <= 0:
-            raise ValueError("The stream yields no full batch per epoch: fewer rows than readers × batch size.")
+            raise ValueError(
+                "The stream yields no full batch per epoch: fewer rows than readers × batch size."
+            )
         if batches < per_epoch:
             return StreamPosition(epoch, batches)
         batches -= per_epoch
@@ -276,9 +284,7 @@ class ShardStream(IterableDataset):
             with ``pixel_values=None``; ``collate_batch`` drops and counts them).
         shuffle_buffer_size: rows held by each reader's shuffle buffer.
         seed: seeds shard order, shuffle buffers and augmentation.
-        columns: parquet columns to read (default: all).
-        row_counts: rows of each shard (sorted order), when known; counted otherwise.
-        max_rows: rows per epoch over all readers at most (``--max_train_samples``).
+        max_rows: rows per epoch over all readers at most (``max_train_samples``).
 
     Call :meth:`configure` (batch size, processes, workers, rank) before iterating; the trainers
     do it, and restore the position from ``global_step`` through a callback.
@@ -290,8 +296,6 @@ class ShardStream(IterableDataset):
         transform: Callable[[dict[str, list]], dict[str, list]],
         shuffle_buffer_size: int = 1000,
         seed: int = 0,
-        columns: Sequence[str] | None = None,
-        row_counts: Sequence[int] | None = None,
         max_rows: int | None = None,
     ):
         if not shards:
@@ -303,8 +307,7 @@ class ShardStream(IterableDataset):
         self.transform = transform
         self.shuffle_buffer_size = max(1, int(shuffle_buffer_size))
         self.seed = int(seed)
-        self.columns = list(columns) if columns else None
-        self.row_counts = list(row_counts) if row_counts is not None else count_rows(self.shards)
+        self.row_counts = count_rows(self.shards)
         self.max_rows = max_rows
         self.batch_size = 1
         self.num_processes = 1
@@ -341,7 +344,9 @@ class ShardStream(IterableDataset):
                 f"{self.num_shards} shard(s) for {self.num_readers} readers (processes × dataloader workers): every "
                 "reader needs at least one shard. Use fewer dataloader workers or more (smaller) shards."
             )
-        warn_on_uneven_shards(self.num_shards, self.num_processes, self.num_workers)  # each epoch drops the excess
+        warn_on_uneven_shards(
+            self.num_shards, self.num_processes, self.num_workers
+        )  # each epoch drops the excess
         return self
 
     @property
@@ -352,7 +357,9 @@ class ShardStream(IterableDataset):
         """Rows every reader yields in ``epoch``: the shortest reader's, in whole batches, and in
         a number of batches that makes the process's batches a multiple of the accumulation steps."""
         order = _epoch_shards(self.num_shards, self.seed, epoch)
-        totals = [sum(self.row_counts[s] for s in order[j :: self.num_readers]) for j in range(self.num_readers)]
+        totals = [
+            sum(self.row_counts[s] for s in order[j :: self.num_readers]) for j in range(self.num_readers)
+        ]
         rows = min(totals)
         if self.max_rows:
             rows = min(rows, self.max_rows // self.num_readers)
@@ -365,7 +372,9 @@ class ShardStream(IterableDataset):
         """Batches one process takes from the stream in ``epoch`` (memoised: asked at every step)."""
         key = (epoch, self.batch_size, self.num_readers, self.gradient_accumulation_steps, self.max_rows)
         if key not in self._batches_per_epoch:
-            self._batches_per_epoch[key] = self.rows_per_reader(epoch) // self.batch_size * max(1, self.num_workers)
+            self._batches_per_epoch[key] = (
+                self.rows_per_reader(epoch) // self.batch_size * max(1, self.num_workers)
+            )
         return self._batches_per_epoch[key]
 
     def resume_after(self, batches: int) -> StreamPosition:
@@ -436,7 +445,7 @@ class ShardStream(IterableDataset):
 
     def _index(self, shard: int) -> ShardIndex:
         if shard not in self._indexes:
-            self._indexes[shard] = ShardIndex(self.shards[shard], self.columns)
+            self._indexes[shard] = ShardIndex(self.shards[shard])
         return self._indexes[shard]
 
     def _read_positions(self, positions: set[Position]) -> dict[Position, Row]:
@@ -450,7 +459,9 @@ class ShardStream(IterableDataset):
                 self.rows_read += 1
         return out
 
-    def _sequential_rows(self, shards: Sequence[int], cursor: Position | None) -> Iterator[tuple[Position, Row]]:
+    def _sequential_rows(
+        self, shards: Sequence[int], cursor: Position | None
+    ) -> Iterator[tuple[Position, Row]]:
         """Rows after ``cursor`` (the last position read before the resume point), shard by shard."""
         started = cursor is None
         for shard in shards:

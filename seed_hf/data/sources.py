@@ -78,7 +78,9 @@ class TrainSource:
         if len(sources) > 1:
             raise ValueError("Pass at most one of `dataset_name`, `train_dir`, `train_files`.")
         if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ValueError(f"`max_train_samples` must be an integer ≥ 1 (or left unset), got {self.max_train_samples}.")
+            raise ValueError(
+                f"`max_train_samples` must be an integer ≥ 1 (or left unset), got {self.max_train_samples}."
+            )
 
     @property
     def is_fashion_mnist(self) -> bool:
@@ -173,7 +175,11 @@ class TrainData:
         """The source's record plus its views' (``run_info.json``, model cards)."""
         described = self.source.describe()
         subset = described.pop("train_subset", None)
-        described |= {"augmentation": self.augmentation, "image_size": self.image_size, "in_chans": self.in_chans}
+        described |= {
+            "augmentation": self.augmentation,
+            "image_size": self.image_size,
+            "in_chans": self.in_chans,
+        }
         if subset is not None:
             described["train_subset"] = subset
         return described
@@ -205,7 +211,9 @@ def build_train_dataset(
     else:
         backend = data.augmentation_backend
         small = (
-            build_ssl_transform(data.augmentation, small_crop_size, mean, std, scale=tuple(small_crop_scale), backend=backend)
+            build_ssl_transform(
+                data.augmentation, small_crop_size, mean, std, scale=tuple(small_crop_scale), backend=backend
+            )
             if num_small_crops
             else None
         )
@@ -221,7 +229,13 @@ def build_train_dataset(
 
 
 def _source_dataset(
-    source: TrainSource, transform, in_chans: int, to_array: bool, seed: int, world_size: int, num_workers: int
+    source: TrainSource,
+    transform,
+    in_chans: int,
+    to_array: bool,
+    seed: int,
+    world_size: int,
+    num_workers: int,
 ) -> Dataset:
     if source.is_fashion_mnist:
         images, labels = load_fashion_mnist("train", source.fashion_mnist_dir)
@@ -272,15 +286,21 @@ def load_image_dataset(
     from datasets import load_dataset
 
     if dataset_name is not None:
-        return load_dataset(dataset_name, dataset_config_name, split=split, streaming=streaming, cache_dir=cache_dir)
+        return load_dataset(
+            dataset_name, dataset_config_name, split=split, streaming=streaming, cache_dir=cache_dir
+        )
     if train_dir is not None:
         if not Path(train_dir).is_dir():
             raise FileNotFoundError(f"`train_dir` {train_dir!r} is not a folder.")
-        return load_dataset("imagefolder", data_dir=train_dir, split=split, streaming=streaming, cache_dir=cache_dir)
+        return load_dataset(
+            "imagefolder", data_dir=train_dir, split=split, streaming=streaming, cache_dir=cache_dir
+        )
     if train_files:
         files = list(train_files)
         builder = "webdataset" if all(str(f).endswith(".tar") for f in files) else "parquet"
-        return load_dataset(builder, data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir)
+        return load_dataset(
+            builder, data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir
+        )
     raise ValueError("Pass one of `dataset_name`, `train_dir` or `train_files`.")
 
 
@@ -303,7 +323,9 @@ def stream_shards(source: TrainSource) -> list[str] | None:
     elif source.dataset_name:
         from datasets import load_dataset_builder
 
-        builder = load_dataset_builder(source.dataset_name, source.dataset_config_name, cache_dir=source.cache_dir)
+        builder = load_dataset_builder(
+            source.dataset_name, source.dataset_config_name, cache_dir=source.cache_dir
+        )
         data_files = builder.config.data_files or {}
         if source.train_split not in data_files:
             return None
@@ -330,7 +352,9 @@ def expand_files(patterns: Sequence[str]) -> list[str]:
     return files
 
 
-def _shard_stream(source: TrainSource, shards, transform, in_chans: int, to_array: bool, seed: int) -> Dataset:
+def _shard_stream(
+    source: TrainSource, shards, transform, in_chans: int, to_array: bool, seed: int
+) -> Dataset:
     from .shard_stream import ShardIndex, ShardStream
 
     index = ShardIndex(shards[0])
@@ -343,7 +367,11 @@ def _shard_stream(source: TrainSource, shards, transform, in_chans: int, to_arra
     _check_decodable([row[image_column] for row in first.values()], image_column, in_chans, source, columns)
     apply = ImageColumnTransform(transform, image_column, in_chans, to_array=to_array)
     return ShardStream(
-        shards, apply, shuffle_buffer_size=source.shuffle_buffer_size, seed=seed, max_rows=source.max_train_samples
+        shards,
+        apply,
+        shuffle_buffer_size=source.shuffle_buffer_size,
+        seed=seed,
+        max_rows=source.max_train_samples,
     )
 
 
@@ -357,7 +385,11 @@ def undecoded_images(dataset, image_column: str, in_chans: int, source: TrainSou
     columns = list(dataset.column_names or [])
     try:
         dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
-        probe = dataset.take(num_probe) if source.streaming else dataset.select(range(min(num_probe, len(dataset))))
+        probe = (
+            dataset.take(num_probe)
+            if source.streaming
+            else dataset.select(range(min(num_probe, len(dataset))))
+        )
         cells = [row[image_column] for row in probe]
     except (TypeError, ValueError, NotImplementedError) as error:  # arrow: a column of other values
         raise ValueError(
@@ -368,7 +400,9 @@ def undecoded_images(dataset, image_column: str, in_chans: int, source: TrainSou
     return dataset
 
 
-def _check_decodable(cells, image_column: str, in_chans: int, source: TrainSource, columns: list[str]) -> None:
+def _check_decodable(
+    cells, image_column: str, in_chans: int, source: TrainSource, columns: list[str]
+) -> None:
     """Decodes the probe ``cells``: a source none of whose images decode (a wrong `image_column`,
     files that are not images) stops here, before training, not at the first batch."""
     cells = list(cells)

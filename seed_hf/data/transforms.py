@@ -2,8 +2,10 @@
 multi-view wrapper.
 
 Presets: ``moco_v2`` (default), ``moco_v1``, ``simclr``, ``swav``, the official SEED code's own
-``seed_simclr`` / ``seed_swav`` (weaker than SimCLR's / SwAV's, see :func:`build_ssl_transform`)
-and ``grayscale_small`` for 28-px grayscale data. Teacher and student see the same view.
+``seed_simclr`` / ``seed_swav`` (weaker than SimCLR's / SwAV's, see :mod:`seed_hf.data.augmentation`)
+and ``grayscale_small`` for 28-px grayscale data; their parameters live in
+:data:`seed_hf.data.augmentation.PRESETS`, the one table this module and the batched path read.
+Teacher and student see the same view.
 Two pixel backends draw the same random parameters from torch's RNG: ``opencv`` (default,
 ndarrays, fastest per core; kernels in ``seed_hf.data.opencv_kernels``, crop-aware JPEG decode in
 ``seed_hf.data.crop_decode``) and ``torchvision`` (PIL / tensor kernels). The batched GPU version of
@@ -22,6 +24,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
 from . import crop_decode, opencv_kernels
+from .augmentation import PRESETS, VIEW_KEYS, blur_kernel_size
 
 __all__ = [
     "AUGMENTATION_PRESETS",
@@ -33,17 +36,10 @@ __all__ = [
 ]
 
 
-AUGMENTATION_PRESETS = (
-    "moco_v2", "moco_v1", "simclr", "swav", "seed_simclr", "seed_swav", "grayscale_small", "none"
-)
+AUGMENTATION_PRESETS = tuple(PRESETS)  # the names of seed_hf.data.augmentation.PRESETS
 
 
 AUGMENTATION_BACKENDS = opencv_kernels.AUGMENTATION_BACKENDS
-
-
-def _blur_kernel(image_size: int) -> int:
-    kernel = max(3, int(0.1 * image_size))
-    return kernel if kernel % 2 == 1 else kernel + 1
 
 
 class RandomGaussianBlur:
@@ -102,6 +98,13 @@ _BACKEND_OPS = {
 }
 
 
+def _with_probability(op: Callable, p: float) -> list[Callable]:
+    """``[op]`` applied with probability ``p``: none at 0, ``op`` itself at 1 (no RNG draw)."""
+    if p <= 0:
+        return []
+    return [op] if p >= 1 else [v2.RandomApply([op], p=p)]
+
+
 def build_ssl_transform(
     preset: str = "moco_v2",
     image_size: int = 224,
@@ -119,62 +122,40 @@ def build_ssl_transform(
     (``seed_hf.data.opencv_kernels``); ``"torchvision"`` runs torchvision's PIL kernels on PIL images and
     its tensor kernels otherwise. Both draw the same random parameters from torch's RNG.
 
-    Presets (crop scale, then ops in order; jitter = brightness/contrast/saturation/hue, its
-    four ops in random order as torchvision's ``ColorJitter`` does):
-
-    * ``moco_v2``: scale (0.2, 1); jitter 0.4/0.4/0.4/0.1 p=0.8; grayscale p=0.2; blur p=0.5; flip.
-    * ``moco_v1``: scale (0.2, 1); grayscale p=0.2; jitter 0.4/0.4/0.4/0.4 always; flip.
-    * ``simclr`` / ``swav``: scale (0.08, 1) / (0.14, 1); flip; jitter 0.8/0.8/0.8/0.2 p=0.8;
-      grayscale p=0.2; blur p=0.5 (SimCLR's strength).
-    * ``seed_simclr``: what the official SEED code (jacobswan1/SEED ``tools/utils.py``
-      ``simclr_aug``, used by ``main.py`` for SimCLR teachers) actually runs: ``moco_v1``.
-    * ``seed_swav``: the official SEED ``swav_aug`` (SwAV teachers, ``main.py`` and
-      ``main_small-patch.py``; ``swav_small_aug`` with the small-crop scale): ``moco_v2`` with
-      scale (0.14, 1), in MoCo-v2's op order.
+    ``preset``: a name of :data:`seed_hf.data.augmentation.PRESETS`, which holds every preset's
+    parameters and op order (the batched path reads the same table); ``scale`` overrides its crop
+    scale. An op with probability 1 runs without a ``RandomApply`` draw, one with probability 0
+    is left out.
 
     The opencv pipeline also takes ``seed_hf.data.crop_decode.EncodedJpeg`` inputs (it then has
     ``accepts_encoded_jpeg = True``): decode and random crop in one step, at a reduced DCT
     scale when the crop allows.
     """
-    if preset not in AUGMENTATION_PRESETS:
-        raise ValueError(f"augmentation preset must be one of {AUGMENTATION_PRESETS}, got {preset!r}.")
+    if preset not in PRESETS:
+        raise ValueError(f"augmentation preset must be one of {tuple(PRESETS)}, got {preset!r}.")
     if backend not in AUGMENTATION_BACKENDS:
         raise ValueError(f"augmentation backend must be one of {AUGMENTATION_BACKENDS}, got {backend!r}.")
-    if preset == "none":  # deterministic resize + center crop: cheap on any backend
+    spec = PRESETS[preset]
+    if "center_crop" in spec.order:  # deterministic resize + center crop: cheap on any backend
         backend = "torchvision"
     if backend == "opencv":
         opencv_kernels.require_opencv()
     random_resized_crop, color_jitter, random_grayscale, random_flip = _BACKEND_OPS[backend]
-    default_scale = {
-        "moco_v2": (0.2, 1.0),
-        "moco_v1": (0.2, 1.0),
-        "simclr": (0.08, 1.0),
-        "swav": (0.14, 1.0),
-        "seed_simclr": (0.2, 1.0),
-        "seed_swav": (0.14, 1.0),
-    }
-    crop = random_resized_crop(
-        image_size, scale=scale or default_scale.get(preset, (0.3, 1.0)), antialias=True
-    )
-    blur = v2.RandomApply([RandomGaussianBlur(kernel_size=_blur_kernel(image_size))], p=0.5)
     ops: list[Callable] = []
-    if preset == "none":
-        ops += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-    elif preset in ("moco_v2", "seed_swav"):
-        ops += [
-            crop,
-            v2.RandomApply([color_jitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            random_grayscale(0.2),
-            blur,
-        ]
-        ops += [random_flip()]
-    elif preset in ("moco_v1", "seed_simclr"):
-        ops += [crop, random_grayscale(0.2), color_jitter(0.4, 0.4, 0.4, 0.4), random_flip()]
-    elif preset in ("simclr", "swav"):
-        ops += [crop, random_flip(), v2.RandomApply([color_jitter(0.8, 0.8, 0.8, 0.2)], p=0.8)]
-        ops += [random_grayscale(0.2), blur]
-    else:  # grayscale_small: 28-32 px single-channel data, no hue/saturation, no blur
-        ops += [crop, random_flip(), v2.RandomApply([color_jitter(0.4, 0.4)], p=0.8)]
+    for name in spec.order:
+        if name == "crop":
+            ops.append(random_resized_crop(image_size, scale=scale or spec.scale, antialias=True))
+        elif name == "center_crop":
+            ops += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+        elif name == "jitter" and any(spec.jitter):
+            ops += _with_probability(color_jitter(*spec.jitter), spec.jitter_p)
+        elif name == "grayscale" and spec.grayscale_p > 0:
+            ops.append(random_grayscale(spec.grayscale_p))
+        elif name == "blur":
+            blur = RandomGaussianBlur(sigma=spec.blur_sigma, kernel_size=blur_kernel_size(image_size))
+            ops += _with_probability(blur, spec.blur_p)
+        elif name == "flip" and spec.flip_p > 0:
+            ops.append(random_flip(spec.flip_p))
     # PIL and tensors go straight to torchvision's kernels, everything to ndarrays for OpenCV's
     ops.insert(0, crop_decode.to_array_or_encoded if backend == "opencv" else _ndarray_to_image)
     ops.append(ToNormalizedTensor(mean, std))
@@ -187,7 +168,7 @@ class MultiViewTransform:
     """Applies ``transform`` ``num_views`` times: ``pixel_values`` (+ ``pixel_values_k``), and
     ``small_transform`` ``num_small_crops`` times: ``pixel_values_small`` ``(m, c, s, s)``."""
 
-    VIEW_KEYS = ("pixel_values", "pixel_values_k")
+    VIEW_KEYS = VIEW_KEYS
 
     def __init__(
         self,
@@ -218,4 +199,3 @@ class MultiViewTransform:
                 [self.small_transform(image) for _ in range(self.num_small_crops)]
             )
         return views
-
