@@ -172,7 +172,7 @@ def export_pooled_onnx(
     a size-1 axis be folded into a constant)."""
     onnx, _ = require_onnx()
     if exporter not in EXPORTERS:
-        raise ValueError(f"`exporter`={exporter!r} must be one of {EXPORTERS}.")
+        raise ValueError(f"exporter={exporter!r} must be one of {EXPORTERS}.")
     if example.shape[0] < 2:
         raise ValueError(
             f"example must hold >= 2 images to trace a dynamic batch axis, got {tuple(example.shape)}."
@@ -391,11 +391,11 @@ def export_onnx(
     from .teachers import weights_fingerprint
 
     if atol <= 0:
-        raise ValueError(f"`atol`={atol} must be > 0.")
+        raise ValueError(f"atol={atol} must be > 0.")
     if num_calibration < 1:
-        raise ValueError(f"`num_calibration`={num_calibration} must be >= 1.")
+        raise ValueError(f"num_calibration={num_calibration} must be >= 1.")
     if exporter not in EXPORTERS:
-        raise ValueError(f"`exporter`={exporter!r} must be one of {EXPORTERS}.")
+        raise ValueError(f"exporter={exporter!r} must be one of {EXPORTERS}.")
     folder = Path(folder)
     transform, data_config = folder_transform(folder)  # also checks that folder is a timm folder
     model = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0).eval()
@@ -442,7 +442,7 @@ def export_onnx(
             if not diff <= atol:  # also catches NaN
                 raise OnnxVerificationError(
                     f"ONNX export of {folder} failed verification: onnxruntime vs timm PyTorch features at "
-                    f"{batch.replace('_', ' ')}: max abs difference {diff:.3g} > `atol`={atol:g} ({verified_on})."
+                    f"{batch.replace('_', ' ')}: max abs difference {diff:.3g} > atol={atol:g} ({verified_on})."
                 )
         record: dict[str, Any] = {
             "exporter": exporter,

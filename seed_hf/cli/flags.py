@@ -1,7 +1,8 @@
 """Library errors in the scripts' words.
 
 The library names its parameters in backticks (``"pass the column that holds the images as
-`image_column`"``); a script shows each as the flag that sets it (``--image_column``). The flags
+`image_column`"``) or with their value (``"atol=0.0001 must be > 0"``); a script shows each as the
+flag that sets it (``--image_column``, ``--onnx_atol=0.0001``). The flags
 are read from the script's own argument dataclasses, so a parameter that is not one of its flags
 keeps its library name."""
 
@@ -15,7 +16,7 @@ from typing import Any
 
 __all__ = ["as_flags", "flag_names", "flags_in_errors"]
 
-_PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+_PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`|(?<![\w.`-])([A-Za-z_][A-Za-z0-9_]*)(?==)")
 
 
 def flag_names(sources: Iterable[Any], aliases: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -36,8 +37,14 @@ def flag_names(sources: Iterable[Any], aliases: Mapping[str, str] | None = None)
 
 
 def as_flags(message: str, flags: Mapping[str, str]) -> str:
-    """``message`` with each `` `parameter` `` that ``flags`` knows replaced by its flag."""
-    return _PARAMETER.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
+    """``message`` with each `` `parameter` `` and ``parameter=`` that ``flags`` knows replaced by
+    its flag."""
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        return flags.get(name, match.group(0))
+
+    return _PARAMETER.sub(flag, message)
 
 
 @contextmanager
