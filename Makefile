@@ -97,7 +97,7 @@ demo-baseline: setup
 	  --save_steps 100 --save_total_limit 2 --logging_steps 25 --use_cpu --disable_tqdm true \
 	  --dataloader_num_workers $(DEMO_DATALOADER_WORKERS) --output_dir $(DEMO_BASELINE_DIR)
 	$(PY) examples/run_export.py --student_dir $(DEMO_BASELINE_DIR) --output_dir results/demo/moco_baseline/student
-	$(PY) -c 'import json, sys; from seed_hf.hub import run_summary; print(json.dumps(run_summary(sys.argv[1]), indent=2))' \
+	$(PY) -c 'import json, sys; from seed_hf.cards import run_summary; print(json.dumps(run_summary(sys.argv[1]), indent=2))' \
 	  $(DEMO_BASELINE_DIR) > results/demo/moco_baseline/run_summary.json
 	$(PY) examples/run_eval.py --models results/demo/moco_baseline/student --linear_probe \
 	  --output_file results/demo/moco_baseline/eval_results.json

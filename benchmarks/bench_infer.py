@@ -101,7 +101,7 @@ def load_student(folder: Path, workdir: Path, data, args) -> dict:
 
 def load_teacher(folder: Path, workdir: Path, data, args) -> dict:
     """A seed_hf teacher folder's encoder (pooled features: what a student replaces) and its graphs."""
-    from seed_hf.moco import load_query_encoder
+    from seed_hf.modeling_moco import load_query_encoder
 
     encoder, _, config = load_query_encoder(folder)
     encoder = encoder.float().eval()
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output_json).write_text(json.dumps(result, indent=2) + "\n")
     if args.manifest:
-        from seed_hf.hub import upsert_manifest_entry
+        from seed_hf.cards import upsert_manifest_entry
 
         entries = {e["name"]: e for e in json.loads(Path(args.manifest).read_text())}
         if args.manifest_name not in entries:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from seed_hf.hub import render_manifest_cards, teacher_card_facts, upsert_manifest_entry
+from seed_hf.cards import render_manifest_cards, teacher_card_facts, upsert_manifest_entry
 
 
 @dataclass

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from seed_hf.cards import run_summary
 from seed_hf.cli import OnnxArguments, flags_in_errors, onnx_export_options
 from seed_hf.cli.script import ONNX_FLAGS
-from seed_hf.hub import export_moco_encoder, export_student, push_student_to_hub, run_summary, upload_plan
+from seed_hf.hub import export_moco_encoder, export_student, push_student_to_hub, upload_plan
 from seed_hf.runs import STUDENTS_DIR
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from seed_hf.cards import render_manifest_cards, upsert_manifest_entry
 from seed_hf.cli import OnnxArguments, flags_in_errors, onnx_export_options
 from seed_hf.cli.script import ONNX_FLAGS
-from seed_hf.hub import render_manifest_cards, upsert_manifest_entry
 from seed_hf.onnx_export import export_onnx
 
 

@@ -440,7 +440,8 @@ def main(argv=None) -> list[dict]:
         timings[name] = timings.get(name, 0) + time.time() - start
         timings_file.write_text(json.dumps(timings, indent=2))
 
-    from seed_hf.hub import export_moco_encoder, export_student, run_summary
+    from seed_hf.cards import run_summary
+    from seed_hf.hub import export_moco_encoder, export_student
 
     exports = {"seed_student": out / "students" / "seed", "moco_student": out / "students" / "moco"}
     exporters = {"seed_student": export_student, "moco_student": export_moco_encoder}

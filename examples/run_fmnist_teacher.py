@@ -32,6 +32,7 @@ import torch
 from accelerate import Accelerator
 from transformers import HfArgumentParser
 
+from seed_hf import MocoConfig, MocoForPretraining
 from seed_hf.data.batched_transforms import BATCHED_PRESETS, BatchedSSLTransform
 from seed_hf.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from seed_hf.evaluation import (
@@ -43,7 +44,7 @@ from seed_hf.evaluation import (
     knn_accuracy,
     load_labelled_splits,
 )
-from seed_hf.moco import MocoConfig, MocoForPretraining, load_query_encoder, save_query_encoder
+from seed_hf.modeling_moco import load_query_encoder, save_query_encoder
 from seed_hf.precision import cpu_has_native_bf16
 from seed_hf.runs import lock_run_folder
 

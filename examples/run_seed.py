@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
         for folder in model.save_students(Path(training_args.output_dir) / STUDENTS_DIR):
             logger.info(f"Saved student to {folder}")
     if (push_to_hub or onnx is not None) and training_args.should_save:  # --onnx: export even without a push
-        from seed_hf.hub import export_student, push_student_to_hub, run_summary
+        from seed_hf.cards import run_summary
+        from seed_hf.hub import export_student, push_student_to_hub
 
         students = model.students.items() if isinstance(model, SeedStudentGroup) else [("", model)]
         for name, student in students:

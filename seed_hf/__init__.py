@@ -7,6 +7,7 @@ is reachable through its module (``seed_hf.evaluation``, ``seed_hf.runs``, ...).
 
 from transformers import AutoConfig, AutoModel
 
+from .configuration_moco import MocoConfig
 from .configuration_seed import SeedConfig
 from .data import (
     ArrayImageDataset,
@@ -22,7 +23,7 @@ from .data import (
 from .evaluation import KnnMonitor
 from .hub import export_moco_encoder, export_student, push_student_to_hub
 from .losses import LocalSimilarityLoss, SeedLoss, local_similarity_loss, seed_loss
-from .moco import MocoConfig, MocoForPretraining, MocoOutput
+from .modeling_moco import MocoForPretraining, MocoOutput, MocoPreTrainedModel, MocoQueryEncoder
 from .modeling_seed import SeedForDistillation, SeedOutput, SeedPreTrainedModel
 from .multi_student import SeedGroupOutput, SeedStudentGroup
 from .onnx_export import export_onnx
@@ -48,6 +49,8 @@ __all__ = [
     "SeedGroupOutput",
     "MocoConfig",
     "MocoForPretraining",
+    "MocoPreTrainedModel",
+    "MocoQueryEncoder",
     "MocoOutput",
     # loss and queue
     "SeedLoss",

@@ -144,7 +144,7 @@ def load_encoder(name_or_path: str) -> EncoderSpec:
     config = json.loads(config_file.read_text())
     model_type = config.get("model_type")
     if model_type == "seed_moco":
-        from .moco import load_query_encoder
+        from .modeling_moco import load_query_encoder
 
         backbone, _, c = load_query_encoder(path)
     elif model_type == "seed_distillation":

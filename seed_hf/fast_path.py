@@ -1,13 +1,11 @@
 """The training step's memory format and the student's precision, chosen per device and
 architecture by what is measured faster (``channels_last="auto"``, ``student_dtype="auto"``).
 
-Why measure instead of a fixed rule: on a 2-core AVX512-BF16 EPYC at batch 256, 64 px, the
-MobileNetV3-Small student's forward + backward takes 0.41–0.48 s in fp32 NCHW and 0.22–0.27 s
-in channels_last (1.8×), while bf16 autocast makes it *slower* (0.56–0.84×: its depthwise
-convolutions); the same bf16 + channels_last makes a resnet10t student 2.6× faster, and a bf16
-ResNet-18 teacher gains 1.2× from channels_last. Which path wins depends on the architecture, the
-CPU's instructions and the device, so the trainer times the real models at the real batch shape
-once, before the first step (a few seconds), and keeps the fastest.
+Why measure instead of a fixed rule: channels_last speeds some students up and bf16 autocast
+slows others down (depthwise convolutions), by amounts that depend on the architecture, the
+CPU's instructions and the device (the figures measured here: README, "The training step on
+CPU"). So the trainer times the real models at the real batch shape once, before the first step
+(a few seconds), and keeps the fastest.
 
 The rule, deterministic given the timings (tests inject them):
 
@@ -20,8 +18,8 @@ The rule, deterministic given the timings (tests inject them):
   repetition make the same choice where it matters little.
 * A busy machine keeps the prior: when a candidate's timed calls differ by more than
   :data:`MAX_SPREAD` (or the budget left a single one), the timings say more about the other jobs
-  than about the models. (Measured: with other jobs on a 2-core machine every 2-thread candidate
-  slows down 5–20× and they end within 10–15 % of each other, where quiet they are 1.5–1.8× apart.)
+  than about the models (with other jobs on a small machine the candidates slow down alike and end
+  close together).
 * Tiny workloads (fewer than :data:`PROBE_MIN_PIXELS` pixels per batch: unit tests, toy runs) keep
   the prior without probing: their steps take milliseconds, the probe would be noise, and their
   results then do not depend on timing.

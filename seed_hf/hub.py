@@ -1,4 +1,5 @@
-"""Export distilled students as timm-format Hub repos and publish them.
+"""Export distilled students as timm-format Hub repos and publish them (their cards:
+:mod:`seed_hf.cards`).
 
 The folder (``config.json`` + ``model.safetensors`` + ``README.md``) loads without seed_hf and
 without ``trust_remote_code`` through ``transformers`` (as ``timm_wrapper``: ``AutoModel``,
@@ -19,25 +20,22 @@ from typing import Any
 import torch
 
 from .backbones import pooled_width
+from .cards import (
+    moco_facts,
+    render_model_card,
+    results_for,
+    student_license,
+    teacher_facts,
+    upsert_manifest_entry,
+)
 from .modeling_seed import SeedForDistillation
 from .onnx_export import ONNX_FILES, export_onnx
-from .runs import RUN_INFO_FILE, STUDENTS_DIR, TRAINER_STATE_NAME
-from .teacher_record import TeacherRecord, more_permissive
 from .teachers import weights_fingerprint
 
 __all__ = [
     "export_student",
     "export_encoder",
     "export_moco_encoder",
-    "render_model_card",
-    "describe_teacher",
-    "teacher_facts",
-    "student_license",
-    "results_for",
-    "run_summary",
-    "teacher_card_facts",
-    "render_manifest_cards",
-    "upsert_manifest_entry",
     "upload_plan",
     "push_student_to_hub",
     "EXPORT_FILES",
@@ -46,8 +44,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EXPORT_FILES = ("README.md", "config.json", "model.safetensors", *ONNX_FILES)  # onnx/: when exported
-TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
-METHODS = {"seed": "SEED distillation", "moco_v2": "MoCo-v2"}
 
 
 def _load_student(model_or_dir: SeedForDistillation | str | os.PathLike) -> SeedForDistillation:
@@ -59,139 +55,6 @@ def _load_student(model_or_dir: SeedForDistillation | str | os.PathLike) -> Seed
             f"{str(path)!r} is not a SeedForDistillation folder or checkpoint (no config.json)."
         )
     return SeedForDistillation.from_pretrained(path)
-
-
-def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """What a seed_hf run recorded about itself, for cards: ``run_info.json`` (data, augmentation,
-    resolution) and ``trainer_state.json`` (steps, epochs, batch size). A checkpoint folder reads
-    the run's ``run_info.json`` one level up. Missing files give missing keys, never guesses."""
-    run_dir = Path(run_dir)
-    # students/<name> of a multi-student run: the run's files are two levels up
-    root = run_dir.parent.parent if run_dir.parent.name == STUDENTS_DIR else run_dir
-    summary: dict[str, Any] = {}
-    for folder in dict.fromkeys((root.parent, root, run_dir)):
-        info = folder / RUN_INFO_FILE
-        if info.is_file():
-            summary.update(json.loads(info.read_text()))
-    state_file = next(
-        (f for f in (run_dir / TRAINER_STATE_NAME, root / TRAINER_STATE_NAME) if f.is_file()), None
-    )
-    if state_file is not None:
-        state = json.loads(state_file.read_text())
-        summary.update(
-            steps=state.get("global_step"),
-            epochs=round(state["epoch"], 2) if state.get("epoch") is not None else None,
-            batch_size=state.get("train_batch_size"),
-        )
-    summary.pop("teacher", None)  # the student's config records the teacher it really used
-    summary.pop("teacher_checkpoint", None)
-    summary.pop("teacher_sha256", None)
-    return {k: v for k, v in summary.items() if v is not None}
-
-
-def describe_teacher(name_or_path: str | None, ssl_method: str | None = None) -> dict[str, str | None]:
-    """What a card may say about a teacher spec (``FrozenTeacher.description`` or a user spec):
-    ``{"name", "method", "base_model"}``. Local paths are reduced to their folder name (a card
-    never carries a file system path); ``base_model`` is set only for Hub ids."""
-    if not name_or_path:
-        return {"name": None, "method": ssl_method, "base_model": None}
-    spec, method, base_model = str(name_or_path), ssl_method, None
-    prefix, _, rest = spec.partition(":")
-    if prefix in ("moco_v2", "seed") and rest:
-        spec, method = rest, method or prefix
-    elif prefix == "transformers" and rest:
-        spec, method = rest, method or "transformers"
-    checkpoint = None
-    if "@" in spec:
-        spec, checkpoint = spec.split("@", 1)
-    if spec.startswith(("hf-hub:", "hf_hub:", "hf:")):
-        base_model = spec.split(":", 1)[1]
-    elif spec.startswith("local-dir:") or os.sep in spec or Path(spec).exists():
-        spec = Path(spec.removeprefix("local-dir:")).name + " (local folder)"
-    elif method == "transformers" and "/" in spec:
-        base_model = spec
-    name = spec + (f" with weights {Path(checkpoint).name}" if checkpoint else "")
-    return {"name": name, "method": method, "base_model": base_model}
-
-
-def teacher_facts(config) -> dict[str, Any]:
-    """What a student's card says about its teacher (``name``, ``method``, ``base_model``,
-    ``license``, ``license_source``, ``image_size``): from the typed record the trainer wrote
-    (``config.teacher``), or, for students trained before it existed, from the spec string."""
-    if getattr(config, "teacher", None):
-        record = TeacherRecord.from_dict(config.teacher)
-        return {
-            "name": record.name,
-            "method": config.teacher_ssl_method or record.ssl_method or record.kind,
-            "base_model": record.hub_id,
-            "license": record.license,
-            "license_source": record.license_source,
-            "image_size": record.image_size,
-        }
-    return {**describe_teacher(config.teacher_name_or_path, config.teacher_ssl_method), "license": None}
-
-
-def student_license(declared: str | None, teacher_license: str | None) -> str:
-    """The license an export declares: ``declared``, else the teacher's, else ``"other"``; warns
-    when ``declared`` grants more than the teacher's license allows (or the teacher's is unknown)."""
-    if declared is None:
-        return teacher_license or "other"
-    if more_permissive(declared, teacher_license):
-        logger.warning(
-            f"The export declares license {declared!r}, but its teacher's license is "
-            f"{repr(teacher_license) if teacher_license else 'not recorded'}: a student distilled from a teacher "
-            "inherits the terms of the teacher's weights. Check them before you publish (e.g. MoCo-v2 and SwAV "
-            "checkpoints are CC-BY-NC 4.0)."
-        )
-    return declared
-
-
-def results_for(
-    eval_results, *models: str | os.PathLike | None, fingerprints: Collection[str | None] | None = None
-) -> list[dict]:
-    """The rows of an evaluation JSON (path or parsed list) whose ``model`` is one of ``models``
-    (same resolved path or same folder name) and, when ``fingerprints`` is given, whose
-    ``weights_sha256`` is one of them: a row measured on other weights at the same path (an
-    earlier step of the run, an older export) is dropped with a warning that says why, so that a
-    card never shows the results of other weights. Warns when no row is left."""
-    if eval_results is None:
-        return []
-    rows = (
-        json.loads(Path(eval_results).read_text())
-        if isinstance(eval_results, (str, os.PathLike))
-        else eval_results
-    )
-    rows = list(rows if isinstance(rows, list) else [rows])
-    targets = {str(m) for m in models if m is not None}
-    resolved = {str(Path(t).resolve()) for t in targets}
-
-    def matches(row: dict) -> bool:
-        model = str(row.get("model", ""))
-        return model in targets or str(Path(model).resolve()) in resolved
-
-    matched = [r for r in rows if matches(r)]
-    if fingerprints is not None:
-        accepted = {f for f in fingerprints if f}
-        kept = [r for r in matched if r.get("weights_sha256") in accepted]
-        for r in matched:
-            if r not in kept:
-                why = (
-                    "it records no weights_sha256"
-                    if not r.get("weights_sha256")
-                    else f"it measured weights {r['weights_sha256']}, these are {sorted(accepted) or 'unhashed'}"
-                )
-                logger.warning(
-                    f"Dropped the result row of {r.get('model')} (label fraction {r.get('label_fraction', 1.0):g}): "
-                    f"{why}. Re-evaluate these weights with run_eval.py."
-                )
-        matched = kept
-    if rows and not matched:
-        logger.warning(
-            f"No row of the evaluation results matches {sorted(targets)}"
-            + (" and these weights" if fingerprints is not None else "")
-            + f" (rows: {[r.get('model') for r in rows]}); the card gets no results. Evaluate this model with run_eval.py."
-        )
-    return matched
 
 
 def export_encoder(
@@ -217,8 +80,8 @@ def export_encoder(
     pipeline rebuild. A 1-channel backbone is exported as a 3-channel one whose first conv
     averages the channels (every Hub loader feeds RGB; on gray images it gives the same features).
     ``manifest=(manifest.json, name, results.json)`` records the model as one the repository ships
-    (see :func:`render_manifest_cards`). ``results_source=(eval_results, models, fingerprints)``
-    selects the card's rows with :func:`results_for` from the rows of ``models`` measured on the
+    (see :func:`~seed_hf.cards.render_manifest_cards`). ``results_source=(eval_results, models, fingerprints)``
+    selects the card's rows with :func:`~seed_hf.cards.results_for` from the rows of ``models`` measured on the
     ``fingerprints`` or on the exported folder's own weights (instead of passing ``results``).
     ``onnx`` (keyword arguments of :func:`~seed_hf.onnx_export.export_onnx`, ``{}`` for its
     defaults) adds the verified ``onnx/`` graphs, and what the export measured goes into the card.
@@ -401,11 +264,11 @@ def export_moco_encoder(
 ) -> Path:
     """Exports the query encoder of a MoCo-v2 run (the paper's "student trained by SSL alone"
     baseline, or a teacher) as a timm-format folder with a MoCo-v2 card."""
-    from .moco import load_query_encoder
+    from .modeling_moco import load_query_encoder
 
     encoder, _, config = load_query_encoder(run_dir)
     license = license or "apache-2.0"  # trained without a teacher: the user's own weights
-    facts = {**(training_summary or {}), **_moco_facts(config)}
+    facts = {**(training_summary or {}), **moco_facts(config)}
     return _export_with_config(
         encoder,
         config,
@@ -418,18 +281,6 @@ def export_moco_encoder(
         manifest,
         onnx=onnx,
     )
-
-
-def _moco_facts(config) -> dict[str, Any]:
-    """Card facts every MoCo-v2 model has (exported encoder or seed_hf teacher folder)."""
-    return {
-        "method": "moco_v2",
-        "queue_size": config.queue_size,
-        "contrastive_temperature": config.contrastive_temperature,
-        "moco_momentum": config.momentum,
-        "projection_dim": config.projection_dim,
-        "train_in_chans": config.in_chans,
-    }
 
 
 def _export_with_config(
@@ -492,142 +343,6 @@ def _fix_config_for_transformers(config_path: Path, pretrained_cfg: dict[str, An
         {k: list(v) if isinstance(v, tuple) else v for k, v in pretrained_cfg.items()}
     )
     config_path.write_text(json.dumps(cfg, indent=2) + "\n")
-
-
-def _article(word: str) -> str:
-    return "an" if str(word)[:1].lower() in "aeiou" else "a"
-
-
-def render_model_card(facts: dict[str, Any], results: list[dict], repo_id: str, license: str = "apache-2.0"):
-    """``huggingface_hub.ModelCard`` of an exported encoder from what the run and the evaluation
-    recorded (``facts``: method, architecture, training data and recipe, teacher; ``results``:
-    rows of ``run_eval.py``). Facts that were not recorded are left out, never guessed."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    method = facts.get("method", "seed")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}.")
-    dataset = facts.get("dataset")
-    # kNN and linear probe get distinct metric names/configs so the Hub groups them apart
-    metric_specs = (
-        (
-            "knn_top1",
-            "knn",
-            lambda r: f"kNN top-1 (k={r.get('knn_k', 200)}, τ={r.get('knn_temperature', 0.07)})",
-        ),
-        ("linear_top1", "linear_probe", lambda r: "linear probe top-1"),
-    )
-    eval_results = [
-        EvalResult(
-            task_type="image-classification",
-            dataset_type=r.get("dataset") or dataset or "unknown",
-            dataset_name=r.get("dataset") or dataset or "unknown",
-            dataset_split=r.get("eval_split"),
-            metric_type="accuracy",
-            metric_value=round(float(r[key]), 2),
-            metric_name=name(r),
-            metric_config=config_name
-            + (f"_{r['label_fraction']:g}_labels" if r.get("label_fraction", 1.0) < 1 else ""),
-        )
-        for r in results
-        for key, config_name, name in metric_specs
-        if key in r
-    ]
-    teacher = facts.get("teacher") or {}
-    tags = ["timm", "transformers", "image-feature-extraction", "self-supervised"]
-    tags += ["distillation", "seed"] if method == "seed" else ["moco", "contrastive-learning"]
-    card_data = ModelCardData(
-        library_name="timm",
-        pipeline_tag="image-feature-extraction",
-        license=license,
-        tags=tags,
-        datasets=[dataset] if dataset and "/" in dataset else None,
-        base_model=teacher.get("base_model") if method == "seed" else None,
-        model_name=repo_id.split("/")[-1],
-        eval_results=eval_results or None,
-    )
-    return ModelCard.from_template(
-        card_data,
-        template_path=str(TEMPLATE),
-        repo_id=repo_id,
-        method=method,
-        method_name=METHODS[method],
-        article=_article(facts.get("architecture", "")),
-        facts=facts,
-        teacher=teacher,
-        results=results,
-        license=license,
-    )
-
-
-def teacher_card_facts(folder: str | os.PathLike, training: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Card facts of a seed_hf MoCo-v2 teacher folder (query encoder + head, ``load_teacher``
-    format) from its config and what its training recorded (``training``: steps, batch size,
-    epochs, dataset, device)."""
-    from .evaluation import EVAL_INTERPOLATION
-    from .moco import load_query_encoder
-
-    encoder, _, config = load_query_encoder(folder)
-    training = dict(training or {})
-    return {
-        **_moco_facts(config),
-        "format": "seed_hf_teacher",
-        "architecture": config.architecture,
-        "feature_dim": pooled_width(encoder),
-        "export_in_chans": config.in_chans,
-        "image_size": config.image_size,
-        "mean": [round(m, 4) for m in config.image_mean],
-        "std": [round(v, 4) for v in config.image_std],
-        "interpolation": EVAL_INTERPOLATION,
-        **{
-            k: v
-            for k, v in training.items()
-            if k in ("dataset", "dataset_split", "steps", "batch_size", "epochs", "augmentation", "compute")
-        },
-    }
-
-
-def render_manifest_cards(
-    manifest: str | os.PathLike, cards_dir: str | os.PathLike | None = None
-) -> list[Path]:
-    """(Re)renders the card of every model a repository ships from ``manifest`` (JSON list of
-    ``{"name", "folder", "results", "aliases", "facts", "repo_id", "license"}``, paths relative to
-    the manifest's parent's parent, i.e. the repository root) and the results JSON each names:
-    writes ``<folder>/README.md`` and ``<cards_dir>/<name>.md``. Returns the card files."""
-    manifest = Path(manifest)
-    root = manifest.resolve().parent.parent
-    cards_dir = Path(cards_dir) if cards_dir is not None else manifest.parent
-    written = []
-    for entry in json.loads(manifest.read_text()):
-        folder = root / entry["folder"]
-        results = []
-        if entry.get("results"):
-            results = results_for(
-                root / entry["results"],
-                entry["folder"],
-                root / entry["folder"],
-                *entry.get("aliases", []),
-                fingerprints={weights_fingerprint(str(folder))},
-            )
-        card = render_model_card(
-            entry["facts"],
-            results,
-            entry.get("repo_id") or f"your-org/{folder.name}",
-            entry.get("license", "apache-2.0"),
-        )
-        card.save(folder / "README.md")
-        card.save(cards_dir / f"{entry['name']}.md")
-        written.append(cards_dir / f"{entry['name']}.md")
-    return written
-
-
-def upsert_manifest_entry(manifest: str | os.PathLike, entry: dict[str, Any]) -> None:
-    """Adds or replaces (by ``name``) one entry of a shipped-models manifest."""
-    manifest = Path(manifest)
-    entries = json.loads(manifest.read_text()) if manifest.is_file() else []
-    entries = [e for e in entries if e["name"] != entry["name"]] + [entry]
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(sorted(entries, key=lambda e: e["name"]), indent=2, default=str) + "\n")
 
 
 def upload_plan(folder: str | os.PathLike) -> list[str]:

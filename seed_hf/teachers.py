@@ -482,7 +482,7 @@ def _load_transformers_teacher(
 def _load_seed_hf_folder(path: Path, model_type: str) -> FrozenTeacher:
     license = card_license(path)
     if model_type == "seed_moco":
-        from .moco import load_query_encoder
+        from .modeling_moco import load_query_encoder
 
         encoder, head, config = load_query_encoder(path)
         method, backbone, in_chans = "moco_v2", encoder, config.in_chans

@@ -335,7 +335,7 @@ def test_fmnist_teacher_script_trains_resumes_and_exports(tmp_path):
 
     # --init_from: a new run starts from the exported query encoder + head (both encoders), and
     # refuses a folder of another architecture
-    from seed_hf.moco import MocoConfig, MocoForPretraining
+    from seed_hf import MocoConfig, MocoForPretraining
 
     config = MocoConfig(architecture="test_resnet", in_chans=1, image_size=32, queue_size=64)
     model = MocoForPretraining(config)

@@ -166,8 +166,9 @@ def test_card_metadata_results_and_round_trip(tmp_path, caplog):
 def test_moco_card_says_moco_and_local_teachers_stay_private(tmp_path):
     from huggingface_hub import ModelCard
 
-    from seed_hf.hub import describe_teacher, export_moco_encoder
-    from seed_hf.moco import save_query_encoder
+    from seed_hf.cards import describe_teacher
+    from seed_hf.hub import export_moco_encoder
+    from seed_hf.modeling_moco import save_query_encoder
 
     moco = tiny_moco()
     save_query_encoder(moco, tmp_path / "moco")

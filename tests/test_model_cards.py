@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from seed_hf.hub import render_manifest_cards, results_for
+from seed_hf.cards import render_manifest_cards, results_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "model_cards" / "models.json"

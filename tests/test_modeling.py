@@ -135,7 +135,7 @@ def test_moco_key_encoder_starts_as_query_copy():
 
 def test_query_encoder_folder_roundtrip(tmp_path):
     from seed_hf import load_teacher
-    from seed_hf.moco import load_query_encoder, save_query_encoder
+    from seed_hf.modeling_moco import load_query_encoder, save_query_encoder
 
     model = tiny_moco().eval()
     save_query_encoder(model, tmp_path, dtype=torch.float16, training={"steps": 3})
@@ -206,3 +206,25 @@ def test_small_queue_follows_the_official_enqueue(keys):
         model.enqueue(unit(4, 16), unit(5, 16))
     with pytest.raises(ValueError, match="small_queue_keys"):
         tiny_seed_config(num_small_crops=3, small_queue_keys="random_crop")
+
+
+def test_query_encoder_loads_a_training_folder_strictly(tmp_path):
+    """A MoCoForPretraining folder loads as its query half (key encoder and queue skipped, no
+    warning-and-random-init); a folder missing a weight is refused, naming it."""
+    from safetensors.torch import load_file, save_file
+
+    from seed_hf import MocoQueryEncoder
+    from seed_hf.modeling_moco import load_query_encoder
+
+    model = tiny_moco().eval()
+    model.save_pretrained(tmp_path / "run")
+    query = MocoQueryEncoder.from_pretrained(tmp_path / "run").eval()
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        assert torch.equal(query(x), model.embed(x))
+    state = load_file(str(tmp_path / "run" / "model.safetensors"))
+    dropped = next(k for k in state if k.startswith("head."))
+    del state[dropped]
+    save_file(state, str(tmp_path / "run" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"missing keys \['{re.escape(dropped)}'\]"):
+        load_query_encoder(tmp_path / "run")

@@ -14,8 +14,9 @@ import torch
 from helpers import tiny_student
 
 from seed_hf import onnx_export
+from seed_hf.cards import render_model_card
 from seed_hf.evaluation import LabelledSplits
-from seed_hf.hub import export_student, render_model_card, upload_plan
+from seed_hf.hub import export_student, upload_plan
 from seed_hf.onnx_export import (
     ONNX_FILE,
     ONNX_INT8_FILE,

@@ -103,7 +103,7 @@ def test_training_subset_of_an_imagefolder_is_balanced(tmp_path):
 
 
 def test_card_rows_are_bound_to_the_exported_weights(tmp_path, caplog):
-    from seed_hf.hub import results_for
+    from seed_hf.cards import results_for
 
     run_dir = tmp_path / "run"
     tiny_student().save_pretrained(run_dir)
@@ -324,7 +324,7 @@ def test_teacher_resolution_is_recorded_warned_about_and_resized_for(tmp_path, c
     from helpers import TensorImages, tiny_moco
 
     from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch, load_teacher
-    from seed_hf.moco import save_query_encoder
+    from seed_hf.modeling_moco import save_query_encoder
 
     save_query_encoder(tiny_moco(image_size=64), tmp_path / "teacher")
     (tmp_path / "teacher" / "README.md").write_text("---\nlicense: mit\n---\n# a teacher\n")

@@ -1,4 +1,4 @@
-"""MoCo-v2 baseline (He et al. 2020; Chen et al. 2020, arXiv:2003.04297).
+"""MoCo-v2 models (He et al. 2020; Chen et al. 2020, arXiv:2003.04297).
 
 It is how a user pretrains a teacher, and the paper's "student trained by SSL alone"
 baseline. It reuses the student backbone, the projection head and the queue of SEED.
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbones import (
@@ -27,89 +27,19 @@ from .backbones import (
     pooled_features,
     pooled_width,
 )
-from .configuration_seed import default_normalization
+from .configuration_moco import MocoConfig
 from .distributed import all_gather_no_grad
-from .losses import check_temperature
 from .progress import QuietHubMixin
 from .queue import EmbeddingQueue
 
-__all__ = ["MocoConfig", "MocoOutput", "MocoForPretraining", "save_query_encoder", "load_query_encoder"]
-
-
-class MocoConfig(PreTrainedConfig):
-    r"""
-    Configuration of [`MocoForPretraining`] (MoCo-v2 defaults).
-
-    Args:
-        architecture (`str`, *optional*, defaults to `"resnet50"`):
-            timm name of the encoder.
-        model_args (`dict`, *optional*, defaults to `{}`):
-            Extra keyword arguments for `timm.create_model`.
-        in_chans (`int`, *optional*, defaults to 3):
-            Number of input channels.
-        image_size (`int`, *optional*, defaults to 224):
-            Training resolution (square).
-        projection_dim (`int`, *optional*, defaults to 128):
-            Output width of the MLP head (the teacher embedding width for SEED).
-        head_hidden_dim (`int`, *optional*, defaults to `None`):
-            Hidden width of the MLP head; `None` uses the encoder's pooled width.
-        queue_size (`int`, *optional*, defaults to 65536):
-            Number of negative keys K.
-        contrastive_temperature (`float`, *optional*, defaults to 0.2):
-            Softmax temperature τ of the InfoNCE loss.
-        momentum (`float`, *optional*, defaults to 0.999):
-            Momentum m of the key encoder update θ_k ← m θ_k + (1 − m) θ_q.
-        key_bn_splits (`int`, *optional*, defaults to 1):
-            Runs the key encoder on this many random sub-batches, so BatchNorm statistics of
-            a key never include its query: shuffle-BN within one process (MoCo shuffles across
-            GPUs for the same purpose). Use 2–8 when a process holds the whole batch.
-        queue_seed (`int`, *optional*, defaults to 0):
-            Seed of the queue's random initial content.
-        image_mean (`list[float]`, *optional*, defaults to `None`):
-            Normalisation mean of the training data (`None`: ImageNet's, or 0.5 for one channel).
-        image_std (`list[float]`, *optional*, defaults to `None`):
-            Normalisation std of the training data.
-    """
-
-    model_type = "seed_moco"
-
-    def __init__(
-        self,
-        architecture: str = "resnet50",
-        model_args: dict[str, Any] | None = None,
-        in_chans: int = 3,
-        image_size: int = 224,
-        projection_dim: int = 128,
-        head_hidden_dim: int | None = None,
-        queue_size: int = 65536,
-        contrastive_temperature: float = 0.2,
-        momentum: float = 0.999,
-        key_bn_splits: int = 1,
-        queue_seed: int = 0,
-        image_mean: list[float] | None = None,
-        image_std: list[float] | None = None,
-        **kwargs,
-    ):
-        check_temperature("contrastive_temperature", contrastive_temperature)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
-        if key_bn_splits < 1:
-            raise ValueError(f"key_bn_splits must be ≥ 1, got {key_bn_splits}.")
-        if queue_size <= 0:
-            raise ValueError(f"queue_size must be a positive integer, got {queue_size}.")
-        self.architecture = architecture
-        self.model_args = dict(model_args or {})
-        self.in_chans = in_chans
-        self.image_size = image_size
-        self.projection_dim = projection_dim
-        self.head_hidden_dim = head_hidden_dim
-        self.queue_size = queue_size
-        self.contrastive_temperature = float(contrastive_temperature)
-        self.momentum = float(momentum)
-        self.key_bn_splits = key_bn_splits
-        self.queue_seed = queue_seed
-        self.image_mean, self.image_std = default_normalization(in_chans, image_mean, image_std)
-        super().__init__(**kwargs)
+__all__ = [
+    "MocoOutput",
+    "MocoPreTrainedModel",
+    "MocoQueryEncoder",
+    "MocoForPretraining",
+    "save_query_encoder",
+    "load_query_encoder",
+]
 
 
 @dataclass
@@ -137,18 +67,22 @@ class MocoOutput(ModelOutput):
     pooler_output: torch.FloatTensor | None = None
 
 
-class MocoForPretraining(QuietHubMixin, PreTrainedModel):
-    """MoCo-v2: query encoder + MLP head, momentum key encoder + head, queue of keys."""
+class MocoPreTrainedModel(QuietHubMixin, PreTrainedModel):
+    """Loading, saving and weight init of the MoCo-v2 models; builds the query encoder (timm
+    backbone, no classifier) and its MLP head, which every MoCo model has."""
 
     config_class = MocoConfig
     base_model_prefix = "encoder"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    _no_split_modules = ["MocoForPretraining"]
+    _no_split_modules = ["MocoForPretraining", "MocoQueryEncoder"]
+    # Trainer: the loss is a per-batch mean, no num_items_in_batch re-scaling
     accepts_loss_kwargs = False
 
-    def __init__(self, config: MocoConfig):
-        super().__init__(config)
+    def _init_weights(self, module: nn.Module) -> None:
+        init_module_weights(module)
+
+    def _build_query_encoder(self, config: MocoConfig) -> None:
         self.encoder = create_backbone(
             config.architecture, config.in_chans, config.model_args, "architecture"
         )
@@ -157,6 +91,42 @@ class MocoForPretraining(QuietHubMixin, PreTrainedModel):
         )
         width = pooled_width(self.encoder)
         self.head = ProjectionHead(width, config.head_hidden_dim or width, config.projection_dim)
+
+    def get_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled query-encoder features ``(batch, pooled_width)``."""
+        return pooled_features(self.encoder, pixel_values)
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """L2-normalised query embeddings ``(batch, projection_dim)`` (what a SEED teacher emits)."""
+        return F.normalize(self.head(self.get_features(pixel_values)), dim=1)
+
+
+class MocoQueryEncoder(MocoPreTrainedModel):
+    """The inference half of a MoCo-v2 model: query encoder + MLP head (what a SEED teacher runs).
+
+    Loads a training run or checkpoint of [`MocoForPretraining`] (the key encoder and the queue
+    are skipped) or a folder of :func:`save_query_encoder`.
+    """
+
+    # the training half of a MoCoForPretraining folder
+    _keys_to_ignore_on_load_unexpected = [r"^encoder_k\.", r"^head_k\.", r"^queue\."]
+
+    def __init__(self, config: MocoConfig):
+        super().__init__(config)
+        self._build_query_encoder(config)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """L2-normalised query embeddings ``(batch_size, projection_dim)``."""
+        return self.embed(pixel_values)
+
+
+class MocoForPretraining(MocoPreTrainedModel):
+    """MoCo-v2: query encoder + MLP head, momentum key encoder + head, queue of keys."""
+
+    def __init__(self, config: MocoConfig):
+        super().__init__(config)
+        self._build_query_encoder(config)
         self.encoder_k = copy.deepcopy(self.encoder)
         self.head_k = copy.deepcopy(self.head)
         for p in [*self.encoder_k.parameters(), *self.head_k.parameters()]:
@@ -166,17 +136,6 @@ class MocoForPretraining(QuietHubMixin, PreTrainedModel):
         # MoCo starts the key encoder as an exact copy of the query encoder (post_init re-drew
         # the heads; the backbones keep timm's init)
         self.head_k.load_state_dict(self.head.state_dict())
-
-    def _init_weights(self, module: nn.Module) -> None:
-        init_module_weights(module)
-
-    def get_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pooled query-encoder features ``(batch, pooled_width)``."""
-        return pooled_features(self.encoder, pixel_values)
-
-    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """L2-normalised query embeddings ``(batch, projection_dim)`` (what a SEED teacher emits)."""
-        return F.normalize(self.head(self.get_features(pixel_values)), dim=1)
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -274,24 +233,19 @@ def save_query_encoder(
 def load_query_encoder(path: str | os.PathLike) -> tuple[nn.Module, ProjectionHead, MocoConfig]:
     """``(encoder, head, config)`` of a MoCo folder: a training run or checkpoint
     (``save_pretrained``) or an inference-only folder of :func:`save_query_encoder`. Weights are
-    loaded strictly into fp32 modules; the key encoder and queue, when present, are ignored."""
-    from safetensors.torch import load_file
-
+    loaded strictly into fp32 modules (:class:`MocoQueryEncoder`); the key encoder and queue, when
+    present, are skipped."""
     path = Path(path)
-    config = MocoConfig.from_pretrained(path)
-    weights = path / "model.safetensors"
-    if not weights.is_file():
+    if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"{path} has no model.safetensors.")
-    state = load_file(str(weights))
-    encoder = create_backbone(config.architecture, config.in_chans, config.model_args, "architecture")
-    width = pooled_width(encoder)
-    head = ProjectionHead(width, config.head_hidden_dim or width, config.projection_dim)
-    for prefix, module in (("encoder.", encoder), ("head.", head)):
-        part = {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
-        result = module.load_state_dict(part, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"{weights} does not match {config.architecture!r} ({prefix.rstrip('.')}): missing keys "
-                f"{result.missing_keys[:10]}, unexpected keys {result.unexpected_keys[:10]}."
-            )
-    return encoder.eval(), head.eval(), config
+    model, info = MocoQueryEncoder.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
+    mismatched = {
+        k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v
+    }
+    if mismatched:
+        raise ValueError(
+            f"{path / 'model.safetensors'} does not match {model.config.architecture!r}: "
+            + ", ".join(f"{k.replace('_', ' ')} {sorted(v)[:10]}" for k, v in mismatched.items())
+            + "."
+        )
+    return model.encoder.eval(), model.head.eval(), model.config
