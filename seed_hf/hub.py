@@ -234,6 +234,16 @@ def export_student(
         "student_temperature": config.student_temperature,
         "teacher_temperature": config.teacher_temperature,
         "loss_variant": config.loss_variant,
+        # the local term, when the student was trained with it (off: the card names the SEED loss alone)
+        **(
+            {
+                "local_loss_weight": config.local_loss_weight,
+                "local_student_temperature": config.local_student_temperature,
+                "local_teacher_temperature": config.local_teacher_temperature,
+            }
+            if config.local_loss_weight
+            else {}
+        ),
         "projection_dim": config.projection_dim,
         "train_in_chans": config.in_chans,
     }

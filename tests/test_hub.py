@@ -214,3 +214,16 @@ def test_upload_plan_and_offline_push_fails_clearly(tmp_path, caplog):
     assert secret not in str(info.value) and secret not in caplog.text
     with pytest.raises(FileNotFoundError, match="export_student"):
         upload_plan(tmp_path)
+
+
+@pytest.mark.parametrize("local_loss_weight", [0.0, 0.5])
+def test_card_names_the_local_term_when_trained_with_it(tmp_path, local_loss_weight):
+    """A student trained with the local term says so (weight, temperatures); one without names the
+    SEED loss alone."""
+    model = tiny_student(local_loss_weight=local_loss_weight, local_teacher_temperature=0.05)
+    card = (export_student(model, tmp_path / "export") / "README.md").read_text()
+    loss_row = next(line for line in card.splitlines() if line.startswith("| loss |"))
+    if local_loss_weight:
+        assert "+ 0.5 × the local term" in loss_row and "τ teacher 0.05" in loss_row
+    else:
+        assert "local" not in loss_row
