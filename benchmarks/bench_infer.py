@@ -280,16 +280,13 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output_json).write_text(json.dumps(result, indent=2) + "\n")
     if args.manifest:
-        from seed_hf.cards import upsert_manifest_entry
+        from seed_hf.cli.manifest import add_entry_facts
 
-        entries = {e["name"]: e for e in json.loads(Path(args.manifest).read_text())}
-        if args.manifest_name not in entries:
-            raise SystemExit(
-                f"--manifest_name {args.manifest_name!r} is not in {args.manifest} ({sorted(entries)})."
-            )
-        entry = entries[args.manifest_name]
-        entry["facts"]["speed"] = {k: v for k, v in result.items() if k != "student_vs_teacher"}
-        upsert_manifest_entry(args.manifest, entry)
+        speed = {k: v for k, v in result.items() if k != "student_vs_teacher"}
+        try:
+            add_entry_facts(args.manifest, args.manifest_name, speed=speed)
+        except ValueError as error:  # the entry is missing: say it with the flag
+            raise SystemExit(str(error).replace("`manifest_name`", "--manifest_name")) from None
     return result
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from seed_hf.cards import render_manifest_cards, teacher_card_facts, upsert_manifest_entry
+from seed_hf.cards import teacher_card_facts
+from seed_hf.cli.manifest import render_manifest_cards, upsert_manifest_entry
 
 
 @dataclass

@@ -20,6 +20,7 @@ from transformers import HfArgumentParser
 
 from seed_hf.cards import run_summary
 from seed_hf.cli import OnnxArguments, flags_in_errors, onnx_export_options
+from seed_hf.cli.manifest import shipped_model_recorder
 from seed_hf.cli.script import ONNX_FLAGS
 from seed_hf.hub import export_moco_encoder, export_student, push_student_to_hub, upload_plan
 from seed_hf.runs import STUDENTS_DIR
@@ -105,7 +106,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 training_summary=run_summary(student_dir),
                 repo_id=repo_id,
                 license=args.license,
-                manifest=(args.manifest, args.manifest_name or output_dir.name, args.eval_results)
+                on_exported=shipped_model_recorder(
+                    args.manifest, args.manifest_name or output_dir.name, args.eval_results
+                )
                 if args.manifest
                 else None,
                 onnx=onnx,

@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from seed_hf.cards import render_manifest_cards, upsert_manifest_entry
 from seed_hf.cli import OnnxArguments, flags_in_errors, onnx_export_options
+from seed_hf.cli.manifest import add_entry_facts, manifest_entry, render_manifest_cards
 from seed_hf.cli.script import ONNX_FLAGS
 from seed_hf.onnx_export import export_onnx
 
@@ -45,26 +44,16 @@ def main(argv: list[str] | None = None) -> dict:
     onnx_args.onnx = True  # the point of this script
     if args.manifest and not args.manifest_name:
         raise ValueError("--manifest needs --manifest_name (the entry of --folder).")
-    entries = {e["name"]: e for e in json.loads(Path(args.manifest).read_text())} if args.manifest else {}
-    if args.manifest and args.manifest_name not in entries:
-        raise ValueError(
-            f"--manifest_name {args.manifest_name!r} is not in {args.manifest}: {sorted(entries)}."
-        )
-    if args.manifest:  # manifest folders are relative to the repository root, its parent's parent
-        recorded = Path(args.manifest).resolve().parent.parent / entries[args.manifest_name]["folder"]
-        if recorded.resolve() != Path(args.folder).resolve():
-            raise ValueError(
-                f"--manifest_name {args.manifest_name!r} records {recorded}, not --folder {args.folder}."
-            )
+    if args.manifest:  # checked before the export: the entry must record this very folder
+        with flags_in_errors(FolderArguments):
+            manifest_entry(args.manifest, args.manifest_name, args.folder)
     options = onnx_export_options(onnx_args)
     with flags_in_errors(aliases=ONNX_FLAGS):  # export_onnx names its parameters: say the flags
         record = export_onnx(args.folder, **options)
     print(json.dumps({k: v for k, v in record.items() if k != "files"}, indent=1))
     print(f"Wrote {[f['path'] for f in record['files']]} to {args.folder}")
     if args.manifest:
-        entry = entries[args.manifest_name]
-        entry["facts"]["onnx"] = record
-        upsert_manifest_entry(args.manifest, entry)
+        add_entry_facts(args.manifest, args.manifest_name, onnx=record)
         for card in render_manifest_cards(args.manifest):
             print(f"rendered {card}")
     return record

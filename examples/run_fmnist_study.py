@@ -441,6 +441,7 @@ def main(argv=None) -> list[dict]:
         timings_file.write_text(json.dumps(timings, indent=2))
 
     from seed_hf.cards import run_summary
+    from seed_hf.cli.manifest import shipped_model_recorder
     from seed_hf.hub import export_moco_encoder, export_student
 
     exports = {"seed_student": out / "students" / "seed", "moco_student": out / "students" / "moco"}
@@ -456,7 +457,9 @@ def main(argv=None) -> list[dict]:
                 repo_id=f"your-org/{folder.name}-fmnist-{args.student_architecture}",
                 license=args.license,
                 # shipped models: model_cards/ re-renders their cards from results.json (make cards)
-                manifest=(args.manifest, f"{folder.name}-fmnist-{args.student_architecture}", eval_results)
+                on_exported=shipped_model_recorder(
+                    args.manifest, f"{folder.name}-fmnist-{args.student_architecture}", eval_results
+                )
                 if args.manifest and eval_results
                 else None,
             )

@@ -1,9 +1,10 @@
-"""Model cards of exported encoders and of the models a repository ships.
+"""Model cards of exported encoders.
 
 A card says what the run and the evaluation recorded, bound to the weights it describes:
 :func:`results_for` keeps only the evaluation rows measured on those weights, the teacher comes
 from the typed record in the student's config, and facts that were not recorded are left out,
-never guessed. :func:`render_manifest_cards` re-renders every shipped card from a manifest.
+never guessed. The list of the models this repository ships, whose cards are re-rendered from it,
+is the script layer's (:mod:`seed_hf.cli.manifest`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 from .backbones import pooled_width
 from .runs import RUN_INFO_FILE, STUDENTS_DIR, TRAINER_STATE_NAME
 from .teacher_record import TeacherRecord, more_permissive
-from .teachers import weights_fingerprint
 
 __all__ = [
     "render_model_card",
@@ -29,8 +29,6 @@ __all__ = [
     "results_for",
     "run_summary",
     "teacher_card_facts",
-    "render_manifest_cards",
-    "upsert_manifest_entry",
     "TEMPLATE",
     "METHODS",
 ]
@@ -277,46 +275,3 @@ def teacher_card_facts(folder: str | os.PathLike, training: dict[str, Any] | Non
             if k in ("dataset", "dataset_split", "steps", "batch_size", "epochs", "augmentation", "compute")
         },
     }
-
-
-def render_manifest_cards(
-    manifest: str | os.PathLike, cards_dir: str | os.PathLike | None = None
-) -> list[Path]:
-    """(Re)renders the card of every model a repository ships from ``manifest`` (JSON list of
-    ``{"name", "folder", "results", "aliases", "facts", "repo_id", "license"}``, paths relative to
-    the manifest's parent's parent, i.e. the repository root) and the results JSON each names:
-    writes ``<folder>/README.md`` and ``<cards_dir>/<name>.md``. Returns the card files."""
-    manifest = Path(manifest)
-    root = manifest.resolve().parent.parent
-    cards_dir = Path(cards_dir) if cards_dir is not None else manifest.parent
-    written = []
-    for entry in json.loads(manifest.read_text()):
-        folder = root / entry["folder"]
-        results = []
-        if entry.get("results"):
-            results = results_for(
-                root / entry["results"],
-                entry["folder"],
-                root / entry["folder"],
-                *entry.get("aliases", []),
-                fingerprints={weights_fingerprint(str(folder))},
-            )
-        card = render_model_card(
-            entry["facts"],
-            results,
-            entry.get("repo_id") or f"your-org/{folder.name}",
-            entry.get("license", "apache-2.0"),
-        )
-        card.save(folder / "README.md")
-        card.save(cards_dir / f"{entry['name']}.md")
-        written.append(cards_dir / f"{entry['name']}.md")
-    return written
-
-
-def upsert_manifest_entry(manifest: str | os.PathLike, entry: dict[str, Any]) -> None:
-    """Adds or replaces (by ``name``) one entry of a shipped-models manifest."""
-    manifest = Path(manifest)
-    entries = json.loads(manifest.read_text()) if manifest.is_file() else []
-    entries = [e for e in entries if e["name"] != entry["name"]] + [entry]
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(sorted(entries, key=lambda e: e["name"]), indent=2, default=str) + "\n")

@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ from .cards import (
     results_for,
     student_license,
     teacher_facts,
-    upsert_manifest_entry,
 )
 from .modeling_seed import SeedForDistillation
 from .onnx_export import ONNX_FILES, export_onnx
@@ -36,6 +36,7 @@ __all__ = [
     "export_student",
     "export_encoder",
     "export_moco_encoder",
+    "ExportRecord",
     "upload_plan",
     "push_student_to_hub",
     "EXPORT_FILES",
@@ -44,6 +45,23 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EXPORT_FILES = ("README.md", "config.json", "model.safetensors", *ONNX_FILES)  # onnx/: when exported
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """What an export wrote, handed to its ``on_exported`` hook once the folder is in place.
+
+    Attributes:
+        folder: the exported folder.
+        facts: the facts its card was rendered from (method, teacher, training, input format, onnx).
+        license: the license of the weights (card metadata and ``pretrained_cfg``).
+        repo_id: the Hub id in the card's usage snippets, when one was given.
+    """
+
+    folder: Path
+    facts: dict[str, Any]
+    license: str
+    repo_id: str | None
 
 
 def _load_student(model_or_dir: SeedForDistillation | str | os.PathLike) -> SeedForDistillation:
@@ -70,7 +88,7 @@ def export_encoder(
     results: list[dict] | None = None,
     repo_id: str | None = None,
     license: str = "apache-2.0",
-    manifest: tuple[str | os.PathLike, str, str | os.PathLike | None] | None = None,
+    on_exported: Callable[[ExportRecord], None] | None = None,
     results_source: tuple[Any, tuple, Collection[str | None]] | None = None,
     onnx: dict[str, Any] | None = None,
 ) -> Path:
@@ -79,8 +97,8 @@ def export_encoder(
     the exact preprocessing of seed_hf's evaluation, which timm, ``AutoImageProcessor`` and the
     pipeline rebuild. A 1-channel backbone is exported as a 3-channel one whose first conv
     averages the channels (every Hub loader feeds RGB; on gray images it gives the same features).
-    ``manifest=(manifest.json, name, results.json)`` records the model as one the repository ships
-    (see :func:`~seed_hf.cards.render_manifest_cards`). ``results_source=(eval_results, models, fingerprints)``
+    ``on_exported`` is called with the :class:`ExportRecord` once the folder is in place (a
+    repository that ships several models records them there). ``results_source=(eval_results, models, fingerprints)``
     selects the card's rows with :func:`~seed_hf.cards.results_for` from the rows of ``models`` measured on the
     ``fingerprints`` or on the exported folder's own weights (instead of passing ``results``).
     ``onnx`` (keyword arguments of :func:`~seed_hf.onnx_export.export_onnx`, ``{}`` for its
@@ -151,21 +169,8 @@ def export_encoder(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if manifest is not None:  # a model the repository ships: its card is re-rendered from the manifest
-        path, name, results_file = manifest
-        root = Path(path).resolve().parent.parent
-        upsert_manifest_entry(
-            path,
-            {
-                "name": name,
-                "folder": os.path.relpath(out.resolve(), root),
-                "results": os.path.relpath(Path(results_file).resolve(), root) if results_file else None,
-                "aliases": [],
-                "facts": facts,
-                "repo_id": repo_id,
-                "license": license,
-            },
-        )
+    if on_exported is not None:
+        on_exported(ExportRecord(out, facts, license, repo_id))
     return out
 
 
@@ -203,7 +208,7 @@ def export_student(
     training_summary: dict[str, Any] | None = None,
     repo_id: str | None = None,
     license: str | None = None,
-    manifest: tuple[str | os.PathLike, str, str | os.PathLike | None] | None = None,
+    on_exported: Callable[[ExportRecord], None] | None = None,
     onnx: dict[str, Any] | None = None,
 ) -> Path:
     """Exports a SEED student backbone (see :func:`export_encoder`) with its card.
@@ -218,7 +223,7 @@ def export_student(
         license: license of the weights (card metadata and ``pretrained_cfg``). Default: the
             teacher's, when its record states one, else ``"other"`` with a note in the card. A license
             more permissive than the teacher's (or over a teacher of unknown license) is warned about.
-        manifest: ``(manifest.json, name, results.json)`` of a model the repository ships.
+        on_exported: called with the :class:`ExportRecord` once the folder is in place.
         onnx: keyword arguments of :func:`~seed_hf.onnx_export.export_onnx` (``{}``: its defaults)
             to add the verified ``onnx/`` graphs; None: no ONNX export.
     """
@@ -257,7 +262,7 @@ def export_student(
         eval_results,
         repo_id,
         license,
-        manifest,
+        on_exported,
         onnx=onnx,
     )
 
@@ -269,7 +274,7 @@ def export_moco_encoder(
     training_summary: dict[str, Any] | None = None,
     repo_id: str | None = None,
     license: str | None = None,
-    manifest: tuple[str | os.PathLike, str, str | os.PathLike | None] | None = None,
+    on_exported: Callable[[ExportRecord], None] | None = None,
     onnx: dict[str, Any] | None = None,
 ) -> Path:
     """Exports the query encoder of a MoCo-v2 run (the paper's "student trained by SSL alone"
@@ -288,13 +293,13 @@ def export_moco_encoder(
         eval_results,
         repo_id,
         license,
-        manifest,
+        on_exported,
         onnx=onnx,
     )
 
 
 def _export_with_config(
-    backbone, config, facts, source, out_dir, eval_results, repo_id, license, manifest, onnx=None
+    backbone, config, facts, source, out_dir, eval_results, repo_id, license, on_exported, onnx=None
 ) -> Path:
     """:func:`export_encoder` with the input format of a SEED or MoCo config; card rows are the
     evaluation rows of ``source`` (the run folder, with its weights as they are now) or of the
@@ -312,7 +317,7 @@ def _export_with_config(
         None,
         repo_id,
         license,
-        manifest,
+        on_exported,
         results_source=(
             eval_results,
             (source, out_dir),

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from seed_hf.cards import render_manifest_cards, results_for
+from seed_hf.cards import results_for
+from seed_hf.cli.manifest import render_manifest_cards
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "model_cards" / "models.json"
@@ -53,3 +54,33 @@ def test_card_is_in_sync_with_its_results(entry, tmp_path, monkeypatch):
         assert rendered.read_text() == (ROOT / "model_cards" / f"{entry['name']}.md").read_text()
     finally:  # render_manifest_cards also rewrote the folder's README: restore it byte for byte
         (ROOT / entry["folder"] / "README.md").write_text(folder_card)
+
+
+def test_an_export_recorded_through_its_hook_renders_the_same_card(tmp_path):
+    """``shipped_model_recorder`` (the script layer) gets the export's record through the library's
+    ``on_exported`` hook; the card re-rendered from the manifest is the exported folder's card, and
+    facts added later (ONNX, speed) reach the card; a missing entry is named."""
+    from helpers import tiny_student
+
+    from seed_hf.cli.manifest import add_entry_facts, manifest_entry, shipped_model_recorder
+    from seed_hf.hub import ExportRecord, export_student
+
+    manifest = tmp_path / "model_cards" / "models.json"
+    records = []
+    recorder = shipped_model_recorder(manifest, "tiny", None)
+    folder = export_student(
+        tiny_student(), tmp_path / "tiny", on_exported=lambda r: (records.append(r), recorder(r))
+    )
+    (record,) = records
+    assert isinstance(record, ExportRecord) and record.folder == folder and record.facts["method"] == "seed"
+    entry = manifest_entry(manifest, "tiny", folder)
+    assert entry["folder"] == "tiny" and entry["license"] == record.license
+    exported_card = (folder / "README.md").read_text()
+    (rendered,) = render_manifest_cards(manifest)
+    assert rendered.read_text() == exported_card
+    add_entry_facts(manifest, "tiny", speed={"machine": "a test machine", "rows": []})
+    assert json.loads(manifest.read_text())[0]["facts"]["speed"]["machine"] == "a test machine"
+    with pytest.raises(ValueError, match=r"`manifest_name` 'other' is not in .*\['tiny'\]"):
+        manifest_entry(manifest, "other")
+    with pytest.raises(ValueError, match="records .*, not `folder`"):
+        manifest_entry(manifest, "tiny", tmp_path / "elsewhere")
