@@ -11,7 +11,8 @@
 #   echo /.gpu_data/ >> .git/info/exclude
 # and carry .gpu_data (and .whl, wheels of packages its image lacks, see the device README).
 # The device tool sends at most 64 MiB (tracked files included): this checkout tracks 73 MB of shipped
-# weights and ONNX graphs, so run it from a copy without them (the script needs none of them).
+# weights and ONNX graphs, and the tool sends the session's own checkout: until those leave git (LFS,
+# release assets) the device refuses this repository. The script itself needs none of them.
 # CPU smoke run (a few steps of each part, 4.5 min on 2 cores): GPU_RUN_SMOKE=1 bash benchmarks/gpu_run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
