@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from accelerate import PartialState
 from transformers import HfArgumentParser, set_seed
 
 from seed_hf import MocoConfig, MocoForPretraining, MocoTrainer, SeedTrainingArguments
@@ -101,3 +102,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+    PartialState().destroy_process_group()  # a gloo group left alive can abort the process at exit

@@ -6,6 +6,7 @@ import os
 import sys
 
 import torch
+from accelerate import PartialState
 
 sys.path.insert(0, os.path.dirname(__file__))
 from helpers import TensorImages, tiny_student, tiny_teacher  # noqa: E402
@@ -67,3 +68,4 @@ if __name__ == "__main__":
         sys.argv[4],
         len(sys.argv) > 5 and sys.argv[5] == "knn",
     )
+    PartialState().destroy_process_group()  # a gloo group left alive can abort the process at exit

@@ -14,6 +14,7 @@ import sys
 from types import SimpleNamespace
 
 import torch
+from accelerate import PartialState
 
 sys.path.insert(0, os.path.dirname(__file__))
 from helpers import KillAtStep, tiny_student, tiny_teacher  # noqa: E402
@@ -98,3 +99,4 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+    PartialState().destroy_process_group()  # a gloo group left alive can abort the process at exit
