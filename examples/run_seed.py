@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         teacher_image_mean=model_args.teacher_image_mean,
         teacher_image_std=model_args.teacher_image_std,
         teacher_image_size=model_args.teacher_image_size,
+        sha256=fingerprint,
     )
     architectures = [a.strip() for a in model_args.student_architecture.split(",") if a.strip()]
     configs = [
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
         "method": "seed",
         **data.describe(),
         "teacher": teacher.record.to_dict(),
-        "teacher_sha256": fingerprint,  # what check_same_teacher compares on resume
+        "teacher_sha256": teacher.record.sha256,  # what check_same_teacher compares on resume
     }
     metrics = train_and_save(trainer, last_checkpoint, run_info=run_info)
     if isinstance(model, SeedStudentGroup) and training_args.should_save:

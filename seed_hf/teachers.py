@@ -534,6 +534,7 @@ def load_teacher(
     teacher_image_mean: list[float] | None = None,
     teacher_image_std: list[float] | None = None,
     teacher_image_size: int | None = None,
+    sha256: str | None = None,
 ) -> FrozenTeacher:
     """Builds a [`FrozenTeacher`] from a spec (see the module docstring), with its provenance in
     ``teacher.record`` (:class:`~seed_hf.teacher_record.TeacherRecord`).
@@ -558,6 +559,9 @@ def load_teacher(
         teacher_image_size: resize the teacher's inputs to this resolution (e.g. the one it was
             trained at, ``teacher.record.image_size``) when the student trains at another; default:
             the teacher sees the student's views as they are.
+        sha256: the weights' fingerprint when the caller has just computed it
+            (`weights_fingerprint(name_or_path, checkpoint)`, e.g. to refuse a run folder of
+            another teacher before loading): recorded as is instead of reading the weights twice.
 
     Raises:
         FileNotFoundError: ``checkpoint`` or the folder (or its config.json) is missing, or a
@@ -591,7 +595,7 @@ def load_teacher(
             raise ValueError(f"teacher_image_size must be a positive integer, got {teacher_image_size!r}.")
         teacher.input_size = teacher_image_size
     record = teacher.record
-    record.sha256 = weights_fingerprint(str(name_or_path), checkpoint)
+    record.sha256 = sha256 if sha256 is not None else weights_fingerprint(str(name_or_path), checkpoint)
     record.embed_dim = teacher.embed_dim
     record.normalization = teacher.normalization
     record.resized_to = teacher.input_size

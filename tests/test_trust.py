@@ -320,6 +320,26 @@ def test_teacher_record_license_flows_into_the_students_card(tmp_path, caplog):
     assert ModelCard.load(folder / "README.md").data.license == "other" and "was not recorded" in card
 
 
+def test_a_fingerprint_the_caller_computed_is_recorded_without_hashing_the_weights_again(
+    tmp_path, monkeypatch
+):
+    """run_seed.py hashes the teacher's weights to refuse another teacher's run folder; the record
+    takes that value instead of reading a multi-GB checkpoint a second time."""
+    from test_teachers import _moco_v2_checkpoint
+
+    import seed_hf.teachers
+    from seed_hf import load_teacher
+
+    _moco_v2_checkpoint(tmp_path / "moco.pth")
+    computed = weights_fingerprint("test_resnet", tmp_path / "moco.pth")
+
+    def no_second_hash(*args, **kwargs):
+        raise AssertionError("the weights were hashed again")
+
+    monkeypatch.setattr(seed_hf.teachers, "weights_fingerprint", no_second_hash)
+    assert load_teacher("test_resnet", tmp_path / "moco.pth", sha256=computed).record.sha256 == computed
+
+
 def test_teacher_resolution_is_recorded_warned_about_and_resized_for(tmp_path, caplog):
     from helpers import TensorImages, tiny_moco
 
