@@ -29,12 +29,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from transformers import HfArgumentParser
 
 from seed_hf import MocoConfig, MocoForPretraining
 from seed_hf.data.batched_transforms import BATCHED_PRESETS, BatchedSSLTransform
 from seed_hf.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from seed_hf.distributed import shutdown_distributed
 from seed_hf.evaluation import (
     LabelledImages,
     PooledBackbone,
@@ -322,4 +323,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
-    PartialState().destroy_process_group()  # a gloo group left alive can abort the process at exit
+    shutdown_distributed()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from accelerate import PartialState
 from transformers import HfArgumentParser, set_seed
 
 from seed_hf import MocoConfig, MocoForPretraining, MocoTrainer, SeedTrainingArguments
@@ -31,6 +30,7 @@ from seed_hf.cli import (
     setup_logging,
     train_and_save,
 )
+from seed_hf.distributed import shutdown_distributed
 from seed_hf.runs import lock_run_folder
 
 
@@ -102,4 +102,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
-    PartialState().destroy_process_group()  # a gloo group left alive can abort the process at exit
+    shutdown_distributed()

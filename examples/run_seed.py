@@ -16,7 +16,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from accelerate import PartialState
 from transformers import HfArgumentParser, set_seed
 
 from seed_hf import (
@@ -45,6 +44,7 @@ from seed_hf.cli import (
     train_and_save,
 )
 from seed_hf.cli.script import ONNX_FLAGS
+from seed_hf.distributed import shutdown_distributed
 from seed_hf.runs import STUDENTS_DIR, lock_run_folder
 from seed_hf.teachers import weights_fingerprint
 
@@ -288,4 +288,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
-    PartialState().destroy_process_group()  # a gloo group left alive can abort the process at exit
+    shutdown_distributed()

@@ -6,10 +6,12 @@ unchanged in one CPU process, under ``torchrun`` (gloo / nccl) and under ``accel
 
 from __future__ import annotations
 
+import gc
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "world_size", "all_gather_no_grad"]
+__all__ = ["is_distributed", "world_size", "all_gather_no_grad", "shutdown_distributed"]
 
 
 def is_distributed() -> bool:
@@ -18,6 +20,20 @@ def is_distributed() -> bool:
 
 def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+def shutdown_distributed() -> None:
+    """Destroys the default process group while the interpreter is still alive: the last call of
+    every script that trains (a no-op in one process).
+
+    A trainer's DDP wrapper holds the group through reference cycles that only a garbage
+    collection breaks. Left to the interpreter's exit, a gloo worker thread that frees the last
+    collective's tensors asks a finalising interpreter for the GIL and the process aborts
+    ("terminate called without an active exception", SIGABRT), so the cycles are collected first.
+    """
+    gc.collect()
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 @torch.no_grad()

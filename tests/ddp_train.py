@@ -6,12 +6,12 @@ import os
 import sys
 
 import torch
-from accelerate import PartialState
 
 sys.path.insert(0, os.path.dirname(__file__))
 from helpers import TensorImages, tiny_student, tiny_teacher  # noqa: E402
 
 from seed_hf import KnnMonitor, SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E402
+from seed_hf.distributed import shutdown_distributed  # noqa: E402
 
 
 def main(out_dir: str, global_batch: int, steps: int, variant: str, knn: bool = False) -> None:
@@ -68,4 +68,4 @@ if __name__ == "__main__":
         sys.argv[4],
         len(sys.argv) > 5 and sys.argv[5] == "knn",
     )
-    PartialState().destroy_process_group()  # a gloo group left alive can abort the process at exit
+    shutdown_distributed()

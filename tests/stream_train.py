@@ -14,7 +14,6 @@ import sys
 from types import SimpleNamespace
 
 import torch
-from accelerate import PartialState
 
 sys.path.insert(0, os.path.dirname(__file__))
 from helpers import KillAtStep, tiny_student, tiny_teacher  # noqa: E402
@@ -23,6 +22,7 @@ from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E
 from seed_hf.cli.arguments import DataTrainingArguments  # noqa: E402
 from seed_hf.cli.runs import resolve_checkpoint  # noqa: E402
 from seed_hf.data.sources import build_train_dataset  # noqa: E402
+from seed_hf.distributed import shutdown_distributed  # noqa: E402
 
 
 class RecordingTrainer(SeedTrainer):
@@ -99,4 +99,4 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
-    PartialState().destroy_process_group()  # a gloo group left alive can abort the process at exit
+    shutdown_distributed()
