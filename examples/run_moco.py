@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
         image_mean=data.mean,
         image_std=data.std,
     )
-    check_resumable(last_checkpoint, [config])
+    described = data.describe()  # the data as run_info.json and the cards record it
+    check_resumable(last_checkpoint, [config], described, training_args.train_batch_size)
     model = MocoForPretraining(config)
     train_dataset = build_script_dataset(data, training_args, config, num_views=2)
     # --data_device cuda: the workers pass JPEG bytes, decoded and augmented on the GPU by the trainer
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, data.image_size),
         device_transform=device_transform,
     )
-    metrics = train_and_save(trainer, last_checkpoint, run_info={"method": "moco_v2", **data.describe()})
+    metrics = train_and_save(trainer, last_checkpoint, run_info={"method": "moco_v2", **described})
     return metrics
 
 

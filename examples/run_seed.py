@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for architecture in architectures
     ]
-    check_resumable(last_checkpoint, configs)
+    described = data.describe()  # the data as run_info.json and the cards record it
+    check_resumable(last_checkpoint, configs, described, training_args.train_batch_size)
     config = configs[0]
     if len(configs) == 1:
         model = SeedForDistillation(config)
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     run_info = {
         "method": "seed",
-        **data.describe(),
+        **described,
         "teacher": teacher.record.to_dict(),
         "teacher_sha256": teacher.record.sha256,  # what check_same_teacher compares on resume
     }

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .backbones import pooled_features
-from .data.decode import collate_batch
+from .data.decode import collate_batch, convert_image
 from .losses import check_temperature
 from .subsets import balanced_subset, subset_record
 
@@ -89,16 +89,16 @@ def eval_data_config(
 
 
 def eval_transform(data_config: dict[str, Any]) -> Callable:
-    """``timm.data.create_transform(**data_config)`` on PIL images, converted first to the mode
-    the model takes (``L`` for 1 channel, ``RGB`` for 3: what ``image.convert("RGB")`` does for
-    a Hub user of a 3-channel export)."""
+    """``timm.data.create_transform(**data_config)`` on PIL images, converted first to the
+    channels the model takes as training converts them (:func:`convert_image`: ``L`` for 1
+    channel, ``RGB`` for 3, a 16-bit image scaled by its maximum rather than clipped to white)."""
     from timm.data import create_transform
 
     transform = create_transform(**data_config, is_training=False)
-    mode = "L" if data_config["input_size"][0] == 1 else "RGB"
+    in_chans = data_config["input_size"][0]
 
     def apply(image):
-        return transform(image.convert(mode))
+        return transform(convert_image(image, in_chans))
 
     return apply
 

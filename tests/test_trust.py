@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -381,3 +382,82 @@ def test_teacher_resolution_is_recorded_warned_about_and_resized_for(tmp_path, c
     assert "was trained at" not in caplog.text
     assert set(seen) == {(64, 64)}  # the 32-px views, resized for the teacher
     assert trainer.model.config.teacher["resized_to"] == 64
+
+
+SEED_RUN = ["--teacher_name_or_path", "test_resnet", "--allow_random_teacher", "--student_architecture",
+            "test_efficientnet", "--queue_size", "64"]  # fmt: skip
+
+
+@requires_fashion_mnist
+def test_overwrite_removes_the_previous_runs_checkpoints_so_no_later_run_resumes_them(tmp_path, caplog):
+    out = tmp_path / "run"
+    run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN])  # 3 steps, checkpoint-3
+    (out / "notes.txt").write_text("the user's own file")
+    run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN, "--max_steps", "2", "--save_steps", "2",
+                   "--overwrite_output_dir", "true"])  # fmt: skip
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert re.search(r"removed the previous run's .*checkpoint-3.*trainer_state.json", caplog.text)
+    assert (out / "notes.txt").is_file()
+    # a later run without the flag resumes the new run (step 2), not the old one (step 3)
+    run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN, "--max_steps", "4", "--save_steps", "2"])
+    assert f"resuming training at {out / 'checkpoint-2'}" in caplog.text
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+
+
+@requires_fashion_mnist
+@pytest.mark.parametrize(
+    "changed, named",
+    [
+        (["--teacher_temperature", "0.05"], "teacher_temperature=0.05"),
+        (["--image_size", "48"], "image_size=48"),
+        (["--augmentation", "simclr"], "augmentation='simclr'"),
+        (["--max_train_samples", "96"], "train_subset="),
+        (["--per_device_train_batch_size", "8"], "per_device_train_batch_size=8"),
+    ],
+)
+def test_resuming_with_another_recipe_is_refused_naming_it(tmp_path, changed, named):
+    """The rest of the steps would be trained with another recipe, and the card would describe it for all."""
+    out = tmp_path / "run"
+    run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN])
+    with pytest.raises(ValueError, match=f"holds a run trained with .*resuming it with .*{named}"):
+        run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN, "--max_steps", "5", *changed])
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+
+
+@requires_fashion_mnist
+def test_resuming_with_the_same_recipe_and_more_steps_trains_on(tmp_path):
+    out = tmp_path / "run"
+    run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN])
+    run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN, "--max_steps", "4"])
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def test_evaluation_converts_16_bit_images_as_training_does():
+    from PIL import Image
+
+    from seed_hf.data.decode import convert_image
+    from seed_hf.evaluation import eval_transform
+
+    ramp = np.linspace(0, 4000, 32 * 32).reshape(32, 32).astype(np.uint16)  # a 12-bit sensor's range
+    image = Image.fromarray(ramp)
+    assert image.mode.startswith("I;16")
+    config = {"input_size": (3, 32, 32), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
+              "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # fmt: skip
+    evaluated = eval_transform(config)(image)
+    trained = np.asarray(convert_image(image, 3), dtype=np.float32) / 255
+    assert float(evaluated.mean()) == pytest.approx(float(trained.mean()), abs=0.02)
+    assert float(evaluated.mean()) < 0.9  # not clipped to white
+
+
+def test_local_term_on_a_one_patch_teacher_map_is_refused(tmp_path):
+    from helpers import TensorImages
+
+    from seed_hf import SeedConfig, SeedForDistillation, SeedTrainer, SeedTrainingArguments, load_teacher
+
+    teacher = load_teacher("test_resnet", allow_random=True)  # stride 32: 1x1 at 32 px
+    config = SeedConfig(student_architecture="test_efficientnet", image_size=32, queue_size=64,
+                        projection_dim=teacher.embed_dim, local_loss_weight=1.0)  # fmt: skip
+    args = SeedTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1)
+    with pytest.raises(ValueError, match="at least 2 patches, but the teacher's is 1x1 at image_size=32"):
+        SeedTrainer(model=SeedForDistillation(config), teacher=teacher, args=args,
+                    train_dataset=TensorImages(16, seed=0))  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from ..runs import (
 __all__ = [
     "RUN_FIELDS",
     "check_resumable",
+    "clear_previous_run",
     "check_same_teacher",
     "finished_run_results",
     "recorded_teacher",
@@ -98,12 +100,81 @@ def check_same_teacher(training_args, fingerprint: str | None) -> None:
         )
 
 
-def check_resumable(checkpoint: str | None, configs: list) -> None:
+# config fields a resumed run may differ in: provenance the trainer writes (the teacher is
+# compared by its weights' fingerprint, check_same_teacher) and serialisation metadata
+UNCOMPARED_FIELDS = frozenset(
+    {
+        "architectures",
+        "dtype",
+        "torch_dtype",
+        "transformers_version",
+        "use_cache",
+        "teacher",
+        "teacher_name_or_path",
+    }
+)
+
+
+def check_resumable(
+    checkpoint: str | None,
+    configs: list,
+    data: dict[str, Any] | None = None,
+    train_batch_size: int | None = None,
+) -> None:
     """Refuses to resume from a checkpoint of another model (architecture, widths, queue size) with
     one message naming what the folder holds and what was asked for, instead of a state-dict
-    size-mismatch dump. ``configs``: the config of each model (one per student of a group)."""
+    size-mismatch dump; then refuses to resume it with another recipe (any other config field,
+    the data ``data`` describes, the per-device ``train_batch_size``): the rest of its steps would
+    be trained differently from the first, and its card would describe the new recipe for all.
+    ``configs``: the config of each model (one per student of a group)."""
     if checkpoint is None:
         return
+    _check_same_shapes(checkpoint, configs)
+    _check_same_recipe(checkpoint, configs, data, train_batch_size)
+
+
+def _check_same_recipe(
+    checkpoint: str, configs: list, data: dict[str, Any] | None, train_batch_size: int | None
+) -> None:
+    held, asked = {}, {}
+    config_file = Path(checkpoint) / "config.json"
+    if config_file.is_file() and len(configs) == 1:  # both with their defaults, as JSON values
+        saved = _as_json(type(configs[0]).from_json_file(str(config_file)).to_dict())
+        requested = _as_json(configs[0].to_dict())
+        for key in sorted((saved.keys() & requested.keys()) - UNCOMPARED_FIELDS - set(RUN_FIELDS)):
+            if saved[key] != requested[key]:
+                held[key], asked[key] = saved[key], requested[key]
+    info_file = Path(checkpoint).parent / RUN_INFO_FILE
+    if data is not None and info_file.is_file():
+        recorded = json.loads(info_file.read_text())
+        data = _as_json(data)
+        for key in sorted(data.keys() & recorded.keys()):
+            if recorded[key] != data[key]:
+                held[key], asked[key] = recorded[key], data[key]
+    state_file = Path(checkpoint) / TRAINER_STATE_NAME
+    if train_batch_size is not None and state_file.is_file():
+        recorded = json.loads(state_file.read_text()).get("train_batch_size")
+        if recorded is not None and recorded != train_batch_size:
+            held["per_device_train_batch_size"], asked["per_device_train_batch_size"] = (
+                recorded,
+                train_batch_size,
+            )
+    if held:
+        raise ValueError(
+            f"--output_dir {Path(checkpoint).parent} holds a run trained with "
+            f"{', '.join(f'{k}={v!r}' for k, v in held.items())} ({Path(checkpoint).name}); resuming it with "
+            f"{', '.join(f'{k}={v!r}' for k, v in asked.items())} would train its remaining steps with another "
+            "recipe than its first ones. Pass the flags it was trained with, another --output_dir, or "
+            "--overwrite_output_dir to start a new run there."
+        )
+
+
+def _as_json(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` as written to and read back from a JSON file (tuples become lists)."""
+    return json.loads(json.dumps(values, default=str))
+
+
+def _check_same_shapes(checkpoint: str, configs: list) -> None:
     config_file = Path(checkpoint) / "config.json"
     requested = [c.to_dict() for c in configs]
     if config_file.is_file():
@@ -140,6 +211,31 @@ def check_resumable(checkpoint: str | None, configs: list) -> None:
     )
 
 
+# what a run leaves in its folder that a later run would read back: its checkpoints (resumed from)
+# and its state and results (read as those of a finished run)
+PREVIOUS_RUN_FILES = (TRAINER_STATE_NAME, "train_results.json", "all_results.json", RUN_INFO_FILE)
+
+
+def clear_previous_run(output_dir: str | os.PathLike) -> list[str]:
+    """``--overwrite_output_dir``: removes the previous run's checkpoints, state and results from
+    ``output_dir`` (other files stay), so that no later run resumes from them or reports them as
+    its own. Returns the names removed, which are logged."""
+    output_dir = Path(output_dir)
+    removed = sorted(
+        path.name
+        for path in output_dir.iterdir()
+        if (path.is_dir() and path.name.startswith("checkpoint-")) or path.name in PREVIOUS_RUN_FILES
+    )
+    for name in removed:
+        path = output_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if removed:
+        logger.warning(
+            f"--overwrite_output_dir: removed the previous run's {', '.join(removed)} from {output_dir}."
+        )
+    return removed
+
+
 def resolve_checkpoint(training_args) -> str | None:
     """The checkpoint to resume from: ``--resume_from_checkpoint`` or the last complete one in
     ``output_dir``; raises on a non-empty ``output_dir`` without checkpoints."""
@@ -148,6 +244,8 @@ def resolve_checkpoint(training_args) -> str | None:
             return last_complete_checkpoint(training_args.output_dir)
         return training_args.resume_from_checkpoint
     output_dir = training_args.output_dir
+    if os.path.isdir(output_dir) and training_args.overwrite_output_dir and training_args.should_save:
+        clear_previous_run(output_dir)
     if os.path.isdir(output_dir) and not training_args.overwrite_output_dir:
         last = last_complete_checkpoint(output_dir)
         ours = {RUN_INFO_FILE}  # written before the first step; interrupted saves are removed at the start
