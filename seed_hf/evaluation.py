@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .backbones import pooled_features
-from .data.decode import collate_batch, convert_image
+from .data.decode import SKIPPED_KEY, DecodeStats, cell_name, collate_batch, convert_image, open_image
 from .losses import check_temperature
 from .subsets import balanced_subset, subset_record
 
@@ -166,15 +166,25 @@ def load_encoder(name_or_path: str) -> EncoderSpec:
 class LabelledImages(Dataset):
     """``(image, label)`` pairs → ``{"pixel_values", "labels"}`` through ``transform``.
 
-    ``images``: uint8 arrays ``(n, h, w[, c])`` (Fashion-MNIST) or any sequence of PIL images
-    (e.g. a ``datasets`` column); ``transform=None`` gives the ``[0, 1]`` tensor of the image."""
+    ``images``: uint8 arrays ``(n, h, w[, c])`` (Fashion-MNIST) or any sequence of PIL images or
+    image cells (bytes, paths, ``{"bytes", "path"}``: a ``datasets`` column); ``transform=None``
+    gives the ``[0, 1]`` tensor of the image. An image that cannot be decoded gives no
+    ``pixel_values`` (logged with its file and counted in ``stats``): :func:`collate_batch` drops it,
+    and :func:`extract_features` says how many."""
 
-    def __init__(self, images, labels: Sequence[int] | np.ndarray, transform: Callable | None = None):
+    def __init__(
+        self,
+        images,
+        labels: Sequence[int] | np.ndarray,
+        transform: Callable | None = None,
+        stats: DecodeStats | None = None,
+    ):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels.")
         self.images = images
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.transform = transform
+        self.stats = stats if stats is not None else DecodeStats()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -183,10 +193,15 @@ class LabelledImages(Dataset):
         from PIL import Image
 
         image = self.images[index]
-        return Image.fromarray(np.asarray(image)) if isinstance(image, np.ndarray) else image
+        return Image.fromarray(np.asarray(image)) if isinstance(image, np.ndarray) else open_image(image)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image = self.image(index)
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | None]:
+        try:
+            image = self.image(index)
+        except Exception as error:  # PIL raises many types for bad data
+            self.stats.record(False, f"{type(error).__name__}: {error}"[:120], cell_name(self.images[index]))
+            return {"pixel_values": None, "labels": self.labels[index]}
+        self.stats.record(True)
         if self.transform is None:
             from torchvision.transforms.functional import pil_to_tensor
 
@@ -210,13 +225,18 @@ def extract_features(
 
     ``batch_transform`` is applied to each stacked batch ``(b, c, h, w)`` (torchvision v2
     transforms accept batches). Returns ``(features (n, d) float32 on CPU, labels (n,) long)``;
-    ``encoder=None`` flattens pixels.
+    ``encoder=None`` flattens pixels. Images that cannot be decoded are left out of both (each
+    named in the log) and their number is logged.
     """
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False, collate_fn=collate_batch
+    )
     if encoder is not None:
         encoder = encoder.to(device).eval()
     feats, labels = [], []
+    skipped = 0
     for batch in tqdm(loader, desc=desc, leave=False):
+        skipped += int(batch[SKIPPED_KEY].sum()) if SKIPPED_KEY in batch else 0
         x = batch["pixel_values"]
         if batch_transform is not None:
             x = batch_transform(x)
@@ -224,6 +244,11 @@ def extract_features(
         out = x.flatten(1) if encoder is None else encoder(x)
         feats.append(out.float().cpu())
         labels.append(batch["labels"])
+    if skipped:
+        logger.warning(
+            f"{desc}: left out {skipped} undecodable image(s) of {len(dataset)} (named above): the features "
+            f"and labels hold the other {len(dataset) - skipped}."
+        )
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -486,6 +511,13 @@ def load_labelled_splits(
                 f"The {split_name} data has no column(s) {missing}; its columns are {split.column_names}. "
                 "Pass `image_column` / `label_column`."
             )
+    # the cells undecoded (bytes and path): LabelledImages decodes them, skipping and naming a corrupt file
+    train, evaluation = (
+        split.cast_column(image_column, datasets.Image(decode=False))
+        if isinstance(split.features.get(image_column), datasets.Image)
+        else split
+        for split in (train, evaluation)
+    )
     return LabelledSplits(
         name,
         _LazyColumn(train, image_column),

@@ -461,3 +461,56 @@ def test_local_term_on_a_one_patch_teacher_map_is_refused(tmp_path):
     with pytest.raises(ValueError, match="at least 2 patches, but the teacher's is 1x1 at image_size=32"):
         SeedTrainer(model=SeedForDistillation(config), teacher=teacher, args=args,
                     train_dataset=TensorImages(16, seed=0))  # fmt: skip
+
+
+def _png_bytes(value: int, size: int = 16) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_evaluation_leaves_out_and_names_a_corrupt_image_of_an_imagefolder(tmp_path, caplog):
+    """Training skips and counts a corrupt file; evaluation and the kNN monitor did crash on it."""
+    from seed_hf.evaluation import LabelledImages, extract_features, load_labelled_splits
+
+    for split in ("train", "val"):
+        for label, value in (("a", 10), ("b", 240)):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(3):
+                (tmp_path / split / label / f"{i}.png").write_bytes(_png_bytes(value + i))
+    (tmp_path / "train" / "b" / "garbage.png").write_bytes(b"not an image")
+    data = load_labelled_splits(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    assert len(data.train_labels) == 7
+    features, labels = extract_features(
+        None, LabelledImages(data.train_images, data.train_labels), desc="train"
+    )
+    assert features.shape[0] == len(labels) == 6 and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert "garbage.png" in caplog.text and "left out 1 undecodable image(s) of 7" in caplog.text
+
+
+def test_evaluation_reads_parquet_image_structs_without_feature_metadata(tmp_path):
+    """Shards written by pyarrow (an image column of {bytes, path} structs, no datasets features)
+    train through --train_files; evaluation decoded nothing of them ('dict' has no 'convert')."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from seed_hf.evaluation import (
+        LabelledImages,
+        eval_data_config,
+        eval_transform,
+        extract_features,
+        load_labelled_splits,
+    )
+
+    images = [{"bytes": _png_bytes(v), "path": None} for v in (10, 20, 230, 240)]
+    for split in ("train", "test"):
+        pq.write_table(pa.table({"img": images, "lab": [0, 0, 1, 1]}), tmp_path / f"{split}-00000.parquet")
+    data = load_labelled_splits(dataset_name=str(tmp_path), image_column="img", label_column="lab")
+    transform = eval_transform(eval_data_config(3, 16, [0.0] * 3, [1.0] * 3))
+    features, labels = extract_features(None, LabelledImages(data.eval_images, data.eval_labels, transform))
+    assert features.shape == (4, 3 * 16 * 16) and labels.tolist() == [0, 0, 1, 1]
+    assert float(features[0].mean()) == pytest.approx(10 / 255, abs=1e-3)

@@ -16,7 +16,16 @@ from PIL import Image
 
 from . import opencv_kernels
 
-__all__ = ["DECODE_STATS", "SKIPPED_KEY", "DecodeStats", "collate_batch", "convert_image", "decode_image"]
+__all__ = [
+    "DECODE_STATS",
+    "SKIPPED_KEY",
+    "DecodeStats",
+    "cell_name",
+    "collate_batch",
+    "convert_image",
+    "decode_image",
+    "open_image",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +87,14 @@ def decode_image(
 
 
 def _decode_with_pil(value: Any, in_chans: int) -> Image.Image:
+    return convert_image(open_image(value), in_chans)
+
+
+def open_image(value: Any) -> Image.Image:
+    """A datasets image cell (PIL image, bytes, path or ``{"bytes", "path"}``) fully decoded by
+    PIL, in its own mode. Raises on corrupt or truncated data (PIL raises many types)."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
     if isinstance(value, (bytes, bytearray)):
         image = Image.open(io.BytesIO(value))
     elif isinstance(value, (str, os.PathLike)):
@@ -87,7 +104,14 @@ def _decode_with_pil(value: Any, in_chans: int) -> Image.Image:
     else:
         raise TypeError(f"unsupported image cell {type(value).__name__}")
     image.load()  # forces a full decode: truncated files fail here, not later in a transform
-    return convert_image(image, in_chans)
+    return image
+
+
+def cell_name(value: Any) -> str | None:
+    """The file an image cell came from, for the skipped-image log (None: bytes of no file)."""
+    if isinstance(value, dict):
+        value = value.get("path")
+    return str(value) if isinstance(value, (str, os.PathLike)) else None
 
 
 def convert_image(image: Any, in_chans: int) -> Any:
