@@ -103,6 +103,14 @@ class EvalArguments:
         },
     )
 
+    def __post_init__(self):
+        if bad := [f for f in self.label_fractions if not 0 < f <= 1]:
+            raise ValueError(
+                f"--label_fractions must each be in (0, 1] (a share of the train labels), got {bad}."
+            )
+        if self.knn_k < 1:
+            raise ValueError(f"--knn_k must be ≥ 1, got {self.knn_k}.")
+
 
 def pixel_data_config(data: LabelledSplits, size: int) -> dict:
     """The evaluation transform of the pixel baselines at ``size`` px: no normalisation, the image's

@@ -25,6 +25,7 @@ from seed_hf.cli import (
     check_hub_arguments,
     check_resumable,
     finished_run_results,
+    flags_in_errors,
     parse_script_args,
     resolve_checkpoint,
     setup_logging,
@@ -54,7 +55,14 @@ class ModelArguments:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SeedTrainingArguments))
-    model_args, data_args, training_args = parse_script_args(parser, argv)
+    # the library names its parameters (`queue_size`, image_size=32): its errors show them as our flags
+    with flags_in_errors(parser, aliases={"contrastive_temperature": "--temperature"}):
+        return pretrain(*parse_script_args(parser, argv))
+
+
+def pretrain(
+    model_args: ModelArguments, data_args: DataTrainingArguments, training_args: SeedTrainingArguments
+) -> dict:
     logger = setup_logging(training_args)
     check_hub_arguments(training_args)
     # one writer per run folder (main process): a second run into it is refused, naming the first

@@ -43,7 +43,7 @@ from seed_hf.cli import (
     setup_logging,
     train_and_save,
 )
-from seed_hf.cli.script import ONNX_FLAGS
+from seed_hf.cli.script import ONNX_FLAGS, TEACHER_FLAGS
 from seed_hf.distributed import shutdown_distributed
 from seed_hf.runs import STUDENTS_DIR, lock_run_folder
 from seed_hf.teachers import weights_fingerprint
@@ -173,7 +173,17 @@ def student_model_args_for(architecture: str, architectures: list[str], value: s
 
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SeedTrainingArguments, OnnxArguments))
-    model_args, data_args, training_args, onnx_args = parse_script_args(parser, argv)
+    # the library names its parameters (`queue_size`, image_size=32): its errors show them as our flags
+    with flags_in_errors(parser, aliases=TEACHER_FLAGS):
+        return distil(*parse_script_args(parser, argv))
+
+
+def distil(
+    model_args: ModelArguments,
+    data_args: DataTrainingArguments,
+    training_args: SeedTrainingArguments,
+    onnx_args: OnnxArguments,
+) -> dict:
     logger = setup_logging(training_args)
     check_hub_arguments(training_args)
     onnx = onnx_export_options(onnx_args)  # --onnx without the onnx extra stops before training

@@ -297,7 +297,12 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, ar
         ]
         message = f"{what} does not match {target}: {', '.join(problems)}"
         message += " (shapes: checkpoint vs model)." if misshaped else "."
-        if architecture:
-            message += " Weights of another architecture? Name the one they were trained with in teacher_name_or_path."
+        if any(k.startswith("pos_embed") or ".position_embeddings" in k for k in misshaped):
+            message += (
+                " A position embedding of another length: the weights were trained at another resolution or "
+                'patch size; build the model at theirs through `model_args` (e.g. {"img_size": 64}).'
+            )
+        elif architecture:
+            message += " Weights of another architecture? Name the one they were trained with in `teacher_name_or_path`."
         raise ValueError(message)
     module.load_state_dict(state)

@@ -99,7 +99,7 @@ def parse_switch(value: str | bool | None, name: str) -> str:
         return "false"
     if text == "auto":
         return "auto"
-    raise ValueError(f"{name} must be one of {SWITCH_VALUES} (or a bool), got {value!r}.")
+    raise ValueError(f"`{name}` must be one of {SWITCH_VALUES} (or a bool), got {value!r}.")
 
 
 @dataclass

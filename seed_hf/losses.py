@@ -31,7 +31,7 @@ LOSS_VARIANTS = ("official", "batch_keys")
 
 def check_temperature(name: str, value: float) -> None:
     if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}.")
+        raise ValueError(f"`{name}` must be > 0, got {value}.")
 
 
 def seed_logits(

@@ -59,7 +59,7 @@ def resolve_teacher_dtype(
         return explicit[teacher_dtype]
     if teacher_dtype != "auto":
         raise ValueError(
-            f"teacher_dtype must be 'auto', 'bfloat16', 'float16' or 'float32', got {teacher_dtype!r}."
+            f"`teacher_dtype` must be 'auto', 'bfloat16', 'float16' or 'float32', got {teacher_dtype!r}."
         )
     if device_type == "cpu" and cpu_has_native_bf16(flags):
         return torch.bfloat16

@@ -231,13 +231,13 @@ class QueueTrainer(Trainer):
         global_batch = self.args.per_device_train_batch_size * max(1, self.args.world_size)
         if self.args.per_device_train_batch_size < 2:
             raise ValueError(
-                "per_device_train_batch_size must be ≥ 2 (BatchNorm in training mode needs more than one sample)."
+                "`per_device_train_batch_size` must be ≥ 2 (BatchNorm in training mode needs more than one sample)."
             )
         queue_size = _unwrapped(self).queue.size
         if global_batch > queue_size:
             raise ValueError(
-                f"queue_size ({queue_size}) is smaller than the global batch ({global_batch} = "
-                f"per_device_train_batch_size × {max(1, self.args.world_size)} processes): raise queue_size."
+                f"`queue_size` ({queue_size}) is smaller than the global batch ({global_batch} = "
+                f"`per_device_train_batch_size` × {max(1, self.args.world_size)} processes): raise `queue_size`."
             )
 
     def evaluate(

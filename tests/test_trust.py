@@ -514,3 +514,39 @@ def test_evaluation_reads_parquet_image_structs_without_feature_metadata(tmp_pat
     features, labels = extract_features(None, LabelledImages(data.eval_images, data.eval_labels, transform))
     assert features.shape == (4, 3 * 16 * 16) and labels.tolist() == [0, 0, 1, 1]
     assert float(features[0].mean()) == pytest.approx(10 / 255, abs=1e-3)
+
+
+@requires_fashion_mnist
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--queue_size", "8"], r"--queue_size \(8\) is smaller than the global batch .* raise --queue_size"),
+        (["--per_device_train_batch_size", "1"], "--per_device_train_batch_size must be ≥ 2"),
+        (["--teacher_temperature", "0"], "--teacher_temperature must be > 0"),
+        (["--student_dtype", "fp8"], "--student_dtype must be one of"),
+    ],
+)
+def test_run_seed_errors_name_the_flags_the_user_typed(tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        run_seed.main([*SEED_RUN, "--output_dir", str(tmp_path / "run"), *TRAIN, *extra])
+
+
+@requires_fashion_mnist
+def test_run_moco_errors_name_its_flags(tmp_path):
+    with pytest.raises(ValueError, match="--temperature must be > 0"):
+        run_moco.main(["--architecture", "test_resnet", "--queue_size", "64", "--temperature", "0",
+                       "--output_dir", str(tmp_path / "run"), *TRAIN])  # fmt: skip
+
+
+@pytest.mark.parametrize("fraction", ["1.5", "0", "-0.1"])
+def test_label_fractions_outside_zero_one_are_refused(fraction):
+    with pytest.raises(ValueError, match=r"--label_fractions must each be in \(0, 1\]"):
+        run_eval.main(["--models", "pixels", "--label_fractions", "0.1", fraction])
+
+
+@requires_fashion_mnist
+def test_knn_flags_without_monitor_samples_are_not_silently_ignored(tmp_path, caplog):
+    run_seed.main(
+        [*SEED_RUN, "--output_dir", str(tmp_path / "run"), *TRAIN, "--knn_train_dir", str(tmp_path)]
+    )
+    assert "--knn_train_dir given but --knn_monitor_samples is 0: the kNN monitor is off" in caplog.text

@@ -45,6 +45,8 @@ LABELLED_DATA_FLAGS = {
     }
     for prefix in ("knn", "onnx")
 }
+# load_teacher's parameters -> the flags of run_seed.py that set them
+TEACHER_FLAGS = {"model_args": "--teacher_model_args", "embedding": "--teacher_embedding"}
 # export_onnx's parameters -> the flags that set them
 ONNX_FLAGS = {
     "atol": "--onnx_atol",
@@ -104,6 +106,16 @@ def build_knn_monitor(data_args: DataTrainingArguments, mean, std, image_size: i
     """The online kNN monitor datasets (labelled train / evaluation images with the evaluation
     preprocessing of ``seed_hf.evaluation``), or None when disabled."""
     if not data_args.knn_monitor_samples:
+        given = [
+            f"--{name}"
+            for name in ("knn_dataset_name", "knn_train_dir", "knn_validation_dir")
+            if getattr(data_args, name) is not None
+        ]
+        if given:
+            logger.warning(
+                f"{' '.join(given)} given but --knn_monitor_samples is 0: the kNN monitor is off. Pass "
+                "--knn_monitor_samples N (with --eval_strategy steps --eval_steps M) to run it."
+            )
         return None
     has_source = data_args.knn_dataset_name or data_args.knn_train_dir
     if not has_source and not data_args.source().is_fashion_mnist:
