@@ -165,6 +165,12 @@ def export_encoder(
         card.save(tmp / "README.md")
         for file in tmp.rglob("*"):  # safetensors writes 0600; a published folder is world-readable
             file.chmod(0o755 if file.is_dir() else 0o644)
+        if (out / "model.safetensors").is_file() and (previous := weights_fingerprint(out)) != (
+            new := weights_fingerprint(tmp)
+        ):
+            logger.warning(
+                f"{out} held the export of other weights or config (sha256 {previous}): replaced by this one ({new})."
+            )
         _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import requires_fashion_mnist
 from helpers import tiny_student
 from safetensors.torch import load_file
@@ -550,3 +551,34 @@ def test_knn_flags_without_monitor_samples_are_not_silently_ignored(tmp_path, ca
         [*SEED_RUN, "--output_dir", str(tmp_path / "run"), *TRAIN, "--knn_train_dir", str(tmp_path)]
     )
     assert "--knn_train_dir given but --knn_monitor_samples is 0: the kNN monitor is off" in caplog.text
+
+
+def test_an_export_over_one_of_other_weights_says_so(tmp_path, caplog):
+    first, second = tmp_path / "first", tmp_path / "second"
+    tiny_student().save_pretrained(first)
+    torch.manual_seed(1)
+    other = tiny_student()
+    with torch.no_grad():
+        next(other.student.parameters()).add_(1.0)
+    other.save_pretrained(second)
+    out = tmp_path / "export"
+    export_student(first, out)
+    export_student(first, out)  # the same weights again: nothing to say
+    assert "held the export of other weights" not in caplog.text
+    export_student(second, out)
+    assert f"{out} held the export of other weights or config (sha256 " in caplog.text
+
+
+def test_small_crops_not_smaller_than_the_global_views_are_warned_about(tmp_path, caplog):
+    from helpers import TensorImages, tiny_teacher
+
+    from seed_hf import SeedTrainer, SeedTrainingArguments
+
+    args = SeedTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1)
+    with caplog.at_level("WARNING"):
+        SeedTrainer(model=tiny_student(num_small_crops=2, image_size=32), teacher=tiny_teacher(), args=args,
+                    train_dataset=TensorImages(16))  # fmt: skip
+    assert (
+        "small crops (96 px, --small_crop_size) are not smaller than the global views (32 px)" in caplog.text
+    )
+    assert "--small_crop_size 14" in caplog.text

@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = ["as_flags", "flag_names", "flags_in_errors"]
 
+_FLAG = re.compile(r"(?<![\w-])--[A-Za-z]")
 _PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`|(?<![\w.`-])([A-Za-z_][A-Za-z0-9_]*)(?==)")
 
 
@@ -38,9 +39,13 @@ def flag_names(sources: Iterable[Any], aliases: Mapping[str, str] | None = None)
 
 def as_flags(message: str, flags: Mapping[str, str]) -> str:
     """``message`` with each `` `parameter` `` and ``parameter=`` that ``flags`` knows replaced by
-    its flag."""
+    its flag. A message that already names a flag (``--output_dir``) is in the script's words: its
+    ``name=value`` pairs are values it reports (a run folder's config), only backticks are replaced."""
+    speaks_flags = _FLAG.search(message) is not None
 
     def flag(match: re.Match) -> str:
+        if match.group(2) and speaks_flags:
+            return match.group(0)
         name = match.group(1) or match.group(2)
         return flags.get(name, match.group(0))
 
