@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> dict:
         add_entry_facts(args.manifest, args.manifest_name, onnx=record)
         for card in render_manifest_cards(args.manifest):
             print(f"rendered {card}")
+    else:
+        print(
+            f"The card {args.folder}/README.md was rendered without onnx/ and is left as it is: pass --manifest "
+            "(a shipped model), or export from the run folder with run_export.py --onnx, to get a card that lists it."
+        )
     return record
 
 

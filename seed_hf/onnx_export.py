@@ -411,7 +411,12 @@ def export_onnx(
             "64 crops of scikit-image's sample photos",
         )
     if len(pixels) < VERIFY_SINGLES:
-        raise ValueError(f"images must hold >= {VERIFY_SINGLES} images, got {len(pixels)}.")
+        given = (
+            "the evaluation split of `eval_data`" if images is None and eval_data is not None else "`images`"
+        )
+        raise ValueError(
+            f"The graphs are verified on at least {VERIFY_SINGLES} images: {given} holds {len(pixels)}."
+        )
     weights_sha256 = weights_fingerprint(str(folder))
 
     out = folder / ONNX_DIR

@@ -15,6 +15,8 @@ from helpers import tiny_student
 
 from seed_hf import onnx_export
 from seed_hf.cards import render_model_card
+from seed_hf.cli import flags_in_errors
+from seed_hf.cli.script import ONNX_FLAGS
 from seed_hf.evaluation import LabelledSplits
 from seed_hf.hub import export_student, upload_plan
 from seed_hf.onnx_export import (
@@ -358,3 +360,14 @@ def test_run_seed_onnx_exports_at_the_end_of_training(tmp_path):
     folder = tmp_path / "run" / "export"
     assert upload_plan(folder) == ["README.md", "config.json", "model.safetensors", ONNX_FILE]
     assert "## ONNX" in (folder / "README.md").read_text()
+
+
+def test_too_few_verification_images_name_where_they_came_from(tmp_path):
+    folder = export_student(tiny_student(image_size=32), tmp_path / "export")
+    with pytest.raises(ValueError, match=r"verified on at least 16 images: `images` holds 5"):
+        export_onnx(folder, images=sample_images(5))
+    splits = _small_splits(40, 10)
+    match = "the evaluation split of --onnx_dataset_name / --onnx_train_dir holds 10"
+    with pytest.raises(ValueError, match=match):
+        with flags_in_errors(aliases=ONNX_FLAGS):  # as run_export_onnx.py shows it
+            export_onnx(folder, eval_data=splits)
