@@ -70,6 +70,15 @@ def test_ten_percent_corrupt_images_are_skipped_and_counted(tmp_path, streaming)
     assert "undecodable image" in logs
 
 
+def test_a_streamed_corrupt_parquet_row_is_named_by_its_shard(tmp_path):
+    """The skip log named "(row 0 of a batch)": streamed rows reach the decoder one at a time."""
+    files = write_jpeg_shards(tmp_path, shards=2, rows=20, corrupt_every=10)
+    _, logs = _run(tmp_path / "run", files, steps=4, per_device=8, nproc=1, streaming=True)
+    named = {f"id={i} of {files[i // 20]}" for i in (0, 10, 20, 30)}
+    assert any(name in logs for name in named), logs[-3000:]
+    assert "of a batch; no path" not in logs
+
+
 def test_uneven_shard_count_warns(caplog):
     from seed_hf.data.shard_stream import warn_on_uneven_shards
 
