@@ -26,7 +26,7 @@ from .callbacks import (
     StepPathCallback,
     StreamPositionCallback,
 )
-from .data.decode import SKIPPED_KEY
+from .data.decode import DECODE_STATS, SKIPPED_KEY
 from .data.shard_stream import ShardStream
 from .distributed import all_gather_no_grad
 from .evaluation import KnnMonitor
@@ -137,14 +137,17 @@ class QueueTrainer(Trainer):
                 logger.warning(f"Removed {removed}: checkpoints whose save was interrupted.")
         # before super().train(): the optimizer, DDP and torch.compile then see the final memory format
         self.resolve_step_path(resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None)
+        decoded_bad_before = DECODE_STATS.skipped  # this process's decode warnings (num_workers 0)
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         # every rank calls train(), so the reduction cannot deadlock
         skipped = int(self.accelerator.reduce(self._skipped_images, reduction="sum").item())
         output.metrics["skipped_images"] = skipped
-        if skipped and self.is_world_process_zero():
+        if self.is_world_process_zero() and (skipped or DECODE_STATS.skipped > decoded_bad_before):
+            # the decode warnings also name images of batches read ahead and never trained on
             logger.warning(
-                f"Skipped {skipped} undecodable image(s) in this run (all dataloader workers and processes); "
-                "the warnings above name them."
+                f"Skipped {skipped} undecodable image(s) in the batches this run trained on (all dataloader "
+                "workers and processes); the warnings above name them, and may name more: images of batches "
+                "the dataloader read ahead and the run never used."
             )
         return output
 
