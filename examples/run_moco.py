@@ -67,9 +67,9 @@ def pretrain(
     check_hub_arguments(training_args)
     # one writer per run folder (main process): a second run into it is refused, naming the first
     lock_run_folder(training_args.output_dir, training_args.should_save)
-    if (results := finished_run_results(training_args)) is not None:
-        return results
-    last_checkpoint = resolve_checkpoint(training_args)
+    # a finished run returns its results, once the checks below found it of the same recipe
+    finished = finished_run_results(training_args)
+    last_checkpoint = None if finished is not None else resolve_checkpoint(training_args)
     set_seed(training_args.seed)
 
     data = data_args.train_data()  # resolution, channels, normalisation: derived once, passed on
@@ -87,8 +87,18 @@ def pretrain(
         image_mean=data.mean,
         image_std=data.std,
     )
-    described = data.describe()  # the data as run_info.json and the cards record it
-    check_resumable(last_checkpoint, [config], described, training_args.train_batch_size)
+    # the recipe as run_info.json records it (the cards read the data's part): a resume must match it
+    recipe = {**data.describe(training_args.seed), "source_id": data.source.identity()}
+    resumed = training_args.output_dir if finished is not None else last_checkpoint
+    check_resumable(
+        resumed,
+        [config],
+        recipe,
+        training_args.train_batch_size,
+        run_dir=training_args.output_dir if finished is not None else None,
+    )
+    if finished is not None:
+        return finished
     model = MocoForPretraining(config)
     train_dataset = build_script_dataset(data, training_args, config, num_views=2)
     # --data_device cuda: the workers pass JPEG bytes, decoded and augmented on the GPU by the trainer
@@ -105,7 +115,7 @@ def pretrain(
         knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, data.image_size),
         device_transform=device_transform,
     )
-    metrics = train_and_save(trainer, last_checkpoint, run_info={"method": "moco_v2", **described})
+    metrics = train_and_save(trainer, last_checkpoint, run_info={"method": "moco_v2", **recipe})
     return metrics
 
 

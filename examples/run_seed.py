@@ -191,9 +191,9 @@ def distil(
     lock_run_folder(training_args.output_dir, training_args.should_save)
     fingerprint = weights_fingerprint(model_args.teacher_name_or_path, model_args.teacher_checkpoint)
     check_same_teacher(training_args, fingerprint)
-    if (results := finished_run_results(training_args)) is not None:
-        return results
-    last_checkpoint = resolve_checkpoint(training_args)
+    # a finished run returns its results, once the checks below found it of the same recipe
+    finished = finished_run_results(training_args)
+    last_checkpoint = None if finished is not None else resolve_checkpoint(training_args)
     set_seed(training_args.seed)
 
     data = data_args.train_data()  # resolution, channels, normalisation: derived once, passed on
@@ -235,8 +235,20 @@ def distil(
         )
         for architecture in architectures
     ]
-    described = data.describe()  # the data as run_info.json and the cards record it
-    check_resumable(last_checkpoint, configs, described, training_args.train_batch_size)
+    # the recipe as run_info.json records it (the cards read the data's part): a resume must match it
+    recipe = {**data.describe(training_args.seed), "source_id": data.source.identity()}
+    if len(configs) > 1:  # a group's checkpoint holds no config.json: its students' configs are recorded here
+        recipe["student_configs"] = {c.student_architecture: c.to_dict() for c in configs}
+    resumed = training_args.output_dir if finished is not None else last_checkpoint
+    check_resumable(
+        resumed,
+        configs,
+        recipe,
+        training_args.train_batch_size,
+        run_dir=training_args.output_dir if finished is not None else None,
+    )
+    if finished is not None:
+        return finished
     config = configs[0]
     if len(configs) == 1:
         model = SeedForDistillation(config)
@@ -266,7 +278,7 @@ def distil(
     )
     run_info = {
         "method": "seed",
-        **described,
+        **recipe,
         "teacher": teacher.record.to_dict(),
         "teacher_sha256": teacher.record.sha256,  # what check_same_teacher compares on resume
     }

@@ -64,6 +64,8 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     summary.pop("teacher", None)  # the student's config records the teacher it really used
     summary.pop("teacher_checkpoint", None)
     summary.pop("teacher_sha256", None)
+    summary.pop("source_id", None)  # what a resume compares, not a fact for readers
+    summary.pop("student_configs", None)
     return {k: v for k, v in summary.items() if v is not None}
 
 

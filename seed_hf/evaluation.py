@@ -211,6 +211,13 @@ class LabelledImages(Dataset):
         return {"pixel_values": x, "labels": self.labels[index]}
 
 
+def _collate_or_count(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """:func:`collate_batch`, or only the count of a batch none of whose images decoded."""
+    if all(e.get("pixel_values") is None for e in examples):
+        return {SKIPPED_KEY: torch.tensor([len(examples)])}
+    return collate_batch(examples)
+
+
 @torch.no_grad()
 def extract_features(
     encoder: nn.Module | None,
@@ -229,7 +236,7 @@ def extract_features(
     named in the log) and their number is logged.
     """
     loader = DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False, collate_fn=collate_batch
+        dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False, collate_fn=_collate_or_count
     )
     if encoder is not None:
         encoder = encoder.to(device).eval()
@@ -237,6 +244,8 @@ def extract_features(
     skipped = 0
     for batch in tqdm(loader, desc=desc, leave=False):
         skipped += int(batch[SKIPPED_KEY].sum()) if SKIPPED_KEY in batch else 0
+        if "pixel_values" not in batch:  # every image of this batch was undecodable
+            continue
         x = batch["pixel_values"]
         if batch_transform is not None:
             x = batch_transform(x)
@@ -249,6 +258,8 @@ def extract_features(
             f"{desc}: left out {skipped} undecodable image(s) of {len(dataset)} (named above): the features "
             f"and labels hold the other {len(dataset) - skipped}."
         )
+    if not feats:
+        raise ValueError(f"{desc}: none of the {len(dataset)} images could be decoded (named above).")
     return torch.cat(feats), torch.cat(labels)
 
 

@@ -541,8 +541,9 @@ class SeedTrainer(QueueTrainer):
             ):  # one patch: its self-similarity is 1, the term would be 0 at every step
                 raise ValueError(
                     f"local_loss_weight > 0 needs a teacher feature map of at least 2 patches, but the teacher's "
-                    f"is {grid[0]}x{grid[1]} at image_size={_unwrapped(self).config.image_size}: raise image_size "
-                    "(a ResNet's map is image_size/32 wide) or set local_loss_weight=0."
+                    f"is {grid[0]}x{grid[1]} at image_size={_unwrapped(self).config.image_size}: raise image_size (or "
+                    "the teacher's teacher_image_size when its inputs are resized; a ResNet's map is 1/32 of its "
+                    "input) or set local_loss_weight=0."
                 )
 
     @property

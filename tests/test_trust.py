@@ -413,6 +413,8 @@ def test_overwrite_removes_the_previous_runs_checkpoints_so_no_later_run_resumes
         (["--image_size", "48"], "image_size=48"),
         (["--augmentation", "simclr"], "augmentation='simclr'"),
         (["--max_train_samples", "96"], "train_subset="),
+        (["--seed", "7"], r"train_subset=.*'seed': 7"),
+        (["--local_loss_weight", "0.5", "--image_size", "64"], "local_loss_weight=0.5"),
         (["--per_device_train_batch_size", "8"], "per_device_train_batch_size=8"),
     ],
 )
@@ -420,7 +422,7 @@ def test_resuming_with_another_recipe_is_refused_naming_it(tmp_path, changed, na
     """The rest of the steps would be trained with another recipe, and the card would describe it for all."""
     out = tmp_path / "run"
     run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN])
-    with pytest.raises(ValueError, match=f"holds a run trained with .*resuming it with .*{named}"):
+    with pytest.raises(ValueError, match=f"was trained with .*this run asks for .*{named}"):
         run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN, "--max_steps", "5", *changed])
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
 
@@ -582,3 +584,71 @@ def test_small_crops_not_smaller_than_the_global_views_are_warned_about(tmp_path
         "small crops (96 px, --small_crop_size) are not smaller than the global views (32 px)" in caplog.text
     )
     assert "--small_crop_size 14" in caplog.text
+
+
+@requires_fashion_mnist
+def test_resume_refuses_a_dropped_subset_another_folder_of_the_same_name_and_a_students_recipe(tmp_path):
+    out = tmp_path / "run"
+    run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN])
+    subset = TRAIN.index("--max_train_samples")
+    without_subset = TRAIN[:subset] + TRAIN[subset + 2 :]
+    with pytest.raises(ValueError, match=r"train_subset=\{.*this run asks for train_subset=None"):
+        run_seed.main([*SEED_RUN, "--output_dir", str(out), *without_subset, "--max_steps", "5"])
+
+    for name in ("first", "second"):  # two imagefolders of the same name: the same record, other images
+        for label in ("a", "b"):
+            (tmp_path / name / "photos" / label).mkdir(parents=True)
+            for i in range(8):
+                (tmp_path / name / "photos" / label / f"{i}.png").write_bytes(
+                    _png_bytes(30 * i + (label == "b"))
+                )
+    folder_run = [*SEED_RUN, "--output_dir", str(tmp_path / "folders"), *TRAIN, "--image_size", "32"]
+    run_seed.main([*folder_run, "--train_dir", str(tmp_path / "first" / "photos")])
+    with pytest.raises(ValueError, match="source_id="):
+        run_seed.main([*folder_run, "--train_dir", str(tmp_path / "second" / "photos"), "--max_steps", "5"])
+
+    group = [
+        *SEED_RUN,
+        "--student_architecture",
+        "test_efficientnet,test_resnet",
+        "--output_dir",
+        str(tmp_path / "g"),
+    ]
+    run_seed.main([*group, *TRAIN])
+    with pytest.raises(ValueError, match="test_resnet.teacher_temperature=0.05"):
+        run_seed.main([*group, *TRAIN, "--max_steps", "5", "--teacher_temperature", "0.05"])
+
+
+@requires_fashion_mnist
+def test_a_finished_run_asked_again_with_another_recipe_is_refused_not_reported(tmp_path):
+    out = tmp_path / "run"
+    run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN])
+    assert (
+        run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN])["train_loss"] > 0
+    )  # same recipe: its results
+    with pytest.raises(ValueError, match="teacher_temperature=0.05"):
+        run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN, "--teacher_temperature", "0.05"])
+
+
+@requires_fashion_mnist
+def test_overwrite_with_a_bad_argument_deletes_nothing_and_removes_a_groups_students(tmp_path):
+    out = tmp_path / "run"
+    group = [*SEED_RUN, "--student_architecture", "test_efficientnet,test_resnet", "--output_dir", str(out)]
+    run_seed.main([*group, *TRAIN])
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match="--queue_size"):
+        run_seed.main([*group, *TRAIN, "--overwrite_output_dir", "true", "--queue_size", "8"])
+    assert sorted(p.name for p in out.iterdir()) == before  # a typo destroys nothing
+    run_seed.main([*SEED_RUN, "--student_architecture", "test_efficientnet,test_byobnet", "--output_dir", str(out),
+                   *TRAIN, "--overwrite_output_dir", "true"])  # fmt: skip
+    assert sorted(p.name for p in (out / "students").iterdir()) == ["test_byobnet", "test_efficientnet"]
+
+
+def test_evaluation_of_a_batch_of_only_corrupt_images_goes_on(tmp_path):
+    from seed_hf.evaluation import LabelledImages, extract_features
+
+    images = [{"bytes": b"not an image", "path": None}] * 2 + [{"bytes": _png_bytes(9), "path": None}] * 2
+    features, labels = extract_features(None, LabelledImages(images, [0, 0, 1, 1]), batch_size=2)
+    assert features.shape[0] == 2 and labels.tolist() == [1, 1]
+    with pytest.raises(ValueError, match="none of the 2 images could be decoded"):
+        extract_features(None, LabelledImages(images[:2], [0, 0]), batch_size=2, desc="x")

@@ -12,8 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..fast_path import STEP_PATH_FILE
 from ..runs import (
     RUN_INFO_FILE,
+    STUDENTS_DIR,
     TRAINER_STATE_NAME,
     is_complete_checkpoint,
     last_complete_checkpoint,
@@ -118,53 +120,69 @@ UNCOMPARED_FIELDS = frozenset(
 def check_resumable(
     checkpoint: str | None,
     configs: list,
-    data: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
     train_batch_size: int | None = None,
+    run_dir: str | os.PathLike | None = None,
 ) -> None:
     """Refuses to resume from a checkpoint of another model (architecture, widths, queue size) with
     one message naming what the folder holds and what was asked for, instead of a state-dict
-    size-mismatch dump; then refuses to resume it with another recipe (any other config field,
-    the data ``data`` describes, the per-device ``train_batch_size``): the rest of its steps would
-    be trained differently from the first, and its card would describe the new recipe for all.
-    ``configs``: the config of each model (one per student of a group)."""
+    size-mismatch dump; then refuses to resume it with another recipe (any other config field, of
+    every student; the ``recipe`` recorded in ``run_dir``'s ``run_info.json``: the data, its
+    source, the students' configs; the per-device ``train_batch_size``): the rest of its steps
+    would be trained differently from the first, and its card would describe the new recipe for
+    all. ``configs``: the config of each model (one per student of a group); ``run_dir``: the
+    run's folder (default: the checkpoint's parent; a finished run's folder is its own)."""
     if checkpoint is None:
         return
     _check_same_shapes(checkpoint, configs)
-    _check_same_recipe(checkpoint, configs, data, train_batch_size)
+    run_dir = Path(checkpoint).parent if run_dir is None else Path(run_dir)
+    _check_same_recipe(Path(checkpoint), run_dir, configs, recipe, train_batch_size)
+
+
+# recipe keys compared even when only one side has them (a subset dropped on resume)
+OPTIONAL_RECIPE_KEYS = frozenset({"train_subset"})
+
+
+def _config_differences(saved: dict, requested: dict, prefix: str = "") -> dict[str, tuple]:
+    keys = (saved.keys() & requested.keys()) - UNCOMPARED_FIELDS - set(RUN_FIELDS)
+    return {f"{prefix}{k}": (saved[k], requested[k]) for k in sorted(keys) if saved[k] != requested[k]}
 
 
 def _check_same_recipe(
-    checkpoint: str, configs: list, data: dict[str, Any] | None, train_batch_size: int | None
+    checkpoint: Path,
+    run_dir: Path,
+    configs: list,
+    recipe: dict[str, Any] | None,
+    train_batch_size: int | None,
 ) -> None:
-    held, asked = {}, {}
-    config_file = Path(checkpoint) / "config.json"
+    differences: dict[str, tuple] = {}
+    config_file = checkpoint / "config.json"
     if config_file.is_file() and len(configs) == 1:  # both with their defaults, as JSON values
         saved = _as_json(type(configs[0]).from_json_file(str(config_file)).to_dict())
-        requested = _as_json(configs[0].to_dict())
-        for key in sorted((saved.keys() & requested.keys()) - UNCOMPARED_FIELDS - set(RUN_FIELDS)):
-            if saved[key] != requested[key]:
-                held[key], asked[key] = saved[key], requested[key]
-    info_file = Path(checkpoint).parent / RUN_INFO_FILE
-    if data is not None and info_file.is_file():
-        recorded = json.loads(info_file.read_text())
-        data = _as_json(data)
-        for key in sorted(data.keys() & recorded.keys()):
-            if recorded[key] != data[key]:
-                held[key], asked[key] = recorded[key], data[key]
-    state_file = Path(checkpoint) / TRAINER_STATE_NAME
+        differences |= _config_differences(saved, _as_json(configs[0].to_dict()))
+    info_file = run_dir / RUN_INFO_FILE
+    if recipe is not None and info_file.is_file():
+        recorded, recipe = json.loads(info_file.read_text()), _as_json(recipe)
+        for key in sorted(
+            recipe.keys() & recorded.keys() | (recipe.keys() | recorded.keys()) & OPTIONAL_RECIPE_KEYS
+        ):
+            if key == "student_configs" and isinstance(recorded[key], dict):  # a group: field by field
+                for name in recipe[key].keys() & recorded[key].keys():
+                    differences |= _config_differences(recorded[key][name], recipe[key][name], f"{name}.")
+            elif recorded.get(key) != recipe.get(key):
+                differences[key] = (recorded.get(key), recipe.get(key))
+    state_file = checkpoint / TRAINER_STATE_NAME
     if train_batch_size is not None and state_file.is_file():
-        recorded = json.loads(state_file.read_text()).get("train_batch_size")
-        if recorded is not None and recorded != train_batch_size:
-            held["per_device_train_batch_size"], asked["per_device_train_batch_size"] = (
-                recorded,
-                train_batch_size,
-            )
-    if held:
+        recorded_batch = json.loads(state_file.read_text()).get("train_batch_size")
+        if recorded_batch is not None and recorded_batch != train_batch_size:
+            differences["per_device_train_batch_size"] = (recorded_batch, train_batch_size)
+    if differences:
+        held = ", ".join(f"{k}={v[0]!r}" for k, v in differences.items())
+        asked = ", ".join(f"{k}={v[1]!r}" for k, v in differences.items())
         raise ValueError(
-            f"--output_dir {Path(checkpoint).parent} holds a run trained with "
-            f"{', '.join(f'{k}={v!r}' for k, v in held.items())} ({Path(checkpoint).name}); resuming it with "
-            f"{', '.join(f'{k}={v!r}' for k, v in asked.items())} would train its remaining steps with another "
-            "recipe than its first ones. Pass the flags it was trained with, another --output_dir, or "
+            f"The run in {run_dir} ({checkpoint.name}) was trained with {held}; this run asks for {asked}, "
+            "which would train its remaining steps (or report its results) with another recipe than the one "
+            "it was trained with. Pass the flags it was trained with, another --output_dir, or "
             "--overwrite_output_dir to start a new run there."
         )
 
@@ -211,15 +229,28 @@ def _check_same_shapes(checkpoint: str, configs: list) -> None:
     )
 
 
-# what a run leaves in its folder that a later run would read back: its checkpoints (resumed from)
-# and its state and results (read as those of a finished run)
-PREVIOUS_RUN_FILES = (TRAINER_STATE_NAME, "train_results.json", "all_results.json", RUN_INFO_FILE)
+# what a run leaves in its folder besides its checkpoints: what a later run would resume or report
+# (state, results, run record) and its outputs (final model, students, export)
+PREVIOUS_RUN_FILES = (
+    TRAINER_STATE_NAME,
+    "train_results.json",
+    "all_results.json",
+    "eval_results.json",
+    RUN_INFO_FILE,
+    "config.json",
+    "model.safetensors",
+    "training_args.bin",
+    STEP_PATH_FILE,
+    STUDENTS_DIR,
+    "export",
+)
 
 
 def clear_previous_run(output_dir: str | os.PathLike) -> list[str]:
-    """``--overwrite_output_dir``: removes the previous run's checkpoints, state and results from
-    ``output_dir`` (other files stay), so that no later run resumes from them or reports them as
-    its own. Returns the names removed, which are logged."""
+    """``--overwrite_output_dir``: removes the previous run's checkpoints, state, results and
+    outputs (:data:`PREVIOUS_RUN_FILES`) from ``output_dir`` (other files stay), so that no later
+    run resumes from them or reports them as its own. :func:`train_and_save` calls it once every
+    check has passed, as training starts. Returns the names removed, which are logged."""
     output_dir = Path(output_dir)
     removed = sorted(
         path.name
@@ -244,8 +275,6 @@ def resolve_checkpoint(training_args) -> str | None:
             return last_complete_checkpoint(training_args.output_dir)
         return training_args.resume_from_checkpoint
     output_dir = training_args.output_dir
-    if os.path.isdir(output_dir) and training_args.overwrite_output_dir and training_args.should_save:
-        clear_previous_run(output_dir)
     if os.path.isdir(output_dir) and not training_args.overwrite_output_dir:
         last = last_complete_checkpoint(output_dir)
         ours = {RUN_INFO_FILE}  # written before the first step; interrupted saves are removed at the start
@@ -275,6 +304,10 @@ def train_and_save(
     resumed run that had nothing left to train keeps the results it saved when it finished.
     ``run_info`` (data, method, teacher) is written to ``output_dir/run_info.json`` for exports
     and model cards."""
+    overwrite = trainer.args.overwrite_output_dir and resume_from_checkpoint is None
+    if overwrite and trainer.args.should_save and Path(trainer.args.output_dir).is_dir():
+        # now, not when the folder was first looked at: every argument, the teacher and the model passed their checks
+        clear_previous_run(trainer.args.output_dir)
     if run_info is not None and trainer.args.should_save:
         Path(trainer.args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(trainer.args.output_dir) / RUN_INFO_FILE).write_text(json.dumps(run_info, indent=2) + "\n")

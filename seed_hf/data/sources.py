@@ -14,6 +14,8 @@ them as their flags (``seed_hf.cli.flags``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -101,8 +103,26 @@ class TrainSource:
             return f"`train_files` {list(self.train_files)}"
         return "Fashion-MNIST"
 
-    def describe(self) -> dict[str, Any]:
-        """What the run trains on, as recorded in ``run_info.json`` and model cards (no local paths)."""
+    def identity(self) -> str:
+        """A fingerprint of where the images come from (the dataset id, split and config, or the
+        resolved folder or files; not their contents), so that a resume can tell that two
+        imagefolders of the same name, or other shard files, are another source."""
+        files = sorted(str(Path(f).resolve()) for f in self.train_files) if self.train_files else None
+        where = {
+            "dataset_name": self.dataset_name,
+            "dataset_config_name": self.dataset_config_name,
+            "train_split": self.train_split if self.dataset_name else None,
+            "train_dir": str(Path(self.train_dir).resolve()) if self.train_dir else None,
+            "train_files": files,
+            "fashion_mnist_dir": str(Path(self.fashion_mnist_dir).resolve())
+            if self.is_fashion_mnist and self.fashion_mnist_dir
+            else None,
+        }
+        return hashlib.sha256(json.dumps(where, sort_keys=True).encode()).hexdigest()[:16]
+
+    def describe(self, seed: int | None = None) -> dict[str, Any]:
+        """What the run trains on, as recorded in ``run_info.json`` and model cards (no local paths).
+        ``seed``: the run's seed, which draws a ``max_train_samples`` subset of a map-style source."""
         if self.is_fashion_mnist:
             dataset, split = "fashion_mnist", "train"
         elif self.dataset_name:
@@ -119,6 +139,8 @@ class TrainSource:
                 if self.streaming
                 else "seeded random draw (the run's seed), class-balanced where the source has labels",
             }
+            if seed is not None and not self.streaming:
+                described["train_subset"]["seed"] = seed
         return described
 
 
@@ -171,9 +193,10 @@ class TrainData:
             data_device=data_device,
         )
 
-    def describe(self) -> dict[str, Any]:
-        """The source's record plus its views' (``run_info.json``, model cards)."""
-        described = self.source.describe()
+    def describe(self, seed: int | None = None) -> dict[str, Any]:
+        """The source's record plus its views' (``run_info.json``, model cards); ``seed`` as
+        :meth:`TrainSource.describe`."""
+        described = self.source.describe(seed)
         subset = described.pop("train_subset", None)
         described |= {
             "augmentation": self.augmentation,
