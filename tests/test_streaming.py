@@ -70,11 +70,16 @@ def test_ten_percent_corrupt_images_are_skipped_and_counted(tmp_path, streaming)
     assert "undecodable image" in logs
 
 
-def test_a_streamed_corrupt_parquet_row_is_named_by_its_shard(tmp_path):
+def test_a_streamed_corrupt_parquet_row_without_id_is_named_by_its_shard_and_row(tmp_path):
     """The skip log named "(row 0 of a batch)": streamed rows reach the decoder one at a time."""
-    files = write_jpeg_shards(tmp_path, shards=2, rows=20, corrupt_every=10)
-    _, logs = _run(tmp_path / "run", files, steps=4, per_device=8, nproc=1, streaming=True)
-    named = {f"id={i} of {files[i // 20]}" for i in (0, 10, 20, 30)}
+    import pyarrow.parquet as pq
+
+    files = write_jpeg_shards(tmp_path / "with_id", shards=2, rows=20, corrupt_every=10)
+    for i, file in enumerate(files):  # the same shards without their id column
+        pq.write_table(pq.read_table(file).drop_columns(["id"]), tmp_path / f"no_id-{i}.parquet")
+    no_id = [str(tmp_path / f"no_id-{i}.parquet") for i in range(len(files))]
+    _, logs = _run(tmp_path / "run", no_id, steps=4, per_device=8, nproc=1, streaming=True)
+    named = {f"__index__={row} of {no_id[shard]}" for shard in (0, 1) for row in (0, 10)}
     assert any(name in logs for name in named), logs[-3000:]
     assert "of a batch; no path" not in logs
 

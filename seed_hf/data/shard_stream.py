@@ -478,6 +478,6 @@ class ShardStream(IterableDataset):
                 yield (shard, row), content
 
     def _example(self, row: Row, position: Position, epoch: int) -> dict[str, Any]:
-        if "__url__" not in row:  # a parquet row: the skipped-image log names its shard and row
+        if not {"__url__", "id"} & row.keys():  # a parquet row of no id: the skip log names shard and row
             row = {**row, "__url__": self.shards[position[0]], INDEX_COLUMN: position[1]}
         return seeded_row_example(self.transform, row, self.seed, epoch, position[0] * 2**32 + position[1])
