@@ -103,8 +103,9 @@ def test_moco_then_seed_then_eval(tmp_path):
     from seed_hf import weights_fingerprint
 
     assert results[0]["weights_sha256"] == weights_fingerprint(str(teacher_dir)) is not None
-    # a finished run in the same output_dir resumes from its last checkpoint (no error)
-    run_seed.main(seed_args)
+    # a finished run in the same output_dir resumes from its last checkpoint (no error), asked
+    # with its own recipe (another one is refused: test_trust)
+    run_seed.main([*seed_args, "--teacher_temperature", "1e-4"])
     assert (
         json.loads((student_dir / "run_info.json").read_text())["teacher_sha256"]
         == results[0]["weights_sha256"]

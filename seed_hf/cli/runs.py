@@ -59,8 +59,7 @@ def finished_run_results(training_args) -> dict | None:
     logger.warning(
         f"The run in {output_dir} is already complete ({step} of {target} steps): nothing to train, its results "
         "are kept. Pass a larger --max_steps to train on (the learning-rate scheduler resumes from the "
-        "checkpoint's state: the steps past the old length run at its last rate), or --overwrite_output_dir to "
-        "start over."
+        "checkpoint's state, not a schedule over the new length), or --overwrite_output_dir to start over."
     )
     remove_incomplete_checkpoints(str(output_dir))
     return json.loads(results_file.read_text())
