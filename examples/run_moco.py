@@ -23,11 +23,12 @@ from seed_hf.cli import (
     build_knn_monitor,
     build_script_dataset,
     check_hub_arguments,
-    check_resumable,
+    check_run_folder,
     finished_run_results,
     flags_in_errors,
     parse_script_args,
     resolve_checkpoint,
+    run_recipe,
     setup_logging,
     train_and_save,
 )
@@ -87,16 +88,8 @@ def pretrain(
         image_mean=data.mean,
         image_std=data.std,
     )
-    # the recipe as run_info.json records it (the cards read the data's part): a resume must match it
-    recipe = {**data.describe(training_args.seed), "source_id": data.source.identity()}
-    resumed = training_args.output_dir if finished is not None else last_checkpoint
-    check_resumable(
-        resumed,
-        [config],
-        recipe,
-        training_args.train_batch_size,
-        run_dir=training_args.output_dir if finished is not None else None,
-    )
+    recipe = run_recipe(data, training_args.seed, [config])  # run_info.json's; a resume must match it
+    check_run_folder(training_args, finished, last_checkpoint, [config], recipe)
     if finished is not None:
         return finished
     model = MocoForPretraining(config)

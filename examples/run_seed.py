@@ -33,13 +33,14 @@ from seed_hf.cli import (
     build_knn_monitor,
     build_script_dataset,
     check_hub_arguments,
-    check_resumable,
+    check_run_folder,
     check_same_teacher,
     finished_run_results,
     flags_in_errors,
     onnx_export_options,
     parse_script_args,
     resolve_checkpoint,
+    run_recipe,
     setup_logging,
     train_and_save,
 )
@@ -235,18 +236,8 @@ def distil(
         )
         for architecture in architectures
     ]
-    # the recipe as run_info.json records it (the cards read the data's part): a resume must match it
-    recipe = {**data.describe(training_args.seed), "source_id": data.source.identity()}
-    if len(configs) > 1:  # a group's checkpoint holds no config.json: its students' configs are recorded here
-        recipe["student_configs"] = {c.student_architecture: c.to_dict() for c in configs}
-    resumed = training_args.output_dir if finished is not None else last_checkpoint
-    check_resumable(
-        resumed,
-        configs,
-        recipe,
-        training_args.train_batch_size,
-        run_dir=training_args.output_dir if finished is not None else None,
-    )
+    recipe = run_recipe(data, training_args.seed, configs)  # run_info.json's; a resume must match it
+    check_run_folder(training_args, finished, last_checkpoint, configs, recipe)
     if finished is not None:
         return finished
     config = configs[0]

@@ -143,6 +143,7 @@ def export_encoder(
             data_config=data_config,
         )
         _fix_config_for_transformers(tmp / "config.json", pretrained_cfg)
+        sha256 = weights_fingerprint(tmp)  # config and weights are final: hashed once
         facts = {
             **card_facts,
             "architecture": architecture,
@@ -156,20 +157,17 @@ def export_encoder(
         }
         if results_source is not None:  # only rows measured on exactly these weights (or the run's)
             eval_results, models, fingerprints = results_source
-            results = results_for(
-                eval_results, *models, out, fingerprints={*fingerprints, weights_fingerprint(tmp)}
-            )
+            results = results_for(eval_results, *models, out, fingerprints={*fingerprints, sha256})
         if onnx is not None:  # verified against these very weights, before the card is written
             facts["onnx"] = export_onnx(tmp, **onnx)
         card = render_model_card(facts, results or [], repo_id or f"your-org/{out.name}", license)
         card.save(tmp / "README.md")
         for file in tmp.rglob("*"):  # safetensors writes 0600; a published folder is world-readable
             file.chmod(0o755 if file.is_dir() else 0o644)
-        if (out / "model.safetensors").is_file() and (previous := weights_fingerprint(out)) != (
-            new := weights_fingerprint(tmp)
-        ):
+        if (out / "model.safetensors").is_file() and (previous := weights_fingerprint(out)) != sha256:
             logger.warning(
-                f"{out} held the export of other weights or config (sha256 {previous}): replaced by this one ({new})."
+                f"{out} held the export of other weights or config (sha256 {previous}): replaced by this one "
+                f"({sha256})."
             )
         _replace_folder(tmp, out)
     except BaseException:

@@ -536,9 +536,8 @@ class SeedTrainer(QueueTrainer):
                     "the patch features the local term distils."
                 )
             _, _, grid = self.teacher.forward_with_patches(self._probe_input())
-            if (
-                grid[0] * grid[1] < 2
-            ):  # one patch: its self-similarity is 1, the term would be 0 at every step
+            # one patch: its self-similarity is 1, the term would be 0 at every step
+            if grid[0] * grid[1] < 2:
                 raise ValueError(
                     f"local_loss_weight > 0 needs a teacher feature map of at least 2 patches, but the teacher's "
                     f"is {grid[0]}x{grid[1]} at image_size={_unwrapped(self).config.image_size}: raise image_size (or "

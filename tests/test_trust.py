@@ -652,3 +652,16 @@ def test_evaluation_of_a_batch_of_only_corrupt_images_goes_on(tmp_path):
     assert features.shape[0] == 2 and labels.tolist() == [1, 1]
     with pytest.raises(ValueError, match="none of the 2 images could be decoded"):
         extract_features(None, LabelledImages(images[:2], [0, 0]), batch_size=2, desc="x")
+
+
+@requires_fashion_mnist
+def test_the_card_says_the_student_saw_a_subset_and_how_it_was_drawn(tmp_path):
+    from seed_hf.cards import run_summary
+
+    out = tmp_path / "run"
+    run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN, "--seed", "5"])
+    folder = export_student(out, tmp_path / "export", training_summary=run_summary(out))
+    card = (folder / "README.md").read_text()
+    assert "| training data | fashion_mnist (train split): 128 images of it, seeded random draw" in card
+    assert "(seed 5) |" in card
+    assert "source_id" not in card and str(tmp_path) not in card

@@ -6,9 +6,11 @@ from .arguments import DataTrainingArguments, OnnxArguments, parse_script_args
 from .flags import flags_in_errors
 from .runs import (
     check_resumable,
+    check_run_folder,
     check_same_teacher,
     finished_run_results,
     resolve_checkpoint,
+    run_recipe,
     train_and_save,
 )
 from .script import (
@@ -28,12 +30,14 @@ __all__ = [
     "build_script_dataset",
     "check_hub_arguments",
     "check_resumable",
+    "check_run_folder",
     "check_same_teacher",
     "finished_run_results",
     "flags_in_errors",
     "onnx_export_options",
     "parse_script_args",
     "resolve_checkpoint",
+    "run_recipe",
     "setup_logging",
     "train_and_save",
 ]

@@ -25,11 +25,13 @@ from ..runs import (
 __all__ = [
     "RUN_FIELDS",
     "check_resumable",
-    "clear_previous_run",
+    "check_run_folder",
     "check_same_teacher",
+    "clear_previous_run",
     "finished_run_results",
     "recorded_teacher",
     "resolve_checkpoint",
+    "run_recipe",
     "train_and_save",
 ]
 
@@ -137,6 +139,28 @@ def check_resumable(
     _check_same_shapes(checkpoint, configs)
     run_dir = Path(checkpoint).parent if run_dir is None else Path(run_dir)
     _check_same_recipe(Path(checkpoint), run_dir, configs, recipe, train_batch_size)
+
+
+def run_recipe(data, seed: int, configs: list) -> dict[str, Any]:
+    """The recipe a run records in ``run_info.json`` and a resume must match: the data as the
+    cards read it (``data``: a ``TrainData``; the ``seed`` that draws its subset), the source's
+    identity and, for a group (whose checkpoints hold no ``config.json``), each student's config."""
+    recipe = {**data.describe(seed), "source_id": data.source.identity()}
+    if len(configs) > 1:
+        recipe["student_configs"] = {c.student_architecture: c.to_dict() for c in configs}
+    return recipe
+
+
+def check_run_folder(
+    training_args, finished: dict | None, checkpoint: str | None, configs: list, recipe: dict[str, Any]
+) -> None:
+    """:func:`check_resumable` on what a script found in ``output_dir``: the ``finished`` run there
+    (:func:`finished_run_results`; its folder is its own checkpoint) or the ``checkpoint`` it resumes."""
+    if finished is not None:
+        output_dir = training_args.output_dir
+        check_resumable(output_dir, configs, recipe, training_args.train_batch_size, run_dir=output_dir)
+    else:
+        check_resumable(checkpoint, configs, recipe, training_args.train_batch_size)
 
 
 # recipe keys compared even when only one side has them (a subset dropped on resume)
@@ -259,7 +283,10 @@ def clear_previous_run(output_dir: str | os.PathLike) -> list[str]:
     )
     for name in removed:
         path = output_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     if removed:
         logger.warning(
             f"--overwrite_output_dir: removed the previous run's {', '.join(removed)} from {output_dir}."
