@@ -201,3 +201,86 @@ def test_source_without_a_decodable_image_stops_before_training(tmp_path):
     with pytest.raises(ValueError, match="Column 'id' of --train_files .* holds no images.*--image_column"):
         with flags_in_errors(DataTrainingArguments):  # as the scripts show the library's errors
             build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3)
+
+
+def _copy_of(finished_run, tmp_path) -> Path:
+    import shutil
+
+    out, _, _ = finished_run
+    shutil.copytree(out, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_resuming_under_another_number_of_processes_is_refused_naming_both_global_batches(
+    finished_run, tmp_path
+):
+    """A 2-process run resumed by 1 process: each step would see half the batch at the learning rate
+    of the whole, and the epoch counter would go back. The run records its processes when it starts
+    (here written as a 2-process launch would have)."""
+    out, files, _ = finished_run
+    run = _copy_of(finished_run, tmp_path)
+    info = json.loads((run / "run_info.json").read_text())
+    info["global_batch"] = {"images": 16, "per_process": 8, "processes": 2, "gradient_accumulation_steps": 1}
+    (run / "run_info.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError) as error:
+        run_seed.main(_seed_args(run, files, "--max_steps", "4"))
+    message = str(error.value)
+    assert "was trained with processes=2; this run asks for processes=1" in message, message
+    assert "Its global batch was 16 images (8 per process × 2 processes × 1 accumulation step)" in message
+    assert "this run's would be 8 images (8 per process × 1 process × 1 accumulation step)" in message
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 2  # nothing trained
+
+
+def test_resuming_with_other_accumulation_steps_is_refused(finished_run, tmp_path):
+    out, files, _ = finished_run
+    run = _copy_of(finished_run, tmp_path)
+    recorded = json.loads((run / "run_info.json").read_text()).get("global_batch")
+    assert recorded == {"images": 8, "per_process": 8, "processes": 1, "gradient_accumulation_steps": 1}
+    with pytest.raises(ValueError) as error:
+        run_seed.main(_seed_args(run, files, "--max_steps", "4", "--gradient_accumulation_steps", "2"))
+    message = str(error.value)
+    assert "gradient_accumulation_steps=1; this run asks for gradient_accumulation_steps=2" in message, (
+        message
+    )
+    assert "Its global batch was 8 images" in message and "this run's would be 16 images" in message
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_a_longer_max_steps_on_resume_follows_the_schedule_of_the_new_length(tmp_path, monkeypatch, caplog):
+    """Every step s of the resumed run trains (and logs) lr × ½(1 + cos(π (s − 1) / T)), T the new
+    --max_steps, as if the run had been planned that long; its first step is no exception."""
+    import math
+
+    from transformers import TrainerCallback
+
+    used: dict[int, float] = {}
+
+    class RecordLearningRate(TrainerCallback):  # the rate the optimizer holds when a step starts
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            used[state.global_step + 1] = optimizer.param_groups[0]["lr"]
+
+    class RecordingTrainer(SeedTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(RecordLearningRate())
+
+    monkeypatch.setattr(run_seed, "SeedTrainer", RecordingTrainer)
+    files = write_jpeg_shards(tmp_path / "data", shards=2, rows=8)
+    out = tmp_path / "run"
+    common = ("--logging_steps", "1", "--save_steps", "4")
+    run_seed.main(_seed_args(out, files, "--max_steps", "4", *common))
+    run_seed.main(_seed_args(out, files, "--max_steps", "8", *common))
+    lr = 0.03 * 8 / 256  # the base rate × global batch / 256
+
+    def cosine(step: int, total: int) -> float:
+        return lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
+
+    logged = {
+        h["step"]: h["learning_rate"]
+        for h in json.loads((out / "trainer_state.json").read_text())["log_history"]
+        if "learning_rate" in h
+    }
+    assert [logged[s] for s in range(1, 5)] == pytest.approx([cosine(s, 4) for s in range(1, 5)])
+    assert [logged[s] for s in range(5, 9)] == pytest.approx([cosine(s, 8) for s in range(5, 9)])
+    assert [used[s] for s in range(1, 9)] == pytest.approx([logged[s] for s in range(1, 9)])
+    assert "this run's schedule (over 8 steps) gives" in caplog.text

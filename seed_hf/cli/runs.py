@@ -12,6 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import TrainerCallback
+
 from ..fast_path import STEP_PATH_FILE
 from ..runs import (
     RUN_INFO_FILE,
@@ -24,11 +27,13 @@ from ..runs import (
 
 __all__ = [
     "RUN_FIELDS",
+    "ScheduleOnResumeCallback",
     "check_resumable",
     "check_run_folder",
     "check_same_teacher",
     "clear_previous_run",
     "finished_run_results",
+    "global_batch",
     "recorded_teacher",
     "resolve_checkpoint",
     "run_recipe",
@@ -60,11 +65,55 @@ def finished_run_results(training_args) -> dict | None:
         return None
     logger.warning(
         f"The run in {output_dir} is already complete ({step} of {target} steps): nothing to train, its results "
-        "are kept. Pass a larger --max_steps to train on (the learning-rate scheduler resumes from the "
-        "checkpoint's state, not a schedule over the new length), or --overwrite_output_dir to start over."
+        f"are kept. Pass a larger --max_steps to train on (its steps {step + 1}, {step + 2}, ... then follow the "
+        "learning-rate schedule over the new length, as if the run had been planned that long: a cosine rises "
+        "again from its end), or --overwrite_output_dir to start over."
     )
     remove_incomplete_checkpoints(str(output_dir))
     return json.loads(results_file.read_text())
+
+
+class ScheduleOnResumeCallback(TrainerCallback):
+    """A resumed run's first step at the learning rate of its own schedule.
+
+    On a resume the Trainer builds the scheduler for this run's length (``--max_steps``, or the
+    epochs) and then loads the checkpoint's scheduler and optimizer states: the schedule's step
+    counter comes from the checkpoint, its formula from this run, but the optimizer keeps the
+    learning rate it held when saved, and that rate drives the first resumed step. With the same
+    length both agree; with another length the first step would run at the old schedule's rate
+    (0 at the end of a finished cosine) and the following ones on the new schedule. This callback
+    sets that first rate from the new schedule too, so that every step ``s`` (counted from 1) of a
+    resumed run trains at ``base_lr × λ(s − 1)``, ``λ`` being the schedule over the new length
+    (transformers' ``get_scheduler``; cosine without warm-up: ``λ(t) = ½ (1 + cos(π t / T))``,
+    ``T`` the new total steps), exactly as if the run had been planned that long from the start,
+    and logs the change. Schedulers other than ``LambdaLR`` (whose rate is a function of the step) are
+    left as the Trainer leaves them, with a warning."""
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        if optimizer is None or lr_scheduler is None or state.global_step == 0:
+            return
+        held = [group["lr"] for group in optimizer.param_groups]
+        if not isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+            logger.warning(
+                f"Resumed at step {state.global_step} with a {type(lr_scheduler).__name__} scheduler: the "
+                f"first step runs at the checkpoint's learning rate {held[0]:.4g}, which seed_hf cannot check "
+                "against a schedule over this run's length."
+            )
+            return
+        step = lr_scheduler.last_epoch
+        scheduled = [
+            base * factor(step) for factor, base in zip(lr_scheduler.lr_lambdas, lr_scheduler.base_lrs)
+        ]
+        if scheduled == held:
+            return
+        lr_scheduler.last_epoch = step - 1
+        lr_scheduler.step()  # last_epoch back to `step`: every group's rate and the logged rate from the schedule
+        logger.warning(
+            f"Resumed at step {state.global_step} of {state.max_steps}: the checkpoint's optimizer was at learning "
+            f"rate {held[0]:.4g}, this run's schedule (over {state.max_steps} steps) gives {scheduled[0]:.4g} for "
+            f"step {state.global_step + 1}; the run follows its schedule (another --max_steps or "
+            "--num_train_epochs than the checkpoint's changes the rate of every remaining step)."
+        )
 
 
 # config fields that decide the shapes of a checkpoint's tensors
@@ -125,20 +174,60 @@ def check_resumable(
     recipe: dict[str, Any] | None = None,
     train_batch_size: int | None = None,
     run_dir: str | os.PathLike | None = None,
+    batch: dict[str, int] | None = None,
 ) -> None:
     """Refuses to resume from a checkpoint of another model (architecture, widths, queue size) with
     one message naming what the folder holds and what was asked for, instead of a state-dict
     size-mismatch dump; then refuses to resume it with another recipe (any other config field, of
     every student; the ``recipe`` recorded in ``run_dir``'s ``run_info.json``: the data, its
-    source, the students' configs; the per-device ``train_batch_size``): the rest of its steps
-    would be trained differently from the first, and its card would describe the new recipe for
-    all. ``configs``: the config of each model (one per student of a group); ``run_dir``: the
+    source, the students' configs; the per-device ``train_batch_size``; the global ``batch`` of
+    :func:`global_batch`, whose processes and accumulation steps the run recorded): the rest of its
+    steps would be trained differently from the first, and its card would describe the new recipe
+    for all. ``configs``: the config of each model (one per student of a group); ``run_dir``: the
     run's folder (default: the checkpoint's parent; a finished run's folder is its own)."""
     if checkpoint is None:
         return
     _check_same_shapes(checkpoint, configs)
     run_dir = Path(checkpoint).parent if run_dir is None else Path(run_dir)
-    _check_same_recipe(Path(checkpoint), run_dir, configs, recipe, train_batch_size)
+    _check_same_recipe(Path(checkpoint), run_dir, configs, recipe, train_batch_size, batch)
+
+
+# run_info.json's key for the global batch (global_batch): recorded by train_and_save, compared on resume
+GLOBAL_BATCH_KEY = "global_batch"
+
+
+def global_batch(training_args) -> dict[str, int]:
+    """The images per optimizer step and their factors: ``per_process`` (the per-device batch
+    times the GPUs of a DataParallel process, the Trainer's ``train_batch_size``), ``processes``
+    and ``gradient_accumulation_steps``. :func:`train_and_save` records it in ``run_info.json``
+    and a resume must match it factor by factor: with another number of processes (or
+    accumulation steps) the remaining steps would see another batch, their learning rate (set
+    from the global batch) would disagree with the optimizer's, and the epoch counter would jump."""
+    per_process = int(training_args.train_batch_size)
+    processes = max(1, int(training_args.world_size))
+    accumulation = int(training_args.gradient_accumulation_steps)
+    return {
+        "images": per_process * processes * accumulation,
+        "per_process": per_process,
+        "processes": processes,
+        "gradient_accumulation_steps": accumulation,
+    }
+
+
+# global_batch's factors -> the names a refused resume gives them
+BATCH_FACTORS = {
+    "per_process": "per_device_train_batch_size",
+    "processes": "processes",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+}
+
+
+def _describe_batch(batch: dict[str, Any]) -> str:
+    processes, steps = batch.get("processes"), batch.get("gradient_accumulation_steps")
+    return (
+        f"{batch.get('images')} images ({batch.get('per_process')} per process × {processes} "
+        f"process{'es' if processes != 1 else ''} × {steps} accumulation step{'s' if steps != 1 else ''})"
+    )
 
 
 def run_recipe(data, seed: int, configs: list) -> dict[str, Any]:
@@ -156,11 +245,12 @@ def check_run_folder(
 ) -> None:
     """:func:`check_resumable` on what a script found in ``output_dir``: the ``finished`` run there
     (:func:`finished_run_results`; its folder is its own checkpoint) or the ``checkpoint`` it resumes."""
+    batch = global_batch(training_args)
     if finished is not None:
         output_dir = training_args.output_dir
-        check_resumable(output_dir, configs, recipe, training_args.train_batch_size, run_dir=output_dir)
+        check_resumable(output_dir, configs, recipe, training_args.train_batch_size, output_dir, batch)
     else:
-        check_resumable(checkpoint, configs, recipe, training_args.train_batch_size)
+        check_resumable(checkpoint, configs, recipe, training_args.train_batch_size, batch=batch)
 
 
 # recipe keys compared even when only one side has them (a subset dropped on resume)
@@ -178,15 +268,23 @@ def _check_same_recipe(
     configs: list,
     recipe: dict[str, Any] | None,
     train_batch_size: int | None,
+    batch: dict[str, int] | None = None,
 ) -> None:
     differences: dict[str, tuple] = {}
+    info_file = run_dir / RUN_INFO_FILE
+    recorded_info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    recorded_batch = recorded_info.get(GLOBAL_BATCH_KEY)
+    batch_changed = False
+    if batch is not None and isinstance(recorded_batch, dict):
+        for key, name in BATCH_FACTORS.items():
+            if recorded_batch.get(key) != batch[key]:
+                differences[name], batch_changed = (recorded_batch.get(key), batch[key]), True
     config_file = checkpoint / "config.json"
     if config_file.is_file() and len(configs) == 1:  # both with their defaults, as JSON values
         saved = _as_json(type(configs[0]).from_json_file(str(config_file)).to_dict())
         differences |= _config_differences(saved, _as_json(configs[0].to_dict()))
-    info_file = run_dir / RUN_INFO_FILE
     if recipe is not None and info_file.is_file():
-        recorded, recipe = json.loads(info_file.read_text()), _as_json(recipe)
+        recorded, recipe = recorded_info, _as_json(recipe)
         for key in sorted(
             recipe.keys() & recorded.keys() | (recipe.keys() | recorded.keys()) & OPTIONAL_RECIPE_KEYS
         ):
@@ -196,18 +294,25 @@ def _check_same_recipe(
             elif recorded.get(key) != recipe.get(key):
                 differences[key] = (recorded.get(key), recipe.get(key))
     state_file = checkpoint / TRAINER_STATE_NAME
-    if train_batch_size is not None and state_file.is_file():
-        recorded_batch = json.loads(state_file.read_text()).get("train_batch_size")
-        if recorded_batch is not None and recorded_batch != train_batch_size:
-            differences["per_device_train_batch_size"] = (recorded_batch, train_batch_size)
+    if train_batch_size is not None and state_file.is_file():  # runs that recorded no global batch
+        recorded_per_device = json.loads(state_file.read_text()).get("train_batch_size")
+        if recorded_per_device is not None and recorded_per_device != train_batch_size:
+            differences["per_device_train_batch_size"] = (recorded_per_device, train_batch_size)
     if differences:
         held = ", ".join(f"{k}={v[0]!r}" for k, v in differences.items())
         asked = ", ".join(f"{k}={v[1]!r}" for k, v in differences.items())
+        batches = (
+            f" Its global batch was {_describe_batch(recorded_batch)}, this run's would be "
+            f"{_describe_batch(batch)}: its remaining steps would see another batch at a learning rate set for "
+            "another batch, and its epoch counter would jump."
+            if batch_changed
+            else ""
+        )
         raise ValueError(
             f"The run in {run_dir} ({checkpoint.name}) was trained with {held}; this run asks for {asked}, "
             "which would train its remaining steps (or report its results) with another recipe than the one "
-            "it was trained with. Pass the flags it was trained with, another --output_dir, or "
-            "--overwrite_output_dir to start a new run there."
+            f"it was trained with.{batches} Pass the flags it was trained with (and launch as many processes), "
+            "another --output_dir, or --overwrite_output_dir to start a new run there."
         )
 
 
@@ -336,6 +441,7 @@ def train_and_save(
         # now, not when the folder was first looked at: every argument, the teacher and the model passed their checks
         clear_previous_run(trainer.args.output_dir)
     if run_info is not None and trainer.args.should_save:
+        run_info = {**run_info, GLOBAL_BATCH_KEY: global_batch(trainer.args)}  # what a resume must match
         Path(trainer.args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(trainer.args.output_dir) / RUN_INFO_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
     start_step = None
@@ -343,6 +449,8 @@ def train_and_save(
         start_step = json.loads((Path(resume_from_checkpoint) / TRAINER_STATE_NAME).read_text())[
             "global_step"
         ]
+    if resume_from_checkpoint:
+        trainer.add_callback(ScheduleOnResumeCallback())
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     results_file = Path(trainer.args.output_dir) / "train_results.json"
     if trainer.state.global_step == start_step and results_file.is_file():
