@@ -43,10 +43,19 @@ class EmbeddingQueue(nn.Module):
         self.size = int(size)
         self.dim = int(dim)
         self.seed = int(seed)
-        self.register_buffer("embeddings", torch.empty(self.size, self.dim), persistent=True)
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long), persistent=True)
-        self.register_buffer("num_filled", torch.zeros((), dtype=torch.long), persistent=True)
-        self.reset()
+        _check_queue_memory(self.size, self.dim)
+        try:
+            self.register_buffer("embeddings", torch.empty(self.size, self.dim), persistent=True)
+            self.register_buffer("ptr", torch.zeros((), dtype=torch.long), persistent=True)
+            self.register_buffer("num_filled", torch.zeros((), dtype=torch.long), persistent=True)
+            self.reset()
+        except (RuntimeError, MemoryError) as error:
+            if "alloc" not in str(error).lower():
+                raise
+            raise ValueError(
+                f"queue_size={self.size} could not be allocated: {_queue_memory(self.size, self.dim)} "
+                f"({type(error).__name__}: {str(error)[:200]}). Pass a smaller `queue_size` (the paper's: 65536)."
+            ) from error
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -83,3 +92,36 @@ class EmbeddingQueue(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.dim}"
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
+def _queue_memory(size: int, dim: int) -> str:
+    n_bytes = size * dim * 4
+    return (
+        f"its {size} × {dim} float32 embeddings take {_gib(n_bytes)}, twice that while the random initial "
+        "content is drawn"
+    )
+
+
+def _physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_queue_memory(size: int, dim: int) -> None:
+    """Refuses a queue that cannot fit in this machine's memory before allocating it, naming the
+    memory it would need (an allocator error names neither the parameter nor the cause)."""
+    total = _physical_memory()
+    if total is not None and 2 * size * dim * 4 > total:
+        raise ValueError(
+            f"queue_size={size} does not fit in memory: {_queue_memory(size, dim)}, and this machine has "
+            f"{_gib(total)}. Pass a smaller `queue_size` (the paper's: 65536)."
+        )

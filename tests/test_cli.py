@@ -284,3 +284,22 @@ def test_a_longer_max_steps_on_resume_follows_the_schedule_of_the_new_length(tmp
     assert [logged[s] for s in range(5, 9)] == pytest.approx([cosine(s, 8) for s in range(5, 9)])
     assert [used[s] for s in range(1, 9)] == pytest.approx([logged[s] for s in range(1, 9)])
     assert "this run's schedule (over 8 steps) gives" in caplog.text
+
+
+def test_eval_strategy_without_the_knn_monitor_names_the_flags(tmp_path):
+    files = write_jpeg_shards(tmp_path / "data", shards=1, rows=4)
+    with pytest.raises(ValueError) as error:
+        run_seed.main(_seed_args(tmp_path / "out", files, "--eval_strategy", "steps"))
+    message = str(error.value)
+    assert message.startswith("--eval_strategy steps evaluates with the online kNN monitor"), message
+    assert "--knn_monitor_samples N" in message and "eval_dataset" not in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_queue_larger_than_memory_is_refused_with_the_memory_it_needs(tmp_path):
+    files = write_jpeg_shards(tmp_path / "data", shards=1, rows=4)
+    argv = _seed_args(tmp_path / "out", files)
+    argv[argv.index("--queue_size") + 1] = str(10**12)
+    with pytest.raises(ValueError, match=r"--queue_size=1000000000000 does not fit in memory: its 1000000000000 × \d+ "
+                       r"float32 embeddings take [\d.]+ GiB.*this machine has [\d.]+ GiB\. Pass a smaller --queue_size"):  # fmt: skip
+        run_seed.main(argv)
