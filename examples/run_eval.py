@@ -266,4 +266,6 @@ def _evaluate(args: EvalArguments) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from seed_hf.cli.script import run_script
+
+    run_script(main)  # a refusal: its message alone, exit status 1

@@ -121,4 +121,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    from seed_hf.cli.script import run_script
+
+    run_script(main)  # a refusal: its message alone, exit status 1

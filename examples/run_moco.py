@@ -113,5 +113,6 @@ def pretrain(
 
 
 if __name__ == "__main__":
-    main()
-    shutdown_distributed()
+    from seed_hf.cli.script import run_script
+
+    run_script(main, cleanup=shutdown_distributed)  # a refusal: its message alone, exit status 1

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import tiny_student, tiny_teacher, write_jpeg_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,3 +304,61 @@ def test_a_queue_larger_than_memory_is_refused_with_the_memory_it_needs(tmp_path
     with pytest.raises(ValueError, match=r"--queue_size=1000000000000 does not fit in memory: its 1000000000000 × \d+ "
                        r"float32 embeddings take [\d.]+ GiB.*this machine has [\d.]+ GiB\. Pass a smaller --queue_size"):  # fmt: skip
         run_seed.main(argv)
+
+
+def test_a_refusal_prints_its_message_alone_and_exits_1():
+    """A refused flag on the command line: one line, no traceback (unexpected errors keep theirs)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    commands = {
+        "run_seed.py": [
+            "--teacher_name_or_path",
+            "x",
+            "--output_dir",
+            "unused",
+            "--knn_monitor_samples",
+            "-1",
+        ],
+        "run_eval.py": ["--models", "pixels", "--knn_k", "0"],
+    }
+    runs = {
+        name: subprocess.Popen(
+            [sys.executable, str(ROOT / "examples" / name), *argv],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, argv in commands.items()
+    }
+    expected = {
+        "run_seed.py": "error: --knn_monitor_samples must be an integer ≥ 0, got -1.",
+        "run_eval.py": "error: --knn_k must be ≥ 1, got 0.",
+    }
+    for name, run in runs.items():
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 1, (name, err[-2000:])
+        assert "Traceback" not in err and err.strip().splitlines()[-1] == expected[name], (name, err[-2000:])
+
+
+def test_run_script_keeps_the_traceback_of_an_unexpected_error(capsys, tmp_path):
+    from seed_hf.cli.script import run_script
+    from seed_hf.evaluation import weighted_knn_predict
+
+    cleaned = []
+
+    def refused():
+        weighted_knn_predict(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.zeros(1, 3), k=0)
+
+    with pytest.raises(SystemExit) as exit_:
+        run_script(refused, cleanup=lambda: cleaned.append(True))
+    assert exit_.value.code == 1 and cleaned == [True]
+    assert capsys.readouterr().err == "error: k must be ≥ 1, got 0.\n"
+    # code of a seed_hf module: Python's own ValueError there is a bug, not a refusal
+    source = tmp_path / "library_code.py"
+    source.write_text("def unpack(values):\n    first, second = values\n    return first + second\n")
+    namespace = {"__name__": "seed_hf.library_code"}
+    exec(compile(source.read_text(), str(source), "exec"), namespace)
+    with pytest.raises(ValueError, match="too many values to unpack"):
+        run_script(lambda: namespace["unpack"]([1, 2, 3]))
+    with pytest.raises(ValueError, match="invalid literal"):
+        run_script(lambda: int("x"))  # raised by another module than seed_hf or the script

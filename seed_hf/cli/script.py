@@ -25,6 +25,7 @@ __all__ = [
     "build_script_dataset",
     "check_hub_arguments",
     "onnx_export_options",
+    "run_script",
     "setup_logging",
 ]
 
@@ -186,3 +187,46 @@ def onnx_export_options(args: OnnxArguments) -> dict[str, Any] | None:
                 args.onnx_max_train_samples, args.onnx_max_eval_samples
             )
     return options
+
+
+# where an explicitly raised ValueError / FileNotFoundError is a refusal, not a bug: seed_hf, the
+# script itself, and transformers' argument parsing (TrainingArguments' own checks)
+_REFUSING_MODULES = ("seed_hf", "__main__", "transformers.training_args", "transformers.hf_argparser")
+
+
+def _is_refusal(error: BaseException) -> bool:
+    """Whether ``error`` is a refusal: a ``ValueError`` / ``FileNotFoundError`` raised by a
+    ``raise`` statement of seed_hf, the running script or transformers' argument checks. One that
+    Python raised itself (an unpacking, a conversion) or that another library raised is not."""
+    import linecache
+
+    if not isinstance(error, (ValueError, FileNotFoundError)) or error.__traceback__ is None:
+        return False
+    tb = error.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    if not any(module == name or module.startswith(f"{name}.") for name in _REFUSING_MODULES):
+        return False
+    return linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).lstrip().startswith("raise")
+
+
+def run_script(main: Callable[[], Any], cleanup: Callable[[], None] | None = None) -> None:
+    """Runs an example script's ``main`` for the command line, then ``cleanup`` (e.g.
+    :func:`~seed_hf.distributed.shutdown_distributed`, which every script that trains calls last).
+
+    A refusal (a bad flag, a run folder of another recipe, a missing image column: a ``ValueError``
+    or ``FileNotFoundError`` raised by seed_hf or the script, or by transformers' checks of
+    ``TrainingArguments``) is printed as ``error: <message>`` on stderr without a traceback, and the
+    process exits with status 1. Every other exception keeps its traceback: it is unexpected."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:
+        if not _is_refusal(error):
+            raise
+        if cleanup is not None:
+            cleanup()
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    if cleanup is not None:
+        cleanup()
