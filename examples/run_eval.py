@@ -88,13 +88,16 @@ class EvalArguments:
         default=None,
         metadata={
             "help": "Resize images to N px (short side, centre crop N×N, bilinear) for the pixels / pixels_centred "
-            "baselines, e.g. on folders of mixed sizes; default: each image at its own size."
+            "baselines, e.g. on folders of mixed sizes (refused without it, before any model runs); default: each "
+            "image at its own size."
         },
     )
     batch_size: int = field(default=256, metadata={"help": "Feature extraction batch size."})
     num_workers: int = field(default=0, metadata={"help": "Dataloader workers for feature extraction."})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "Device."})
-    output_file: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
+    output_file: str | None = field(
+        default=None, metadata={"help": "Write the results as JSON here (rewritten as each model finishes)."}
+    )
     reference_results: list[str] | None = field(
         default=None,
         metadata={
@@ -133,13 +136,12 @@ def expand_models(models: list[str]) -> list[str]:
     return expanded
 
 
-def features_of(name: str, data: LabelledSplits, args: EvalArguments):
-    """(spec, train features, eval features) of one model; pixel baselines flatten the image (at
-    its own size, or resized to ``--pixel_size``)."""
-    spec = load_encoder(name)
-    if spec.module is None and args.pixel_size:
-        spec.data_config = pixel_data_config(data, args.pixel_size)
-    transform = eval_transform(spec.data_config) if spec.data_config else None
+def pixel_features(data: LabelledSplits, args: EvalArguments):
+    """(data config, train features, eval features) of the pixel baselines: each image flattened,
+    at its own size or resized to ``--pixel_size``. Extracted once for both baselines, before any
+    model runs, so that images of mixed sizes are refused before any model's time is spent."""
+    data_config = pixel_data_config(data, args.pixel_size) if args.pixel_size else None
+    transform = eval_transform(data_config) if data_config else None
     out = []
     for split, images, labels in (
         ("train", data.train_images, data.train_labels),
@@ -147,32 +149,48 @@ def features_of(name: str, data: LabelledSplits, args: EvalArguments):
     ):
         dataset = LabelledImages(images, labels, transform)
         try:
-            features = extract_features(
-                spec.module,
-                dataset,
-                args.batch_size,
-                args.device,
-                args.num_workers,
-                desc=f"{Path(name).name}/{split}",
+            out.append(
+                extract_features(
+                    None, dataset, args.batch_size, "cpu", args.num_workers, desc=f"pixels/{split}"
+                )
             )
         except RuntimeError as error:
-            if spec.module is not None or "equal size" not in str(error):
+            if "equal size" not in str(error) and "same size" not in str(error):
                 raise
             raise ValueError(
-                f"The {name} baseline compares images pixel by pixel, and the {split} images of {data.name} are of "
+                f"The pixel baselines compare images pixel by pixel, and the {split} images of {data.name} are of "
                 "different sizes: pass --pixel_size N to resize them (short side to N, centre crop N×N, bilinear; "
-                "recorded in the rows)."
+                "recorded in the rows). No model was evaluated."
             ) from None
-        out.append(features)
-    (x_train, y_train), (x_eval, y_eval) = out
-    if name == "pixels_centred":  # the train split's mean image: the baseline a sceptical reader uses
-        mean = x_train.mean(0, keepdim=True)
-        x_train, x_eval = x_train - mean, x_eval - mean
-    return spec, (x_train, y_train), (x_eval, y_eval)
+    return data_config, out[0], out[1]
 
 
-def evaluate_model(name: str, args: EvalArguments, data: LabelledSplits) -> list[dict]:
-    spec, (x_train, y_train), (x_eval, y_eval) = features_of(name, data, args)
+def features_of(name: str, data: LabelledSplits, args: EvalArguments, pixels=None):
+    """(spec, train features, eval features) of one model; the pixel baselines take the features of
+    :func:`pixel_features` (``pixels``), ``pixels_centred`` minus the train split's mean image."""
+    spec = load_encoder(name)
+    if spec.module is None:
+        spec.data_config, (x_train, y_train), (x_eval, y_eval) = pixels
+        if name == "pixels_centred":  # the train split's mean image: the baseline a sceptical reader uses
+            mean = x_train.mean(0, keepdim=True)
+            x_train, x_eval = x_train - mean, x_eval - mean
+        return spec, (x_train, y_train), (x_eval, y_eval)
+    transform = eval_transform(spec.data_config)
+    out = []
+    for split, images, labels in (
+        ("train", data.train_images, data.train_labels),
+        ("eval", data.eval_images, data.eval_labels),
+    ):
+        dataset = LabelledImages(images, labels, transform)
+        desc = f"{Path(name).name}/{split}"
+        out.append(
+            extract_features(spec.module, dataset, args.batch_size, args.device, args.num_workers, desc=desc)
+        )
+    return spec, out[0], out[1]
+
+
+def evaluate_model(name: str, args: EvalArguments, data: LabelledSplits, pixels=None) -> list[dict]:
+    spec, (x_train, y_train), (x_eval, y_eval) = features_of(name, data, args, pixels)
     sha = weights_fingerprint(name)
     rows = []
     for fraction in args.label_fractions:
@@ -236,7 +254,18 @@ def _evaluate(args: EvalArguments) -> list[dict]:
         args.label_column,
         args.fashion_mnist_dir,
     ).subsample(args.max_train_samples, args.max_eval_samples, args.subset_seed)
-    results = [row for name in expand_models(args.models) for row in evaluate_model(name, args, data)]
+    names = expand_models(args.models)
+    if missing := [n for n in names if n not in PIXEL_BASELINES and not (Path(n) / "config.json").is_file()]:
+        raise FileNotFoundError(
+            f"--models {' '.join(missing)}: not a model folder with a config.json (a run folder, an exported folder, "
+            f"or one of {list(PIXEL_BASELINES)}). No model was evaluated."
+        )
+    pixels = pixel_features(data, args) if set(names) & set(PIXEL_BASELINES) else None
+    results = []
+    for name in names:
+        results += evaluate_model(name, args, data, pixels)
+        if args.output_file:  # each model's rows as it finishes: a later failure keeps them
+            write_results(args.output_file, results)
     recorded = []
     for reference in args.reference_results or []:
         rows = [
@@ -259,10 +288,16 @@ def _evaluate(args: EvalArguments) -> list[dict]:
             f"{name:<44} {r['label_fraction']:>6.0%} {r['num_parameters']:>11,} "
             f"{r['knn_top1']:>10.2f} {linear:>13}"
         )
-    if args.output_file:
-        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_file).write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def write_results(path: str, rows: list[dict]) -> None:
+    """``rows`` as the JSON list of ``path``, replaced atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(rows, indent=2) + "\n")
+    partial.replace(path)
 
 
 if __name__ == "__main__":

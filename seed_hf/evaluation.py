@@ -516,11 +516,24 @@ def load_labelled_splits(
         train, evaluation = splits[train_split], splits[validation_split]
         name, eval_split = dataset_name, validation_split
     for split_name, split in (("train", train), ("evaluation", evaluation)):
-        missing = [c for c in (image_column, label_column) if c not in split.column_names]
-        if missing:
+        if image_column not in split.column_names:
+            from .data.sources import image_like_columns
+
+            candidates = image_like_columns(split.column_names, split.features)
+            if not candidates:
+                raise ValueError(
+                    f"The {split_name} data of {name} has no image column: its columns are {split.column_names} "
+                    "and none of them holds images (encoded bytes, a {'bytes', 'path'} struct or a datasets Image "
+                    "feature). Evaluation needs labelled images: pass a source that has them."
+                )
             raise ValueError(
-                f"The {split_name} data has no column(s) {missing}; its columns are {split.column_names}. "
-                "Pass `image_column` / `label_column`."
+                f"The {split_name} data of {name} has no column {image_column!r}; its column(s) {candidates} look "
+                f"like images (columns: {split.column_names}): pass the one that holds them as `image_column`."
+            )
+        if label_column not in split.column_names:
+            raise ValueError(
+                f"The {split_name} data of {name} has no column {label_column!r}; its columns are "
+                f"{split.column_names}. Pass the column that holds the labels as `label_column`."
             )
     # the cells undecoded (bytes and path): LabelledImages decodes them, skipping and naming a corrupt file
     train, evaluation = (

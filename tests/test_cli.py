@@ -362,3 +362,28 @@ def test_run_script_keeps_the_traceback_of_an_unexpected_error(capsys, tmp_path)
         run_script(lambda: namespace["unpack"]([1, 2, 3]))
     with pytest.raises(ValueError, match="invalid literal"):
         run_script(lambda: int("x"))  # raised by another module than seed_hf or the script
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_labels_only_parquet_is_told_it_has_no_image_column(tmp_path, streaming):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"label": [0, 1, 0, 1], "id": [1, 2, 3, 4]}), path)
+    data_args = DataTrainingArguments(
+        train_files=[str(path)], streaming=streaming, image_size=16, cache_dir=str(tmp_path / "c")
+    )
+    with pytest.raises(ValueError) as error:
+        with flags_in_errors(DataTrainingArguments):
+            build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3)
+    message = str(error.value)
+    assert "has no image column: its columns are ['label', 'id'] and none of them holds images" in message
+    assert "--image_column" not in message, message
+    # images under another name: that column is named
+    pq.write_table(pa.table({"photo": [{"bytes": b"x", "path": None}], "label": [0]}), path)
+    with pytest.raises(
+        ValueError, match=r"column\(s\) \['photo'\] look like images: pass .* as --image_column"
+    ):
+        with flags_in_errors(DataTrainingArguments):
+            build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3)

@@ -162,7 +162,102 @@ def test_run_eval_on_your_own_labelled_images(tmp_path, source):
     assert all(r["num_train"] == 12 and r["num_eval"] == 6 for r in rows)
     assert rows[1]["knn_top1"] == 100.0  # left vs right: raw pixels separate the classes
     assert rows[0]["preprocessing"]["input_size"] == [3, 32, 32] and 0 <= rows[0]["linear_top1"] <= 100
-    with pytest.raises(ValueError, match="--image_column"):
+    with pytest.raises(ValueError, match="no column 'nope'.*--label_column"):
         run_eval.main(
             ["--models", "pixels", "--dataset_name", str(tmp_path / "data"), "--label_column", "nope"]
         )
+
+
+def _run_eval():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import run_eval
+
+    return run_eval
+
+
+def test_run_eval_pixels_on_mixed_sizes_is_refused_before_any_model(tmp_path, monkeypatch):
+    """The pixel baselines need one size: images of several are refused before any model's
+    features are extracted (not after, losing them), and --pixel_size makes them comparable."""
+    from helpers import tiny_student
+    from PIL import Image
+
+    from seed_hf.hub import export_student
+
+    run_eval = _run_eval()
+    _imagefolder(tmp_path / "data" / "train")
+    _imagefolder(tmp_path / "data" / "test", per_class=3, seed=1)
+    Image.new("RGB", (28, 24), (200, 30, 30)).save(tmp_path / "data" / "test" / "bag" / "big.png")
+    folder = export_student(tiny_student(image_size=32), tmp_path / "export")
+    extracted = []
+    extract = run_eval.extract_features
+    monkeypatch.setattr(
+        run_eval,
+        "extract_features",
+        lambda *a, desc="", **k: extracted.append(desc) or extract(*a, desc=desc, **k),
+    )
+    data = [
+        "--train_dir",
+        str(tmp_path / "data" / "train"),
+        "--validation_dir",
+        str(tmp_path / "data" / "test"),
+    ]
+    argv = ["--models", str(folder), "pixels", "--knn_k", "3", *data]
+    with pytest.raises(
+        ValueError, match="eval images of .* are of different sizes: pass --pixel_size N"
+    ):
+        run_eval.main(argv)
+    assert not any(desc.startswith("export") for desc in extracted), extracted
+    rows = run_eval.main([*argv, "--pixel_size", "20"])
+    assert [r["model"] for r in rows] == [str(folder), "pixels"] and rows[1]["num_eval"] == 7
+    assert rows[1]["preprocessing"]["input_size"] == [3, 20, 20]
+
+
+def test_run_eval_writes_each_models_rows_as_it_finishes(tmp_path):
+    import json
+
+    run_eval = _run_eval()
+    _imagefolder(tmp_path / "data" / "train")
+    _imagefolder(tmp_path / "data" / "test", per_class=3, seed=1)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"architecture": "no_such_architecture"}))
+    out = tmp_path / "results.json"
+    data = [
+        "--train_dir",
+        str(tmp_path / "data" / "train"),
+        "--validation_dir",
+        str(tmp_path / "data" / "test"),
+    ]
+    with pytest.raises(Exception):  # noqa: B017 - whatever the broken folder raises
+        run_eval.main(["--models", "pixels", "pixels_centred", str(broken), "--knn_k", "3",
+                       "--output_file", str(out), *data])  # fmt: skip
+    assert [r["model"] for r in json.loads(out.read_text())] == ["pixels", "pixels_centred"]
+    # a folder that is no model at all is refused before anything runs
+    out.unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"--models .*missing: not a model folder.*No model was evaluated"
+    ):
+        run_eval.main(["--models", "pixels", str(tmp_path / "missing"), "--output_file", str(out), *data])
+    assert not out.exists()
+
+
+def test_labels_only_parquet_is_told_it_has_no_image_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run_eval = _run_eval()
+    for split in ("train", "test"):
+        (tmp_path / "labels").mkdir(exist_ok=True)
+        pq.write_table(
+            pa.table({"label": [0, 1, 0, 1], "id": [1, 2, 3, 4]}), tmp_path / "labels" / f"{split}.parquet"
+        )
+    with pytest.raises(ValueError) as error:
+        run_eval.main(["--models", "pixels", "--dataset_name", str(tmp_path / "labels")])
+    message = str(error.value)
+    assert "has no image column: its columns are ['label', 'id'] and none of them holds images" in message, (
+        message
+    )
+    assert "pass the one" not in message

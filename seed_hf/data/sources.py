@@ -40,6 +40,7 @@ __all__ = [
     "TrainSource",
     "build_train_dataset",
     "expand_files",
+    "image_like_columns",
     "load_image_dataset",
     "stream_shards",
     "training_subset",
@@ -277,7 +278,7 @@ def _source_dataset(
         source.streaming,
         source.cache_dir,
     )
-    image_column = detect_image_column(dataset.column_names or [], source.image_column)
+    image_column = _image_column(list(dataset.column_names or []), source, features=dataset.features)
     dataset = undecoded_images(dataset, image_column, in_chans, source)
     if source.streaming:
         logger.warning(
@@ -384,7 +385,7 @@ def _shard_stream(
     first = index.read_rows(range(min(16, len(index))))
     columns = list(first[min(first)]) if first else []
     try:
-        image_column = detect_image_column(columns, source.image_column)
+        image_column = _image_column(columns, source, sample=first[min(first)] if first else None)
     except ValueError as error:
         raise ValueError(f"{shards[0]} (the first shard of {source.name()}): {error}") from error
     _check_decodable([row[image_column] for row in first.values()], image_column, in_chans, source, columns)
@@ -395,6 +396,53 @@ def _shard_stream(
         shuffle_buffer_size=source.shuffle_buffer_size,
         seed=seed,
         max_rows=source.max_train_samples,
+    )
+
+
+def image_like_columns(
+    columns: Sequence[str], features: Any = None, sample: dict[str, Any] | None = None
+) -> list[str]:
+    """The ``columns`` that may hold images, from the ``datasets`` ``features`` (an ``Image``
+    feature, binary values, a ``{"bytes", "path"}`` struct) or the values of a ``sample`` row
+    (bytes, such a dict, a PIL image)."""
+    from datasets import Image as ImageFeature
+    from datasets import Value
+
+    found = []
+    for name in columns:
+        feature = (features or {}).get(name)
+        value = (sample or {}).get(name)
+        if (
+            isinstance(feature, ImageFeature)
+            or (isinstance(feature, Value) and feature.dtype in ("binary", "large_binary"))
+            or (isinstance(feature, dict) and "bytes" in feature)
+            or isinstance(value, (bytes, bytearray, Image.Image))
+            or (isinstance(value, dict) and "bytes" in value)
+        ):
+            found.append(name)
+    return found
+
+
+def _image_column(
+    columns: list[str], source: TrainSource, features: Any = None, sample: dict[str, Any] | None = None
+) -> str:
+    """:func:`detect_image_column`, saying when no column is named as images are: the columns that
+    look like images, or that the data has none (a file of labels or ids only)."""
+    try:
+        return detect_image_column(columns, source.image_column)
+    except ValueError:
+        if source.image_column is not None:  # a named column that is not there: the columns are listed
+            raise
+    candidates = image_like_columns(columns, features, sample)
+    if candidates:
+        raise ValueError(
+            f"{source.name()} has no column named image, img, jpg, ... but its column(s) {candidates} look like "
+            f"images: pass the one that holds them as `image_column` (columns: {columns})."
+        )
+    raise ValueError(
+        f"{source.name()} has no image column: its columns are {columns} and none of them holds images (encoded "
+        "bytes, a {'bytes', 'path'} struct or a datasets Image feature). Pass a source of images: a labels-only "
+        "file cannot be trained on."
     )
 
 
