@@ -214,6 +214,10 @@ def _common(args: StudyArguments, run_dir: Path) -> list[str]:
         str(args.monitor_samples),
         "--augmentation_backend",
         args.augmentation_backend,
+        # the shipped study's figures were trained with transformers' clipping (seed_hf's default is
+        # none, as the official code): benchmarks/ab_grad_clip.py compares the two on the demo's recipe
+        "--max_grad_norm",
+        "1.0",
         "--report_to",
         "tensorboard",
         *(["--use_cpu"] if args.use_cpu else []),

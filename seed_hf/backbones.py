@@ -14,6 +14,7 @@ from .queue import EmbeddingQueue
 __all__ = [
     "create_backbone",
     "check_input_size",
+    "input_size_hint",
     "close_model_names",
     "pooled_width",
     "pooled_features",
@@ -96,6 +97,32 @@ def check_input_size(
             f'{model_args_name}={{"dynamic_img_size": true}} (scripts: --{model_args_name} '
             """'{"dynamic_img_size": true}') to accept both sizes."""
         )
+
+
+def input_size_hint(model: nn.Module, image_size: int) -> str:
+    """A sentence telling how to build ``model``'s timm backbone for ``image_size`` when its class
+    takes an ``img_size`` (LeViT, EfficientViT, ... build position tables for one input size and fail
+    on another deep in the forward); empty otherwise."""
+    import inspect
+    import json
+
+    backbone = next((m for m in model.modules() if hasattr(m, "pretrained_cfg")), None)
+    if backbone is None or not any(
+        "img_size" in inspect.signature(cls.__init__).parameters
+        for cls in type(backbone).__mro__
+        if issubclass(cls, nn.Module) and cls is not nn.Module
+    ):
+        return ""
+    name = (
+        "student_model_args"
+        if hasattr(getattr(model, "config", None), "student_model_args")
+        else "model_args"
+    )
+    fix = json.dumps({"img_size": image_size})
+    return (
+        f". {type(backbone).__name__} is built for one input size: build it for yours with {name}={fix} "
+        f"(scripts: --{name} '{fix}')"
+    )
 
 
 def close_model_names(name: str, limit: int = 8) -> list[str]:
@@ -193,9 +220,23 @@ def init_module_weights(module: nn.Module) -> None:
 
     ``PreTrainedModel.post_init`` calls this on every submodule; timm backbones are skipped on
     purpose, so they keep timm's own init (zero-init of the last BN per residual block, ...).
+
+    timm's non-persistent buffers (RoPE tables, relative-position and attention-bias indices of
+    Swin, LeViT, EfficientFormerV2, TinyViT, ...) are rebuilt too: they are in no checkpoint, and
+    ``from_pretrained`` creates the model on the meta device, so they would otherwise hold
+    uninitialised memory (NaN features, out-of-range indices), as transformers' ``TimmWrapperModel``
+    also handles.
     """
     if isinstance(module, EmbeddingQueue):
         module.reset()
+    elif hasattr(module, "init_non_persistent_buffers"):
+        module.init_non_persistent_buffers()
+    elif getattr(module, "feat_shape", None) is not None and hasattr(module, "_get_pos_embed_values"):
+        module.pos_embed = module._get_pos_embed_values(
+            feat_shape=module.feat_shape,
+            device=module.pos_embed.device if module.pos_embed is not None else None,
+            dtype=module.pos_embed.dtype if module.pos_embed is not None else torch.float32,
+        )
     elif isinstance(module, ProjectionHead):
         for layer in module:
             if isinstance(layer, nn.Linear):

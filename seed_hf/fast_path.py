@@ -55,6 +55,7 @@ __all__ = [
     "PROBE_MIN_PIXELS",
     "STEP_PATH_FILE",
     "StepPath",
+    "channels_last_backward_hazards",
     "choose",
     "is_noisy",
     "parse_switch",
@@ -109,7 +110,9 @@ class StepPath:
     ``--bf16``; ``"float16"`` under ``--fp16``).
 
     ``sources`` says, per choice, where it came from: ``"given"`` (the user's flag), ``"probe"``
-    (measured; ``timings_s`` holds the seconds per call of each candidate), ``"prior"`` (the
+    (measured; ``timings_s`` holds the seconds per call of each candidate), ``"unsafe"`` (NCHW:
+    the student's backward crashes in channels_last, :func:`channels_last_backward_hazards`),
+    ``"prior"`` (the
     table: tiny workload, a single candidate, or no candidate faster by :data:`MARGIN`) or
     ``"resumed"`` (recorded in the checkpoint resumed from). ``noisy`` names the parts whose
     probe ran on a busy machine and so kept the prior (:func:`is_noisy`)."""
@@ -152,6 +155,30 @@ class StepPath:
         batch = f" at batch {self.probe_batch_size}" if self.probe_batch_size else ""
         noisy = f"; noisy ({', '.join(self.noisy)}: a busy machine), the prior kept" if self.noisy else ""
         return ", ".join(parts) + (f" [probe{batch}: {timings}{noisy}]" if timings else "")
+
+
+# torch's CPU backward of a strided 1x1 convolution on a channels_last input with fewer input
+# channels per group than this aborts the process (SIGSEGV / "munmap_chunk(): invalid pointer")
+UNSAFE_CHANNELS_LAST_MIN_CHANNELS = 8
+
+
+def channels_last_backward_hazards(model: nn.Module, device: torch.device) -> list[str]:
+    """The convolutions of ``model`` whose backward crashes the process under channels_last on
+    ``device``: on CPU, 1x1 convolutions with a stride above 1 and fewer than
+    :data:`UNSAFE_CHANNELS_LAST_MIN_CHANNELS` input channels per group (the stems of RepVGG, MobileOne,
+    FastViT: their 1x1 branch sees the 3 image channels). A crash kills the process with no Python
+    error, so the trainer must never probe or train such a student in channels_last. Empty on GPUs.
+    """
+    if device.type != "cpu":
+        return []
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d)
+        and tuple(module.kernel_size) == (1, 1)
+        and max(module.stride) > 1
+        and module.in_channels // module.groups < UNSAFE_CHANNELS_LAST_MIN_CHANNELS
+    ]
 
 
 def timed_call(name: str, fn: Callable[[], Any], device: torch.device) -> float:

@@ -163,10 +163,27 @@ class MocoForPretraining(MocoPreTrainedModel):
         keys[perm] = shuffled  # back to the input order
         return F.normalize(keys, dim=1)
 
+    @torch.compiler.disable
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Pushes the keys of the *global* batch ``(global_batch, projection_dim)``."""
         self.queue.enqueue(keys.float())
+
+    # eager under torch.compile: a compiled graph may save the queue buffer itself for backward in
+    # place of the snapshot, which the enqueue then modifies in place (autograd refuses the backward)
+    @torch.compiler.disable
+    def _contrastive_loss(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """InfoNCE of the queries ``q`` against their keys ``k`` (positives) and a snapshot of the
+        queue (negatives), in fp32: ``(loss, logits (batch, 1 + queue_size))``."""
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            qf = q.float()
+            # a snapshot: the buffer is updated in place after the forward while autograd still needs it
+            queue = self.queue.embeddings.clone() if self.training else self.queue.embeddings
+            # n x 1 positives, n x K negatives (one GEMM)
+            logits = torch.cat([(qf * k).sum(1, keepdim=True), qf @ queue.T], dim=1)
+            logits = logits / self.config.contrastive_temperature
+            labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+            return F.cross_entropy(logits, labels), logits
 
     def forward(
         self,
@@ -189,15 +206,7 @@ class MocoForPretraining(MocoPreTrainedModel):
             if self.training:
                 self.momentum_update()
             k = self._keys(pixel_values_k)
-            with torch.autocast(device_type=q.device.type, enabled=False):
-                qf = q.float()
-                # n x 1 positives, n x K negatives (one GEMM)
-                # a snapshot: the buffer is updated in place below while autograd still needs it
-                queue = self.queue.embeddings.clone() if self.training else self.queue.embeddings
-                logits = torch.cat([(qf * k).sum(1, keepdim=True), qf @ queue.T], dim=1)
-                logits = logits / self.config.contrastive_temperature
-                labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-                loss = F.cross_entropy(logits, labels)
+            loss, logits = self._contrastive_loss(q, k)
             if self.training:  # the model owns its queue: push the global batch's keys (FIFO)
                 self.enqueue(all_gather_no_grad(k))
         output = MocoOutput(loss=loss, logits=logits, query_embeds=q, key_embeds=k, pooler_output=features)

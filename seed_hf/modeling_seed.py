@@ -135,6 +135,7 @@ class SeedForDistillation(SeedPreTrainedModel):
         """Pooled backbone features ``(batch, pooled_width)`` (the exported representation)."""
         return pooled_features(self.student, pixel_values)
 
+    @torch.compiler.disable
     @torch.no_grad()
     def enqueue(self, teacher_embeds: torch.Tensor, small_teacher_embeds: torch.Tensor | None = None) -> None:
         """Pushes the teacher keys of the *global* batch ``(global_batch, projection_dim)`` to the
@@ -163,6 +164,9 @@ class SeedForDistillation(SeedPreTrainedModel):
                 ]
             self.small_queue.enqueue(F.normalize(small_teacher_embeds.float(), dim=1))
 
+    # eager under torch.compile: a compiled graph may save the queue buffer itself for backward in
+    # place of the snapshot, which the enqueue then modifies in place (autograd refuses the backward)
+    @torch.compiler.disable
     def _distill(self, student_embeds, teacher_embeds, queue, batch_teacher_embeds):
         """SEED loss and logits against a snapshot of ``queue`` (the buffer itself is updated in
         place by :meth:`enqueue` after this forward, while autograd still needs the snapshot).

@@ -313,6 +313,18 @@ class TransformersVisionBackbone(nn.Module):
         self.forward_kwargs = (
             {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in _forward_params(model) else {}
         )
+        # ViTMAE masks mask_ratio (75 %) of the patches at random in every forward, eval mode included:
+        # a teacher sees every patch, in order (mask_ratio 0, and a noise that sorts to the identity)
+        self.unmasked_patch_size = None
+        if getattr(vision_config, "mask_ratio", None) is not None and "noise" in _forward_params(model):
+            if vision_config.mask_ratio > 0:
+                logger.info(
+                    f"{type(model).__name__}: mask_ratio {vision_config.mask_ratio} set to 0, the teacher sees every "
+                    "patch (MAE masks patches at random in every forward otherwise)."
+                )
+            vision_config.mask_ratio = 0.0
+            patch = vision_config.patch_size
+            self.unmasked_patch_size = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
         self.num_features = self._probe_width(vision_config)
 
     @torch.no_grad()
@@ -337,11 +349,21 @@ class TransformersVisionBackbone(nn.Module):
             )
         return int(out.shape[1])
 
+    def _model_kwargs(self, pixel_values: torch.Tensor) -> dict[str, Any]:
+        """The forward's keyword arguments: ``interpolate_pos_encoding`` where taken, and for ViTMAE a
+        ``noise`` whose argsort is the identity (no patch dropped or shuffled: deterministic)."""
+        if self.unmasked_patch_size is None:
+            return self.forward_kwargs
+        n, _, height, width = pixel_values.shape
+        tokens = (height // self.unmasked_patch_size) * (width // self.unmasked_patch_size)
+        noise = torch.arange(tokens, device=pixel_values.device, dtype=torch.float32).expand(n, tokens)
+        return {**self.forward_kwargs, "noise": noise}
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.uses_image_features:
             out = self.model.get_image_features(pixel_values=pixel_values, **self.forward_kwargs)
             return out if isinstance(out, torch.Tensor) else out.pooler_output
-        return self._pool(self.model(pixel_values=pixel_values, **self.forward_kwargs))
+        return self._pool(self.model(pixel_values=pixel_values, **self._model_kwargs(pixel_values)))
 
     def forward_with_patches(
         self, pixel_values: torch.Tensor
@@ -354,7 +376,7 @@ class TransformersVisionBackbone(nn.Module):
                 f"{type(self.model).__name__}.get_image_features gives no patch tokens for the local term: load "
                 "its vision tower (e.g. CLIPVisionModelWithProjection) as the teacher."
             )
-        out = self.model(pixel_values=pixel_values, **self.forward_kwargs)
+        out = self.model(pixel_values=pixel_values, **self._model_kwargs(pixel_values))
         hidden = getattr(out, "last_hidden_state", None)
         if hidden is None or hidden.ndim not in (3, 4):
             raise ValueError(f"{type(self.model).__name__} gives no last_hidden_state tokens or feature map.")

@@ -113,6 +113,13 @@ class SeedTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Allow a non-empty output_dir that holds no checkpoint."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    max_grad_norm: float = field(
+        default=0.0,
+        metadata={
+            "help": "Clip the gradients' global norm to this value; 0 (default): no clipping, as the official SEED "
+            "and MoCo code (transformers' default is 1.0)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

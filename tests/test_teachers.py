@@ -287,6 +287,8 @@ def _tiny_vision_backbone(kind):
             tr.CLIPVisionConfig(**small, projection_dim=12)
         ),
         "siglip_vision": lambda: tr.SiglipVisionModel(tr.SiglipVisionConfig(**small)),
+        # masks 75 % of the patches at random in every forward unless told otherwise
+        "vit_mae": lambda: tr.ViTMAEModel(tr.ViTMAEConfig(**small)),
         # a feature map (n, c, h, w) and no pooled output
         "segformer": lambda: tr.SegformerModel(
             tr.SegformerConfig(
@@ -317,6 +319,7 @@ VISION_FAMILIES = [
     "clip_vision",
     "clip_vision_projection",
     "siglip_vision",
+    "vit_mae",
     "segformer",
 ]
 
@@ -333,6 +336,13 @@ def test_every_transformers_vision_family_is_a_teacher(tmp_path, kind):
     x = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)
     out = teacher(x)
     assert out.shape == (3, width) and torch.isfinite(out).all()
+    assert torch.equal(teacher(x), out), "a frozen teacher must give the same embeddings every forward"
+    if kind == "vit_mae":  # every patch, in order: the CLS token of the whole, unshuffled sequence
+        model.config.mask_ratio = 0.0
+        with torch.no_grad():
+            tokens = model(pixel_values=x, noise=torch.arange(16.0).expand(3, 16)).last_hidden_state
+        assert tokens.shape[1] == 1 + (IMAGE_SIZE // 8) ** 2
+        assert torch.allclose(out, torch.nn.functional.normalize(tokens[:, 0], dim=1), atol=1e-5)
     if kind == "segformer":  # only a feature map: its spatial average
         with torch.no_grad():
             reference = model(pixel_values=x).last_hidden_state.mean(dim=(2, 3))
