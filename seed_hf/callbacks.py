@@ -9,6 +9,8 @@ extension points only.
   written it; ``seed_hf.runs.last_complete_checkpoint`` resumes only from marked ones, so a run
   killed while saving resumes from the checkpoint before (the Trainer writes ``checkpoint-N`` in
   place, so a Hub upload with ``hub_strategy="checkpoint"`` never sees a folder being renamed).
+* :class:`PreemptionCallback`: on SIGTERM or SIGUSR1, every process finishes its optimizer step,
+  the run saves a complete checkpoint of it and the process exits with :data:`PREEMPTED_EXIT_CODE`.
 """
 
 from __future__ import annotations
@@ -16,19 +18,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 
+import torch
+import torch.distributed as dist
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .data.shard_stream import ShardStream
+from .distributed import is_distributed, shutdown_distributed
 from .fast_path import STEP_PATH_FILE
-from .runs import COMPLETE_MARKER, checkpoint_dir
+from .runs import COMPLETE_MARKER, checkpoint_dir, is_complete_checkpoint
 
 __all__ = [
     "DatasetEpochCallback",
     "CheckpointCompletionCallback",
+    "PREEMPTED_EXIT_CODE",
+    "PREEMPTION_SIGNALS",
+    "PreemptionCallback",
     "StepPathCallback",
     "StreamPositionCallback",
+    "TrainingPreempted",
 ]
 
 logger = logging.getLogger(__name__)
@@ -192,3 +203,146 @@ class StepPathCallback(TrainerCallback):
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if args.should_save:
             self._write(args.output_dir)
+
+
+# what SLURM (scancel, preemption, the time limit; `--signal=USR1@<seconds>` to be warned earlier) and
+# Kubernetes (pod deletion, eviction) send a job before they kill it
+PREEMPTION_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1)
+# sysexits.h EX_TEMPFAIL ("temporary failure, the user is invited to retry"): not 0, so that a shell chain
+# (`run_seed.py ... && run_eval.py ...`), a Kubernetes Job or a workflow engine does not take the stopped run
+# for a finished one; not 143 (what a process killed by SIGTERM before it could save reports), so that a
+# wrapper can requeue on this code alone (slurm.conf RequeueExit=75, a Job's podFailurePolicy onExitCodes)
+PREEMPTED_EXIT_CODE = 75
+
+
+class TrainingPreempted(SystemExit):
+    """Raised at the end of ``Trainer.train()`` when :class:`PreemptionCallback` stopped the run on
+    a signal: a ``SystemExit`` with code :data:`PREEMPTED_EXIT_CODE`, so an uncaught one ends the
+    process with that code and no traceback, and code after ``train()`` (a final ``save_model``,
+    results, an export) never treats the stopped run as finished; ``except Exception`` does not
+    catch it. ``checkpoint`` is the complete checkpoint a re-run resumes from (None if none)."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: str | None):
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.signal_name = signal_name
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class PreemptionCallback(TrainerCallback):
+    """Turns SIGTERM / SIGUSR1 (:data:`PREEMPTION_SIGNALS`) during ``train()`` into a checkpoint and
+    a clean exit: the signal only sets a flag; at the end of the current optimizer step the flag is
+    all-reduced over the processes (under DDP a signal may reach one rank only, and a rank that
+    stopped alone would leave the others waiting in a collective), and if any process got one, every
+    process sets ``control.should_save`` and ``control.should_training_stop``: the Trainer writes the
+    usual ``checkpoint-N`` of that step (model with its queue, optimizer, scheduler, RNG states,
+    stream position, step path, completion marker), and ``on_train_end`` raises
+    :class:`TrainingPreempted` (exit code :data:`PREEMPTED_EXIT_CODE`) after shutting the process
+    group down. A re-run of the same command resumes from that checkpoint and ends exactly where an
+    uninterrupted run ends.
+
+    A signal during the last step lets the run finish normally (its final model and results are
+    written as usual): a checkpoint after the last step would resume into a run with nothing left
+    to train. The handlers are installed at ``on_train_begin`` and the previous ones restored at
+    ``on_train_end``, except after a preemption: then, until the process exits, a further signal is
+    logged and ignored (``torchrun`` sends SIGTERM to the ranks still exiting once one has exited,
+    which would turn their clean exit into a kill). A dataloader worker started during training inherits them, so a signal sent to
+    the whole process group does not stop the data of the step being finished. Python installs
+    handlers in the main thread only: ``train()`` in another thread warns that signals keep their
+    previous effect. The check costs one scalar all-reduce per optimizer step under DDP. Remove the
+    callback (``trainer.remove_callback(PreemptionCallback)``) to handle these signals yourself."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = PREEMPTION_SIGNALS):
+        self.signals = tuple(signals)
+        self.received = 0  # number of the first signal this process received during training; 0: none
+        self.stop_signal = 0  # the signal the processes agreed to stop on
+        self.stopped_at: int | None = None  # the global step the run stopped and saved at
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if not self.received:
+            self.received = signum
+            logger.warning(
+                f"{signal.Signals(signum).name} received: finishing the current optimizer step, then saving a "
+                "checkpoint and exiting."
+            )
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.received, self.stop_signal, self.stopped_at = 0, 0, None
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning(
+                "train() runs outside the main thread, where Python cannot install signal handlers: "
+                f"{', '.join(s.name for s in self.signals)} will not save a checkpoint before the process stops."
+            )
+            return
+        self._restore()  # a train() that raised before on_train_end left its handlers
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _agreed_signal(self, args: TrainingArguments) -> int:
+        """The largest signal number received by any process (0: none); a collective on every rank."""
+        if not is_distributed():
+            return self.received
+        flag = torch.tensor([self.received], dtype=torch.int64, device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        signum = self._agreed_signal(args)
+        if not signum or control.should_training_stop:  # none received, or the run ends here anyway
+            return
+        control.should_save = True
+        control.should_training_stop = True
+        self.stop_signal, self.stopped_at = signum, state.global_step
+        if state.is_world_process_zero:
+            logger.warning(
+                f"{signal.Signals(signum).name}: stopping after step {state.global_step} of {state.max_steps} "
+                f"and saving {checkpoint_dir(args, state)}."
+            )
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if (
+            self.stopped_at == state.global_step
+        ):  # its checkpoint is written: no second one (save_strategy="epoch")
+            control.should_save = False
+
+    def _exiting(self, signum: int, frame) -> None:
+        logger.info(
+            f"{signal.Signals(signum).name} received while exiting after a preemption checkpoint: ignored."
+        )
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.stopped_at is not None and self._previous:  # the process exits now (see the class docstring)
+            for signum in self.signals:
+                signal.signal(signum, self._exiting)
+            self._previous = {}
+        self._restore()
+        if self.stopped_at is None:
+            if self.received:
+                logger.warning(
+                    f"{signal.Signals(self.received).name} received during the last step: the run is complete and "
+                    "finishes normally."
+                )
+            return
+        name = signal.Signals(self.stop_signal).name
+        checkpoint = checkpoint_dir(args, state)
+        if not is_complete_checkpoint(checkpoint):
+            checkpoint = None
+        if state.is_world_process_zero:
+            if checkpoint is None:
+                logger.error(
+                    f"{name}: training stopped after step {self.stopped_at}, but no complete checkpoint of that step "
+                    f"was written (save_strategy={args.save_strategy}): a re-run resumes from the last complete one."
+                )
+            logger.warning(
+                f"Preempted by {name}: training stopped after step {self.stopped_at} of {state.max_steps}"
+                + (f" and saved {checkpoint}" if checkpoint else "")
+                + f". Run the same command again to resume; exiting with code {PREEMPTED_EXIT_CODE}."
+            )
+        shutdown_distributed()  # else a gloo thread may abort the exiting interpreter (see shutdown_distributed)
+        raise TrainingPreempted(name, self.stopped_at, checkpoint)

@@ -23,6 +23,7 @@ from . import fast_path
 from .callbacks import (
     CheckpointCompletionCallback,
     DatasetEpochCallback,
+    PreemptionCallback,
     StepPathCallback,
     StreamPositionCallback,
 )
@@ -111,6 +112,7 @@ class QueueTrainer(Trainer):
         # recorded choice, which the checkpoint only names then), or by resolve_step_path()
         self.step_path: StepPath | None = None
         self.add_callback(StepPathCallback(lambda: self.step_path))
+        self.add_callback(PreemptionCallback())  # SIGTERM/SIGUSR1: save the step, exit; before the marker
         # last: its on_save marks a checkpoint complete after the other callbacks wrote their files
         self.add_callback(CheckpointCompletionCallback())
         self._validate_batch_size()
