@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from . import fast_path
+from .backbones import input_size_hint
 from .callbacks import (
     CheckpointCompletionCallback,
     DatasetEpochCallback,
@@ -191,7 +192,7 @@ class QueueTrainer(Trainer):
             raise ValueError(
                 f"The student ({model.config.architecture}) "
                 f"cannot take {model.config.in_chans}x{model.config.image_size}x{model.config.image_size} images "
-                f"(image_size / in_chans): {error}"
+                f"(image_size / in_chans): {error}{input_size_hint(model, model.config.image_size)}"
             ) from error
         finally:
             model.train(was_training)
@@ -298,6 +299,21 @@ class QueueTrainer(Trainer):
         layouts = [True, False] if given == "auto" else [given == "true"]
         if given != "auto":
             sources["student_channels_last"] = "given"
+        hazards = fast_path.channels_last_backward_hazards(_unwrapped(self), self.args.device)
+        if hazards and True in layouts:
+            where = f"{', '.join(hazards[:3])}{' ...' if len(hazards) > 3 else ''}"
+            if given == "true":
+                raise ValueError(
+                    f"channels_last=true: the student's strided 1x1 convolutions with few input channels ({where}) "
+                    f"crash PyTorch's {self.args.device.type.upper()} backward in channels_last (the process dies). "
+                    "Pass --channels_last false or auto (auto trains such a student in NCHW)."
+                )
+            layouts = [False]
+            sources["student_channels_last"] = "unsafe"
+            logger.warning(
+                f"The student trains in NCHW: its strided 1x1 convolutions with few input channels ({where}) crash "
+                f"PyTorch's {self.args.device.type.upper()} backward in channels_last."
+            )
         dtype = self.args.student_dtype
         if self.args.bf16 or self.args.fp16:  # the run's mixed precision, as asked
             precisions = ["bfloat16" if self.args.bf16 else "float16"]
@@ -381,7 +397,7 @@ class QueueTrainer(Trainer):
         layouts, precisions, sources = self._student_candidates()
         path = StepPath(student_channels_last=layouts[0], student_dtype=precisions[0], sources=sources)
         if recorded is not None:  # reuse the resumed run's choice for what was not given now
-            if "student_channels_last" not in sources:
+            if "student_channels_last" not in sources and (recorded.student_channels_last in layouts):
                 path.student_channels_last = recorded.student_channels_last
                 sources["student_channels_last"] = "resumed"
             if "student_dtype" not in sources and recorded.student_dtype in precisions:

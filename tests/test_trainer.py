@@ -358,3 +358,50 @@ def test_plain_accelerate_loop_matches_seed_trainer(tmp_path):
     assert int(model.queue.ptr) == int(trained.queue.ptr) == 40 % model.queue.size
     for (name, a), b in zip(model.state_dict().items(), trained.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_torch_compile_trains_the_student_with_its_queue(tmp_path):
+    """``--torch_compile``: inductor may save the queue buffer itself for backward, which the
+    enqueue then modifies in place; the loss against the queue runs eager, the student compiled."""
+    eager = _seed_trainer(tmp_path / "eager", max_steps=2, teacher_dtype="float32", optimize_teacher=False)
+    eager.train()
+    compiled = _seed_trainer(
+        tmp_path / "compiled",
+        max_steps=2,
+        teacher_dtype="float32",
+        optimize_teacher=False,
+        torch_compile=True,
+    )
+    compiled.train()
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (eager, compiled)]
+    assert len(losses[1]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert int(compiled.model.queue.num_filled) == int(eager.model.queue.num_filled) == 16
+
+
+def test_gradients_are_not_clipped_by_default_as_in_the_official_code(tmp_path):
+    args = _args(tmp_path)
+    assert args.max_grad_norm == 0.0
+    assert _args(tmp_path, max_grad_norm=1.0).max_grad_norm == 1.0
+
+
+def test_a_student_whose_channels_last_backward_crashes_trains_in_nchw(tmp_path):
+    """torch's CPU backward of a strided 1x1 conv with few input channels kills the process under
+    channels_last (repvgg, mobileone, fastvit stems): such a student is never probed or trained so."""
+    from seed_hf.fast_path import channels_last_backward_hazards
+
+    model = tiny_student(student_architecture="repvgg_a0", image_size=32)
+    assert channels_last_backward_hazards(model, torch.device("cpu"))
+    assert not channels_last_backward_hazards(tiny_student(), torch.device("cpu"))
+    assert not channels_last_backward_hazards(model, torch.device("cuda"))
+    trainer = _seed_trainer(tmp_path, model=model, max_steps=1)
+    trainer.train()
+    assert trainer.step_path.student_channels_last is False
+    assert trainer.step_path.sources["student_channels_last"] == "unsafe"
+    with pytest.raises(ValueError, match="channels_last=true.*crash"):
+        _seed_trainer(tmp_path, model=model, max_steps=1, channels_last="true").train()
+
+
+def test_a_student_built_for_another_size_is_told_its_img_size(tmp_path):
+    model = tiny_student(student_architecture="levit_128s", image_size=64)  # LeViT is built for 224 px
+    with pytest.raises(ValueError, match=r"student_model_args=\{\"img_size\": 64\}"):
+        _seed_trainer(tmp_path, model=model, max_steps=1).train()
