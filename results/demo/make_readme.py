@@ -128,7 +128,7 @@ The students are evaluated from their exported timm folders with the preprocessi
 SEED student − teacher: {s["knn_top1"] - by["pretrained/fmnist-mocov2-resnet18"]["knn_top1"]:+.2f} kNN,
 {s["linear_top1"] - by["pretrained/fmnist-mocov2-resnet18"]["linear_top1"]:+.2f} linear, with {s["num_parameters"] / by["pretrained/fmnist-mocov2-resnet18"]["num_parameters"]:.0%} of its parameters.
 {speed_text}Files: `eval_results.json` (the student's rows, written by `examples/run_eval.py`), `student/` (the
-exported student with its card and `onnx/` graphs; also `model_cards/seed-demo-mobilenetv3-small-fmnist.md`).
+exported student with its card; its `onnx/` graphs are not committed, `make onnx` rebuilds them; also `model_cards/seed-demo-mobilenetv3-small-fmnist.md`).
 """
 (here / "README.md").write_text(text)
 print(text)
