@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> dict[str, OnnxRebuildCheck | dict]:
         results[name] = check
         print("\n".join(f"  {line}" for line in check.figures))
         if check.problems:
-            print(f"== {name}: NOT rebuilt ({'; '.join(check.problems)}); the rebuild stays in {work}")
+            print(
+                f"== {name}: {folder}/onnx/ left as it was ({'; '.join(check.problems)}); the rebuild is in {work}"
+            )
             continue
         shutil.rmtree(folder / "onnx", ignore_errors=True)
         shutil.move(work / "model" / "onnx", folder / "onnx")

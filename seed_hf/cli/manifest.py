@@ -177,8 +177,13 @@ def _files(record: dict[str, Any]) -> dict[str, str]:
     return {f["path"]: f["sha256"] for f in record.get("files", [])}
 
 
+def _int8(record: dict[str, Any]) -> dict[str, Any]:
+    """The int8 figures of an ONNX record, kept or refused (``int8_refused``)."""
+    return record.get("int8") or record.get("int8_refused") or {}
+
+
 def _knn(record: dict[str, Any]) -> dict[str, Any]:
-    return (record.get("int8") or {}).get("knn") or {}
+    return _int8(record).get("knn") or {}
 
 
 def check_onnx_rebuild(
@@ -216,7 +221,7 @@ def check_onnx_rebuild(
         check.figures.append(f"{path}: sha256 {old[path]} -> {new[path]} ({same})")
     for key in ("max_abs_diff", "versions"):
         check.figures.append(f"{key}: {recorded.get(key)} -> {rebuilt.get(key)}")
-    cosines = [((r.get("int8") or {}).get("cosine_to_fp32")) for r in (recorded, rebuilt)]
+    cosines = [_int8(r).get("cosine_to_fp32") for r in (recorded, rebuilt)]
     check.figures.append(f"int8 cosine to fp32: {cosines[0]} -> {cosines[1]}")
     old_knn, new_knn = _knn(recorded), _knn(rebuilt)
     for key in ("fp32_top1", "int8_top1"):
@@ -232,7 +237,7 @@ def check_onnx_rebuild(
                 f"{key} {recorded.get(key)!r} was recorded, the rebuild has {rebuilt.get(key)!r}"
             )
     for key in ("method", "calibration"):
-        old_value, new_value = (((r.get("int8") or {}).get(key)) for r in (recorded, rebuilt))
+        old_value, new_value = (_int8(r).get(key) for r in (recorded, rebuilt))
         if old_value != new_value:
             check.problems.append(f"int8 {key} {old_value!r} was recorded, the rebuild has {new_value!r}")
     for key in ("dataset", "eval_split", "k", "temperature", "num_train", "num_eval"):
