@@ -29,16 +29,21 @@ from seed_hf import (
 from seed_hf.cli import (
     DataTrainingArguments,
     OnnxArguments,
+    SmallCropArguments,
+    TeacherArguments,
     build_device_input,
     build_knn_monitor,
     build_script_dataset,
+    cached_training_dataset,
     check_hub_arguments,
     check_run_folder,
     check_same_teacher,
     finished_run_results,
     flags_in_errors,
     onnx_export_options,
+    open_teacher_cache,
     parse_script_args,
+    replayed_epochs,
     resolve_checkpoint,
     run_recipe,
     setup_logging,
@@ -51,50 +56,15 @@ from seed_hf.teachers import weights_fingerprint
 
 
 @dataclass
-class ModelArguments:
-    """Teacher, student and SEED hyperparameters (defaults: the paper's)."""
+class ModelArguments(SmallCropArguments, TeacherArguments):
+    """Teacher (or teacher cache), student and SEED hyperparameters (defaults: the paper's)."""
 
-    teacher_name_or_path: str = field(
-        metadata={
-            "help": "seed_hf MoCo/SEED run folder, timm name (with --teacher_checkpoint), hf-hub:org/name (timm) "
-            "or hf:org/name (transformers)."
-        }
-    )
-    teacher_checkpoint: str | None = field(
-        default=None, metadata={"help": "Local teacher weights: safetensors, timm or MoCo v1/v2 checkpoint."}
-    )
-    teacher_model_args: str | None = field(
+    teacher_cache: str | None = field(
         default=None,
         metadata={
-            "help": "JSON dict of timm.create_model args of a timm teacher (e.g. SwAV RN50-w2 widths)."
-        },
-    )
-    allow_random_teacher: bool = field(
-        default=False,
-        metadata={
-            "help": "Accept a timm teacher name without weights (no --teacher_checkpoint, not hf-hub:): distils a "
-            "randomly initialised teacher, for smoke tests only."
-        },
-    )
-    teacher_embedding: str = field(
-        default="auto", metadata={"help": "transformers teachers: auto, cls, mean or pooler."}
-    )
-    teacher_image_mean: list[float] | None = field(
-        default=None,
-        metadata={
-            "help": "Normalisation the teacher was trained with (with --teacher_image_std; one value or one per "
-            "channel): inputs are re-normalised to it. Default: a transformers teacher's "
-            "preprocessor_config.json (required then), the data's for other teachers."
-        },
-    )
-    teacher_image_std: list[float] | None = field(
-        default=None, metadata={"help": "See --teacher_image_mean."}
-    )
-    teacher_image_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Resize the teacher's inputs to this resolution (e.g. the one it was trained at, when the student "
-            "trains at another: a warning says so); default: the teacher sees the student's views as they are."
+            "help": "A teacher cache folder (examples/run_seed.py's teacher pass stored by run_teacher_cache.py with "
+            "the same data flags and seed): no teacher is loaded or run, the cached embeddings of each view feed "
+            "the loss and the queue. Teacher flags, when given, are checked against the cache's."
         },
     )
     teacher_ssl_method: str | None = field(
@@ -124,13 +94,6 @@ class ModelArguments:
     student_temperature: float = field(default=0.2, metadata={"help": "τ_S."})
     teacher_temperature: float = field(default=0.01, metadata={"help": "τ_T (official code: 1e-4)."})
     loss_variant: str = field(default="official", metadata={"help": "official or batch_keys."})
-    num_small_crops: int = field(
-        default=0,
-        metadata={
-            "help": "Small crops per image distilled against a second queue (official SwAV setting: 6)."
-        },
-    )
-    small_crop_size: int = field(default=96, metadata={"help": "Resolution of the small crops."})
     small_queue_keys: str = field(
         default="first_crop",
         metadata={
@@ -190,25 +153,32 @@ def distil(
     onnx = onnx_export_options(onnx_args)  # --onnx without the onnx extra stops before training
     # one writer per run folder (main process): a second run into it is refused, naming the first
     lock_run_folder(training_args.output_dir, training_args.should_save)
-    fingerprint = weights_fingerprint(model_args.teacher_name_or_path, model_args.teacher_checkpoint)
+    data = data_args.train_data()  # resolution, channels, normalisation: derived once, passed on
+    cache = None
+    if model_args.teacher_cache:  # the teacher's stored pass: no teacher loaded (seed_hf.teacher_cache)
+        cache = open_teacher_cache(
+            model_args.teacher_cache,
+            model_args,
+            data,
+            model_args.local_loss_weight,
+            model_args.projection_dim,
+        )
+        fingerprint = cache.manifest["teacher_sha256"]
+    elif not model_args.teacher_name_or_path:
+        raise ValueError("Pass --teacher_name_or_path (the teacher) or --teacher_cache (its stored pass).")
+    else:
+        fingerprint = weights_fingerprint(model_args.teacher_name_or_path, model_args.teacher_checkpoint)
     check_same_teacher(training_args, fingerprint)
     # a finished run returns its results, once the checks below found it of the same recipe
     finished = finished_run_results(training_args)
     last_checkpoint = None if finished is not None else resolve_checkpoint(training_args)
     set_seed(training_args.seed)
 
-    data = data_args.train_data()  # resolution, channels, normalisation: derived once, passed on
-    teacher = load_teacher(
-        model_args.teacher_name_or_path,
-        model_args.teacher_checkpoint,
-        model_args=json.loads(model_args.teacher_model_args) if model_args.teacher_model_args else None,
-        embedding=model_args.teacher_embedding,
-        allow_random=model_args.allow_random_teacher,
-        teacher_image_mean=model_args.teacher_image_mean,
-        teacher_image_std=model_args.teacher_image_std,
-        teacher_image_size=model_args.teacher_image_size,
-        sha256=fingerprint,
-    )
+    teacher = None if cache is not None else load_teacher(**model_args.load_kwargs(), sha256=fingerprint)
+    embed_dim = cache.embed_dim if cache is not None else teacher.embed_dim
+    set_seed(
+        training_args.seed
+    )  # the students' initialisation depends neither on the teacher's loading nor a cache
     architectures = [a.strip() for a in model_args.student_architecture.split(",") if a.strip()]
     configs = [
         SeedConfig(
@@ -218,7 +188,7 @@ def distil(
             ),
             in_chans=data.in_chans,
             image_size=data.image_size,
-            projection_dim=model_args.projection_dim or teacher.embed_dim,
+            projection_dim=model_args.projection_dim or embed_dim,
             head_hidden_dim=model_args.head_hidden_dim,
             queue_size=model_args.queue_size,
             student_temperature=model_args.student_temperature,
@@ -233,6 +203,8 @@ def distil(
             image_mean=data.mean,
             image_std=data.std,
             teacher_ssl_method=model_args.teacher_ssl_method,
+            # a cached run records the cache's teacher (a live teacher: SeedTrainer writes it)
+            **(dict(teacher=cache.manifest["teacher"]) if cache is not None else {}),
         )
         for architecture in architectures
     ]
@@ -248,10 +220,20 @@ def distil(
             {c.student_architecture.replace(".", "_"): SeedForDistillation(c) for c in configs}
         )
     train_dataset = build_script_dataset(data, training_args, config, num_views=1)
+    cached = None
+    if cache is not None:  # refused unless the views are the cache's; epochs beyond it replay it
+        train_dataset = cached_training_dataset(train_dataset, cache, data, training_args.seed, config)
+        cached = replayed_epochs(cache, training_args)
+        for c in configs:
+            c.teacher_name_or_path = cache.manifest["teacher_description"]
+    teacher_record = cache.manifest["teacher"] if cache is not None else teacher.record.to_dict()
+    teacher_description = (
+        f"{cache.manifest['teacher_description']} (cached)" if cache is not None else teacher.description
+    )
     # --data_device cuda: the workers pass JPEG bytes, decoded and augmented on the GPU by the trainer
     device_transform, data_collator = build_device_input(data, config, training_args, num_views=1)
     logger.info(
-        f"SEED {', '.join(architectures)} <- {teacher.description}, lr {training_args.learning_rate:.4g}, "
+        f"SEED {', '.join(architectures)} <- {teacher_description}, lr {training_args.learning_rate:.4g}, "
         f"K {config.queue_size}, tau_S {config.student_temperature}, tau_T {config.teacher_temperature}"
     )
 
@@ -270,9 +252,12 @@ def distil(
     run_info = {
         "method": "seed",
         **recipe,
-        "teacher": teacher.record.to_dict(),
-        "teacher_sha256": teacher.record.sha256,  # what check_same_teacher compares on resume
+        "teacher": teacher_record,
+        "teacher_sha256": fingerprint,  # what check_same_teacher compares on resume
     }
+    if cached is not None:
+        run_info["teacher_cache"] = cached
+        run_info["teacher_pass"] = f"cached: {cached['epochs']} epochs, replayed ×{cached['replayed']:g}"
     metrics = train_and_save(trainer, last_checkpoint, run_info=run_info)
     if isinstance(model, SeedStudentGroup) and training_args.should_save:
         for folder in model.save_students(Path(training_args.output_dir) / STUDENTS_DIR):

@@ -28,6 +28,8 @@ from .modeling_seed import SeedForDistillation, SeedOutput, SeedPreTrainedModel
 from .multi_student import SeedGroupOutput, SeedStudentGroup
 from .onnx_export import export_onnx
 from .queue import EmbeddingQueue
+from .teacher_cache import CachedTeacherDataset, TeacherCache
+from .teacher_cache_writer import write_teacher_cache
 from .teachers import FrozenTeacher, load_teacher, weights_fingerprint
 from .trainer import MocoTrainer, SeedTrainer
 from .training_args import SeedTrainingArguments
@@ -62,6 +64,9 @@ __all__ = [
     "load_teacher",
     "weights_fingerprint",
     "FrozenTeacher",
+    "TeacherCache",
+    "CachedTeacherDataset",
+    "write_teacher_cache",
     # training
     "SeedTrainer",
     "MocoTrainer",

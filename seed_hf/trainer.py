@@ -483,13 +483,23 @@ class SeedTrainer(QueueTrainer):
     augmented view as the student, and never reaches the optimizer or the checkpoints.
 
     Args:
-        teacher (`FrozenTeacher` or `nn.Module`): maps ``pixel_values`` to embeddings
-            ``(batch, projection_dim)``.
+        teacher (`FrozenTeacher` or `nn.Module`, *optional*): maps ``pixel_values`` to embeddings
+            ``(batch, projection_dim)``. None: the batches carry the teacher's embeddings
+            (``teacher_embeds``, ``teacher_embeds_small``: a teacher cache,
+            :class:`seed_hf.teacher_cache.CachedTeacherDataset`) and no teacher runs.
         All other arguments are those of `transformers.Trainer`.
     """
 
-    def __init__(self, *args, teacher: nn.Module, **kwargs):
+    def __init__(self, *args, teacher: nn.Module | None, **kwargs):
         super().__init__(*args, **kwargs)
+        if teacher is None:  # a teacher cache: the embeddings come with the batch
+            self.teacher = None
+            if self.uses_teacher_patches:
+                raise ValueError(
+                    "local_loss_weight > 0 needs the teacher's patch features, which a teacher cache does not hold: "
+                    "set local_loss_weight=0, or train with the teacher (no teacher cache)."
+                )
+            return
         if not isinstance(teacher, FrozenTeacher):
             teacher.requires_grad_(False)
         teacher.eval()
@@ -599,6 +609,8 @@ class SeedTrainer(QueueTrainer):
         true/false), resumed, the prior (channels_last) when the workload is tiny or the teacher is
         compiled (a probe would compile it once per layout), else probed."""
         path = super()._choose_step_path(recorded)
+        if self.teacher is None:  # a teacher cache: no teacher layout to choose
+            return path
         given = self.args.channels_last
         if given != "auto":
             path.teacher_channels_last, path.sources["teacher_channels_last"] = given == "true", "given"
@@ -670,7 +682,11 @@ class SeedTrainer(QueueTrainer):
     ):
         pixel_values = self._to_memory_format(inputs["pixel_values"])
         local_kwargs = {}
-        if (
+        if inputs.get("teacher_embeds") is not None:  # a teacher cache: the teacher's output of these views
+            teacher_embeds = inputs["teacher_embeds"].float()
+        elif self.teacher is None:
+            raise ValueError("SeedTrainer has no teacher and the batch carries no `teacher_embeds`.")
+        elif (
             self.uses_teacher_patches
         ):  # the local term: embeddings and patch features from one teacher forward
             teacher_embeds, patches, grid = self.teacher_embeddings_and_patches(pixel_values)
@@ -681,7 +697,12 @@ class SeedTrainer(QueueTrainer):
         small_kwargs, small_keys = {}, None
         if inputs.get("pixel_values_small") is not None:  # (n, m, c, s, s): small-patch variant
             small = inputs["pixel_values_small"]
-            small_teacher = self.teacher_embeddings(self._to_memory_format(small.flatten(0, 1)))
+            cached = inputs.get("teacher_embeds_small")
+            small_teacher = (
+                cached.flatten(0, 1).float()
+                if cached is not None
+                else self.teacher_embeddings(self._to_memory_format(small.flatten(0, 1)))
+            )
             small_keys = all_gather_no_grad(small_teacher)
             small_kwargs = dict(
                 small_pixel_values=small,

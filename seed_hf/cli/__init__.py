@@ -2,7 +2,13 @@
 set-up (:mod:`.script`), decisions on a run folder (:mod:`.runs`) and library errors shown as
 their flags (:mod:`.flags`). The library (everything outside ``seed_hf.cli``) never imports it."""
 
-from .arguments import DataTrainingArguments, OnnxArguments, parse_script_args
+from .arguments import (
+    DataTrainingArguments,
+    OnnxArguments,
+    SmallCropArguments,
+    TeacherArguments,
+    parse_script_args,
+)
 from .flags import flags_in_errors
 from .runs import (
     check_resumable,
@@ -21,13 +27,17 @@ from .script import (
     onnx_export_options,
     setup_logging,
 )
+from .teacher_cache import cached_training_dataset, open_teacher_cache, replayed_epochs
 
 __all__ = [
     "DataTrainingArguments",
     "OnnxArguments",
+    "SmallCropArguments",
+    "TeacherArguments",
     "build_device_input",
     "build_knn_monitor",
     "build_script_dataset",
+    "cached_training_dataset",
     "check_hub_arguments",
     "check_resumable",
     "check_run_folder",
@@ -35,7 +45,9 @@ __all__ = [
     "finished_run_results",
     "flags_in_errors",
     "onnx_export_options",
+    "open_teacher_cache",
     "parse_script_args",
+    "replayed_epochs",
     "resolve_checkpoint",
     "run_recipe",
     "setup_logging",

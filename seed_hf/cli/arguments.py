@@ -17,7 +17,13 @@ from ..data.sources import TrainData, TrainSource
 from ..data.transforms import AUGMENTATION_BACKENDS, AUGMENTATION_PRESETS
 from .flags import flags_in_errors
 
-__all__ = ["DataTrainingArguments", "OnnxArguments", "parse_script_args"]
+__all__ = [
+    "DataTrainingArguments",
+    "OnnxArguments",
+    "SmallCropArguments",
+    "TeacherArguments",
+    "parse_script_args",
+]
 
 
 def _cuda_available() -> bool:  # one place to fake a GPU in tests
@@ -345,3 +351,98 @@ class OnnxArguments:
         default=None,
         metadata={"help": "kNN on N evaluation images (class-balanced seeded draw); default all."},
     )
+
+
+@dataclass
+class TeacherArguments:
+    """The frozen teacher (``load_teacher``'s arguments as flags): of ``run_seed.py``, and of
+    ``run_teacher_cache.py``, which runs the same teacher once and stores its embeddings."""
+
+    teacher_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "seed_hf MoCo/SEED run folder, timm name (with --teacher_checkpoint), hf-hub:org/name (timm) "
+            "or hf:org/name (transformers)."
+        },
+    )
+    teacher_checkpoint: str | None = field(
+        default=None, metadata={"help": "Local teacher weights: safetensors, timm or MoCo v1/v2 checkpoint."}
+    )
+    teacher_model_args: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON dict of timm.create_model args of a timm teacher (e.g. SwAV RN50-w2 widths)."
+        },
+    )
+    allow_random_teacher: bool = field(
+        default=False,
+        metadata={
+            "help": "Accept a timm teacher name without weights (no --teacher_checkpoint, not hf-hub:): distils a "
+            "randomly initialised teacher, for smoke tests only."
+        },
+    )
+    teacher_embedding: str = field(
+        default="auto", metadata={"help": "transformers teachers: auto, cls, mean or pooler."}
+    )
+    teacher_image_mean: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Normalisation the teacher was trained with (with --teacher_image_std; one value or one per "
+            "channel): inputs are re-normalised to it. Default: a transformers teacher's "
+            "preprocessor_config.json (required then), the data's for other teachers."
+        },
+    )
+    teacher_image_std: list[float] | None = field(
+        default=None, metadata={"help": "See --teacher_image_mean."}
+    )
+    teacher_image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Resize the teacher's inputs to this resolution (e.g. the one it was trained at, when the student "
+            "trains at another: a warning says so); default: the teacher sees the student's views as they are."
+        },
+    )
+
+    def load_kwargs(self) -> dict:
+        """``load_teacher``'s keyword arguments (``name_or_path`` and ``checkpoint`` included)."""
+        return dict(
+            name_or_path=self.teacher_name_or_path,
+            checkpoint=self.teacher_checkpoint,
+            model_args=json.loads(self.teacher_model_args) if self.teacher_model_args else None,
+            embedding=self.teacher_embedding,
+            allow_random=self.allow_random_teacher,
+            teacher_image_mean=self.teacher_image_mean,
+            teacher_image_std=self.teacher_image_std,
+            teacher_image_size=self.teacher_image_size,
+        )
+
+    def recorded(self) -> dict:
+        """The teacher flags as a teacher cache records and compares them (local paths resolved,
+        JSON parsed), keyed by flag name."""
+
+        def resolved(path: str | None) -> str | None:
+            return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+        return {
+            "teacher_name_or_path": resolved(self.teacher_name_or_path),
+            "teacher_checkpoint": resolved(self.teacher_checkpoint),
+            "teacher_model_args": json.loads(self.teacher_model_args) if self.teacher_model_args else None,
+            "allow_random_teacher": self.allow_random_teacher,
+            "teacher_embedding": self.teacher_embedding,
+            "teacher_image_mean": self.teacher_image_mean,
+            "teacher_image_std": self.teacher_image_std,
+            "teacher_image_size": self.teacher_image_size,
+        }
+
+
+@dataclass
+class SmallCropArguments:
+    """The small-crop recipe (SEED's small-patch variant): the students' and a teacher cache's."""
+
+    num_small_crops: int = field(
+        default=0,
+        metadata={
+            "help": "Small crops per image distilled against a second queue (official SwAV setting: 6)."
+        },
+    )
+    small_crop_size: int = field(default=96, metadata={"help": "Resolution of the small crops."})
