@@ -156,3 +156,18 @@ def test_bench_gpu_input_smoke(tmp_path):
     assert all(v > 0 for v in out["img_per_s"].values())
     assert out["ratio_gpu_input_vs_step"] > 0 and out["nvjpeg_vs_libjpeg_uint8"]["max_abs"] == 0  # cpu vs cpu
     assert json.loads((tmp_path / "gpu_input.json").read_text())["photo_set"]["shards"] == 4
+
+
+@requires_fashion_mnist
+def test_bench_teacher_cache_smoke(tmp_path):
+    """bench_teacher_cache.py runs run_seed.py online, writes a cache, trains from it and times
+    the student alone (tiny models, 3 timed steps)."""
+    import bench_teacher_cache
+
+    out = bench_teacher_cache.main(["--teacher", "test_resnet", "--large_teacher", "", "--student", "test_resnet",
+                                    "--image_size", "32", "--batch_size", "8", "--steps", "3", "--queue_size", "64",
+                                    "--data_args", "--dataloader_num_workers 0",
+                                    "--output_json", str(tmp_path / "out.json")])  # fmt: skip
+    row = out["teachers"]["demo_teacher"]
+    assert row["online_img_per_s"] > 0 and row["cached_img_per_s"] > 0 and row["cache_write"]["views"] == 24
+    assert out["student_only"]["img_per_s"] > 0 and json.loads((tmp_path / "out.json").read_text()) == out
