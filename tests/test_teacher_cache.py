@@ -167,6 +167,9 @@ def test_fp32_cache_trains_exactly_as_the_online_teacher(files, tmp_path, monkey
     assert (
         info["teacher"] == online_info["teacher"] and info["teacher_pass"] == "cached: 2 epochs, replayed ×1"
     )
+    from seed_hf.cards import run_summary
+
+    assert run_summary(cached)["teacher_pass"] == info["teacher_pass"]  # what the card's table shows
     # another seed, image size or teacher: refused before training, the difference named
     with pytest.raises(ValueError, match=r"seed \(--seed\): cache 0, this run 3"):
         run_seed.main(_seed_flags(tmp_path / "r1", files, "--teacher_cache", str(cache), "--seed", "3"))
