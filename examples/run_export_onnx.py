@@ -5,10 +5,15 @@
     python examples/run_export_onnx.py --folder results/demo/student --onnx_int8 \
         --manifest model_cards/models.json --manifest_name seed-demo-mobilenetv3-small-fmnist
 
-With ``--manifest`` the record (files, opset, exporter, max abs differences, int8 kNN against
+With ``--manifest`` the record (files, opset, exporter, max abs differences, int8 quality against
 fp32) goes into that entry's card facts and the shipped cards are re-rendered from the manifest.
 Without it the folder's card is left as it is (it was rendered without ``onnx/``): export from the
 run folder with ``run_export.py --onnx`` to get a card that lists it.
+
+``--onnx_int8`` is calibrated and measured on the student's own data: the ``--onnx_*`` labelled
+data, or Fashion-MNIST when the ``--manifest`` entry records that the student was trained on it.
+An int8 graph below the quality bar (seed_hf.onnx_export.INT8_QUALITY_BAR) is not written: the
+fp32 graph and the record are, and the script exits with an error naming the figures.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from transformers import HfArgumentParser
 
 from seed_hf.cli import OnnxArguments, flags_in_errors, onnx_export_options
 from seed_hf.cli.manifest import add_entry_facts, manifest_entry, render_manifest_cards
-from seed_hf.cli.script import ONNX_FLAGS
+from seed_hf.cli.script import ONNX_FLAGS, int8_refusals
 from seed_hf.onnx_export import export_onnx
 
 
@@ -44,10 +49,13 @@ def main(argv: list[str] | None = None) -> dict:
     onnx_args.onnx = True  # the point of this script
     if args.manifest and not args.manifest_name:
         raise ValueError("--manifest needs --manifest_name (the entry of --folder).")
+    training_dataset = None
     if args.manifest:  # checked before the export: the entry must record this very folder
         with flags_in_errors(FolderArguments):
-            manifest_entry(args.manifest, args.manifest_name, args.folder)
-    options = onnx_export_options(onnx_args)
+            training_dataset = manifest_entry(args.manifest, args.manifest_name, args.folder)["facts"].get(
+                "dataset"
+            )
+    options = onnx_export_options(onnx_args, training_dataset)
     with flags_in_errors(aliases=ONNX_FLAGS):  # export_onnx names its parameters: say the flags
         record = export_onnx(args.folder, **options)
     print(json.dumps({k: v for k, v in record.items() if k != "files"}, indent=1))
@@ -61,6 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"The card {args.folder}/README.md was rendered without onnx/ and is left as it is: pass --manifest "
             "(a shipped model), or export from the run folder with run_export.py --onnx, to get a card that lists it."
         )
+    refusal = int8_refusals({args.folder: record})
+    if refusal:
+        raise SystemExit(refusal)
     return record
 
 

@@ -49,7 +49,7 @@ from seed_hf.cli import (
     setup_logging,
     train_and_save,
 )
-from seed_hf.cli.script import ONNX_FLAGS, TEACHER_FLAGS
+from seed_hf.cli.script import ONNX_FLAGS, TEACHER_FLAGS, int8_refusals
 from seed_hf.distributed import shutdown_distributed
 from seed_hf.runs import STUDENTS_DIR, lock_run_folder
 from seed_hf.teachers import weights_fingerprint
@@ -150,7 +150,8 @@ def distil(
 ) -> dict:
     logger = setup_logging(training_args)
     check_hub_arguments(training_args)
-    onnx = onnx_export_options(onnx_args)  # --onnx without the onnx extra stops before training
+    # --onnx without the onnx extra, or --onnx_int8 without the student's own labelled data, stops before training
+    onnx = onnx_export_options(onnx_args, data_args.source().describe()["dataset"])
     # one writer per run folder (main process): a second run into it is refused, naming the first
     lock_run_folder(training_args.output_dir, training_args.should_save)
     data = data_args.train_data()  # resolution, channels, normalisation: derived once, passed on
@@ -267,6 +268,7 @@ def distil(
         from seed_hf.hub import export_student, push_student_to_hub
 
         students = model.students.items() if isinstance(model, SeedStudentGroup) else [("", model)]
+        onnx_records = {}
         for name, student in students:
             repo_id = training_args.hub_model_id and training_args.hub_model_id + (f"-{name}" if name else "")
             with flags_in_errors(aliases=ONNX_FLAGS):  # export_onnx names its parameters: say the flags
@@ -275,6 +277,9 @@ def distil(
                     f"{training_args.output_dir}/export/{name}",
                     training_summary=run_summary(training_args.output_dir),
                     repo_id=repo_id,
+                    on_exported=lambda record: onnx_records.update(
+                        {str(record.folder): record.facts.get("onnx")}
+                    ),
                     onnx=onnx,
                 )
             logger.info(
@@ -282,6 +287,9 @@ def distil(
                 if push_to_hub
                 else f"Exported {folder}"
             )
+        refusal = int8_refusals(onnx_records)  # after every export and push: the rest is written
+        if refusal:
+            raise SystemExit(refusal)
     return metrics
 
 

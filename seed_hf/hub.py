@@ -104,13 +104,20 @@ def export_encoder(
     ``onnx`` (keyword arguments of :func:`~seed_hf.onnx_export.export_onnx`, ``{}`` for its
     defaults) adds the verified ``onnx/`` graphs, and what the export measured goes into the card.
 
+    What is written is a copy: the live ``backbone`` keeps its mode, device and memory format (a
+    channels_last model's 3-channel weights are not contiguous, which safetensors refuses; the copy
+    is contiguous). A reparameterizable architecture (RepVGG, MobileOne, FastViT, ...) is written in
+    its fused inference form when timm rebuilds that form from ``config.json``
+    (``model_args["inference_mode"] = True``, e.g. FastViT); otherwise in its training form, and the
+    card says that ``timm.utils.reparameterize_model`` fuses it (the ONNX graph is fused either way).
+
     The folder is written next to ``out_dir`` and renamed into place when complete: an existing
     ``out_dir`` is replaced as a whole, and an interrupted export leaves it as it was."""
     from timm.models import save_for_hf
 
     from .evaluation import eval_data_config
 
-    backbone = backbone.eval()
+    backbone = _export_copy(backbone)
     if in_chans == 1:
         backbone, in_chans, mean, std = (
             _grayscale_to_rgb(backbone, architecture, model_args),
@@ -118,6 +125,7 @@ def export_encoder(
             mean * 3,
             std * 3,
         )
+    backbone, model_args, reparameterized = _reparameterized(backbone, architecture, model_args, in_chans)
     out = Path(out_dir)
     # written into a temporary sibling and renamed into place: a killed export leaves the previous
     # folder (or none), never one that looks complete and is not
@@ -154,6 +162,7 @@ def export_encoder(
             "std": [round(v, 4) for v in std],
             "interpolation": data_config["interpolation"],
             "format": "timm",
+            **({"reparameterized": reparameterized} if reparameterized else {}),
         }
         if results_source is not None:  # only rows measured on exactly these weights (or the run's)
             eval_results, models, fingerprints = results_source
@@ -333,21 +342,63 @@ def _export_with_config(
     )
 
 
+def _export_copy(backbone: torch.nn.Module) -> torch.nn.Module:
+    """A CPU copy of ``backbone`` in eval mode with contiguous (NCHW) weights."""
+    import copy
+
+    return copy.deepcopy(backbone).to(device="cpu", memory_format=torch.contiguous_format).eval()
+
+
 def _grayscale_to_rgb(
     backbone: torch.nn.Module, architecture: str, model_args: dict[str, Any]
 ) -> torch.nn.Module:
-    """Copy of a 1-channel timm backbone taking 3 channels: first-conv weight repeated / 3."""
+    """Copy of a 1-channel timm backbone taking 3 channels: every weight that reads the input (the
+    first conv, and each branch of a multi-branch stem) repeated over the channels / 3."""
     from .backbones import create_backbone
 
     rgb = create_backbone(architecture, 3, model_args)
-    first_conv = backbone.pretrained_cfg.get("first_conv")
     state = dict(backbone.state_dict())
-    key = f"{first_conv}.weight"
-    if key not in state or state[key].shape[1] != 1:
-        raise ValueError(f"Cannot find the 1-channel first conv ({key!r}) of {architecture}.")
-    state[key] = state[key].repeat(1, 3, 1, 1) / 3
+    target = rgb.state_dict()
+    if set(state) != set(target):
+        raise ValueError(f"The 1- and 3-channel {architecture} have different weights: cannot convert.")
+    inputs = [k for k, v in state.items() if v.shape != target[k].shape]
+    for key in inputs:
+        value, shape = state[key], target[key].shape
+        if value.ndim < 2 or value.shape[1] != 1 or shape[1] != 3 or value.shape[2:] != shape[2:]:
+            raise ValueError(f"Cannot convert {key!r} {tuple(value.shape)} of {architecture} to 3 channels.")
+        state[key] = value.repeat(1, 3, *([1] * (value.ndim - 2))) / 3
+    if not inputs:
+        raise ValueError(f"Cannot find the 1-channel first conv of {architecture}.")
     rgb.load_state_dict(state)
     return rgb.eval()
+
+
+def _reparameterized(
+    backbone: torch.nn.Module, architecture: str, model_args: dict[str, Any], in_chans: int
+) -> tuple[torch.nn.Module, dict[str, Any], str | None]:
+    """``(backbone, model_args, form)`` to write: the fused copy with ``inference_mode`` in its
+    model_args (form ``"fused"``) when timm builds exactly that structure from them; else the
+    backbone itself, form ``"training"`` for a reparameterizable one and None for the others."""
+    from timm.utils.model import reparameterize_model
+
+    from .backbones import create_backbone
+
+    fused = reparameterize_model(backbone).eval()
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+    if shapes(fused) == shapes(backbone):
+        return backbone, model_args, None
+    fused_args = {**model_args, "inference_mode": True}
+    try:
+        rebuilt = create_backbone(architecture, in_chans, fused_args)
+    except TypeError:  # the architecture has no inference_mode argument
+        rebuilt = None
+    if rebuilt is not None and shapes(rebuilt) == shapes(fused):
+        return fused, fused_args, "fused"
+    logger.info(
+        f"{architecture} is written in its unfused training form: timm does not rebuild its fused form "
+        "from config.json. timm.utils.reparameterize_model fuses it after loading; the ONNX graph is fused."
+    )
+    return backbone, model_args, "training"
 
 
 def _fix_config_for_transformers(config_path: Path, pretrained_cfg: dict[str, Any]) -> None:

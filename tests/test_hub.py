@@ -227,3 +227,63 @@ def test_card_names_the_local_term_when_trained_with_it(tmp_path, local_loss_wei
         assert "+ 0.5 × the local term" in loss_row and "τ teacher 0.05" in loss_row
     else:
         assert "local" not in loss_row
+
+
+def _rgb_images(n: int = 8) -> list:
+    """Colour photos (crops of scikit-image's samples, converted to RGB)."""
+    pytest.importorskip("skimage")
+    from seed_hf.onnx_export import sample_images
+
+    return [image.convert("RGB") for image in sample_images(n)]
+
+
+def _folder_features(folder: Path, images: list) -> torch.Tensor:
+    """The features a timm user gets from ``folder`` (``local-dir:`` + the folder's transform)."""
+    import timm
+
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+    with torch.no_grad():
+        return model(torch.stack([transform(image) for image in images]))
+
+
+@pytest.mark.parametrize("in_chans", [3, 1], ids=["rgb", "gray"])
+def test_a_channels_last_student_exports_and_stays_as_it_was(tmp_path, in_chans):
+    """After a channels_last run (the default memory format of most CNN students): the export of the
+    live model writes contiguous weights (safetensors refuses a channels_last 3-channel conv weight)
+    and leaves the model as it was (memory format, training mode), with the same features; the
+    Trainer's checkpoints of the same model save and export too."""
+    from helpers import TensorImages, tiny_teacher
+
+    from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch
+    from seed_hf.evaluation import eval_data_config, eval_transform
+
+    model = tiny_student(in_chans=in_chans, image_mean=[0.5] * in_chans, image_std=[0.25] * in_chans)
+    args = SeedTrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, max_steps=1, use_cpu=True,
+        channels_last=True, save_strategy="steps", save_steps=1, report_to="none", disable_tqdm=True,
+    )  # fmt: skip
+    trainer = SeedTrainer(
+        model=model, teacher=tiny_teacher(in_chans=in_chans), args=args,
+        train_dataset=TensorImages(16, channels=in_chans), data_collator=collate_batch,
+    )  # fmt: skip
+    trainer.train()
+    trainer.save_model()
+    conv = next(m for m in model.student.modules() if isinstance(m, torch.nn.Conv2d))  # the first conv
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight.is_contiguous() == (in_chans == 1)  # (n, 1, k, k) is both; (n, 3, k, k) is not
+    model.train()
+    folder = export_student(model, tmp_path / "export")
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and model.training  # untouched
+    images = _rgb_images() if in_chans == 3 else [image.convert("L") for image in _rgb_images()]
+    config = model.eval().config
+    transform = eval_transform(
+        eval_data_config(in_chans, config.image_size, config.image_mean, config.image_std)
+    )
+    with torch.no_grad():
+        expected = model.student(torch.stack([transform(image) for image in images]))
+    got = _folder_features(folder, [image.convert("RGB") for image in images])
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    for saved in (tmp_path / "run", tmp_path / "run" / "checkpoint-1"):  # the Trainer's folders export too
+        assert (saved / "model.safetensors").is_file()
+        export_student(saved, tmp_path / f"export-{saved.name}")

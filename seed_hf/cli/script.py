@@ -24,6 +24,7 @@ __all__ = [
     "build_knn_monitor",
     "build_script_dataset",
     "check_hub_arguments",
+    "int8_refusals",
     "onnx_export_options",
     "run_script",
     "setup_logging",
@@ -50,7 +51,7 @@ LABELLED_DATA_FLAGS = {
 TEACHER_FLAGS = {"model_args": "--teacher_model_args", "embedding": "--teacher_embedding"}
 # export_onnx's parameters -> the flags that set them
 ONNX_FLAGS = {
-    "atol": "--onnx_atol",
+    "rtol": "--onnx_rtol",
     "opset": "--onnx_opset",
     "eval_data": "--onnx_dataset_name / --onnx_train_dir",
 }
@@ -169,24 +170,53 @@ def build_device_input(data: TrainData, config, training_args, num_views: int) -
     return transform, collate_encoded_batch
 
 
-def onnx_export_options(args: OnnxArguments) -> dict[str, Any] | None:
+def onnx_export_options(args: OnnxArguments, training_dataset: str | None = None) -> dict[str, Any] | None:
     """``export_onnx`` keyword arguments for the flags (None without ``--onnx`` / ``--onnx_int8``).
     Checks the onnx extra and the flags first, so a missing extra stops the script before it trains
-    or exports; loads the labelled data of ``--onnx_int8`` (calibration and kNN)."""
+    or exports. ``--onnx_int8`` is calibrated and measured on the student's own data: the
+    ``--onnx_*`` labelled data, else Fashion-MNIST when ``training_dataset`` (what the run records
+    as its ``dataset``) is the default ``fashion_mnist``; with neither, it is refused here."""
     if not (args.onnx or args.onnx_int8):
         return None
     from ..onnx_export import require_onnx
 
     require_onnx("--onnx_int8" if args.onnx_int8 and not args.onnx else "--onnx")
-    if args.onnx_atol <= 0:
-        raise ValueError(f"--onnx_atol must be > 0, got {args.onnx_atol}.")
-    options: dict[str, Any] = {"int8": args.onnx_int8, "atol": args.onnx_atol, "opset": args.onnx_opset}
+    if not args.onnx_rtol > 0:
+        raise ValueError(f"--onnx_rtol must be > 0, got {args.onnx_rtol}.")
+    options: dict[str, Any] = {"int8": args.onnx_int8, "rtol": args.onnx_rtol, "opset": args.onnx_opset}
     if args.onnx_int8:
-        with flags_in_errors(OnnxArguments, aliases=LABELLED_DATA_FLAGS["onnx"]):
-            options["eval_data"] = _labelled(args, "onnx").subsample(
-                args.onnx_max_train_samples, args.onnx_max_eval_samples
+        given = args.onnx_dataset_name or args.onnx_train_dir or args.onnx_fashion_mnist_dir
+        if not given and training_dataset != "fashion_mnist":
+            trained_on = (
+                f"trained on {training_dataset}" if training_dataset else "training data not recorded"
             )
+            raise ValueError(
+                f"--onnx_int8 calibrates the int8 graph on the student's own data and measures it there against "
+                f"fp32 ({trained_on}): pass labelled images of that data with --onnx_dataset_name (and "
+                "--onnx_label_column) or --onnx_train_dir and --onnx_validation_dir, or drop --onnx_int8 (--onnx "
+                "writes the fp32 graph alone)."
+            )
+        with flags_in_errors(OnnxArguments, aliases=LABELLED_DATA_FLAGS["onnx"]):
+            data = _labelled(args, "onnx")
+        options["eval_data"] = data.subsample(args.onnx_max_train_samples, args.onnx_max_eval_samples)
+        logger.info(f"--onnx_int8 is calibrated and measured on {data.name}.")
     return options
+
+
+def int8_refusals(records: dict[str, dict[str, Any]]) -> str | None:
+    """The error a script ends with when ``--onnx_int8`` was refused for any of ``records``
+    (``{exported folder: export_onnx record}``), naming each folder and its shortfalls; else None."""
+    refused = {folder: r["int8_refused"] for folder, r in records.items() if r and "int8_refused" in r}
+    if not refused:
+        return None
+    lines = [
+        f"{folder}: {'; '.join(r['shortfalls'])} (on {r['knn']['dataset']}, kNN k={r['knn']['k']})"
+        for folder, r in refused.items()
+    ]
+    return (
+        "--onnx_int8 refused: the int8 graph is below seed_hf's quality bar against fp32, so it was not written "
+        "(onnx/model.onnx and the rest of each folder are):\n  " + "\n  ".join(lines)
+    )
 
 
 # where an explicitly raised ValueError / FileNotFoundError is a refusal, not a bug: seed_hf, the
