@@ -39,6 +39,7 @@ kernels), with no better kNN.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -222,7 +223,9 @@ def export_pooled_onnx(
         )
     # one input: the TorchScript exporter would pass the defaults of a forward's other parameters as
     # traced tensors (timm's Eva / RoPE ViTs: `is_causal=False` became a tensor SDPA refuses)
-    model = _PixelValuesOnly(model).eval()
+    if len(inspect.signature(model.forward).parameters) > 1:
+        model = _PixelValuesOnly(model)
+    model = model.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, tracer hints
         if exporter == "torchscript":
@@ -623,6 +626,12 @@ def export_onnx(
                 )
             else:
                 record["int8"] = figures
+                cosine, knn = figures["cosine_to_fp32"], figures["knn"]
+                logger.info(
+                    f"int8 graph kept: cosine to fp32 {cosine['mean']} on average (1st percentile {cosine['p1']}), kNN "
+                    f"top-1 fp32 {knn['fp32_top1']} -> int8 {knn['int8_top1']} (k={knn['k']}, {knn['num_train']} -> "
+                    f"{knn['num_eval']} images of {knn['dataset']})."
+                )
         for file in tmp.iterdir():
             file.chmod(0o644)  # a published folder is world-readable
         tmp.chmod(0o755)
