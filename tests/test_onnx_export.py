@@ -168,12 +168,14 @@ def _rgb_splits(n_train: int = 300, n_eval: int = 100) -> LabelledSplits:
     )
 
 
-def test_int8_is_kept_above_the_bar_with_its_figures_and_the_k_used(tmp_path):
+def test_int8_is_kept_above_the_bar_with_its_figures_and_the_k_used(tmp_path, caplog):
     """An RGB student calibrated and measured on its own (colour) data: the int8 graph is kept with
     the per-image cosine, both graphs' kNN and the bar in the record and the card; with fewer train
     images than knn_k, the k actually used is recorded and printed (not the one asked for)."""
     folder = _exported(tmp_path, "test_efficientnet", 3, 64, {})
-    record = export_onnx(folder, int8=True, eval_data=_rgb_splits(120, 60), num_calibration=64)
+    with caplog.at_level("INFO", logger="seed_hf.onnx_export"):
+        record = export_onnx(folder, int8=True, eval_data=_rgb_splits(120, 60), num_calibration=64)
+    assert "int8 graph kept" in caplog.text and "(k=120, 120 -> 60 images of skimage_crops)" in caplog.text
     assert [f["path"] for f in record["files"]] == [
         ONNX_FILE,
         ONNX_INT8_FILE,
