@@ -67,7 +67,7 @@ def demo_command(output_dir: Path, max_steps: int, seed: int, max_grad_norm: str
     ]
 
 
-def run_arm(work: Path, arm: str, max_steps: int, seed: int) -> dict:
+def run_arm(work: Path, arm: str, max_steps: int, seed: int, eval_flags: list[str]) -> dict:
     run = work / f"{arm}_seed{seed}"
     start = time.perf_counter()
     subprocess.run(demo_command(run, max_steps, seed, ARMS[arm]), check=True)
@@ -117,16 +117,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--work_dir", default="outputs/ab_grad_clip")
     parser.add_argument("--output_json", default=None)
+    parser.add_argument(
+        "--eval_flags",
+        default="",
+        help="Extra run_eval.py flags, e.g. '--max_train_samples 10000 --max_eval_samples 2000' (default: all).",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.work_dir)
     rows = []
     for i, seed in enumerate(args.seeds):
         arms = list(ARMS) if i % 2 == 0 else list(reversed(ARMS))  # alternate which arm runs first
-        rows += [run_arm(work, arm, args.max_steps, seed) for arm in arms]
+        rows += [run_arm(work, arm, args.max_steps, seed, args.eval_flags.split()) for arm in arms]
     by_seed = {seed: {r["arm"]: r for r in rows if r["seed"] == seed} for seed in args.seeds}
     differences = [s["no_clip"]["knn_top1"] - s["clip_1.0"]["knn_top1"] for s in by_seed.values()]
-    print(f"\nDemo recipe, {args.max_steps} steps, seeds {args.seeds}:")
+    print(
+        f"\nDemo recipe, {args.max_steps} steps, seeds {args.seeds}, run_eval {args.eval_flags or 'defaults'}:"
+    )
     print("| seed | arm | kNN top-1 | grad norm median / max | wall s |")
     print("|---|---|---|---|---|")
     for r in rows:
