@@ -212,6 +212,12 @@ def distil(
     recipe = run_recipe(data, training_args.seed, configs)  # run_info.json's; a resume must match it
     check_run_folder(training_args, finished, last_checkpoint, configs, recipe)
     if finished is not None:
+        if onnx is not None or training_args.push_to_hub:  # the export runs after training, which is done
+            raise ValueError(
+                f"The run in {training_args.output_dir} is already complete, so this command exports nothing: export "
+                f"it with examples/run_export.py --student_dir {training_args.output_dir} --output_dir DIR and the "
+                "same --onnx* / --push_to_hub flags."
+            )
         return finished
     config = configs[0]
     if len(configs) == 1:

@@ -47,9 +47,17 @@ def create_backbone(
                 f"{argument_name}={architecture!r} is not a timm architecture (timm {timm.__version__})."
                 + (f" Close names: {close}." if close else " See timm.list_models().")
             )
-    return timm.create_model(
-        architecture, pretrained=pretrained, num_classes=0, in_chans=in_chans, **model_args
-    )
+    try:
+        return timm.create_model(
+            architecture, pretrained=pretrained, num_classes=0, in_chans=in_chans, **model_args
+        )
+    except TypeError as error:  # an argument the architecture does not take
+        if "argument" not in str(error) or not model_args:
+            raise
+        raise ValueError(
+            f"{argument_name}={architecture!r} does not take the model arguments {model_args} ({error}): "
+            "fix them (student_model_args / model_args / teacher_model_args, as the flag that gave them)."
+        ) from error
 
 
 def check_input_size(

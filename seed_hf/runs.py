@@ -22,6 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 __all__ = [
     "COMPLETE_MARKER",
+    "RunFolderInUseError",
     "checkpoint_dir",
     "RUN_INFO_FILE",
     "RUN_LOCK_SUFFIX",
@@ -134,6 +135,10 @@ def run_lock_files(output_dir: str | os.PathLike) -> tuple[Path, Path]:
     return lock_file, lock_file.with_name(lock_file.name + ".owner.json")
 
 
+class RunFolderInUseError(RuntimeError):
+    """Another live process holds the run folder's lock (:func:`lock_run_folder`): a refusal."""
+
+
 def lock_run_folder(output_dir: str | os.PathLike, is_main_process: bool = True) -> Path | None:
     """Takes the run folder's lock for this process, until it exits: a second run started into the
     same ``output_dir`` (which would interleave and delete the first one's checkpoints) is refused
@@ -169,7 +174,7 @@ def lock_run_folder(output_dir: str | os.PathLike, is_main_process: bool = True)
             )
         except (OSError, ValueError, KeyError):
             who = "another process"
-        raise RuntimeError(
+        raise RunFolderInUseError(
             f"output_dir {str(folder)!r} is in use: {who} holds its lock {str(lock_file)!r}. Two runs writing one "
             "folder interleave and delete each other's checkpoints: wait for that run to end, stop it, or give this "
             "run another output_dir."

@@ -123,6 +123,11 @@ class SeedTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.max_steps < -1:  # transformers would read any negative value as "train by epochs", silently
+            raise ValueError(
+                f"max_steps={self.max_steps}: pass a positive number of steps, or -1 (the default) to train for "
+                "num_train_epochs."
+            )
         if self.max_steps == 0:  # transformers would read 0 as "train by epochs", silently
             raise ValueError(
                 "max_steps=0 trains nothing: pass a positive number of steps, or -1 (the default) to train "
@@ -143,6 +148,7 @@ class SeedTrainingArguments(TrainingArguments):
             raise ValueError("student_dtype=float32 contradicts --bf16 / --fp16 (mixed precision): drop one.")
         if self.student_dtype == "bfloat16" and self.fp16:
             raise ValueError("student_dtype=bfloat16 contradicts --fp16: pass --bf16 instead.")
+        scaled = self.learning_rate is None
         if self.learning_rate is None:
             if self.base_learning_rate is None:
                 raise ValueError("Pass --learning_rate or --base_learning_rate.")
@@ -150,3 +156,10 @@ class SeedTrainingArguments(TrainingArguments):
                 self.per_device_train_batch_size * max(1, self.world_size) * self.gradient_accumulation_steps
             )
             self.learning_rate = scaled_learning_rate(self.base_learning_rate, total)
+        if not self.learning_rate > 0:
+            given = (
+                f"base_learning_rate={self.base_learning_rate}"
+                if scaled
+                else f"learning_rate={self.learning_rate}"
+            )
+            raise ValueError(f"The learning rate must be > 0, got {given}.")

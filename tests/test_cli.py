@@ -387,3 +387,80 @@ def test_a_labels_only_parquet_is_told_it_has_no_image_column(tmp_path, streamin
     ):
         with flags_in_errors(DataTrainingArguments):
             build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3)
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--learning_rate", "0.5"], "learning_rate="),
+        (["--seed", "3"], "seed=42; this run asks for seed=3"),
+        (["--lr_scheduler_type", "constant"], "lr_scheduler_type='cosine'"),
+        (["--max_grad_norm", "1.0"], "max_grad_norm=0.0"),
+    ],
+)
+def test_resuming_with_another_optimisation_recipe_is_refused(finished_run, tmp_path, flags, named):
+    """The scheduler's state holds the checkpoint's rates and the seed draws every view: a resume
+    with another learning rate, schedule, clipping or seed would silently train the old recipe (or
+    other views); it is refused naming the difference."""
+    _, files, _ = finished_run
+    run = _copy_of(finished_run, tmp_path)
+    with pytest.raises(ValueError, match="was trained with") as error:
+        run_seed.main(_seed_args(run, files, "--max_steps", "4", *flags))
+    assert named in str(error.value), str(error.value)
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_a_finished_run_asked_for_an_export_says_how_to_export_it(finished_run, tmp_path):
+    _, files, _ = finished_run
+    run = _copy_of(finished_run, tmp_path)
+    with pytest.raises(
+        ValueError, match=r"already complete, so this command exports nothing.*run_export\.py"
+    ):
+        run_seed.main(_seed_args(run, files, "--onnx"))
+
+
+def test_refusals_of_the_command_line(tmp_path, capsys):
+    """Values transformers or timm would take silently or fail on deep inside: refused naming them;
+    a folder in use by another run is a refusal too (one message, no traceback)."""
+    from seed_hf import SeedTrainingArguments
+    from seed_hf.backbones import create_backbone
+    from seed_hf.cli.script import run_script
+    from seed_hf.runs import RunFolderInUseError
+
+    with pytest.raises(ValueError, match="max_steps=-3"):
+        SeedTrainingArguments(output_dir=str(tmp_path), max_steps=-3, use_cpu=True)
+    with pytest.raises(ValueError, match="learning rate must be > 0, got learning_rate=-1"):
+        SeedTrainingArguments(output_dir=str(tmp_path), learning_rate=-1.0, use_cpu=True)
+    with pytest.raises(
+        ValueError, match=r"student_architecture='test_resnet' does not take the model arguments"
+    ):
+        create_backbone("test_resnet", 3, {"img_size": 64})
+
+    def busy():
+        raise RunFolderInUseError("output_dir 'x' is in use: process 1 holds its lock")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_script(busy)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert (
+        err.strip() == "error: output_dir 'x' is in use: process 1 holds its lock" and "Traceback" not in err
+    )
+
+
+def test_an_image_folder_is_named_by_its_own_name_unless_it_is_a_split(tmp_path):
+    from seed_hf.evaluation import load_labelled_splits
+
+    for folder in (tmp_path / "photos", tmp_path / "mydata" / "train"):
+        for label in ("a", "b"):
+            (folder / label).mkdir(parents=True)
+            for i in range(2):
+                from PIL import Image
+
+                Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(folder / label / f"{i}.png")
+    assert (
+        load_labelled_splits(train_dir=str(tmp_path / "photos"), validation_dir=str(tmp_path / "photos")).name
+        == "photos"
+    )
+    train = tmp_path / "mydata" / "train"
+    assert load_labelled_splits(train_dir=str(train), validation_dir=str(train)).name == "mydata"

@@ -264,6 +264,29 @@ def test_int8_below_the_bar_is_refused_with_its_figures(tmp_path, monkeypatch, c
     assert (folder / ONNX_FILE).is_file() and not (folder / ONNX_INT8_FILE).exists()
 
 
+def test_a_graph_onnxruntime_cannot_quantize_keeps_its_fp32_export(tmp_path, monkeypatch):
+    """A quantization failure (onnxruntime's "Incomplete symbolic shape inference" on some
+    architectures) refuses int8 like a graph below the bar: the fp32 graph and the card are written."""
+
+    def fail(*args, **kwargs):
+        raise Exception("Incomplete symbolic shape inference")
+
+    monkeypatch.setattr(onnx_export, "quantize_int8", fail)
+    folder = _exported(tmp_path, "test_efficientnet", 3, 64, {})
+    record = export_onnx(folder, int8=True, eval_data=_rgb_splits(120, 60), num_calibration=64)
+    assert sorted(p.name for p in (folder / "onnx").iterdir()) == ["model.onnx"]
+    assert "could not quantize" in record["int8_refused"]["shortfalls"][0]
+    text = render_model_card(
+        {"method": "seed", "architecture": "test_efficientnet", "feature_dim": 1024, "onnx": record},
+        [],
+        "org/m",
+    ).text
+    assert "No int8 graph: onnxruntime could not quantize" in text
+    from seed_hf.cli.script import int8_refusals
+
+    assert "Incomplete symbolic shape inference" in int8_refusals({str(folder): record})
+
+
 def test_int8_needs_the_students_own_data(tmp_path):
     """int8 without labelled images of the student's own data is refused before anything is
     written (calibrating an RGB photo student on gray 28-px Fashion-MNIST measured nothing of it);

@@ -320,7 +320,7 @@ class OnnxArguments:
             "help": "Also write onnx/model_int8.onnx (static int8 of Conv/MatMul/Gemm), calibrated on train images "
             "of the student's own data (the --onnx_* data; a run trained on the default Fashion-MNIST uses it) "
             "and kept only when it meets the quality bar against fp32 on that data's evaluation split (per-image "
-            f"cosine >= {INT8_QUALITY_BAR['mean_cosine']} on average and >= {INT8_QUALITY_BAR['p1_cosine']} for 99% "
+            f"cosine >= {INT8_QUALITY_BAR['mean_cosine']} on average and >= {INT8_QUALITY_BAR['p1_cosine']} for 99%% "
             f"of the images, kNN top-1 not more than {INT8_QUALITY_BAR['max_knn_drop']} point lower beyond noise: "
             "seed_hf.onnx_export.INT8_QUALITY_BAR); otherwise only the fp32 graph is written, the figures are "
             "printed and the script exits with an error. Implies --onnx."

@@ -34,6 +34,7 @@ __all__ = [
     "clear_previous_run",
     "finished_run_results",
     "global_batch",
+    "optimization_recipe",
     "recorded_teacher",
     "resolve_checkpoint",
     "run_recipe",
@@ -175,13 +176,15 @@ def check_resumable(
     train_batch_size: int | None = None,
     run_dir: str | os.PathLike | None = None,
     batch: dict[str, int] | None = None,
+    optimization: dict[str, Any] | None = None,
 ) -> None:
     """Refuses to resume from a checkpoint of another model (architecture, widths, queue size) with
     one message naming what the folder holds and what was asked for, instead of a state-dict
     size-mismatch dump; then refuses to resume it with another recipe (any other config field, of
     every student; the ``recipe`` recorded in ``run_dir``'s ``run_info.json``: the data, its
     source, the students' configs; the per-device ``train_batch_size``; the global ``batch`` of
-    :func:`global_batch`, whose processes and accumulation steps the run recorded): the rest of its
+    :func:`global_batch`, whose processes and accumulation steps the run recorded; the
+    ``optimization`` recipe of :func:`optimization_recipe`, learning rate and seed): the rest of its
     steps would be trained differently from the first, and its card would describe the new recipe
     for all. ``configs``: the config of each model (one per student of a group); ``run_dir``: the
     run's folder (default: the checkpoint's parent; a finished run's folder is its own)."""
@@ -189,7 +192,7 @@ def check_resumable(
         return
     _check_same_shapes(checkpoint, configs)
     run_dir = Path(checkpoint).parent if run_dir is None else Path(run_dir)
-    _check_same_recipe(Path(checkpoint), run_dir, configs, recipe, train_batch_size, batch)
+    _check_same_recipe(Path(checkpoint), run_dir, configs, recipe, train_batch_size, batch, optimization)
 
 
 # run_info.json's key for the global batch (global_batch): recorded by train_and_save, compared on resume
@@ -212,6 +215,32 @@ def global_batch(training_args) -> dict[str, int]:
         "processes": processes,
         "gradient_accumulation_steps": accumulation,
     }
+
+
+# run_info.json's key for the optimisation recipe (optimization_recipe): recorded by train_and_save,
+# compared on resume
+OPTIMIZATION_KEY = "optimization"
+# the TrainingArguments that decide how every step trains (max_steps may change on resume: README)
+OPTIMIZATION_FIELDS = (
+    "seed",
+    "learning_rate",
+    "weight_decay",
+    "optim",
+    "optim_args",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "warmup_ratio",
+    "max_grad_norm",
+    "decay_all_parameters",
+)
+
+
+def optimization_recipe(training_args) -> dict[str, Any]:
+    """The :data:`OPTIMIZATION_FIELDS` of ``training_args``: a resume with another learning rate,
+    schedule or seed would be silently trained with the checkpoint's (the scheduler's state holds the
+    rates) or with other views (the seed draws every view), so :func:`train_and_save` records them
+    and a resume must match them."""
+    return _as_json({name: getattr(training_args, name, None) for name in OPTIMIZATION_FIELDS})
 
 
 # global_batch's factors -> the names a refused resume gives them
@@ -246,11 +275,21 @@ def check_run_folder(
     """:func:`check_resumable` on what a script found in ``output_dir``: the ``finished`` run there
     (:func:`finished_run_results`; its folder is its own checkpoint) or the ``checkpoint`` it resumes."""
     batch = global_batch(training_args)
+    optimization = optimization_recipe(training_args)
     if finished is not None:
         output_dir = training_args.output_dir
-        check_resumable(output_dir, configs, recipe, training_args.train_batch_size, output_dir, batch)
+        check_resumable(
+            output_dir, configs, recipe, training_args.train_batch_size, output_dir, batch, optimization
+        )
     else:
-        check_resumable(checkpoint, configs, recipe, training_args.train_batch_size, batch=batch)
+        check_resumable(
+            checkpoint,
+            configs,
+            recipe,
+            training_args.train_batch_size,
+            batch=batch,
+            optimization=optimization,
+        )
 
 
 # recipe keys compared even when only one side has them (a subset dropped on resume)
@@ -269,10 +308,16 @@ def _check_same_recipe(
     recipe: dict[str, Any] | None,
     train_batch_size: int | None,
     batch: dict[str, int] | None = None,
+    optimization: dict[str, Any] | None = None,
 ) -> None:
     differences: dict[str, tuple] = {}
     info_file = run_dir / RUN_INFO_FILE
     recorded_info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    recorded_optimization = recorded_info.get(OPTIMIZATION_KEY)
+    if optimization is not None and isinstance(recorded_optimization, dict):  # runs that recorded it
+        for key in OPTIMIZATION_FIELDS:
+            if key in recorded_optimization and recorded_optimization[key] != optimization.get(key):
+                differences[key] = (recorded_optimization[key], optimization.get(key))
     recorded_batch = recorded_info.get(GLOBAL_BATCH_KEY)
     batch_changed = False
     if batch is not None and isinstance(recorded_batch, dict):
@@ -441,7 +486,11 @@ def train_and_save(
         # now, not when the folder was first looked at: every argument, the teacher and the model passed their checks
         clear_previous_run(trainer.args.output_dir)
     if run_info is not None and trainer.args.should_save:
-        run_info = {**run_info, GLOBAL_BATCH_KEY: global_batch(trainer.args)}  # what a resume must match
+        run_info = {  # what a resume must match
+            **run_info,
+            GLOBAL_BATCH_KEY: global_batch(trainer.args),
+            OPTIMIZATION_KEY: optimization_recipe(trainer.args),
+        }
         Path(trainer.args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(trainer.args.output_dir) / RUN_INFO_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
     start_step = None

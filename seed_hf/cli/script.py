@@ -199,6 +199,15 @@ def onnx_export_options(args: OnnxArguments, training_dataset: str | None = None
         with flags_in_errors(OnnxArguments, aliases=LABELLED_DATA_FLAGS["onnx"]):
             data = _labelled(args, "onnx")
         options["eval_data"] = data.subsample(args.onnx_max_train_samples, args.onnx_max_eval_samples)
+        from ..onnx_export import VERIFY_SINGLES
+
+        num_eval = len(options["eval_data"].eval_labels)
+        if num_eval < VERIFY_SINGLES:  # now, not after training: the graphs are verified on these images
+            raise ValueError(
+                f"The ONNX graphs are verified on at least {VERIFY_SINGLES} evaluation images, but the --onnx_* data's "
+                f"evaluation split ({data.name}: --onnx_validation_dir, or --onnx_validation_split of "
+                f"--onnx_dataset_name; --onnx_max_eval_samples) holds {num_eval}."
+            )
         logger.info(f"--onnx_int8 is calibrated and measured on {data.name}.")
     return options
 
@@ -210,7 +219,8 @@ def int8_refusals(records: dict[str, dict[str, Any]]) -> str | None:
     if not refused:
         return None
     lines = [
-        f"{folder}: {'; '.join(r['shortfalls'])} (on {r['knn']['dataset']}, kNN k={r['knn']['k']})"
+        f"{folder}: {'; '.join(r['shortfalls'])}"
+        + (f" (on {r['knn']['dataset']}, kNN k={r['knn']['k']})" if "knn" in r else "")
         for folder, r in refused.items()
     ]
     return (
@@ -230,6 +240,10 @@ def _is_refusal(error: BaseException) -> bool:
     Python raised itself (an unpacking, a conversion) or that another library raised is not."""
     import linecache
 
+    from ..runs import RunFolderInUseError
+
+    if isinstance(error, RunFolderInUseError):
+        return True
     if not isinstance(error, (ValueError, FileNotFoundError)) or error.__traceback__ is None:
         return False
     tb = error.__traceback__
@@ -245,13 +259,13 @@ def run_script(main: Callable[[], Any], cleanup: Callable[[], None] | None = Non
     """Runs an example script's ``main`` for the command line, then ``cleanup`` (e.g.
     :func:`~seed_hf.distributed.shutdown_distributed`, which every script that trains calls last).
 
-    A refusal (a bad flag, a run folder of another recipe, a missing image column: a ``ValueError``
-    or ``FileNotFoundError`` raised by seed_hf or the script, or by transformers' checks of
-    ``TrainingArguments``) is printed as ``error: <message>`` on stderr without a traceback, and the
+    A refusal (a bad flag, a run folder of another recipe or in use by another run, a missing image
+    column: a ``ValueError`` or ``FileNotFoundError`` raised by seed_hf or the script, or by
+    transformers' checks of ``TrainingArguments``; a ``RunFolderInUseError``) is printed as ``error: <message>`` on stderr without a traceback, and the
     process exits with status 1. Every other exception keeps its traceback: it is unexpected."""
     try:
         main()
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
         if not _is_refusal(error):
             raise
         if cleanup is not None:
