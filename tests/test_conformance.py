@@ -275,7 +275,8 @@ def test_from_pretrained_gives_the_in_memory_features(family, tmp_path):
     reloaded = SeedForDistillation.from_pretrained(tmp_path).eval()
     x = _pixels(3, size)
     with torch.no_grad():
-        assert torch.equal(model.get_features(x), reloaded.get_features(x))
+        # the same weights and buffers (fp32 kernels may sum in another order: not bit-equal)
+        assert _close(model.get_features(x), reloaded.get_features(x))
 
 
 @pytest.mark.parametrize("layout", DATA_LAYOUTS)
