@@ -468,6 +468,10 @@ class LabelledSplits:
         )
 
 
+# folder names that say which split a folder holds, not which data: such a folder is named by its parent
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "images"})
+
+
 def load_labelled_splits(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
@@ -499,7 +503,12 @@ def load_labelled_splits(
             raise ValueError("`train_dir` needs `validation_dir` (the labelled images to evaluate on).")
         train = datasets.load_dataset("imagefolder", data_dir=train_dir, split="train")
         evaluation = datasets.load_dataset("imagefolder", data_dir=validation_dir, split="train")
-        name, eval_split = Path(train_dir).resolve().parent.name or "imagefolder", "validation"
+        # "imagenet/train" is named imagenet; a folder of another name ("photos") by its own name
+        folder = Path(train_dir).resolve()
+        name = (
+            folder.parent.name if folder.name.lower() in SPLIT_FOLDER_NAMES else folder.name
+        ) or "imagefolder"
+        eval_split = "validation"
         image_column, label_column = "image", "label"
     else:
         splits = datasets.load_dataset(dataset_name, dataset_config_name)
