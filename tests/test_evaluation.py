@@ -205,9 +205,7 @@ def test_run_eval_pixels_on_mixed_sizes_is_refused_before_any_model(tmp_path, mo
         str(tmp_path / "data" / "test"),
     ]
     argv = ["--models", str(folder), "pixels", "--knn_k", "3", *data]
-    with pytest.raises(
-        ValueError, match="eval images of .* are of different sizes: pass --pixel_size N"
-    ):
+    with pytest.raises(ValueError, match="eval images of .* are of different sizes: pass --pixel_size N"):
         run_eval.main(argv)
     assert not any(desc.startswith("export") for desc in extracted), extracted
     rows = run_eval.main([*argv, "--pixel_size", "20"])
