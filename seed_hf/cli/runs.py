@@ -313,17 +313,20 @@ def _check_same_recipe(
     differences: dict[str, tuple] = {}
     info_file = run_dir / RUN_INFO_FILE
     recorded_info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    recorded_optimization = recorded_info.get(OPTIMIZATION_KEY)
-    if optimization is not None and isinstance(recorded_optimization, dict):  # runs that recorded it
-        for key in OPTIMIZATION_FIELDS:
-            if key in recorded_optimization and recorded_optimization[key] != optimization.get(key):
-                differences[key] = (recorded_optimization[key], optimization.get(key))
     recorded_batch = recorded_info.get(GLOBAL_BATCH_KEY)
     batch_changed = False
     if batch is not None and isinstance(recorded_batch, dict):
         for key, name in BATCH_FACTORS.items():
             if recorded_batch.get(key) != batch[key]:
                 differences[name], batch_changed = (recorded_batch.get(key), batch[key]), True
+    recorded_optimization = recorded_info.get(OPTIMIZATION_KEY)
+    if optimization is not None and isinstance(recorded_optimization, dict):  # runs that recorded it
+        for key in OPTIMIZATION_FIELDS:
+            # a learning rate scaled from another global batch: the batch's difference says it
+            if key == "learning_rate" and batch_changed:
+                continue
+            if key in recorded_optimization and recorded_optimization[key] != optimization.get(key):
+                differences[key] = (recorded_optimization[key], optimization.get(key))
     config_file = checkpoint / "config.json"
     if config_file.is_file() and len(configs) == 1:  # both with their defaults, as JSON values
         saved = _as_json(type(configs[0]).from_json_file(str(config_file)).to_dict())
