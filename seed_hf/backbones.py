@@ -12,6 +12,7 @@ from torch import nn
 from .queue import EmbeddingQueue
 
 __all__ = [
+    "ModelArgumentsError",
     "create_backbone",
     "check_input_size",
     "input_size_hint",
@@ -24,6 +25,11 @@ __all__ = [
     "ProjectionHead",
     "init_module_weights",
 ]
+
+
+class ModelArgumentsError(ValueError, TypeError):
+    """Model arguments a timm architecture does not take: a refusal naming them (``ValueError``),
+    still the ``TypeError`` timm raised for callers probing for an argument."""
 
 
 def create_backbone(
@@ -54,7 +60,7 @@ def create_backbone(
     except TypeError as error:  # an argument the architecture does not take
         if "argument" not in str(error) or not model_args:
             raise
-        raise ValueError(
+        raise ModelArgumentsError(
             f"{argument_name}={architecture!r} does not take the model arguments {model_args} ({error}): "
             "fix them (student_model_args / model_args / teacher_model_args, as the flag that gave them)."
         ) from error
