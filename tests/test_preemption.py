@@ -4,6 +4,7 @@ checkpoint and ends bit-for-bit where an uninterrupted run ends (weights, BN sta
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -101,7 +102,11 @@ def test_two_processes_stop_together_when_only_rank_0_is_signalled(two_processes
     out, result = two_processes_stopped
     # torchrun itself exits 1 when a worker exits non-zero; it reports each worker's code
     log = result.stderr[-3000:]
-    assert result.returncode != 0 and result.stderr.count(f"exitcode  : {PREEMPTED_EXIT_CODE}") == 2, log
+    # torchrun tears the other worker down (SIGTERM) once the first exits: on a loaded machine that can
+    # reach a worker between its clean save and its own exit (-15); at least one exits 75, none otherwise
+    codes = [int(c) for c in re.findall(r"exitcode  : (-?\d+)", result.stderr)]
+    assert result.returncode != 0 and PREEMPTED_EXIT_CODE in codes, log
+    assert len(codes) == 2 and set(codes) <= {PREEMPTED_EXIT_CODE, -15}, log
     _assert_preempted_at(out, result, "SIGTERM", 5, ranks=2)
 
 
