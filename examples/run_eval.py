@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Frozen-feature evaluation of SEED students, MoCo encoders and exported students: weighted
-kNN (k=200, τ=0.07) and a converged linear probe, with the preprocessing a Hub user gets
+kNN (k=200, τ=0.07) and a linear probe, with the preprocessing a Hub user gets
 (timm's evaluation transform from the model's data config).
 
     python examples/run_eval.py --models outputs/teacher outputs/student pixels pixels_centred --linear_probe
@@ -65,7 +65,7 @@ class EvalArguments:
     fashion_mnist_dir: str | None = field(default=None, metadata={"help": "Fashion-MNIST idx folder."})
     knn_k: int = field(default=200, metadata={"help": "k of the weighted kNN."})
     knn_temperature: float = field(default=0.07, metadata={"help": "τ of the kNN vote weights."})
-    linear_probe: bool = field(default=False, metadata={"help": "Also fit the converged linear probe."})
+    linear_probe: bool = field(default=False, metadata={"help": "Also fit the linear probe."})
     label_fractions: list[float] = field(
         default_factory=lambda: [1.0],
         metadata={"help": "Fractions of train labels to use, one result row each (e.g. 0.01 0.1 1.0)."},

@@ -259,3 +259,36 @@ def test_labels_only_parquet_is_told_it_has_no_image_column(tmp_path):
         message
     )
     assert "pass the one" not in message
+
+
+def _probe_data(n_train: int = 1000, n_test: int = 500):
+    """Fashion-MNIST pixels (an ill-conditioned, nearly separable problem: weak penalties are far from
+    their optimum after a fixed number of iterations), or overlapping clusters without it."""
+    from conftest import FASHION_MNIST_AVAILABLE
+
+    if not FASHION_MNIST_AVAILABLE:
+        x, y = _clusters(n_train // 10, 10, 64)
+        xe, ye = _clusters(n_test // 10, 10, 64, seed=1)
+        return x / 4, y, xe / 4, ye
+    from seed_hf.data.fashion_mnist import load_fashion_mnist
+
+    (xtr, ytr), (xte, yte) = load_fashion_mnist("train"), load_fashion_mnist("test")
+    x, xe = (torch.from_numpy(a[:n].reshape(n, -1)).float() / 255 for a, n in ((xtr, n_train), (xte, n_test)))
+    return x, torch.from_numpy(ytr[:n_train]).long(), xe, torch.from_numpy(yte[:n_test]).long()
+
+
+def test_linear_probe_gives_the_same_figure_from_features_rounded_otherwise():
+    """Features that differ in their last bits (another CPU's float32 kernels: a 1e-6 relative change)
+    or summed in another order (the train rows permuted) give the same L2, held-out scores and
+    accuracy: each fit is a smooth function of the features, not a line search's branches."""
+    x, y, xe, ye = _probe_data()
+    g = torch.Generator().manual_seed(1)
+    nudged = [a * (1 + 1e-6 * torch.randn(a.shape, generator=g)) for a in (x, xe)]
+    swept, nudged_sweep = linear_probe(x, y, xe, ye), linear_probe(nudged[0], y, nudged[1], ye)
+    assert nudged_sweep["l2"] == swept["l2"]
+    assert nudged_sweep["validation_top1"] == swept["validation_top1"]
+    assert (nudged_sweep["top1"], nudged_sweep["top5"]) == (swept["top1"], swept["top5"])
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(5))
+    fixed = linear_probe(x, y, xe, ye, l2_grid=(1e-4,))  # one weight: no held-out split to reorder
+    permuted = linear_probe(x[order], y[order], xe, ye, l2_grid=(1e-4,))
+    assert (permuted["top1"], permuted["top5"]) == (fixed["top1"], fixed["top5"])
