@@ -342,7 +342,7 @@ def _check_same_recipe(
             elif recorded.get(key) != recipe.get(key):
                 differences[key] = (recorded.get(key), recipe.get(key))
     state_file = checkpoint / TRAINER_STATE_NAME
-    if train_batch_size is not None and state_file.is_file():  # runs that recorded no global batch
+    if train_batch_size is not None and state_file.is_file():  # also a run that recorded no global batch
         recorded_per_device = json.loads(state_file.read_text()).get("train_batch_size")
         if recorded_per_device is not None and recorded_per_device != train_batch_size:
             differences["per_device_train_batch_size"] = (recorded_per_device, train_batch_size)
