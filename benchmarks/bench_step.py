@@ -171,10 +171,9 @@ class _StepTimes(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def end_to_end(args, output_dir: str) -> dict:
-    """``examples/run_seed.py`` for ``--end_to_end_steps`` steps on Fashion-MNIST, in this process
-    (its own defaults plus ``--end_to_end_args``); img/s over the steps after the first
-    ``max(2, steps // 5)`` (data loader start, first-step allocations)."""
+def timed_run_seed(argv: list[str], batch_size: int) -> dict:
+    """``examples/run_seed.py`` with ``argv`` in this process: img/s over the steps after the first
+    ``max(2, steps // 5)`` (data loader start, first-step allocations) and the wall time."""
     sys.path.insert(0, str(REPO / "examples"))
     import run_seed
 
@@ -185,6 +184,32 @@ def end_to_end(args, output_dir: str) -> dict:
             super().__init__(*a, **kw)
             self.add_callback(times)
 
+    original, run_seed.SeedTrainer = run_seed.SeedTrainer, TimedSeedTrainer
+    try:
+        start = time.perf_counter()
+        run_seed.main(argv)
+        wall = time.perf_counter() - start
+    finally:
+        run_seed.SeedTrainer = original
+    skip = max(2, len(times.ends) // 5)
+    if len(times.ends) <= skip:
+        raise ValueError(
+            f"{len(times.ends)} steps: more than {skip} are needed to time steps after the warm-up."
+        )
+    timed = len(times.ends) - skip
+    per_step = (times.ends[-1] - times.ends[skip - 1]) / timed
+    return {
+        "steps": len(times.ends),
+        "timed_steps": timed,
+        "img_per_s": batch_size / per_step,
+        "wall_s": wall,
+        "argv": argv,
+    }
+
+
+def end_to_end(args, output_dir: str) -> dict:
+    """``examples/run_seed.py`` for ``--end_to_end_steps`` steps on Fashion-MNIST, in this process
+    (its own defaults plus ``--end_to_end_args``), timed by :func:`timed_run_seed`."""
     teacher = ["--teacher_name_or_path", args.teacher]
     if not os.path.isdir(args.teacher):
         teacher += ["--allow_random_teacher"]
@@ -196,25 +221,7 @@ def end_to_end(args, output_dir: str) -> dict:
         "--report_to", "none", "--disable_tqdm", "true", *(["--use_cpu"] if args.device == "cpu" else []),
         *(["--bf16"] if args.bf16 else []), *shlex.split(args.end_to_end_args),
     ]  # fmt: skip
-    original, run_seed.SeedTrainer = run_seed.SeedTrainer, TimedSeedTrainer
-    try:
-        start = time.perf_counter()
-        run_seed.main(argv)
-        wall = time.perf_counter() - start
-    finally:
-        run_seed.SeedTrainer = original
-    skip = max(2, args.end_to_end_steps // 5)
-    if len(times.ends) <= skip:
-        raise ValueError(f"--end_to_end_steps must be > {skip} to time steps after the warm-up.")
-    timed = len(times.ends) - skip
-    per_step = (times.ends[-1] - times.ends[skip - 1]) / timed
-    return {
-        "steps": len(times.ends),
-        "timed_steps": timed,
-        "img_per_s": args.batch_size / per_step,
-        "wall_s": wall,
-        "argv": argv,
-    }
+    return timed_run_seed(argv, args.batch_size)
 
 
 def training_step_fn(trainer: SeedTrainer, batch: dict):

@@ -35,26 +35,12 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
+sys.path.insert(0, str(REPO / "benchmarks"))  # run as a script or imported by the tests
 
-
-class _StepTimes(TrainerCallback):
-    def __init__(self):
-        self.ends: list[float] = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
-
-
-def _cpu_name() -> str | None:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return None
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+from bench_infer import cpu_name  # noqa: E402
+from bench_step import timed_run_seed  # noqa: E402
 
 
 def _teacher_flags(teacher: str, model_args: str | None) -> list[str]:
@@ -75,33 +61,14 @@ def _common(args) -> list[str]:
 
 
 def run_seed_timed(args, output_dir: str, extra: list[str]) -> dict:
-    """run_seed.py in this process; img/s over the steps after the warm-up, and wall time."""
-    import run_seed
-
-    times = _StepTimes()
-
-    class TimedSeedTrainer(run_seed.SeedTrainer):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.add_callback(times)
-
+    """run_seed.py in this process (:func:`bench_step.timed_run_seed`): img/s over the steps after the
+    warm-up, and wall time."""
     argv = [
         "--student_architecture", args.student, "--queue_size", str(args.queue_size),
         "--teacher_temperature", str(args.teacher_temperature), "--max_steps", str(args.steps),
         "--save_strategy", "no", "--output_dir", output_dir, "--overwrite_output_dir", *_common(args), *extra,
     ]  # fmt: skip
-    original, run_seed.SeedTrainer = run_seed.SeedTrainer, TimedSeedTrainer
-    try:
-        start = time.perf_counter()
-        run_seed.main(argv)
-        wall = time.perf_counter() - start
-    finally:
-        run_seed.SeedTrainer = original
-    skip = max(2, args.steps // 5)
-    if len(times.ends) <= skip:
-        raise ValueError(f"--steps must be > {skip} to time steps after the warm-up.")
-    per_step = (times.ends[-1] - times.ends[skip - 1]) / (len(times.ends) - skip)
-    return {"img_per_s": args.batch_size / per_step, "wall_s": wall, "argv": argv}
+    return timed_run_seed(argv, args.batch_size)
 
 
 def write_cache(args, teacher_flags: list[str], output_dir: str) -> dict:
@@ -190,7 +157,7 @@ def main(argv=None) -> dict:
         teachers["large_teacher"] = _teacher_flags(args.large_teacher, model_args)
     result: dict = {
         "device": args.device,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "shape": {"student": args.student, "image_size": args.image_size, "batch_size": args.batch_size},
         "teachers": {},
