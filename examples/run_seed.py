@@ -177,9 +177,8 @@ def distil(
 
     teacher = None if cache is not None else load_teacher(**model_args.load_kwargs(), sha256=fingerprint)
     embed_dim = cache.embed_dim if cache is not None else teacher.embed_dim
-    set_seed(
-        training_args.seed
-    )  # the students' initialisation depends neither on the teacher's loading nor a cache
+    # the students' initialisation depends neither on the teacher's loading nor a cache
+    set_seed(training_args.seed)
     architectures = [a.strip() for a in model_args.student_architecture.split(",") if a.strip()]
     configs = [
         SeedConfig(
@@ -205,7 +204,14 @@ def distil(
             image_std=data.std,
             teacher_ssl_method=model_args.teacher_ssl_method,
             # a cached run records the cache's teacher (a live teacher: SeedTrainer writes it)
-            **(dict(teacher=cache.manifest["teacher"]) if cache is not None else {}),
+            **(
+                dict(
+                    teacher=cache.manifest["teacher"],
+                    teacher_name_or_path=cache.manifest["teacher_description"],
+                )
+                if cache is not None
+                else {}
+            ),
         )
         for architecture in architectures
     ]
@@ -231,8 +237,6 @@ def distil(
     if cache is not None:  # refused unless the views are the cache's; epochs beyond it replay it
         train_dataset = cached_training_dataset(train_dataset, cache, data, training_args.seed, config)
         cached = replayed_epochs(cache, training_args)
-        for c in configs:
-            c.teacher_name_or_path = cache.manifest["teacher_description"]
     teacher_record = cache.manifest["teacher"] if cache is not None else teacher.record.to_dict()
     teacher_description = (
         f"{cache.manifest['teacher_description']} (cached)" if cache is not None else teacher.description

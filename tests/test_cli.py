@@ -436,16 +436,26 @@ def test_refusals_of_the_command_line(tmp_path, capsys):
     ):
         create_backbone("test_resnet", 3, {"img_size": 64})
 
-    def busy():
-        raise RunFolderInUseError("output_dir 'x' is in use: process 1 holds its lock")
+    from filelock import FileLock
 
-    with pytest.raises(SystemExit) as exit_:
-        run_script(busy)
+    from seed_hf.runs import lock_run_folder, run_lock_files
+
+    folder = tmp_path / "busy"
+    other = FileLock(run_lock_files(folder)[0])  # another open file's lock: as another process holds it
+    other.acquire()
+    try:
+        with pytest.raises(RunFolderInUseError):
+            lock_run_folder(folder)
+        with pytest.raises(SystemExit) as exit_:
+            run_script(lambda: lock_run_folder(folder))
+    finally:
+        other.release()
     assert exit_.value.code == 1
     err = capsys.readouterr().err
-    assert (
-        err.strip() == "error: output_dir 'x' is in use: process 1 holds its lock" and "Traceback" not in err
+    assert err.startswith(
+        f"error: output_dir {str(folder.resolve())!r} is in use: another process holds its lock"
     )
+    assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_an_image_folder_is_named_by_its_own_name_unless_it_is_a_split(tmp_path):

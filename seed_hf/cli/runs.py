@@ -274,22 +274,16 @@ def check_run_folder(
 ) -> None:
     """:func:`check_resumable` on what a script found in ``output_dir``: the ``finished`` run there
     (:func:`finished_run_results`; its folder is its own checkpoint) or the ``checkpoint`` it resumes."""
-    batch = global_batch(training_args)
-    optimization = optimization_recipe(training_args)
-    if finished is not None:
-        output_dir = training_args.output_dir
-        check_resumable(
-            output_dir, configs, recipe, training_args.train_batch_size, output_dir, batch, optimization
-        )
-    else:
-        check_resumable(
-            checkpoint,
-            configs,
-            recipe,
-            training_args.train_batch_size,
-            batch=batch,
-            optimization=optimization,
-        )
+    run_dir = training_args.output_dir if finished is not None else None  # a finished run: its own checkpoint
+    check_resumable(
+        run_dir or checkpoint,
+        configs,
+        recipe,
+        training_args.train_batch_size,
+        run_dir,
+        global_batch(training_args),
+        optimization_recipe(training_args),
+    )
 
 
 # recipe keys compared even when only one side has them (a subset dropped on resume)

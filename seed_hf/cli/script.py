@@ -15,6 +15,7 @@ from ..data.decode import collate_batch
 from ..data.gpu_input import build_device_transform, collate_encoded_batch
 from ..data.sources import TrainData, build_train_dataset
 from ..evaluation import KnnMonitor, LabelledImages, eval_data_config, eval_transform, load_labelled_splits
+from ..runs import RunFolderInUseError
 from .arguments import DataTrainingArguments, OnnxArguments
 from .flags import flags_in_errors
 
@@ -232,19 +233,16 @@ def int8_refusals(records: dict[str, dict[str, Any]]) -> str | None:
 # where an explicitly raised ValueError / FileNotFoundError is a refusal, not a bug: seed_hf, the
 # script itself, and transformers' argument parsing (TrainingArguments' own checks)
 _REFUSING_MODULES = ("seed_hf", "__main__", "transformers.training_args", "transformers.hf_argparser")
+# the exceptions a refusal raises (RunFolderInUseError: a run folder another live process holds)
+_REFUSAL_TYPES = (ValueError, FileNotFoundError, RunFolderInUseError)
 
 
 def _is_refusal(error: BaseException) -> bool:
-    """Whether ``error`` is a refusal: a ``ValueError`` / ``FileNotFoundError`` raised by a
-    ``raise`` statement of seed_hf, the running script or transformers' argument checks. One that
-    Python raised itself (an unpacking, a conversion) or that another library raised is not."""
+    """Whether ``error`` is a refusal: one of :data:`_REFUSAL_TYPES` raised by a ``raise`` statement
+    of seed_hf, the running script or transformers' argument checks. One that Python raised itself (an unpacking, a conversion) or that another library raised is not."""
     import linecache
 
-    from ..runs import RunFolderInUseError
-
-    if isinstance(error, RunFolderInUseError):
-        return True
-    if not isinstance(error, (ValueError, FileNotFoundError)) or error.__traceback__ is None:
+    if not isinstance(error, _REFUSAL_TYPES) or error.__traceback__ is None:
         return False
     tb = error.__traceback__
     while tb.tb_next is not None:
@@ -265,7 +263,7 @@ def run_script(main: Callable[[], Any], cleanup: Callable[[], None] | None = Non
     process exits with status 1. Every other exception keeps its traceback: it is unexpected."""
     try:
         main()
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except _REFUSAL_TYPES as error:
         if not _is_refusal(error):
             raise
         if cleanup is not None:

@@ -53,7 +53,8 @@ def open_teacher_cache(folder: str, teacher_args, data, local_loss_weight: float
 
 
 def cached_training_dataset(dataset, cache: TeacherCache, data, seed: int, config) -> CachedTeacherDataset:
-    """``dataset`` (the run's seeded training set) with the cached embeddings of its views, after
+    """``dataset`` (the run's seeded training set, built for the ``SeedConfig`` ``config``) with the
+    cached embeddings of its views, after
     refusing a cache written for other views (each difference named with its flag)."""
     recipe = cache_recipe(
         data,
@@ -61,9 +62,9 @@ def cached_training_dataset(dataset, cache: TeacherCache, data, seed: int, confi
         config.image_mean,
         config.image_std,
         len(dataset),
-        getattr(config, "num_small_crops", 0),
-        getattr(config, "small_crop_size", 96),
-        getattr(config, "small_crop_scale", (0.05, 0.14)),
+        config.num_small_crops,
+        config.small_crop_size,
+        config.small_crop_scale,
     )
     cache.check_recipe(recipe)
     return CachedTeacherDataset(dataset, cache)
