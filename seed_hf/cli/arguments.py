@@ -5,6 +5,7 @@ ONNX export (:class:`OnnxArguments`), and the command line with recipe files
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -427,22 +428,15 @@ class TeacherArguments:
         )
 
     def recorded(self) -> dict:
-        """The teacher flags as a teacher cache records and compares them (local paths resolved,
-        JSON parsed), keyed by flag name."""
-
-        def resolved(path: str | None) -> str | None:
-            return str(Path(path).resolve()) if path and Path(path).exists() else path
-
-        return {
-            "teacher_name_or_path": resolved(self.teacher_name_or_path),
-            "teacher_checkpoint": resolved(self.teacher_checkpoint),
-            "teacher_model_args": json.loads(self.teacher_model_args) if self.teacher_model_args else None,
-            "allow_random_teacher": self.allow_random_teacher,
-            "teacher_embedding": self.teacher_embedding,
-            "teacher_image_mean": self.teacher_image_mean,
-            "teacher_image_std": self.teacher_image_std,
-            "teacher_image_size": self.teacher_image_size,
-        }
+        """Every teacher flag (the fields of :class:`TeacherArguments`, also of a subclass's instance)
+        as a teacher cache records and compares them: local paths resolved, JSON parsed."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TeacherArguments)}
+        for name in ("teacher_name_or_path", "teacher_checkpoint"):
+            path = values[name]
+            values[name] = str(Path(path).resolve()) if path and Path(path).exists() else path
+        if values["teacher_model_args"]:
+            values["teacher_model_args"] = json.loads(values["teacher_model_args"])
+        return values
 
 
 @dataclass
