@@ -14,6 +14,8 @@ from .queue import EmbeddingQueue
 __all__ = [
     "ModelArgumentsError",
     "create_backbone",
+    "fused_copy",
+    "state_shapes",
     "check_input_size",
     "input_size_hint",
     "close_model_names",
@@ -64,6 +66,21 @@ def create_backbone(
             f"{argument_name}={architecture!r} does not take the model arguments {model_args} ({error}): "
             "fix them (student_model_args / model_args / teacher_model_args, as the flag that gave them)."
         ) from error
+
+
+def state_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of ``module``'s state dict: two modules of one structure agree."""
+    return {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+
+
+def fused_copy(backbone: nn.Module) -> nn.Module | None:
+    """A copy of ``backbone`` in its fused inference form (timm's ``reparameterize_model``: the
+    multi-branch blocks of RepVGG / MobileOne / FastViT, conv + norm pairs folded into single
+    convolutions), in eval mode; None when that changes nothing (not a reparameterizable net)."""
+    from timm.utils.model import reparameterize_model
+
+    fused = reparameterize_model(backbone).eval()
+    return None if state_shapes(fused) == state_shapes(backbone) else fused
 
 
 def check_input_size(

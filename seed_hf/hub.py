@@ -379,20 +379,17 @@ def _reparameterized(
     """``(backbone, model_args, form)`` to write: the fused copy with ``inference_mode`` in its
     model_args (form ``"fused"``) when timm builds exactly that structure from them; else the
     backbone itself, form ``"training"`` for a reparameterizable one and None for the others."""
-    from timm.utils.model import reparameterize_model
+    from .backbones import create_backbone, fused_copy, state_shapes
 
-    from .backbones import create_backbone
-
-    fused = reparameterize_model(backbone).eval()
-    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
-    if shapes(fused) == shapes(backbone):
+    fused = fused_copy(backbone)
+    if fused is None:
         return backbone, model_args, None
     fused_args = {**model_args, "inference_mode": True}
     try:
         rebuilt = create_backbone(architecture, in_chans, fused_args)
     except TypeError:  # the architecture has no inference_mode argument
         rebuilt = None
-    if rebuilt is not None and shapes(rebuilt) == shapes(fused):
+    if rebuilt is not None and state_shapes(rebuilt) == state_shapes(fused):
         return fused, fused_args, "fused"
     logger.info(
         f"{architecture} is written in its unfused training form: timm does not rebuild its fused form "

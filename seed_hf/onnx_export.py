@@ -442,16 +442,6 @@ def _replace_dir(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _fused_copy(model: nn.Module) -> tuple[nn.Module, bool]:
-    """``(model, False)``, or a reparameterized copy (timm's ``reparameterize_model``: multi-branch
-    blocks and conv + norm pairs fused into single convolutions) and True when that changes it."""
-    from timm.utils.model import reparameterize_model
-
-    fused = reparameterize_model(model).eval()
-    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
-    return (fused, True) if shapes(fused) != shapes(model) else (model, False)
-
-
 def export_onnx(
     folder: str | os.PathLike,
     *,
@@ -510,6 +500,7 @@ def export_onnx(
     onnx, ort = require_onnx()
     import timm
 
+    from .backbones import fused_copy
     from .subsets import balanced_subset
     from .teachers import weights_fingerprint
 
@@ -530,7 +521,8 @@ def export_onnx(
     # a folder written in the fused form (inference_mode) is not fused again: timm's reparameterize
     # steps are not all idempotent
     fused_folder = _folder_config(folder).get("model_args", {}).get("inference_mode", False)
-    graph_model, reparameterized = (model, False) if fused_folder else _fused_copy(model)
+    fused = None if fused_folder else fused_copy(model)
+    graph_model, reparameterized = (model, False) if fused is None else (fused, True)
     if images is not None:
         pixels, verified_on = _pixel_values(images, transform), f"{len(images)} given images"
     elif eval_data is not None:
