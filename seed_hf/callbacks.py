@@ -306,9 +306,8 @@ class PreemptionCallback(TrainerCallback):
             )
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if (
-            self.stopped_at == state.global_step
-        ):  # its checkpoint is written: no second one (save_strategy="epoch")
+        # its checkpoint is written: no second one (save_strategy="epoch")
+        if self.stopped_at == state.global_step:
             control.should_save = False
 
     def _exiting(self, signum: int, frame) -> None:

@@ -492,6 +492,14 @@ class SeedTrainer(QueueTrainer):
 
     def __init__(self, *args, teacher: nn.Module | None, **kwargs):
         super().__init__(*args, **kwargs)
+        for student in getattr(_unwrapped(self), "students", {"": _unwrapped(self)}).values():
+            c = student.config
+            if getattr(c, "num_small_crops", 0) and c.small_crop_size >= c.image_size:
+                logger.warning(
+                    f"The small crops ({c.small_crop_size} px, --small_crop_size) are not smaller than the "
+                    f"global views ({c.image_size} px): multi-crop takes them well below (96 of 224 px in "
+                    f"SwAV and SEED), e.g. --small_crop_size {max(1, round(c.image_size * 96 / 224))}."
+                )
         if teacher is None:  # a teacher cache: the embeddings come with the batch
             self.teacher = None
             if self.uses_teacher_patches:
@@ -519,14 +527,6 @@ class SeedTrainer(QueueTrainer):
                     f"{size} px: its embeddings at {size} px may be poor targets. Train at {trained_at} px "
                     f"(--image_size {trained_at}), or resize the teacher's inputs to it (--teacher_image_size "
                     f"{trained_at}; load_teacher(teacher_image_size={trained_at}))."
-                )
-        for student in getattr(_unwrapped(self), "students", {"": _unwrapped(self)}).values():
-            c = student.config
-            if getattr(c, "num_small_crops", 0) and c.small_crop_size >= c.image_size:
-                logger.warning(
-                    f"The small crops ({c.small_crop_size} px, --small_crop_size) are not smaller than the "
-                    f"global views ({c.image_size} px): multi-crop takes them well below (96 of 224 px in "
-                    f"SwAV and SEED), e.g. --small_crop_size {max(1, round(c.image_size * 96 / 224))}."
                 )
         if self.args.optimize_teacher and isinstance(teacher, FrozenTeacher):
             # BN folded now; the memory format is the step path's (resolve_step_path), applied to the folded model
