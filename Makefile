@@ -105,7 +105,7 @@ demo-baseline: setup
 	  --save_steps 100 --save_total_limit 2 --logging_steps 25 --use_cpu --disable_tqdm true \
 	  --dataloader_num_workers $(DEMO_DATALOADER_WORKERS) --output_dir $(DEMO_BASELINE_DIR)
 	$(PY) examples/run_export.py --student_dir $(DEMO_BASELINE_DIR) --output_dir results/demo/moco_baseline/student
-	$(PY) -c 'import json, sys; from seed_hf.cards import run_summary; print(json.dumps(run_summary(sys.argv[1]), indent=2))' \
+	$(PY) -c 'import json, sys; from seed_hf.export.cards import run_summary; print(json.dumps(run_summary(sys.argv[1]), indent=2))' \
 	  $(DEMO_BASELINE_DIR) > results/demo/moco_baseline/run_summary.json
 	$(PY) examples/run_eval.py --models results/demo/moco_baseline/student --linear_probe \
 	  --output_file results/demo/moco_baseline/eval_results.json
@@ -134,42 +134,42 @@ ship-demo: setup
 	    "$$(LC_ALL=C lscpu | sed -n 's/^Model name: *//p' | head -n1)$$(grep -qw avx512_bf16 /proc/cpuinfo && echo ' with AVX512-BF16')" \
 	    $$(nproc) $(SHIP_DEMO_DIR)/student || \
 	  { echo "ship-demo failed: 'git checkout -- results/demo model_cards' restores the shipped demo"; exit 1; }
-	$(PY) examples/render_model_cards.py
+	$(PY) tools/render_model_cards.py
 
 # Rebuilds the shipped teacher (resumable). Phases 1-2 ran on one H200 (6398 steps, extended to 9500:
 # ~9 min there, days on 2 CPU cores); phase 3 continued that encoder on 2 CPU cores for 2070 steps
 # with stronger photometric jitter and crops (TEACHER_PHASE3_AUGMENT; 79 min). See results/teacher/.
 TEACHER_PHASE3_AUGMENT ?= {"jitter": [0.8, 0.8, 0, 0], "scale": [0.2, 1.0]}
 teacher: setup
-	$(PY) examples/run_fmnist_teacher.py --output_dir $(TEACHER_RUN_DIR) --max_steps 6398 $(TEACHER_ARGS)
-	$(PY) examples/run_fmnist_teacher.py --output_dir $(TEACHER_RUN_DIR) --max_steps 9500 $(TEACHER_ARGS) \
+	$(PY) tools/run_fmnist_teacher.py --output_dir $(TEACHER_RUN_DIR) --max_steps 6398 $(TEACHER_ARGS)
+	$(PY) tools/run_fmnist_teacher.py --output_dir $(TEACHER_RUN_DIR) --max_steps 9500 $(TEACHER_ARGS) \
 	  --export_dir $(TEACHER_RUN_DIR)/phase2_export
-	$(PY) examples/run_fmnist_teacher.py --output_dir $(TEACHER_RUN_DIR)/phase3 --max_steps 2070 $(TEACHER_ARGS) \
+	$(PY) tools/run_fmnist_teacher.py --output_dir $(TEACHER_RUN_DIR)/phase3 --max_steps 2070 $(TEACHER_ARGS) \
 	  --init_from $(TEACHER_RUN_DIR)/phase2_export --augmentation_overrides '$(TEACHER_PHASE3_AUGMENT)' \
 	  --save_steps 200 --export_dir $(TEACHER)
 	$(PY) examples/run_eval.py --models $(TEACHER) pixels pixels_centred --linear_probe \
 	  --label_fractions 0.01 0.1 1.0 --output_file results/teacher/eval_results.json
-	$(PY) examples/render_model_cards.py
+	$(PY) tools/render_model_cards.py
 
 cards: setup
-	$(PY) examples/render_model_cards.py
+	$(PY) tools/render_model_cards.py
 
 # Rebuilds the shipped students' onnx/ from their committed weights (~2 min each on 2 cores: the int8 kNN
 # reads all of Fashion-MNIST) and checks each against its record in model_cards/models.json: the same
 # sha256, or (another CPU rounds the exporter's folded weights differently) the same export settings and
-# kNN top-1 within ONNX_REBUILD_TOLERANCE (seed_hf/cli/manifest.py). Nothing committed changes.
+# kNN top-1 within ONNX_REBUILD_TOLERANCE (tools/manifest.py). Nothing committed changes.
 onnx: setup
-	$(PY) examples/rebuild_onnx.py --export_flags="$(ONNX_EXPORT_FLAGS)" --work_dir $(ONNX_REBUILD_DIR)
+	$(PY) tools/rebuild_onnx.py --export_flags="$(ONNX_EXPORT_FLAGS)" --work_dir $(ONNX_REBUILD_DIR)
 
 # Records the graphs anew (after a change of the export or its stack), as ship-demo and study do: exports
 # in place, measures, and writes the records and cards.
 onnx-record: setup
-	$(PY) examples/rebuild_onnx.py --export_flags="$(ONNX_EXPORT_FLAGS)" --record
+	$(PY) tools/rebuild_onnx.py --export_flags="$(ONNX_EXPORT_FLAGS)" --record
 
 # After the study the two students gain onnx/ (fp32 + int8; not committed: `make onnx` rebuilds it) and
 # their speed against the teacher, recorded in their manifest entries (results/speed/).
 study: setup
-	$(PY) examples/run_fmnist_study.py --output_dir results/fmnist
+	$(PY) tools/run_fmnist_study.py --output_dir results/fmnist
 	for method in seed moco; do \
 	  name=$$method-fmnist-mobilenetv3_small_100; \
 	  $(PY) examples/run_export_onnx.py --folder results/fmnist/students/$$method $(ONNX_EXPORT_FLAGS) \
@@ -177,7 +177,7 @@ study: setup
 	  $(PY) benchmarks/bench_infer.py --student results/fmnist/students/$$method --teacher $(TEACHER) --threads 1 \
 	    --output_json results/speed/$$name.json --manifest model_cards/models.json --manifest_name $$name || exit 1; \
 	done
-	$(PY) examples/render_model_cards.py
+	$(PY) tools/render_model_cards.py
 
 test: setup lint
 	$(PY) -m pytest -q -x tests

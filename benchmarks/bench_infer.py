@@ -8,7 +8,7 @@ machine; the CPU name, cores, threads and the load average before and after are 
 are real images (Fashion-MNIST test split) through each model's own preprocessing, which is not
 timed. The student's ONNX graphs are its folder's ``onnx/`` when present (else exported into a
 temporary folder); the teacher's are exported and int8-calibrated (on class-balanced train images)
-into a temporary folder the same way (``seed_hf.onnx_export``).
+into a temporary folder the same way (``seed_hf.export.onnx_export``).
 
     python benchmarks/bench_infer.py --student results/demo/student \
         --teacher pretrained/fmnist-mocov2-resnet18 --output_json results/speed/seed-demo-mobilenetv3-small-fmnist.json \
@@ -37,8 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seed_hf.evaluation import LabelledImages, eval_data_config, eval_transform, load_labelled_splits
-from seed_hf.onnx_export import (
+from seed_hf.evaluation.evaluate import LabelledImages, eval_data_config, eval_transform, load_labelled_splits
+from seed_hf.evaluation.subsets import balanced_subset
+from seed_hf.export.onnx_export import (
     ONNX_FILE,
     ONNX_INT8_FILE,
     export_onnx,
@@ -48,7 +49,6 @@ from seed_hf.onnx_export import (
     quantize_int8,
     require_onnx,
 )
-from seed_hf.subsets import balanced_subset
 
 RUNTIMES = ("PyTorch eager, NCHW", "PyTorch eager, channels_last", "ONNX Runtime fp32", "ONNX Runtime int8")
 
@@ -104,7 +104,7 @@ def load_student(folder: Path, workdir: Path, data, args) -> dict:
 
 def load_teacher(folder: Path, workdir: Path, data, args) -> dict:
     """A seed_hf teacher folder's encoder (pooled features: what a student replaces) and its graphs."""
-    from seed_hf.modeling_moco import load_query_encoder
+    from seed_hf.models.modeling_moco import load_query_encoder
 
     encoder, _, config = load_query_encoder(folder)
     encoder = encoder.float().eval()
@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output_json).write_text(json.dumps(result, indent=2) + "\n")
     if args.manifest:
-        from seed_hf.cli.manifest import add_entry_facts
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # the repository's tooling
+        from manifest import add_entry_facts
 
         speed = {k: v for k, v in result.items() if k != "student_vs_teacher"}
         try:

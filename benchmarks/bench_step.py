@@ -7,7 +7,7 @@ NCHW, teacher under ``no_grad`` with its BatchNorm layers, einsum logits against
 (dim, K) queue, plain autograd. Ours is ``SeedTrainer.training_step`` on the path ``run_seed.py``
 takes by default: ``SeedTrainingArguments``' defaults resolved by the trainer's own
 ``resolve_step_path`` (``--channels_last auto --student_dtype auto``: a timed probe of the real
-models picks each one's memory format and the student's precision, ``seed_hf.fast_path``), teacher
+models picks each one's memory format and the student's precision, ``seed_hf.training.step_choice``), teacher
 BN folded and under ``inference_mode``, one GEMM for student and teacher logits. The row
 ``seed_hf_previous_default`` is the path run_seed.py took before (NCHW, fp32 student, same teacher).
 
@@ -19,7 +19,7 @@ It also reports the overhead: our step ÷ (teacher inference alone + student tra
 alone), i.e. how close the step is to the cost of its two unavoidable parts.
 
 The default seed_hf path uses ``--teacher_dtype auto``: a bf16 teacher on CPUs with native
-bf16 (AVX512-BF16/AMX), fp32 elsewhere (``seed_hf.precision``); the official-style step keeps
+bf16 (AVX512-BF16/AMX), fp32 elsewhere (``seed_hf.training.precision``); the official-style step keeps
 the run's precision. The effect of bf16 on the targets is reported as the KL between the
 fp32 and bf16 teacher softmax distributions.
 
@@ -38,7 +38,6 @@ import json
 import os
 import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,9 +54,9 @@ from seed_hf import (
     SeedTrainingArguments,
     collate_batch,
 )
-from seed_hf.backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
-from seed_hf.precision import resolve_teacher_dtype
-from seed_hf.teachers import FrozenTeacher, load_teacher
+from seed_hf.models.backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
+from seed_hf.teachers.loading import FrozenTeacher, load_teacher
+from seed_hf.training.precision import resolve_teacher_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,8 +173,7 @@ class _StepTimes(TrainerCallback):
 def timed_run_seed(argv: list[str], batch_size: int) -> dict:
     """``examples/run_seed.py`` with ``argv`` in this process: img/s over the steps after the first
     ``max(2, steps // 5)`` (data loader start, first-step allocations) and the wall time."""
-    sys.path.insert(0, str(REPO / "examples"))
-    import run_seed
+    from seed_hf.scripts import run_seed
 
     times = _StepTimes()
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""What a teacher cache buys (seed_hf.teacher_cache): end-to-end ``examples/run_seed.py`` images/s
+"""What a teacher cache buys (seed_hf.teachers.cache): end-to-end ``examples/run_seed.py`` images/s
 from a cache against the online default path, for the demo's teacher and a larger one, against
 the student-only limit (the student's forward + backward + SGD step alone at the same shape), all
 measured in one process, one after the other (ratios against baselines of the same run).
@@ -72,7 +72,7 @@ def run_seed_timed(args, output_dir: str, extra: list[str]) -> dict:
 
 
 def write_cache(args, teacher_flags: list[str], output_dir: str) -> dict:
-    import run_teacher_cache
+    from seed_hf.scripts import run_teacher_cache
 
     start = time.perf_counter()
     manifest = run_teacher_cache.main(

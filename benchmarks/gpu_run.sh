@@ -50,7 +50,7 @@ fi
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.txt"; }
 
 log "(a) teacher from scratch"
-$PY examples/run_fmnist_teacher.py --output_dir "$WORK/teacher" --export_dir "$WORK/teacher_export" \
+$PY tools/run_fmnist_teacher.py --output_dir "$WORK/teacher" --export_dir "$WORK/teacher_export" \
   --learning_rate 0.03 --temperature 0.1 --moco_momentum 0.99 \
   --augmentation_overrides '{"jitter": [0.8, 0.8, 0, 0], "scale": [0.2, 1.0]}' "${TEACHER[@]}" |
   tee "$OUT/teacher_train.log"
@@ -63,7 +63,7 @@ $PY benchmarks/bench_gpu_input.py --output_json "$OUT/bench_gpu_input.json" "${B
   log "(b) failed: see the output above"
 
 log "(c) the study's students from the new teacher"
-$PY examples/run_fmnist_study.py --teacher "$WORK/teacher_export" --output_dir "$WORK/study" \
+$PY tools/run_fmnist_study.py --teacher "$WORK/teacher_export" --output_dir "$WORK/study" \
   --work_dir "$WORK/study_runs" --manifest '' --reference_results "$OUT/teacher_eval.json" "${STUDY[@]}" |
   tee "$OUT/study.log"
 cp "$WORK/study/results.json" "$OUT/study_results.json" 2>/dev/null || ls "$WORK/study"

@@ -2,14 +2,12 @@
 
 The public API: configs, models and their outputs, trainers and their arguments, teachers,
 the loss and queue, training data and augmentation, and export to the Hub. Everything else
-is reachable through its module (``seed_hf.evaluation``, ``seed_hf.runs``, ...).
+is reachable through its module (``seed_hf.evaluation.evaluate``, ``seed_hf.training.run_folder``, ...).
 """
 
 from transformers import AutoConfig, AutoModel
 
-from .configuration_moco import MocoConfig
-from .configuration_seed import SeedConfig
-from .data import (
+from seed_hf.data import (
     ArrayImageDataset,
     MultiViewTransform,
     SeededRowDataset,
@@ -20,19 +18,21 @@ from .data import (
     collate_batch,
     load_fashion_mnist,
 )
-from .evaluation import KnnMonitor
-from .hub import export_moco_encoder, export_student, push_student_to_hub
-from .losses import LocalSimilarityLoss, SeedLoss, local_similarity_loss, seed_loss
-from .modeling_moco import MocoForPretraining, MocoOutput, MocoPreTrainedModel, MocoQueryEncoder
-from .modeling_seed import SeedForDistillation, SeedOutput, SeedPreTrainedModel
-from .multi_student import SeedGroupOutput, SeedStudentGroup
-from .onnx_export import export_onnx
-from .queue import EmbeddingQueue
-from .teacher_cache import CachedTeacherDataset, TeacherCache
-from .teacher_cache_writer import write_teacher_cache
-from .teachers import FrozenTeacher, load_teacher, weights_fingerprint
-from .trainer import MocoTrainer, SeedTrainer
-from .training_args import SeedTrainingArguments
+from seed_hf.evaluation.evaluate import KnnMonitor
+from seed_hf.export.hub import export_moco_encoder, export_student, push_student_to_hub
+from seed_hf.export.onnx_export import export_onnx
+from seed_hf.models.configuration_moco import MocoConfig
+from seed_hf.models.configuration_seed import SeedConfig
+from seed_hf.models.embedding_queue import EmbeddingQueue
+from seed_hf.models.losses import LocalSimilarityLoss, SeedLoss, local_similarity_loss, seed_loss
+from seed_hf.models.modeling_moco import MocoForPretraining, MocoOutput, MocoPreTrainedModel, MocoQueryEncoder
+from seed_hf.models.modeling_seed import SeedForDistillation, SeedOutput, SeedPreTrainedModel
+from seed_hf.models.multi_student import SeedGroupOutput, SeedStudentGroup
+from seed_hf.teachers.cache import CachedTeacherDataset, TeacherCache
+from seed_hf.teachers.cache_writer import write_teacher_cache
+from seed_hf.teachers.loading import FrozenTeacher, load_teacher, weights_fingerprint
+from seed_hf.training.arguments import SeedTrainingArguments
+from seed_hf.training.trainer import MocoTrainer, SeedTrainer
 
 __version__ = "0.1.0"
 

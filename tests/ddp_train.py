@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from helpers import TensorImages, tiny_student, tiny_teacher  # noqa: E402
 
 from seed_hf import KnnMonitor, SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E402
-from seed_hf.distributed import shutdown_distributed  # noqa: E402
+from seed_hf.training.distributed import shutdown_distributed  # noqa: E402
 
 
 def main(out_dir: str, global_batch: int, steps: int, variant: str, knn: bool = False) -> None:

@@ -10,8 +10,8 @@ from torch.utils.data import Dataset
 from transformers import TrainerCallback
 
 from seed_hf import MocoConfig, MocoForPretraining, SeedConfig, SeedForDistillation
-from seed_hf.backbones import ProjectionHead, create_backbone, pooled_width
-from seed_hf.teachers import FrozenTeacher
+from seed_hf.models.backbones import ProjectionHead, create_backbone, pooled_width
+from seed_hf.teachers.loading import FrozenTeacher
 
 IMAGE_SIZE = 32
 

@@ -21,9 +21,9 @@ from helpers import tiny_student, tiny_teacher  # noqa: E402
 from kill_train import augmented_images  # noqa: E402
 
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E402
-from seed_hf.callbacks import TrainingPreempted  # noqa: E402
 from seed_hf.cli.runs import resolve_checkpoint, train_and_save  # noqa: E402
-from seed_hf.distributed import shutdown_distributed  # noqa: E402
+from seed_hf.training.callbacks import TrainingPreempted  # noqa: E402
+from seed_hf.training.distributed import shutdown_distributed  # noqa: E402
 
 
 class SignalDuringStep(TrainerCallback):

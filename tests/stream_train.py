@@ -22,7 +22,7 @@ from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E
 from seed_hf.cli.arguments import DataTrainingArguments  # noqa: E402
 from seed_hf.cli.runs import resolve_checkpoint  # noqa: E402
 from seed_hf.data.sources import build_train_dataset  # noqa: E402
-from seed_hf.distributed import shutdown_distributed  # noqa: E402
+from seed_hf.training.distributed import shutdown_distributed  # noqa: E402
 
 
 class RecordingTrainer(SeedTrainer):

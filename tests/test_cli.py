@@ -12,15 +12,13 @@ import torch
 from helpers import tiny_student, tiny_teacher, write_jpeg_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-import run_moco  # noqa: E402
-import run_seed  # noqa: E402
-
+sys.path.insert(0, str(ROOT / "tools"))
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E402
 from seed_hf.cli.arguments import DataTrainingArguments, parse_script_args  # noqa: E402
 from seed_hf.cli.flags import flags_in_errors  # noqa: E402
 from seed_hf.data.sources import build_train_dataset  # noqa: E402
-from seed_hf.runs import COMPLETE_MARKER  # noqa: E402
+from seed_hf.scripts import run_moco, run_seed  # noqa: E402
+from seed_hf.training.run_folder import COMPLETE_MARKER  # noqa: E402
 
 SCRIPTS = sorted((ROOT / "examples").glob("*.py"))
 
@@ -342,7 +340,7 @@ def test_a_refusal_prints_its_message_alone_and_exits_1():
 
 def test_run_script_keeps_the_traceback_of_an_unexpected_error(capsys, tmp_path):
     from seed_hf.cli.script import run_script
-    from seed_hf.evaluation import weighted_knn_predict
+    from seed_hf.evaluation.evaluate import weighted_knn_predict
 
     cleaned = []
 
@@ -423,9 +421,9 @@ def test_refusals_of_the_command_line(tmp_path, capsys):
     """Values transformers or timm would take silently or fail on deep inside: refused naming them;
     a folder in use by another run is a refusal too (one message, no traceback)."""
     from seed_hf import SeedTrainingArguments
-    from seed_hf.backbones import create_backbone
     from seed_hf.cli.script import run_script
-    from seed_hf.runs import RunFolderInUseError
+    from seed_hf.models.backbones import create_backbone
+    from seed_hf.training.run_folder import RunFolderInUseError
 
     with pytest.raises(ValueError, match="max_steps=-3"):
         SeedTrainingArguments(output_dir=str(tmp_path), max_steps=-3, use_cpu=True)
@@ -438,7 +436,7 @@ def test_refusals_of_the_command_line(tmp_path, capsys):
 
     from filelock import FileLock
 
-    from seed_hf.runs import lock_run_folder, run_lock_files
+    from seed_hf.training.run_folder import lock_run_folder, run_lock_files
 
     folder = tmp_path / "busy"
     other = FileLock(run_lock_files(folder)[0])  # another open file's lock: as another process holds it
@@ -459,7 +457,7 @@ def test_refusals_of_the_command_line(tmp_path, capsys):
 
 
 def test_an_image_folder_is_named_by_its_own_name_unless_it_is_a_split(tmp_path):
-    from seed_hf.evaluation import load_labelled_splits
+    from seed_hf.evaluation.evaluate import load_labelled_splits
 
     for folder in (tmp_path / "photos", tmp_path / "mydata" / "train"):
         for label in ("a", "b"):

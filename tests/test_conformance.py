@@ -28,9 +28,9 @@ from safetensors.torch import load_file
 
 from seed_hf import SeedConfig, SeedForDistillation, load_teacher
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-import run_seed  # noqa: E402
+from seed_hf.scripts import run_seed  # noqa: E402
 
 # family -> (timm architecture, tiny model args, image size). The families a user brings: CNNs,
 # mobile nets, a reparameterizable net per kind, ViTs with absolute / rotary position and registers,

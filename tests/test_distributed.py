@@ -79,7 +79,7 @@ def test_knn_monitor_under_two_processes_does_not_deadlock(tmp_path):
 SHUTDOWN_PROBE = """
 import os, tempfile
 import torch, torch.distributed as dist
-from seed_hf.distributed import shutdown_distributed
+from seed_hf.training.distributed import shutdown_distributed
 
 def native_threads():
     return len(os.listdir("/proc/self/task"))

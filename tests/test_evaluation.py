@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from seed_hf.evaluation import knn_accuracy, label_subset, linear_probe, weighted_knn_predict
+from seed_hf.evaluation.evaluate import knn_accuracy, label_subset, linear_probe, weighted_knn_predict
 
 
 def _clusters(n_per_class=30, classes=4, dim=8, seed=0):
@@ -52,7 +52,7 @@ def test_label_subset_is_class_balanced():
 def test_evaluate_metric_module_loads_offline():
     import evaluate
 
-    from seed_hf.metrics import KNN_ACCURACY_PATH
+    from seed_hf.evaluation.metrics import KNN_ACCURACY_PATH
 
     x_train, y_train = _clusters()
     x_test, y_test = _clusters(seed=1)
@@ -132,10 +132,10 @@ def test_run_eval_on_your_own_labelled_images(tmp_path, source):
 
     from helpers import tiny_student
 
-    from seed_hf.hub import export_student
+    from seed_hf.export.hub import export_student
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    import run_eval
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from seed_hf.scripts import run_eval
 
     _imagefolder(tmp_path / "data" / "train")
     _imagefolder(tmp_path / "data" / "test", per_class=3, seed=1)
@@ -172,8 +172,8 @@ def _run_eval():
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    import run_eval
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from seed_hf.scripts import run_eval
 
     return run_eval
 
@@ -184,7 +184,7 @@ def test_run_eval_pixels_on_mixed_sizes_is_refused_before_any_model(tmp_path, mo
     from helpers import tiny_student
     from PIL import Image
 
-    from seed_hf.hub import export_student
+    from seed_hf.export.hub import export_student
 
     run_eval = _run_eval()
     _imagefolder(tmp_path / "data" / "train")

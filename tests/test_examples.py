@@ -11,11 +11,13 @@ from conftest import requires_fashion_mnist
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-import run_eval  # noqa: E402
-import run_moco  # noqa: E402
-import run_seed  # noqa: E402
+from seed_hf.scripts import (
+    run_eval,  # noqa: E402
+    run_moco,  # noqa: E402
+    run_seed,  # noqa: E402
+)
 
 COMMON = [
     "--per_device_train_batch_size",
@@ -91,7 +93,7 @@ def test_moco_then_seed_then_eval(tmp_path):
     )
     assert [r["model"] for r in results] == [str(teacher_dir)] * 2 + [str(student_dir)] * 2
     from seed_hf.data.fashion_mnist import load_fashion_mnist
-    from seed_hf.evaluation import balanced_subset, label_subset
+    from seed_hf.evaluation.evaluate import balanced_subset, label_subset
 
     labels = load_fashion_mnist("train")[1]  # --max_train_samples 2000 draws 200 per class
     tenth = len(label_subset(labels[balanced_subset(labels, 2000)], 0.1))  # class-balanced: ≈ 200
@@ -167,7 +169,7 @@ def test_study_retrains_only_the_stages_whose_recipe_changed(tmp_path, monkeypat
     """``run_fmnist_study.main`` end to end up to the exports, with the two trainings faked."""
     import run_fmnist_study
 
-    import seed_hf.hub
+    import seed_hf.export.hub
 
     trained = []
 
@@ -190,8 +192,8 @@ def test_study_retrains_only_the_stages_whose_recipe_changed(tmp_path, monkeypat
 
     monkeypatch.setattr(run_fmnist_study.run_moco, "main", fake_training("moco"))
     monkeypatch.setattr(run_fmnist_study.run_seed, "main", fake_training("seed"))
-    monkeypatch.setattr(seed_hf.hub, "export_student", stop)
-    monkeypatch.setattr(seed_hf.hub, "export_moco_encoder", stop)
+    monkeypatch.setattr(seed_hf.export.hub, "export_student", stop)
+    monkeypatch.setattr(seed_hf.export.hub, "export_moco_encoder", stop)
     teacher, work, out = tmp_path / "teacher", tmp_path / "work", tmp_path / "out"
     teacher.mkdir()
     (teacher / "config.json").write_text("{}")
@@ -279,9 +281,13 @@ def test_missing_fashion_mnist_names_the_apt_package(tmp_path):
         )
 
 
-@pytest.mark.parametrize(
-    "script", [path.stem for path in sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))]
-)
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT_MODULES = [
+    f"seed_hf.scripts.{p.stem}" for p in sorted((ROOT / "seed_hf" / "scripts").glob("run_*.py"))
+] + [p.stem for p in sorted((ROOT / "tools").glob("*.py")) if p.stem != "manifest"]
+
+
+@pytest.mark.parametrize("script", SCRIPT_MODULES)
 def test_help_of_every_example(script, capsys):
     module = importlib.import_module(script)
     with pytest.raises(SystemExit) as exit_info:

@@ -1,4 +1,4 @@
-"""The step's memory format and student precision (seed_hf.fast_path): resolution rule, what the
+"""The step's memory format and student precision (seed_hf.training.step_choice): resolution rule, what the
 trainer probes, records and reuses, and that explicit flags are kept. Timings are injected."""
 
 import json
@@ -9,8 +9,8 @@ from helpers import TensorImages, tiny_student, tiny_teacher
 from transformers import HfArgumentParser
 
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch, fast_path
-from seed_hf import trainer as trainer_module
-from seed_hf.fast_path import (
+from seed_hf.training import trainer as trainer_module
+from seed_hf.training.step_choice import (
     MARGIN,
     PRECISION_MARGIN,
     StepPath,

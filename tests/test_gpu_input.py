@@ -389,7 +389,7 @@ def test_seed_trainer_trains_on_encoded_batches(tmp_path, monkeypatch):
 def test_run_seed_with_data_device_cuda(tmp_path, monkeypatch):
     """run_seed.py wires --data_device cuda (here on a faked GPU, so the device transform runs on
     --use_cpu's device): map-style parquet, 2 workers, corrupt images counted."""
-    import run_seed
+    from seed_hf.scripts import run_seed
 
     monkeypatch.setattr(arguments, "_cuda_available", lambda: True)
     files = write_jpeg_shards(tmp_path, shards=2, rows=8, corrupt_every=5)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import tiny_moco, tiny_student
 
-from seed_hf.hub import export_student, push_student_to_hub, upload_plan
-from seed_hf.teachers import weights_fingerprint
+from seed_hf.export.hub import export_student, push_student_to_hub, upload_plan
+from seed_hf.teachers.loading import weights_fingerprint
 
 LOADER = Path(__file__).with_name("load_exported.py")
 
@@ -44,7 +44,7 @@ def _gray_images(n: int = 16) -> torch.Tensor:
 
 def _evaluation_features(name: str, images: torch.Tensor) -> torch.Tensor:
     """seed_hf's evaluation features (what run_eval measures) of ``images``."""
-    from seed_hf.evaluation import LabelledImages, eval_transform, extract_features, load_encoder
+    from seed_hf.evaluation.evaluate import LabelledImages, eval_transform, extract_features, load_encoder
 
     spec = load_encoder(name)
     dataset = LabelledImages(images.numpy(), [0] * len(images), eval_transform(spec.data_config))
@@ -166,9 +166,9 @@ def test_card_metadata_results_and_round_trip(tmp_path, caplog):
 def test_moco_card_says_moco_and_local_teachers_stay_private(tmp_path):
     from huggingface_hub import ModelCard
 
-    from seed_hf.cards import describe_teacher
-    from seed_hf.hub import export_moco_encoder
-    from seed_hf.modeling_moco import save_query_encoder
+    from seed_hf.export.cards import describe_teacher
+    from seed_hf.export.hub import export_moco_encoder
+    from seed_hf.models.modeling_moco import save_query_encoder
 
     moco = tiny_moco()
     save_query_encoder(moco, tmp_path / "moco")
@@ -232,7 +232,7 @@ def test_card_names_the_local_term_when_trained_with_it(tmp_path, local_loss_wei
 def _rgb_images(n: int = 8) -> list:
     """Colour photos (crops of scikit-image's samples, converted to RGB)."""
     pytest.importorskip("skimage")
-    from seed_hf.onnx_export import sample_images
+    from seed_hf.export.onnx_export import sample_images
 
     return [image.convert("RGB") for image in sample_images(n)]
 
@@ -256,7 +256,7 @@ def test_a_channels_last_student_exports_and_stays_as_it_was(tmp_path, in_chans)
     from helpers import TensorImages, tiny_teacher
 
     from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch
-    from seed_hf.evaluation import eval_data_config, eval_transform
+    from seed_hf.evaluation.evaluate import eval_data_config, eval_transform
 
     model = tiny_student(in_chans=in_chans, image_mean=[0.5] * in_chans, image_std=[0.25] * in_chans)
     args = SeedTrainingArguments(

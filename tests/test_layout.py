@@ -1,6 +1,6 @@
 """The package's layering, read from the source: no import cycle among seed_hf's modules (every
 import statement counts: module-level, inside functions and under ``TYPE_CHECKING``), and the
-library never imports its command-line layer (``seed_hf.cli``)."""
+library never imports its command-line layer (``seed_hf.cli`` and the scripts, ``seed_hf.scripts``)."""
 
 from __future__ import annotations
 
@@ -117,11 +117,18 @@ def test_no_import_cycle_in_seed_hf():
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
+CLI_LAYER = ("seed_hf.cli", "seed_hf.scripts")
+
+
+def _in_cli_layer(module: str) -> bool:
+    return any(module == top or module.startswith(top + ".") for top in CLI_LAYER)
+
+
 def test_the_library_never_imports_the_cli_layer():
     offenders = {
-        module: sorted(m for m in imported if m == "seed_hf.cli" or m.startswith("seed_hf.cli."))
+        module: sorted(m for m in imported if _in_cli_layer(m))
         for module, imported in _graph().items()
-        if not (module == "seed_hf.cli" or module.startswith("seed_hf.cli."))
+        if not _in_cli_layer(module)
     }
     offenders = {module: cli for module, cli in offenders.items() if cli}
     assert not offenders, f"library modules importing seed_hf.cli: {offenders}"

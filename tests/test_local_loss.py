@@ -15,9 +15,15 @@ from seed_hf import (
     SeedTrainingArguments,
     collate_batch,
 )
-from seed_hf.backbones import ProjectionHead, create_backbone, feature_map, pooled_width, resize_feature_map
-from seed_hf.losses import local_similarity_loss, seed_loss
-from seed_hf.teachers import FrozenTeacher, TransformersVisionBackbone
+from seed_hf.models.backbones import (
+    ProjectionHead,
+    create_backbone,
+    feature_map,
+    pooled_width,
+    resize_feature_map,
+)
+from seed_hf.models.losses import local_similarity_loss, seed_loss
+from seed_hf.teachers.loading import FrozenTeacher, TransformersVisionBackbone
 
 SIZE = 64  # the test CNNs have stride 32: a 2×2 grid
 

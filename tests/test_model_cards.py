@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import requires_fashion_mnist
 
-from seed_hf.cards import results_for
-from seed_hf.cli.manifest import ONNX_REBUILD, check_onnx_rebuild, render_manifest_cards
+from seed_hf.export.cards import results_for
+from tools.manifest import ONNX_REBUILD, check_onnx_rebuild, render_manifest_cards
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "model_cards" / "models.json"
@@ -87,8 +87,8 @@ def test_an_export_recorded_through_its_hook_renders_the_same_card(tmp_path):
     facts added later (ONNX, speed) reach the card; a missing entry is named."""
     from helpers import tiny_student
 
-    from seed_hf.cli.manifest import add_entry_facts, manifest_entry, shipped_model_recorder
-    from seed_hf.hub import ExportRecord, export_student
+    from seed_hf.export.hub import ExportRecord, export_student
+    from tools.manifest import add_entry_facts, manifest_entry, shipped_model_recorder
 
     manifest = tmp_path / "model_cards" / "models.json"
     records = []
@@ -173,7 +173,7 @@ def test_cards_list_only_tracked_or_rebuilt_files():
             )
             assert f"(`onnx/` rebuilt by `{ONNX_REBUILD}`)" in path.read_text()
     makefile = (ROOT / "Makefile").read_text()
-    assert "examples/rebuild_onnx.py" in _recipe(makefile, "onnx")
+    assert "tools/rebuild_onnx.py" in _recipe(makefile, "onnx")
     assert "$(ONNX_EXPORT_FLAGS)" in _recipe(makefile, "onnx")
     for target in ("ship-demo", "study"):
         exports = [line for line in _recipe(makefile, target).splitlines() if "run_export_onnx.py" in line]
@@ -286,10 +286,10 @@ def test_make_onnx_rebuilds_and_checks_a_recorded_folder(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     from helpers import tiny_student
 
-    from seed_hf.cli.manifest import shipped_model_recorder
-    from seed_hf.hub import export_student
+    from seed_hf.export.hub import export_student
+    from tools.manifest import shipped_model_recorder
 
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
     import rebuild_onnx
 
     manifest = tmp_path / "model_cards" / "models.json"
@@ -323,7 +323,7 @@ def test_make_onnx_rebuilds_and_checks_a_recorded_folder(tmp_path, monkeypatch):
     entries[0]["facts"]["onnx"]["opset"] = 16
     manifest.write_text(json.dumps(entries))
     script = subprocess.run(  # what make onnx runs: a rebuild unlike its record fails the target
-        [sys.executable, str(ROOT / "examples" / "rebuild_onnx.py"), *flags],
+        [sys.executable, str(ROOT / "tools" / "rebuild_onnx.py"), *flags],
         cwd=tmp_path,
         capture_output=True,
         text=True,

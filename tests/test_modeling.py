@@ -135,7 +135,7 @@ def test_moco_key_encoder_starts_as_query_copy():
 
 def test_query_encoder_folder_roundtrip(tmp_path):
     from seed_hf import load_teacher
-    from seed_hf.modeling_moco import load_query_encoder, save_query_encoder
+    from seed_hf.models.modeling_moco import load_query_encoder, save_query_encoder
 
     model = tiny_moco().eval()
     save_query_encoder(model, tmp_path, dtype=torch.float16, training={"steps": 3})
@@ -214,7 +214,7 @@ def test_query_encoder_loads_a_training_folder_strictly(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from seed_hf import MocoQueryEncoder
-    from seed_hf.modeling_moco import load_query_encoder
+    from seed_hf.models.modeling_moco import load_query_encoder
 
     model = tiny_moco().eval()
     model.save_pretrained(tmp_path / "run")

@@ -1,4 +1,4 @@
-"""ONNX export of exported students (seed_hf.onnx_export): verified fp32 graphs for every supported
+"""ONNX export of exported students (seed_hf.export.onnx_export): verified fp32 graphs for every supported
 student family at batch 1 and 64 (relative to the features' scale), reparameterizable students
 fused, int8 of Conv/MatMul/Gemm kept only above its quality bar on the student's own data, atomic
 onnx/ folders, the Hub loaders on a folder that holds onnx/, and the message when the onnx extra is
@@ -15,13 +15,13 @@ import pytest
 import torch
 from helpers import tiny_student
 
-from seed_hf import onnx_export
-from seed_hf.cards import render_model_card
 from seed_hf.cli import flags_in_errors
 from seed_hf.cli.script import ONNX_FLAGS
-from seed_hf.evaluation import LabelledSplits
-from seed_hf.hub import export_student, upload_plan
-from seed_hf.onnx_export import (
+from seed_hf.evaluation.evaluate import LabelledSplits
+from seed_hf.export import onnx_export
+from seed_hf.export.cards import render_model_card
+from seed_hf.export.hub import export_student, upload_plan
+from seed_hf.export.onnx_export import (
     DEFAULT_RTOL,
     ONNX_FILE,
     ONNX_INT8_FILE,
@@ -149,7 +149,7 @@ def _small_splits(n_train: int = 300, n_eval: int = 100) -> LabelledSplits:
     from conftest import FASHION_MNIST_AVAILABLE
 
     if FASHION_MNIST_AVAILABLE:
-        from seed_hf.evaluation import load_labelled_splits
+        from seed_hf.evaluation.evaluate import load_labelled_splits
 
         return load_labelled_splits().subsample(n_train, n_eval)
     images = sample_images(n_train + n_eval)
@@ -173,7 +173,7 @@ def test_int8_is_kept_above_the_bar_with_its_figures_and_the_k_used(tmp_path, ca
     the per-image cosine, both graphs' kNN and the bar in the record and the card; with fewer train
     images than knn_k, the k actually used is recorded and printed (not the one asked for)."""
     folder = _exported(tmp_path, "test_efficientnet", 3, 64, {})
-    with caplog.at_level("INFO", logger="seed_hf.onnx_export"):
+    with caplog.at_level("INFO", logger="seed_hf.export.onnx_export"):
         record = export_onnx(folder, int8=True, eval_data=_rgb_splits(120, 60), num_calibration=64)
     assert "int8 graph kept" in caplog.text and "(k=120, 120 -> 60 images of skimage_crops)" in caplog.text
     assert [f["path"] for f in record["files"]] == [
@@ -239,7 +239,7 @@ def test_int8_below_the_bar_is_refused_with_its_figures(tmp_path, monkeypatch, c
     monkeypatch.setitem(onnx_export.INT8_QUALITY_BAR, "mean_cosine", 1.01)
     folder = _exported(tmp_path, "test_efficientnet", 3, 64, {})
     data = _rgb_splits(120, 60)
-    with caplog.at_level("WARNING", logger="seed_hf.onnx_export"):
+    with caplog.at_level("WARNING", logger="seed_hf.export.onnx_export"):
         record = export_onnx(folder, int8=True, eval_data=data, num_calibration=64)
     assert [f["path"] for f in record["files"]] == [ONNX_FILE] and "int8" not in record
     assert sorted(p.name for p in (folder / "onnx").iterdir()) == ["model.onnx"]
@@ -253,9 +253,9 @@ def test_int8_below_the_bar_is_refused_with_its_figures(tmp_path, monkeypatch, c
     ).text
     assert "No int8 graph" in text and "< 1.01" in text and f"`{ONNX_INT8_FILE}`" not in text
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
     try:
-        import run_export_onnx
+        from seed_hf.scripts import run_export_onnx
     finally:
         sys.path.pop(0)
     monkeypatch.setattr("seed_hf.cli.script._labelled", lambda args, prefix: data)  # the --onnx_* data
@@ -303,9 +303,9 @@ def test_int8_needs_the_students_own_data(tmp_path):
     with pytest.raises(ValueError, match=r"training data not recorded"):
         onnx_export_options(OnnxArguments(onnx_int8=True))
     assert onnx_export_options(OnnxArguments(onnx=True)) == {"int8": False, "rtol": DEFAULT_RTOL, "opset": 17}
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
     try:
-        import run_export_onnx
+        from seed_hf.scripts import run_export_onnx
     finally:
         sys.path.pop(0)
     with pytest.raises(ValueError, match="--onnx_int8 calibrates the int8 graph on the student's own data"):
@@ -417,7 +417,7 @@ def test_reparameterizable_students_are_exported_fused(tmp_path, arch, in_chans,
     transform, _ = folder_transform(folder)
     images = [im.convert("L" if in_chans == 1 else "RGB") for im in sample_images(16)]
     pixel_values = torch.stack([transform(im.convert("RGB")) for im in images])
-    from seed_hf.evaluation import eval_data_config, eval_transform
+    from seed_hf.evaluation.evaluate import eval_data_config, eval_transform
 
     own = eval_transform(eval_data_config(in_chans, 32, [0.5] * in_chans, [0.25] * in_chans))
     with torch.no_grad():
@@ -467,9 +467,9 @@ def test_missing_extra_names_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
     with pytest.raises(ImportError, match=r"seed-hf\[onnx\]"):
         export_onnx(tmp_path)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
     try:
-        import run_export
+        from seed_hf.scripts import run_export
     finally:
         sys.path.pop(0)
     with pytest.raises(ImportError, match=r"--onnx needs .*seed-hf\[onnx\]"):
@@ -519,9 +519,9 @@ def test_run_export_onnx_int8_flags(tmp_path, monkeypatch):
 
     if not FASHION_MNIST_AVAILABLE:
         pytest.skip("apt-get install -y dataset-fashion-mnist")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
     try:
-        import run_export
+        from seed_hf.scripts import run_export
     finally:
         sys.path.pop(0)
     model = tiny_student(student_architecture="mobilenetv3_small_100", in_chans=1, image_size=32)
@@ -559,9 +559,9 @@ def test_run_seed_onnx_exports_an_rgb_channels_last_run(tmp_path):
     is not contiguous, which the export's safetensors refused)."""
     from helpers import tiny_moco
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
     try:
-        import run_seed
+        from seed_hf.scripts import run_seed
     finally:
         sys.path.pop(0)
     for i, image in enumerate(sample_images(32)):

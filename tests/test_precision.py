@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from seed_hf import precision
+from seed_hf.training import precision
 
 # /proc/cpuinfo flag sets of real CPUs (abridged)
 ICELAKE = {"fpu", "sse4_2", "avx2", "avx512f", "avx512bw", "avx512_vnni"}

@@ -16,14 +16,14 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState
 
-from seed_hf.callbacks import (
+from seed_hf.training.callbacks import (
     PREEMPTED_EXIT_CODE,
     PREEMPTION_SIGNALS,
     CheckpointCompletionCallback,
     PreemptionCallback,
     TrainingPreempted,
 )
-from seed_hf.runs import COMPLETE_MARKER
+from seed_hf.training.run_folder import COMPLETE_MARKER
 
 SCRIPT = Path(__file__).with_name("preempt_train.py")
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ from transformers import Trainer
 
 import seed_hf
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch
-from seed_hf.callbacks import DatasetEpochCallback
-from seed_hf.runs import COMPLETE_MARKER
+from seed_hf.training.callbacks import DatasetEpochCallback
+from seed_hf.training.run_folder import COMPLETE_MARKER
 
 PRIVATE_TRAINER_NAMES = {
     name

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-import run_seed  # noqa: E402
+sys.path.insert(0, str(ROOT / "tools"))
 from helpers import write_jpeg_shards  # noqa: E402
 from test_teachers import _layout_checkpoint, _moco_v2_checkpoint  # noqa: E402
+
+from seed_hf.scripts import run_seed  # noqa: E402
 
 RECIPES = sorted((ROOT / "recipes").glob("*.json"))
 

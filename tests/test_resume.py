@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seed_hf.runs import COMPLETE_MARKER
+from seed_hf.training.run_folder import COMPLETE_MARKER
 
 SCRIPT = Path(__file__).with_name("kill_train.py")
 ROOT = Path(__file__).resolve().parents[1]

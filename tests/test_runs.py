@@ -4,7 +4,7 @@ import json
 from types import SimpleNamespace
 
 from seed_hf.cli.runs import resolve_checkpoint
-from seed_hf.runs import COMPLETE_MARKER, remove_incomplete_checkpoints
+from seed_hf.training.run_folder import COMPLETE_MARKER, remove_incomplete_checkpoints
 
 
 def _checkpoint(output_dir, step: int, finished: bool = True, marked: bool = False):
@@ -53,7 +53,7 @@ def test_a_checkpoint_written_again_loses_its_old_marker_before_the_save(tmp_pat
     existing, marked checkpoint-N: a kill half-way through that save must not leave it marked."""
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from seed_hf.callbacks import CheckpointCompletionCallback
+    from seed_hf.training.callbacks import CheckpointCompletionCallback
 
     old = _checkpoint(tmp_path, 2, marked=True)
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)

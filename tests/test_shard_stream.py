@@ -136,7 +136,7 @@ def test_the_trainer_epoch_ends_with_the_stream_epoch(shards):
 
     from transformers import TrainerControl, TrainerState
 
-    from seed_hf.callbacks import StreamPositionCallback
+    from seed_hf.training.callbacks import StreamPositionCallback
 
     stream = ShardStream(shards, identify, shuffle_buffer_size=5, seed=0).configure(4, 1, 0, 0, 2)
     per_epoch = stream.batches_per_epoch(0) // 2  # optimizer steps

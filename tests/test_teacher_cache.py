@@ -1,4 +1,4 @@
-"""The teacher cache (seed_hf.teacher_cache): written from the teacher's embeddings of the seeded
+"""The teacher cache (seed_hf.teachers.cache): written from the teacher's embeddings of the seeded
 views, refused when a run's recipe differs, resumed after SIGKILL, replayed beyond its epochs, and a
 run trained from an fp32 cache equal to the online run."""
 
@@ -12,15 +12,14 @@ import pytest
 import torch
 from helpers import tiny_teacher, write_jpeg_shards
 
-from seed_hf.configuration_seed import default_normalization
 from seed_hf.data.sources import TrainData, TrainSource, build_train_dataset
-from seed_hf.teacher_cache import CachedTeacherDataset, TeacherCache, cache_recipe
-from seed_hf.teacher_cache_writer import write_teacher_cache
+from seed_hf.models.configuration_seed import default_normalization
+from seed_hf.teachers.cache import CachedTeacherDataset, TeacherCache, cache_recipe
+from seed_hf.teachers.cache_writer import write_teacher_cache
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-import run_seed  # noqa: E402
-import run_teacher_cache  # noqa: E402
+sys.path.insert(0, str(ROOT / "tools"))
+from seed_hf.scripts import run_seed, run_teacher_cache  # noqa: E402
 
 ROWS = 24  # 2 parquet shards of 12 RGB JPEGs
 
@@ -167,7 +166,7 @@ def test_fp32_cache_trains_exactly_as_the_online_teacher(files, tmp_path, monkey
     assert (
         info["teacher"] == online_info["teacher"] and info["teacher_pass"] == "cached: 2 epochs, replayed ×1"
     )
-    from seed_hf.cards import run_summary
+    from seed_hf.export.cards import run_summary
 
     assert run_summary(cached)["teacher_pass"] == info["teacher_pass"]  # what the card's table shows
     # another seed, image size or teacher: refused before training, the difference named
@@ -191,7 +190,7 @@ def test_fp32_cache_trains_exactly_as_the_online_teacher(files, tmp_path, monkey
 KILLED_WRITER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-import seed_hf.teacher_cache_writer as writer
+import seed_hf.teachers.cache_writer as writer
 from helpers import tiny_teacher
 from seed_hf.data.sources import TrainData, TrainSource
 

@@ -4,7 +4,7 @@ from helpers import IMAGE_SIZE, tiny_moco
 from safetensors.torch import save_file
 
 from seed_hf import load_teacher
-from seed_hf.backbones import ProjectionHead, create_backbone, pooled_features
+from seed_hf.models.backbones import ProjectionHead, create_backbone, pooled_features
 
 
 def _moco_v2_checkpoint(path, arch="test_resnet"):
@@ -69,7 +69,7 @@ def test_missing_teacher_file_and_unknown_name(tmp_path):
 
 @pytest.mark.parametrize("arch", ["test_resnet", "test_efficientnet", "test_vit"])
 def test_optimized_teacher_gives_the_same_embeddings(arch):
-    from seed_hf.teachers import FrozenTeacher
+    from seed_hf.teachers.loading import FrozenTeacher
 
     torch.manual_seed(0)
     backbone = create_backbone(arch)
@@ -116,7 +116,7 @@ def _layout_checkpoint(path, layout):
 
 @pytest.mark.parametrize("layout", ["swav", "simclr", "seed"])
 def test_published_ssl_checkpoint_layouts(tmp_path, layout):
-    from seed_hf.convert_checkpoints import detect_checkpoint_layout, load_state_dict_file
+    from seed_hf.teachers.checkpoint_layouts import detect_checkpoint_layout, load_state_dict_file
 
     backbone, head = _layout_checkpoint(tmp_path / "ckpt.pth", layout)
     assert detect_checkpoint_layout(load_state_dict_file(tmp_path / "ckpt.pth")) == layout
@@ -230,7 +230,7 @@ def test_prefixed_timm_state_dict_keeps_no_classifier_head(tmp_path):
     SimCLR projection head; a real SimCLR head under ``encoder.fc`` has a hidden layer."""
     import timm
 
-    from seed_hf.convert_checkpoints import detect_checkpoint_layout
+    from seed_hf.teachers.checkpoint_layouts import detect_checkpoint_layout
 
     torch.manual_seed(0)
     classifier = timm.create_model("test_resnet", num_classes=1000).eval()
@@ -405,8 +405,8 @@ def test_run_seed_passes_the_teacher_normalisation_flags(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    import run_seed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from seed_hf.scripts import run_seed
 
     seen = {}
 

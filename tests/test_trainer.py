@@ -254,7 +254,7 @@ def test_teacher_precision_and_compiled_teacher(tmp_path):
     """teacher_dtype=bfloat16 runs the teacher in bf16 under an fp32 student (close, not equal);
     "auto" is bf16 on CPUs with native bf16, fp32 on others; compile_teacher gives the eager
     teacher's embeddings."""
-    from seed_hf.precision import cpu_has_native_bf16
+    from seed_hf.training.precision import cpu_has_native_bf16
 
     x = TensorImages(8).images
     eager = _seed_trainer(tmp_path, teacher_dtype="float32").teacher_embeddings(x)
@@ -387,7 +387,7 @@ def test_gradients_are_not_clipped_by_default_as_in_the_official_code(tmp_path):
 def test_a_student_whose_channels_last_backward_crashes_trains_in_nchw(tmp_path):
     """torch's CPU backward of a strided 1x1 conv with few input channels kills the process under
     channels_last (repvgg, mobileone, fastvit stems): such a student is never probed or trained so."""
-    from seed_hf.fast_path import channels_last_backward_hazards
+    from seed_hf.training.step_choice import channels_last_backward_hazards
 
     model = tiny_student(student_architecture="repvgg_a0", image_size=32)
     assert channels_last_backward_hazards(model, torch.device("cpu"))

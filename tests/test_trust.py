@@ -19,17 +19,19 @@ from conftest import requires_fashion_mnist
 from helpers import tiny_student
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-import run_eval  # noqa: E402
-import run_export  # noqa: E402
 import run_fmnist_teacher  # noqa: E402
-import run_moco  # noqa: E402
-import run_seed  # noqa: E402
 
-from seed_hf.evaluation import load_labelled_splits  # noqa: E402
-from seed_hf.hub import export_student  # noqa: E402
-from seed_hf.teachers import weights_fingerprint  # noqa: E402
+from seed_hf.evaluation.evaluate import load_labelled_splits  # noqa: E402
+from seed_hf.export.hub import export_student  # noqa: E402
+from seed_hf.scripts import (
+    run_eval,  # noqa: E402
+    run_export,  # noqa: E402
+    run_moco,  # noqa: E402
+    run_seed,  # noqa: E402
+)
+from seed_hf.teachers.loading import weights_fingerprint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--per_device_train_batch_size", "16", "--max_steps", "3", "--use_cpu", "--report_to", "none"]
@@ -56,7 +58,7 @@ def class_sorted_folders(root: Path, per_class: dict[str, int], classes=(0, 1, 2
 
 
 def test_balanced_subset_draws_every_class_and_is_seeded():
-    from seed_hf.evaluation import balanced_subset
+    from seed_hf.evaluation.evaluate import balanced_subset
 
     labels = np.repeat(np.arange(4), [50, 50, 5, 100])  # sorted by class, one small class
     keep = balanced_subset(labels, 100, seed=0)
@@ -105,7 +107,7 @@ def test_training_subset_of_an_imagefolder_is_balanced(tmp_path):
 
 
 def test_card_rows_are_bound_to_the_exported_weights(tmp_path, caplog):
-    from seed_hf.cards import results_for
+    from seed_hf.export.cards import results_for
 
     run_dir = tmp_path / "run"
     tiny_student().save_pretrained(run_dir)
@@ -136,7 +138,7 @@ def test_export_is_atomic_world_readable_and_replaced_by_a_rerun(tmp_path):
         f"""
         import os, signal, sys
         sys.path.insert(0, {str(REPO / "tests")!r})
-        import seed_hf.hub as hub
+        import seed_hf.export.hub as hub
         real = hub.render_model_card
         def killed(*args, **kwargs):  # the weights and config are written: die before the card
             os.kill(os.getpid(), signal.SIGKILL)
@@ -198,11 +200,11 @@ def test_every_training_script_enqueues_each_key_once(tmp_path, script):
 
 @requires_fashion_mnist
 def test_a_second_run_into_a_locked_folder_is_refused_and_a_dead_owner_is_taken_over(tmp_path):
-    from seed_hf.runs import lock_run_folder, run_lock_files
+    from seed_hf.training.run_folder import lock_run_folder, run_lock_files
 
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from seed_hf.runs import lock_run_folder; lock_run_folder({str(out)!r}); "
+        [sys.executable, "-c", f"from seed_hf.training.run_folder import lock_run_folder; lock_run_folder({str(out)!r}); "
          "print('locked', flush=True); import time; time.sleep(120)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -329,7 +331,7 @@ def test_a_fingerprint_the_caller_computed_is_recorded_without_hashing_the_weigh
     takes that value instead of reading a multi-GB checkpoint a second time."""
     from test_teachers import _moco_v2_checkpoint
 
-    import seed_hf.teachers
+    import seed_hf.teachers.loading
     from seed_hf import load_teacher
 
     _moco_v2_checkpoint(tmp_path / "moco.pth")
@@ -338,7 +340,7 @@ def test_a_fingerprint_the_caller_computed_is_recorded_without_hashing_the_weigh
     def no_second_hash(*args, **kwargs):
         raise AssertionError("the weights were hashed again")
 
-    monkeypatch.setattr(seed_hf.teachers, "weights_fingerprint", no_second_hash)
+    monkeypatch.setattr(seed_hf.teachers.loading, "weights_fingerprint", no_second_hash)
     assert load_teacher("test_resnet", tmp_path / "moco.pth", sha256=computed).record.sha256 == computed
 
 
@@ -346,7 +348,7 @@ def test_teacher_resolution_is_recorded_warned_about_and_resized_for(tmp_path, c
     from helpers import TensorImages, tiny_moco
 
     from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch, load_teacher
-    from seed_hf.modeling_moco import save_query_encoder
+    from seed_hf.models.modeling_moco import save_query_encoder
 
     save_query_encoder(tiny_moco(image_size=64), tmp_path / "teacher")
     (tmp_path / "teacher" / "README.md").write_text("---\nlicense: mit\n---\n# a teacher\n")
@@ -439,7 +441,7 @@ def test_evaluation_converts_16_bit_images_as_training_does():
     from PIL import Image
 
     from seed_hf.data.decode import convert_image
-    from seed_hf.evaluation import eval_transform
+    from seed_hf.evaluation.evaluate import eval_transform
 
     ramp = np.linspace(0, 4000, 32 * 32).reshape(32, 32).astype(np.uint16)  # a 12-bit sensor's range
     image = Image.fromarray(ramp)
@@ -478,7 +480,7 @@ def _png_bytes(value: int, size: int = 16) -> bytes:
 
 def test_evaluation_leaves_out_and_names_a_corrupt_image_of_an_imagefolder(tmp_path, caplog):
     """Training skips and counts a corrupt file; evaluation and the kNN monitor did crash on it."""
-    from seed_hf.evaluation import LabelledImages, extract_features, load_labelled_splits
+    from seed_hf.evaluation.evaluate import LabelledImages, extract_features, load_labelled_splits
 
     for split in ("train", "val"):
         for label, value in (("a", 10), ("b", 240)):
@@ -501,7 +503,7 @@ def test_evaluation_reads_parquet_image_structs_without_feature_metadata(tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from seed_hf.evaluation import (
+    from seed_hf.evaluation.evaluate import (
         LabelledImages,
         eval_data_config,
         eval_transform,
@@ -645,7 +647,7 @@ def test_overwrite_with_a_bad_argument_deletes_nothing_and_removes_a_groups_stud
 
 
 def test_evaluation_of_a_batch_of_only_corrupt_images_goes_on(tmp_path):
-    from seed_hf.evaluation import LabelledImages, extract_features
+    from seed_hf.evaluation.evaluate import LabelledImages, extract_features
 
     images = [{"bytes": b"not an image", "path": None}] * 2 + [{"bytes": _png_bytes(9), "path": None}] * 2
     features, labels = extract_features(None, LabelledImages(images, [0, 0, 1, 1]), batch_size=2)
@@ -656,7 +658,7 @@ def test_evaluation_of_a_batch_of_only_corrupt_images_goes_on(tmp_path):
 
 @requires_fashion_mnist
 def test_the_card_says_the_student_saw_a_subset_and_how_it_was_drawn(tmp_path):
-    from seed_hf.cards import run_summary
+    from seed_hf.export.cards import run_summary
 
     out = tmp_path / "run"
     run_seed.main([*SEED_RUN, "--output_dir", str(out), *TRAIN, "--seed", "5"])

@@ -2,15 +2,15 @@
 set-up (:mod:`.script`), decisions on a run folder (:mod:`.runs`) and library errors shown as
 their flags (:mod:`.flags`). The library (everything outside ``seed_hf.cli``) never imports it."""
 
-from .arguments import (
+from seed_hf.cli.arguments import (
     DataTrainingArguments,
     OnnxArguments,
     SmallCropArguments,
     TeacherArguments,
     parse_script_args,
 )
-from .flags import flags_in_errors
-from .runs import (
+from seed_hf.cli.flags import flags_in_errors
+from seed_hf.cli.runs import (
     check_resumable,
     check_run_folder,
     check_same_teacher,
@@ -19,7 +19,7 @@ from .runs import (
     run_recipe,
     train_and_save,
 )
-from .script import (
+from seed_hf.cli.script import (
     build_device_input,
     build_knn_monitor,
     build_script_dataset,
@@ -27,7 +27,7 @@ from .script import (
     onnx_export_options,
     setup_logging,
 )
-from .teacher_cache import cached_training_dataset, open_teacher_cache, replayed_epochs
+from seed_hf.cli.teacher_cache import cached_training_dataset, open_teacher_cache, replayed_epochs
 
 __all__ = [
     "DataTrainingArguments",

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ..fast_path import STEP_PATH_FILE
-from ..runs import (
+from seed_hf.training.run_folder import (
     RUN_INFO_FILE,
     STUDENTS_DIR,
     TRAINER_STATE_NAME,
@@ -24,6 +23,7 @@ from ..runs import (
     last_complete_checkpoint,
     remove_incomplete_checkpoints,
 )
+from seed_hf.training.step_choice import STEP_PATH_FILE
 
 __all__ = [
     "RUN_FIELDS",

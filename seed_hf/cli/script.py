@@ -11,13 +11,19 @@ from typing import Any
 
 import transformers
 
-from ..data.decode import collate_batch
-from ..data.gpu_input import build_device_transform, collate_encoded_batch
-from ..data.sources import TrainData, build_train_dataset
-from ..evaluation import KnnMonitor, LabelledImages, eval_data_config, eval_transform, load_labelled_splits
-from ..runs import RunFolderInUseError
-from .arguments import DataTrainingArguments, OnnxArguments
-from .flags import flags_in_errors
+from seed_hf.cli.arguments import DataTrainingArguments, OnnxArguments
+from seed_hf.cli.flags import flags_in_errors
+from seed_hf.data.decode import collate_batch
+from seed_hf.data.gpu_input import build_device_transform, collate_encoded_batch
+from seed_hf.data.sources import TrainData, build_train_dataset
+from seed_hf.evaluation.evaluate import (
+    KnnMonitor,
+    LabelledImages,
+    eval_data_config,
+    eval_transform,
+    load_labelled_splits,
+)
+from seed_hf.training.run_folder import RunFolderInUseError
 
 __all__ = [
     "LABELLED_DATA_FLAGS",
@@ -107,7 +113,7 @@ def _labelled(args, prefix: str):
 
 def build_knn_monitor(data_args: DataTrainingArguments, mean, std, image_size: int) -> KnnMonitor | None:
     """The online kNN monitor datasets (labelled train / evaluation images with the evaluation
-    preprocessing of ``seed_hf.evaluation``), or None when disabled."""
+    preprocessing of ``seed_hf.evaluation.evaluate``), or None when disabled."""
     if not data_args.knn_monitor_samples:
         given = [
             f"--{name}"
@@ -179,7 +185,7 @@ def onnx_export_options(args: OnnxArguments, training_dataset: str | None = None
     as its ``dataset``) is the default ``fashion_mnist``; with neither, it is refused here."""
     if not (args.onnx or args.onnx_int8):
         return None
-    from ..onnx_export import require_onnx
+    from seed_hf.export.onnx_export import require_onnx
 
     require_onnx("--onnx_int8" if args.onnx_int8 and not args.onnx else "--onnx")
     if not args.onnx_rtol > 0:
@@ -200,7 +206,7 @@ def onnx_export_options(args: OnnxArguments, training_dataset: str | None = None
         with flags_in_errors(OnnxArguments, aliases=LABELLED_DATA_FLAGS["onnx"]):
             data = _labelled(args, "onnx")
         options["eval_data"] = data.subsample(args.onnx_max_train_samples, args.onnx_max_eval_samples)
-        from ..onnx_export import VERIFY_SINGLES
+        from seed_hf.export.onnx_export import VERIFY_SINGLES
 
         num_eval = len(options["eval_data"].eval_labels)
         if num_eval < VERIFY_SINGLES:  # now, not after training: the graphs are verified on these images
@@ -255,7 +261,7 @@ def _is_refusal(error: BaseException) -> bool:
 
 def run_script(main: Callable[[], Any], cleanup: Callable[[], None] | None = None) -> None:
     """Runs an example script's ``main`` for the command line, then ``cleanup`` (e.g.
-    :func:`~seed_hf.distributed.shutdown_distributed`, which every script that trains calls last).
+    :func:`~seed_hf.training.distributed.shutdown_distributed`, which every script that trains calls last).
 
     A refusal (a bad flag, a run folder of another recipe or in use by another run, a missing image
     column: a ``ValueError`` or ``FileNotFoundError`` raised by seed_hf or the script, or by

@@ -1,4 +1,4 @@
-"""The example scripts' side of a teacher cache (:mod:`seed_hf.teacher_cache`): what
+"""The example scripts' side of a teacher cache (:mod:`seed_hf.teachers.cache`): what
 ``run_seed.py --teacher_cache`` refuses (naming its flags), the dataset that serves the cached
 embeddings, and how many times the run replays the cached epochs."""
 
@@ -8,7 +8,7 @@ import logging
 import math
 from typing import Any
 
-from ..teacher_cache import CachedTeacherDataset, TeacherCache, cache_recipe
+from seed_hf.teachers.cache import CachedTeacherDataset, TeacherCache, cache_recipe
 
 __all__ = ["cached_training_dataset", "open_teacher_cache", "replayed_epochs"]
 
@@ -30,7 +30,7 @@ def open_teacher_cache(folder: str, teacher_args, data, local_loss_weight: float
         raise ValueError(f"--teacher_cache does not work with {'; '.join(refusals)}: drop them or the cache.")
     cache = TeacherCache(folder)
     if teacher_args.teacher_name_or_path:  # optional: checked against the cache's teacher, never loaded
-        from ..teachers import weights_fingerprint
+        from seed_hf.teachers.loading import weights_fingerprint
 
         held = cache.manifest.get("teacher_arguments", {})
         asked = teacher_args.recorded()

@@ -5,11 +5,16 @@ table for both paths), per image (:mod:`.transforms`, OpenCV kernels in :mod:`.o
 Fashion-MNIST (:mod:`.fashion_mnist`). Nothing here knows the example scripts' arguments: a
 source is a :class:`TrainSource`, its views a :class:`TrainData`."""
 
-from .decode import SKIPPED_KEY, collate_batch
-from .fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
-from .rows import ArrayImageDataset, ImageColumnTransform, SeededRowDataset
-from .sources import TrainData, TrainSource, build_train_dataset
-from .transforms import MultiViewTransform, build_ssl_transform
+from seed_hf.data.decode import SKIPPED_KEY, collate_batch
+from seed_hf.data.fashion_mnist import (
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    load_fashion_mnist,
+)
+from seed_hf.data.rows import ArrayImageDataset, ImageColumnTransform, SeededRowDataset
+from seed_hf.data.sources import TrainData, TrainSource, build_train_dataset
+from seed_hf.data.transforms import MultiViewTransform, build_ssl_transform
 
 __all__ = [
     "FASHION_MNIST_DIR",

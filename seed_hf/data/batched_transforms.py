@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from .augmentation import PRESETS, AugmentationSpec, blur_kernel_size
+from seed_hf.data.augmentation import PRESETS, AugmentationSpec, blur_kernel_size
 
 __all__ = ["BatchedSSLTransform", "random_resized_crop_boxes", "batched_color_jitter", "BATCHED_PRESETS"]
 

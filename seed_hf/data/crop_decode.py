@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import opencv_kernels
-from .opencv_kernels import cv2
+from seed_hf.data import opencv_kernels
+from seed_hf.data.opencv_kernels import cv2
 
 __all__ = [
     "EncodedJpeg",

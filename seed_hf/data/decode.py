@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import opencv_kernels
+from seed_hf.data import opencv_kernels
 
 __all__ = [
     "DECODE_STATS",

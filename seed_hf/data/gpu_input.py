@@ -56,10 +56,10 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .augmentation import VIEW_KEYS
-from .batched_transforms import BatchedSSLTransform
-from .crop_decode import EncodedJpeg, UndecodableImage
-from .decode import SKIPPED_KEY, DecodeStats, collate_batch, decode_image
+from seed_hf.data.augmentation import VIEW_KEYS
+from seed_hf.data.batched_transforms import BatchedSSLTransform
+from seed_hf.data.crop_decode import EncodedJpeg, UndecodableImage
+from seed_hf.data.decode import SKIPPED_KEY, DecodeStats, collate_batch, decode_image
 
 __all__ = [
     "ENCODED_KEY",

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from . import crop_decode
-from .decode import DECODE_STATS, SKIPPED_KEY, decode_image
+from seed_hf.data import crop_decode
+from seed_hf.data.decode import DECODE_STATS, SKIPPED_KEY, decode_image
 
 __all__ = [
     "INDEX_COLUMN",

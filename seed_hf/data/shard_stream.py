@@ -44,7 +44,7 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .rows import INDEX_COLUMN, seeded_row_example
+from seed_hf.data.rows import INDEX_COLUMN, seeded_row_example
 
 __all__ = [
     "ShardStream",

@@ -27,12 +27,17 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..subsets import balanced_subset
-from .decode import DecodeStats, decode_image
-from .fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
-from .rows import ArrayImageDataset, ImageColumnTransform, SeededRowDataset, detect_image_column
-from .shard_stream import warn_on_uneven_shards
-from .transforms import AUGMENTATION_BACKENDS, AUGMENTATION_PRESETS, MultiViewTransform, build_ssl_transform
+from seed_hf.data.decode import DecodeStats, decode_image
+from seed_hf.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from seed_hf.data.rows import ArrayImageDataset, ImageColumnTransform, SeededRowDataset, detect_image_column
+from seed_hf.data.shard_stream import warn_on_uneven_shards
+from seed_hf.data.transforms import (
+    AUGMENTATION_BACKENDS,
+    AUGMENTATION_PRESETS,
+    MultiViewTransform,
+    build_ssl_transform,
+)
+from seed_hf.evaluation.subsets import balanced_subset
 
 __all__ = [
     "DATA_DEVICES",
@@ -229,7 +234,7 @@ def build_train_dataset(
     source = data.source
     to_array = data.augmentation_backend == "opencv"  # the opencv backend takes decoded ndarrays
     if data.data_device != "cpu":  # GPU input path: rows stay JPEG bytes (gpu_input.build_device_transform)
-        from .gpu_input import EncodedImageTransform
+        from seed_hf.data.gpu_input import EncodedImageTransform
 
         transform, to_array = EncodedImageTransform(in_chans), True
     else:
@@ -379,7 +384,7 @@ def expand_files(patterns: Sequence[str]) -> list[str]:
 def _shard_stream(
     source: TrainSource, shards, transform, in_chans: int, to_array: bool, seed: int
 ) -> Dataset:
-    from .shard_stream import ShardIndex, ShardStream
+    from seed_hf.data.shard_stream import ShardIndex, ShardStream
 
     index = ShardIndex(shards[0])
     first = index.read_rows(range(min(16, len(index))))

@@ -23,8 +23,8 @@ from PIL import Image, ImageFilter
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
-from . import crop_decode, opencv_kernels
-from .augmentation import PRESETS, VIEW_KEYS, blur_kernel_size
+from seed_hf.data import crop_decode, opencv_kernels
+from seed_hf.data.augmentation import PRESETS, VIEW_KEYS, blur_kernel_size
 
 __all__ = [
     "AUGMENTATION_PRESETS",
