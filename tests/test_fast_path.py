@@ -8,7 +8,8 @@ import torch
 from helpers import TensorImages, tiny_student, tiny_teacher
 from transformers import HfArgumentParser
 
-from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch, fast_path
+from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch
+from seed_hf.training import step_choice as fast_path
 from seed_hf.training import trainer as trainer_module
 from seed_hf.training.step_choice import (
     MARGIN,
