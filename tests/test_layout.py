@@ -117,7 +117,7 @@ def test_no_import_cycle_in_seed_hf():
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
-CLI_LAYER = ("seed_hf.cli", "seed_hf.scripts")
+CLI_LAYER = ("seed_hf.cli", "seed_hf.scripts", "seed_hf.__main__")
 
 
 def _in_cli_layer(module: str) -> bool:

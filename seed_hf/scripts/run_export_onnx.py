@@ -75,7 +75,14 @@ def main(argv: list[str] | None = None) -> dict:
     return record
 
 
-if __name__ == "__main__":
+
+def cli(argv: list[str] | None = None) -> None:
+    """The command line (``seed-hf``, ``python -m``, ``examples/run_export_onnx.py``): a refusal prints its message
+    alone and exits with status 1."""
     from seed_hf.cli.script import run_script
 
-    run_script(main)  # a refusal: its message alone, exit status 1
+    run_script(lambda: main(argv))
+
+
+if __name__ == "__main__":
+    cli()

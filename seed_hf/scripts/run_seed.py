@@ -303,7 +303,14 @@ def distil(
     return metrics
 
 
-if __name__ == "__main__":
+
+def cli(argv: list[str] | None = None) -> None:
+    """The command line (``seed-hf``, ``python -m``, ``examples/run_seed.py``): a refusal prints its message
+    alone and exits with status 1."""
     from seed_hf.cli.script import run_script
 
-    run_script(main, cleanup=shutdown_distributed)  # a refusal: its message alone, exit status 1
+    run_script(lambda: main(argv), cleanup=shutdown_distributed)
+
+
+if __name__ == "__main__":
+    cli()

@@ -110,7 +110,14 @@ def write(
     return manifest
 
 
-if __name__ == "__main__":
+
+def cli(argv: list[str] | None = None) -> None:
+    """The command line (``seed-hf``, ``python -m``, ``examples/run_teacher_cache.py``): a refusal prints its message
+    alone and exits with status 1."""
     from seed_hf.cli.script import run_script
 
-    run_script(main, cleanup=shutdown_distributed)
+    run_script(lambda: main(argv), cleanup=shutdown_distributed)
+
+
+if __name__ == "__main__":
+    cli()
