@@ -21,7 +21,7 @@ from helpers import KillAtStep, tiny_student, tiny_teacher  # noqa: E402
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E402
 from seed_hf.cli.arguments import DataTrainingArguments  # noqa: E402
 from seed_hf.cli.runs import resolve_checkpoint  # noqa: E402
-from seed_hf.data.sources import build_train_dataset  # noqa: E402
+from seed_hf.data.train_dataset import build_train_dataset  # noqa: E402
 from seed_hf.training.distributed import shutdown_distributed  # noqa: E402
 
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E402
 from seed_hf.cli.arguments import DataTrainingArguments, parse_script_args  # noqa: E402
 from seed_hf.cli.flags import flags_in_errors  # noqa: E402
-from seed_hf.data.sources import build_train_dataset  # noqa: E402
+from seed_hf.data.train_dataset import build_train_dataset  # noqa: E402
 from seed_hf.scripts import run_moco, run_seed  # noqa: E402
 from seed_hf.training.run_folder import COMPLETE_MARKER  # noqa: E402
 

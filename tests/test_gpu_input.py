@@ -30,7 +30,7 @@ from seed_hf.data.gpu_input import (
     decode_images,
 )
 from seed_hf.data.rows import ImageColumnTransform
-from seed_hf.data.sources import build_train_dataset
+from seed_hf.data.train_dataset import build_train_dataset
 from seed_hf.data.transforms import RandomGaussianBlur, build_ssl_transform
 
 pytestmark = pytest.mark.skipif(opencv_kernels.cv2 is None, reason="OpenCV not installed (the CPU reference)")

@@ -109,7 +109,7 @@ def test_tar_members_without_a_key_and_extension_are_not_samples(tmp_path):
     import io
     import tarfile
 
-    from seed_hf.data.shard_stream import ShardIndex
+    from seed_hf.data.shard_index import ShardIndex
 
     path = tmp_path / "train-00000.tar"
     with tarfile.open(path, "w") as tar:

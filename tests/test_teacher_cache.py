@@ -12,7 +12,8 @@ import pytest
 import torch
 from helpers import tiny_teacher, write_jpeg_shards
 
-from seed_hf.data.sources import TrainData, TrainSource, build_train_dataset
+from seed_hf.data.sources import TrainData, TrainSource
+from seed_hf.data.train_dataset import build_train_dataset
 from seed_hf.models.configuration_seed import default_normalization
 from seed_hf.teachers.cache import CachedTeacherDataset, TeacherCache, cache_recipe
 from seed_hf.teachers.cache_writer import write_teacher_cache

@@ -99,7 +99,7 @@ def test_knn_monitor_subset_holds_every_class(tmp_path):
 def test_training_subset_of_an_imagefolder_is_balanced(tmp_path):
     import datasets
 
-    from seed_hf.data.sources import training_subset
+    from seed_hf.data.train_dataset import training_subset
 
     dataset = datasets.Dataset.from_dict({"label": [0] * 30 + [1] * 30 + [2] * 30})
     rows = training_subset(dataset, 30, seed=3)

@@ -15,7 +15,8 @@ from seed_hf.cli.arguments import DataTrainingArguments, OnnxArguments
 from seed_hf.cli.flags import flags_in_errors
 from seed_hf.data.decode import collate_batch
 from seed_hf.data.gpu_input import build_device_transform, collate_encoded_batch
-from seed_hf.data.sources import TrainData, build_train_dataset
+from seed_hf.data.sources import TrainData
+from seed_hf.data.train_dataset import build_train_dataset
 from seed_hf.evaluation.evaluate import (
     KnnMonitor,
     LabelledImages,

@@ -332,7 +332,7 @@ def build_device_transform(
     seed: int | None = None,
 ) -> DeviceInputTransform:
     """The trainer's ``device_transform`` for a GPU input path: decodes the encoded JPEGs of
-    ``sources.build_train_dataset``'s rows (``data_device="cuda"``) on ``device`` and augments them
+    ``train_dataset.build_train_dataset``'s rows (``data_device="cuda"``) on ``device`` and augments them
     there with the batched twin of the CPU preset ``augmentation`` (same views, crop sizes and
     normalisation, the model ``config``'s). Pair it with :func:`collate_encoded_batch`."""
     mean, std = config.image_mean, config.image_std

@@ -554,7 +554,7 @@ def load_labelled_splits(
         name, eval_split = dataset_name, validation_split
     for split_name, split in (("train", train), ("evaluation", evaluation)):
         if image_column not in split.column_names:
-            from seed_hf.data.sources import image_like_columns
+            from seed_hf.data.loading import image_like_columns
 
             candidates = image_like_columns(split.column_names, split.features)
             if not candidates:

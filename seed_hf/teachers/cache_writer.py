@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from seed_hf.data.sources import TrainData, build_train_dataset
+from seed_hf.data.sources import TrainData
+from seed_hf.data.train_dataset import build_train_dataset
 from seed_hf.models.configuration_seed import default_normalization
 from seed_hf.teachers.cache import (
     CACHE_DTYPES,
