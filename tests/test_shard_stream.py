@@ -151,3 +151,74 @@ def test_the_trainer_epoch_ends_with_the_stream_epoch(shards):
             callback.on_step_end(args, state, control)
             stops.append(control.should_epoch_stop)
         assert stops == [False] * (per_epoch - resumed_at - 1) + [True], resumed_at
+
+
+def _write_tar(path, samples):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in samples:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_tar_members_decode_as_the_datasets_webdataset_loader_decodes_them(tmp_path):
+    """A stream's row and ``load_dataset("webdataset", ...)``'s row of the same sample hold the same
+    values (``.json`` a dict, ``.cls`` an int, ``.txt`` a str, the last extension deciding, gzip
+    members decompressed first), and the image member the same encoded bytes."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    from datasets import Image, load_dataset
+    from helpers import write_jpeg_shards
+
+    from seed_hf.data.shard_index import ShardIndex
+
+    jpegs = write_jpeg_shards(tmp_path / "jpegs", "wds", shards=1, rows=3)
+    images = [row["jpg"] for _, row in ShardIndex(jpegs[0]).iter_rows()]
+    path = str(tmp_path / "train-00000.tar")
+    _write_tar(
+        path,
+        [("__index.json", b"{}")]  # hidden (a name starting with __ or .): not a sample
+        + [
+            (name, data)
+            for i, image in enumerate(images)
+            for name, data in [
+                (f"{i:06d}.jpg", image),
+                (f"{i:06d}.cls", f"{i}\n".encode()),
+                (f"{i:06d}.json", json.dumps({"label": i, "caption": f"photo {i}"}).encode()),
+                (f"{i:06d}.txt", f"photo {i}".encode()),
+                (f"{i:06d}.seg.json", json.dumps({"boxes": i * 2}).encode()),
+                (f"{i:06d}.meta.json.gz", gzip.compress(json.dumps({"size": i + 10}).encode())),
+            ]
+        ],
+    )
+    ours = [row for _, row in ShardIndex(path).iter_rows()]
+    theirs = list(
+        load_dataset("webdataset", data_files={"train": [path]}, split="train", streaming=True).cast_column(
+            "jpg", Image(decode=False)
+        )
+    )
+    assert len(ours) == len(theirs) == 3
+    for mine, reference in zip(ours, theirs):
+        assert set(mine) == set(reference)
+        assert isinstance(mine["json"], dict) and isinstance(mine["cls"], int)
+        assert mine["jpg"] == reference["jpg"]["bytes"]  # images stay encoded: the same bytes
+        assert Path(mine["__url__"]).resolve() == Path(reference["__url__"]).resolve()
+        assert {k: v for k, v in mine.items() if k not in ("jpg", "__url__")} == {
+            k: v for k, v in reference.items() if k not in ("jpg", "__url__")
+        }
+
+
+def test_a_tar_member_that_does_not_decode_is_named(tmp_path):
+    """A ``.cls`` that is not an integer (which ``datasets``' loader also refuses) names its shard
+    and member instead of becoming a string."""
+    from seed_hf.data.shard_index import ShardIndex
+
+    path = tmp_path / "train-00000.tar"
+    _write_tar(path, [("000000.jpg", b"x"), ("000000.cls", b"cat")])
+    with pytest.raises(ValueError, match=r"train-00000\.tar: member '000000\.cls' does not decode"):
+        ShardIndex(str(path)).read_rows([0])

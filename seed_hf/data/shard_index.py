@@ -4,18 +4,24 @@ of chosen rows and sequential reads from any row, without reading what lies befo
 Shards are local paths or fsspec URLs (``hf://datasets/org/name/...``). Parquet rows are the
 table's columns (an ``image`` struct cell keeps ``bytes``/``path``). Webdataset samples are the
 tar members sharing a key (``000123.jpg`` + ``000123.cls`` → ``{"__key__", "__url__", "jpg",
-"cls"}``).
+"cls"}``), split, skipped and decoded as ``datasets``' webdataset loader does
+(:func:`decode_member`), so that a stream and ``load_dataset("webdataset", ...)`` give a sample
+the same values; image members stay their encoded bytes (the ``bytes`` of ``datasets``' ``Image``
+feature), decoded with the augmentation in the dataloader workers.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
+import io
+import posixpath
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Row", "ShardIndex", "count_rows", "is_tar"]
+__all__ = ["Row", "ShardIndex", "count_rows", "decode_member", "is_tar"]
 
 Row = dict[str, Any]
 
@@ -35,37 +41,62 @@ def is_tar(path: str) -> bool:
 @dataclass
 class _TarSample:
     key: str
-    members: dict[str, tuple[int, int]]  # extension -> (data offset, size)
+    # field (the member's name after the key: "jpg", "seg.json") -> (data offset, size)
+    members: dict[str, tuple[int, int]]
 
 
 def _tar_samples(path: str) -> list[_TarSample]:
-    """The samples of a webdataset tar, in file order, from its headers only (data is skipped)."""
+    """The samples of a webdataset tar, in file order, from its headers only (data is skipped).
+    Directories, hidden files (``.DS_Store``, ``__MACOSX``) and names without an extension
+    (``README``) are not part of a sample, as in ``datasets``' tar iterator and webdataset."""
+    from datasets.packaged_modules.webdataset.webdataset import base_plus_ext
+
     samples: list[_TarSample] = []
     with _open(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
         for member in tar:
-            if not member.isfile():
+            if not member.isreg() or posixpath.basename(member.name).startswith((".", "__")):
                 continue
-            name = member.name.rsplit("/", 1)[-1]
-            key, _, extension = name.partition(".")
-            if not key or not extension:  # README, .DS_Store: not part of a sample (as webdataset skips them)
+            key, field = base_plus_ext(member.name)
+            if key is None:
                 continue
-            prefix = member.name[: len(member.name) - len(name)]
-            key = prefix + key
             if not samples or samples[-1].key != key:
                 samples.append(_TarSample(key, {}))
-            samples[-1].members[extension] = (member.offset_data, member.size)
+            if field in samples[-1].members:
+                raise ValueError(f"Sample {key!r} of {path} has two {field!r} members.")
+            samples[-1].members[field] = (member.offset_data, member.size)
     return samples
 
 
-def _decode_tar_value(extension: str, data: bytes) -> Any:
-    if extension in ("cls", "cls2", "index", "idx", "id"):
-        try:
-            return int(data.decode().strip())
-        except ValueError:
-            return data.decode()
-    if extension in ("txt", "json"):
-        return data.decode()
-    return data
+@functools.cache
+def _webdataset_decoders() -> tuple[dict[str, Callable[[bytes], Any]], dict[str, Callable]]:
+    """``datasets``' webdataset decoders by extension, and its decompressors by ``.extension``."""
+    from datasets.filesystems import EXTENSION_TO_COMPRESSION_FS_FILE_CLS
+    from datasets.packaged_modules.webdataset.webdataset import WebDataset
+
+    return WebDataset.DECODERS, EXTENSION_TO_COMPRESSION_FS_FILE_CLS
+
+
+def decode_member(name: str, data: bytes) -> Any:
+    """The value of the tar member ``name`` (its data ``data``) as ``datasets``' webdataset loader
+    gives it: decompressed when its last extension is a compression's (``.gz``, ``.xz``, ...), then
+    decoded by the (then) last extension, case-insensitively: ``.json`` a dict or list, ``.cls`` /
+    ``.id`` / ``.index`` an int, ``.txt`` a str, ``.npy`` an array, ...; other members (images)
+    are returned as bytes. A member its decoder refuses (a ``.cls`` that is not an integer) raises
+    ``ValueError`` naming it, as ``load_dataset`` fails on it."""
+    decoders, decompressors = _webdataset_decoders()
+    extension = name.rsplit(".", 1)[-1].lower()
+    try:
+        if "." + extension in decompressors:
+            with decompressors["." + extension](io.BytesIO(data), mode="rb") as f:
+                data = f.read()
+            extension = posixpath.basename(name.rsplit(".", 1)[0]).split(".")[-1].lower()
+        decoder = decoders.get(extension)
+        return data if decoder is None else decoder(data)
+    except Exception as error:  # json, int, numpy, torch and the decompressors raise many types
+        raise ValueError(
+            f"member {name!r} does not decode as a .{extension} member, which datasets' webdataset loader "
+            f"also refuses ({type(error).__name__}: {error})."
+        ) from error
 
 
 class ShardIndex:
@@ -146,9 +177,12 @@ class ShardIndex:
     def _tar_row(self, f, row: int) -> Row:
         sample = self._samples[row]
         out: Row = {"__key__": sample.key, "__url__": self.path}
-        for extension, (offset, size) in sample.members.items():
+        for field, (offset, size) in sample.members.items():
             f.seek(offset)
-            out[extension] = _decode_tar_value(extension, f.read(size))
+            try:
+                out[field] = decode_member(f"{sample.key}.{field}", f.read(size))
+            except ValueError as error:
+                raise ValueError(f"{self.path}: {error}") from error
         return out
 
 
