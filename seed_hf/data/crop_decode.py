@@ -7,14 +7,13 @@ reduction (1/2, 1/4, 1/8: OpenCV's ``IMREAD_REDUCED_*``) at which the box still 
 the output size, the box is cropped at that scale and resized to the output. A large photo is
 then never fully decoded for a small view.
 
-When it pays: the reduction applies when the box is at least twice the output on both sides.
-At 224 px that needs boxes of 448 × 448 or more, so ImageNet's typical 500 × 375 photos are
-decoded at full scale (the gain there is the resize, below); photos of 1000 px and more, and
-the 96-px small crops, decode at 1/2 to 1/8 of the pixels (README, "ImageNet at scale").
+When it pays: the reduction applies when the box is at least twice the output on both sides,
+so large photos and small crops decode at a fraction of their pixels; smaller photos decode at
+full scale and gain from the resize below.
 
 The resize after the crop is :func:`reducing_resize` (integer area reduction, then bilinear),
-several times faster than OpenCV's area resize at the non-integer factors a random crop has,
-and within a fraction of a uint8 level of it. Pixels therefore differ slightly from the full
+which keeps to OpenCV's fast integer path where OpenCV's area resize at the non-integer factors
+a random crop has would not, and stays within a fraction of a uint8 level of it. Pixels therefore differ slightly from the full
 decode path (``tests/test_crop_decode.py`` measures and bounds the difference); the random
 parameters, and the RNG state after the transform, are identical.
 
@@ -154,7 +153,7 @@ def reducing_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     the far edges are dropped, under one output pixel), then one bilinear resize by the
     remaining factor below 2, where bilinear taps still reach every input pixel (Pillow's
     ``reducing_gap`` works the same way). OpenCV's area resize at a non-integer factor, which
-    ``opencv_kernels.resize`` uses, is ~5× slower."""
+    ``opencv_kernels.resize`` uses, leaves that fast path."""
     height, width = size
     fy, fx = max(1, array.shape[0] // height), max(1, array.shape[1] // width)  # per-axis integers
     if fy > 1 or fx > 1:

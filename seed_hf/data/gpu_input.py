@@ -1,10 +1,9 @@
 """GPU input path (``--data_device cuda``): JPEG bytes through the DataLoader, decode and
 augmentation batched on the training device.
 
-At ImageNet scale the CPU pipeline costs 2–4 ms of decode + ``moco_v2`` augmentation per photo
-and core (README, "ImageNet at scale"), while one H200 trains ResNet-18 ← ResNet-50 at ~6k
-img/s: 12–24 busy cores per GPU, or the data loader sets the pace. Here the dataloader workers
-only read bytes and parse JPEG headers; the training process
+At ImageNet scale the CPU pipeline (decode + ``moco_v2`` augmentation per photo) needs many busy
+cores per GPU, or the data loader sets the pace (``docs/performance.md`` has the figures). Here
+the dataloader workers only read bytes and parse JPEG headers; the training process
 
 1. decodes the whole batch with nvJPEG through ``torchvision.io.decode_jpeg(list, device=...)``
    (baseline JPEGs on the hardware JPEG engines of A100/H100/H200, the others by nvJPEG's

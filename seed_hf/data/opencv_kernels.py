@@ -4,9 +4,8 @@ The classes below are torchvision v2 transforms whose random parameters are draw
 torchvision itself (same RNG calls in the same order, so one seed gives the same crop boxes,
 jitter factors, op order and flips on every backend); only the pixel work on ndarrays runs on
 OpenCV's SIMD kernels instead of PIL's. PIL images and tensors still go to torchvision's
-kernels. Per core this makes the ``moco_v2`` augmentation several times faster than the
-PIL pipeline of the official MoCo/SEED code (``benchmarks/bench_data.py``): PIL's Gaussian
-blur and HSV hue shift alone cost more than the whole OpenCV pipeline.
+kernels, which are the faster per core (``benchmarks/bench_data.py`` compares the ``moco_v2``
+pipeline with the PIL one of the official MoCo/SEED code).
 
 Kernel semantics follow torchvision's: brightness ``clip(f·x)``, contrast
 ``clip(f·x + (1 − f)·mean(gray(x)))``, saturation ``clip(f·x + (1 − f)·gray(x))``, hue a cyclic

@@ -40,12 +40,12 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 @contextmanager
 def per_sample_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
     """Runs the block with torch's CPU RNG seeded by :func:`sample_seed`, restoring the global
-    stream afterwards: a sample's augmentation no longer depends on worker count, world size,
+    stream afterwards: a sample's augmentation does not depend on worker count, world size,
     prefetching or where a run was resumed."""
     with torch.random.fork_rng(devices=[]):
         # the CPU generator only, which is all fork_rng(devices=[]) restores and all the CPU augmentation
         # draws from: torch.manual_seed would also (lazily) reseed CUDA / XPU / MTIA, recording a traceback
-        # for each (~0.12 ms a sample, a third of the demo's data time) and leaking into their streams
+        # for each (a cost paid per sample) and leaking into their streams
         torch.default_generator.manual_seed(sample_seed(seed, epoch, index))
         yield
 

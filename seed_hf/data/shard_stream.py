@@ -2,7 +2,8 @@
 
 ``datasets``' streaming restarts a shuffled stream with an empty shuffle buffer, and the
 Trainer resumes an iterable dataset by reading (and decoding, augmenting) every batch it
-skips: at step 100k that is hours, and the resumed run differs from an uninterrupted one.
+skips, so a late resume costs as much as the steps before it, and the resumed run differs from
+an uninterrupted one.
 :class:`ShardStream` is deterministic instead: where it stands is a function of the number of
 batches a process has consumed, which every checkpoint already records (``global_step``).
 

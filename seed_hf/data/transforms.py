@@ -44,7 +44,7 @@ AUGMENTATION_BACKENDS = opencv_kernels.AUGMENTATION_BACKENDS
 
 class RandomGaussianBlur:
     """Gaussian blur with sigma ~ U(0.1, 2.0) as in MoCo-v2 / SimCLR: OpenCV on ndarrays, PIL's
-    ``ImageFilter`` on PIL images (several times faster than a tensor convolution on CPU),
+    ``ImageFilter`` on PIL images (cheaper on CPU than a tensor convolution),
     torchvision's on tensors."""
 
     def __init__(self, sigma: tuple[float, float] = (0.1, 2.0), kernel_size: int = 23):
