@@ -55,7 +55,8 @@ from seed_hf import (
     collate_batch,
 )
 from seed_hf.models.backbones import ProjectionHead, create_backbone, pooled_features, pooled_width
-from seed_hf.teachers.loading import FrozenTeacher, load_teacher
+from seed_hf.teachers.frozen import FrozenTeacher
+from seed_hf.teachers.loading import load_teacher
 from seed_hf.training.precision import resolve_teacher_dtype
 
 REPO = Path(__file__).resolve().parents[1]

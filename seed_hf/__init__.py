@@ -30,7 +30,9 @@ from seed_hf.models.modeling_seed import SeedForDistillation, SeedOutput, SeedPr
 from seed_hf.models.multi_student import SeedGroupOutput, SeedStudentGroup
 from seed_hf.teachers.cache import CachedTeacherDataset, TeacherCache
 from seed_hf.teachers.cache_writer import write_teacher_cache
-from seed_hf.teachers.loading import FrozenTeacher, load_teacher, weights_fingerprint
+from seed_hf.teachers.fingerprint import weights_fingerprint
+from seed_hf.teachers.frozen import FrozenTeacher
+from seed_hf.teachers.loading import load_teacher
 from seed_hf.training.arguments import SeedTrainingArguments
 from seed_hf.training.trainer import MocoTrainer, SeedTrainer
 

@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 
 from seed_hf import MocoConfig, MocoForPretraining, SeedConfig, SeedForDistillation
 from seed_hf.models.backbones import ProjectionHead, create_backbone, pooled_width
-from seed_hf.teachers.loading import FrozenTeacher
+from seed_hf.teachers.frozen import FrozenTeacher
 
 IMAGE_SIZE = 32
 

@@ -9,7 +9,7 @@ import torch
 from helpers import tiny_moco, tiny_student
 
 from seed_hf.export.hub import export_student, push_student_to_hub, upload_plan
-from seed_hf.teachers.loading import weights_fingerprint
+from seed_hf.teachers.fingerprint import weights_fingerprint
 
 LOADER = Path(__file__).with_name("load_exported.py")
 

@@ -23,7 +23,8 @@ from seed_hf.models.backbones import (
     resize_feature_map,
 )
 from seed_hf.models.losses import local_similarity_loss, seed_loss
-from seed_hf.teachers.loading import FrozenTeacher, TransformersVisionBackbone
+from seed_hf.teachers.frozen import FrozenTeacher
+from seed_hf.teachers.transformers_backbone import TransformersVisionBackbone
 
 SIZE = 64  # the test CNNs have stride 32: a 2×2 grid
 

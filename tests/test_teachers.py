@@ -69,7 +69,7 @@ def test_missing_teacher_file_and_unknown_name(tmp_path):
 
 @pytest.mark.parametrize("arch", ["test_resnet", "test_efficientnet", "test_vit"])
 def test_optimized_teacher_gives_the_same_embeddings(arch):
-    from seed_hf.teachers.loading import FrozenTeacher
+    from seed_hf.teachers.frozen import FrozenTeacher
 
     torch.manual_seed(0)
     backbone = create_backbone(arch)
@@ -469,3 +469,33 @@ def test_classification_checkpoint_distils_its_cls_token_not_a_random_pooler(tmp
     assert torch.allclose(teacher(x), torch.nn.functional.normalize(reference, dim=1), atol=1e-5)
     with pytest.raises(ValueError, match="no pooler weights"):
         load_teacher(str(tmp_path), embedding="pooler")
+
+
+def test_the_teachers_package_re_exports_each_public_name_from_its_defining_module():
+    import importlib
+
+    import seed_hf.teachers as teachers
+
+    for name in teachers.__all__:
+        module = importlib.import_module(f"seed_hf.teachers.{teachers._DEFINED_IN[name]}")
+        assert getattr(teachers, name) is getattr(module, name) and name in module.__all__
+    assert set(teachers.__all__) <= set(dir(teachers))
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        teachers.not_a_name  # noqa: B018
+
+
+@pytest.mark.parametrize("wrapper", ["", "module.", "_orig_mod.module."])
+def test_checkpoint_layouts_see_the_keys_without_ddp_and_compile_wrappers(wrapper):
+    """split_checkpoint cleans the keys as timm's checkpoint loading does (clean_state_dict)."""
+    from seed_hf.teachers.checkpoint_layouts import detect_checkpoint_layout, split_checkpoint
+
+    backbone = create_backbone("test_resnet")
+    head = ProjectionHead(backbone.num_features, 24, 16)
+    state = {f"{wrapper}encoder_q.{k}": v for k, v in backbone.state_dict().items()}
+    state.update({f"{wrapper}encoder_q.fc.{k}": v for k, v in head.state_dict().items()})
+    layout, backbone_state, head_state = split_checkpoint(state)
+    assert layout == detect_checkpoint_layout(state) == "moco"
+    assert (
+        backbone_state.keys() == backbone.state_dict().keys()
+        and head_state.keys() == head.state_dict().keys()
+    )

@@ -31,7 +31,7 @@ from seed_hf.scripts import (
     run_moco,  # noqa: E402
     run_seed,  # noqa: E402
 )
-from seed_hf.teachers.loading import weights_fingerprint  # noqa: E402
+from seed_hf.teachers.fingerprint import weights_fingerprint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--per_device_train_batch_size", "16", "--max_steps", "3", "--use_cpu", "--report_to", "none"]

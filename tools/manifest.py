@@ -26,7 +26,7 @@ from typing import Any
 
 from seed_hf.export.cards import render_model_card, results_for
 from seed_hf.export.hub import ExportRecord
-from seed_hf.teachers.loading import weights_fingerprint
+from seed_hf.teachers.fingerprint import weights_fingerprint
 
 __all__ = [
     "ONNX_REBUILD",

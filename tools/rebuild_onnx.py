@@ -42,7 +42,7 @@ from manifest import (
 from transformers import HfArgumentParser
 
 from seed_hf.scripts import run_export_onnx
-from seed_hf.teachers.loading import weights_fingerprint
+from seed_hf.teachers.fingerprint import weights_fingerprint
 
 
 @dataclass

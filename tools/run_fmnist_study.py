@@ -32,7 +32,7 @@ import torch
 from transformers import HfArgumentParser
 
 from seed_hf.scripts import run_eval, run_moco, run_seed  # the installed scripts, run as a user runs them
-from seed_hf.teachers.loading import weights_fingerprint
+from seed_hf.teachers.fingerprint import weights_fingerprint
 
 
 @dataclass

@@ -30,7 +30,7 @@ def open_teacher_cache(folder: str, teacher_args, data, local_loss_weight: float
         raise ValueError(f"--teacher_cache does not work with {'; '.join(refusals)}: drop them or the cache.")
     cache = TeacherCache(folder)
     if teacher_args.teacher_name_or_path:  # optional: checked against the cache's teacher, never loaded
-        from seed_hf.teachers.loading import weights_fingerprint
+        from seed_hf.teachers.fingerprint import weights_fingerprint
 
         held = cache.manifest.get("teacher_arguments", {})
         asked = teacher_args.recorded()

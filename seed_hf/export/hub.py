@@ -30,7 +30,7 @@ from seed_hf.export.cards import (
 from seed_hf.export.onnx_export import ONNX_FILES, export_onnx
 from seed_hf.models.backbones import pooled_width
 from seed_hf.models.modeling_seed import SeedForDistillation
-from seed_hf.teachers.loading import weights_fingerprint
+from seed_hf.teachers.fingerprint import weights_fingerprint
 
 __all__ = [
     "export_student",

@@ -502,7 +502,7 @@ def export_onnx(
 
     from seed_hf.evaluation.subsets import balanced_subset
     from seed_hf.models.backbones import fused_copy
-    from seed_hf.teachers.loading import weights_fingerprint
+    from seed_hf.teachers.fingerprint import weights_fingerprint
 
     if not rtol > 0:
         raise ValueError(f"rtol={rtol} must be > 0.")

@@ -36,7 +36,7 @@ from seed_hf.evaluation.evaluate import (
     load_encoder,
     load_labelled_splits,
 )
-from seed_hf.teachers.loading import weights_fingerprint
+from seed_hf.teachers.fingerprint import weights_fingerprint
 from seed_hf.training.run_folder import STUDENTS_DIR
 
 

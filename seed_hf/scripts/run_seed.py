@@ -50,7 +50,7 @@ from seed_hf.cli import (
     train_and_save,
 )
 from seed_hf.cli.script import ONNX_FLAGS, TEACHER_FLAGS, int8_refusals
-from seed_hf.teachers.loading import weights_fingerprint
+from seed_hf.teachers.fingerprint import weights_fingerprint
 from seed_hf.training.distributed import shutdown_distributed
 from seed_hf.training.run_folder import STUDENTS_DIR, lock_run_folder
 

@@ -28,7 +28,7 @@ from seed_hf.cli import (
 from seed_hf.cli.script import TEACHER_FLAGS
 from seed_hf.teachers.cache import CACHE_DTYPES
 from seed_hf.teachers.cache_writer import write_teacher_cache
-from seed_hf.teachers.loading import weights_fingerprint
+from seed_hf.teachers.fingerprint import weights_fingerprint
 from seed_hf.training.distributed import shutdown_distributed
 from seed_hf.training.run_folder import lock_run_folder
 

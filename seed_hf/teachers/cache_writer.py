@@ -36,7 +36,7 @@ from seed_hf.teachers.cache import (
     recipe_differences,
     shard_name,
 )
-from seed_hf.teachers.loading import FrozenTeacher
+from seed_hf.teachers.frozen import FrozenTeacher
 from seed_hf.training.precision import resolve_teacher_dtype
 
 __all__ = ["write_teacher_cache"]

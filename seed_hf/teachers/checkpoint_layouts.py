@@ -3,7 +3,9 @@
 One table, :data:`CHECKPOINT_LAYOUTS`, describes each published layout (MoCo v1/v2, official
 SEED, SwAV, SimCLR): the keys that identify it and how its keys map to timm names. Detection
 (:func:`detect_checkpoint_layout`) and conversion (:func:`split_checkpoint`) both read it, as
-timm's ``checkpoint_filter_fn``\\ s do for their architectures. torchvision ResNet names equal
+timm's ``checkpoint_filter_fn``\\ s do for their architectures. Both see the keys without the
+wrappers of the training code (DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``), removed by
+timm's ``clean_state_dict`` as timm's own checkpoint loading does. torchvision ResNet names equal
 timm's, so the encoders need no renaming beyond their prefixes.
 
 Files are read with ``timm.models.load_state_dict(weights_only=True)``: safetensors or torch
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from timm.models import load_state_dict
+from timm.models import clean_state_dict, load_state_dict
 from torch import nn
 
 __all__ = [
@@ -54,17 +56,15 @@ def _wrapped_head(state: StateDict, head_prefix: str) -> StateDict:
     """The ``fc.``/``head.`` keys under a ``backbone.``/``encoder.`` wrapper prefix."""
     out = {}
     for key, value in state.items():
-        name = key.removeprefix("module.")
         for wrapper in WRAPPER_PREFIXES:
-            if name.startswith(wrapper + head_prefix):
-                out[name[len(wrapper + head_prefix) :]] = value
+            if key.startswith(wrapper + head_prefix):
+                out[key[len(wrapper + head_prefix) :]] = value
     return out
 
 
 def _wrapped_mlp_head(state: StateDict) -> bool:
     """SimCLR code that keeps its projection MLP as the encoder's ``fc``/``head``."""
-    names = [k.removeprefix("module.") for k in state]
-    return any(k.startswith(WRAPPER_PREFIXES) for k in names) and any(
+    return any(k.startswith(WRAPPER_PREFIXES) for k in state) and any(
         _is_mlp_head(_wrapped_head(state, p)) for p in ("fc.", "head.")
     )
 
@@ -75,7 +75,7 @@ class CheckpointLayout:
 
     Attributes:
         name: moco, seed, swav or simclr.
-        markers: key prefixes (after an optional ``module.``) whose presence identifies the layout.
+        markers: key prefixes whose presence identifies the layout.
         encoder_prefixes: prefixes of the encoder's keys, removed (first match wins).
         head_prefixes: prefixes of the projection head inside the encoder's keys, by preference.
         dropped: encoder sub-modules that are not part of the embedding (SwAV's prototypes).
@@ -96,7 +96,8 @@ class CheckpointLayout:
     license: str | None = None
 
     def matches(self, state: StateDict) -> bool:
-        if any(k.removeprefix("module.").startswith(self.markers) for k in state):
+        """Whether ``state`` (keys cleaned by ``clean_state_dict``) is in this layout."""
+        if any(k.startswith(self.markers) for k in state):
             return True
         return self.also_matches is not None and self.also_matches(state)
 
@@ -106,16 +107,16 @@ CHECKPOINT_LAYOUTS = (
     CheckpointLayout(
         "moco",
         ("encoder_q.",),
-        ("module.encoder_q.", "encoder_q."),
+        ("encoder_q.",),
         ("fc.",),
         method="moco",
         license="cc-by-nc-4.0",
     ),
-    CheckpointLayout("seed", ("student.",), ("module.student.", "student."), ("fc.",), method="seed"),
+    CheckpointLayout("seed", ("student.",), ("student.",), ("fc.",), method="seed"),
     CheckpointLayout(
         "swav",
         ("prototypes.",),
-        ("module.", ""),
+        ("",),
         ("projection_head.",),
         ("prototypes.",),
         method="swav",
@@ -124,7 +125,7 @@ CHECKPOINT_LAYOUTS = (
     CheckpointLayout(
         "simclr",
         ("projection_head.", "projector."),
-        ("module.backbone.", "backbone.", "module.encoder.", "encoder.", "module.", ""),
+        ("backbone.", "encoder.", ""),
         ("projection_head.", "projector.", "fc.", "head."),
         also_matches=_wrapped_mlp_head,
         method="simclr",
@@ -187,12 +188,16 @@ def detect_checkpoint_layout(state: StateDict) -> str:
     timm / torchvision state dict saved under such a prefix keeps its classifier (a single Linear,
     e.g. ImageNet's 1000-way ``fc``), which is not a projection head: that is ``plain``.
     """
+    return _layout_name(clean_state_dict(state))
+
+
+def _layout_name(state: StateDict) -> str:
+    """:func:`detect_checkpoint_layout` of a state dict whose keys ``clean_state_dict`` cleaned."""
     return next((layout.name for layout in CHECKPOINT_LAYOUTS if layout.matches(state)), "plain")
 
 
 def _strip_wrapper(state: StateDict) -> StateDict:
-    """Removes ``module.`` and a ``backbone.``/``encoder.`` prefix shared by every key."""
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    """Removes a ``backbone.``/``encoder.`` prefix shared by every key."""
     for wrapper in WRAPPER_PREFIXES:
         if state and all(k.startswith(wrapper) for k in state):
             return {k[len(wrapper) :]: v for k, v in state.items()}
@@ -213,7 +218,8 @@ def split_checkpoint(state: StateDict) -> tuple[str, StateDict, StateDict]:
     """Splits a MoCo v1/v2, SimCLR, SwAV or official-SEED state dict into (layout, backbone
     state with timm names, projection-head state). Plain timm / torchvision state dicts keep
     their keys, minus the classifier (``fc``/``classifier``/``head.fc``)."""
-    name = detect_checkpoint_layout(state)
+    state = clean_state_dict(state)
+    name = _layout_name(state)
     if name == "plain":
         return name, _drop_classifier(_strip_wrapper(state)), {}
     layout = next(entry for entry in CHECKPOINT_LAYOUTS if entry.name == name)
