@@ -93,7 +93,7 @@ def test_moco_then_seed_then_eval(tmp_path):
     )
     assert [r["model"] for r in results] == [str(teacher_dir)] * 2 + [str(student_dir)] * 2
     from seed_hf.data.fashion_mnist import load_fashion_mnist
-    from seed_hf.evaluation.evaluate import balanced_subset, label_subset
+    from seed_hf.evaluation.subsets import balanced_subset, label_subset
 
     labels = load_fashion_mnist("train")[1]  # --max_train_samples 2000 draws 200 per class
     tenth = len(label_subset(labels[balanced_subset(labels, 2000)], 0.1))  # class-balanced: ≈ 200
@@ -130,41 +130,6 @@ def test_moco_then_seed_then_eval(tmp_path):
     )
 
 
-def test_study_moves_a_run_of_another_recipe_aside(tmp_path, capsys):
-    import run_fmnist_study
-
-    def recipe(tau="0.01", sha="old"):
-        return {"argv": ["--teacher_temperature", tau, "--max_steps", "10"], "teacher_sha256": sha}
-
-    run = tmp_path / "seed_student"
-    assert run_fmnist_study.move_stale_run(tmp_path, "seed_student", recipe()) is None  # nothing there
-    run.mkdir()
-    (run / "checkpoint-5").mkdir()  # interrupted: the recipe was recorded before it started
-    assert run_fmnist_study.move_stale_run(tmp_path, "seed_student", recipe()) is None  # same recipe: resumed
-    assert (run / "checkpoint-5").is_dir()
-
-    moved = run_fmnist_study.move_stale_run(tmp_path, "seed_student", recipe(tau="0.0001"))
-    assert (
-        moved.name.startswith("seed_student.recipe-")
-        and (moved / "checkpoint-5").is_dir()
-        and not run.exists()
-    )
-    assert "--teacher_temperature 0.01 → 0.0001" in capsys.readouterr().out
-    run.mkdir()  # trained again with τ_T 1e-4; then `make teacher` rebuilds the teacher
-    moved_again = run_fmnist_study.move_stale_run(tmp_path, "seed_student", recipe(tau="0.0001", sha="new"))
-    assert moved_again != moved and moved_again.is_dir()
-    assert "teacher weights sha256 old → new" in capsys.readouterr().out
-    recorded = json.loads((tmp_path / run_fmnist_study.RECIPES_FILE).read_text())
-    assert recorded == {"seed_student": recipe(tau="0.0001", sha="new")}
-
-    # a run folder without a recorded recipe (an older study) is not vouched for: moved aside, never over another
-    for expected in ("moco_student.recipe-unrecorded", "moco_student.recipe-unrecorded-2"):
-        (tmp_path / "moco_student").mkdir()
-        recorded.pop("moco_student", None)
-        (tmp_path / run_fmnist_study.RECIPES_FILE).write_text(json.dumps(recorded))
-        assert run_fmnist_study.move_stale_run(tmp_path, "moco_student", {"argv": []}).name == expected
-
-
 def test_study_retrains_only_the_stages_whose_recipe_changed(tmp_path, monkeypatch):
     """``run_fmnist_study.main`` end to end up to the exports, with the two trainings faked."""
     import run_fmnist_study
@@ -174,12 +139,12 @@ def test_study_retrains_only_the_stages_whose_recipe_changed(tmp_path, monkeypat
     trained = []
 
     def fake_training(stage):
-        def main(argv):
-            run = Path(argv[argv.index("--output_dir") + 1])
+        def main(argv):  # --recipe files, as the study launches a run; a finished run's files
+            flags = {k: v for recipe in argv[1::2] for k, v in json.loads(Path(recipe).read_text()).items()}
+            run = Path(flags["output_dir"])
             run.mkdir(parents=True, exist_ok=True)
-            (run / "trainer_state.json").write_text(
-                json.dumps({"global_step": int(argv[argv.index("--max_steps") + 1])})
-            )
+            (run / "trainer_state.json").write_text(json.dumps({"global_step": flags["max_steps"]}))
+            (run / "train_results.json").write_text(json.dumps({"train_loss": 1.0}))
             trained.append(stage)
 
         return main
@@ -226,7 +191,7 @@ def test_study_retrains_only_the_stages_whose_recipe_changed(tmp_path, monkeypat
     (teacher / "model.safetensors").write_bytes(b"weights v2")  # make teacher rebuilt it
     study("--teacher_temperature", "0.01")
     assert trained == ["moco", "seed", "seed", "seed"]
-    study("--teacher_temperature", "0.01", "--moco_temperature", "0.2")
+    study("--teacher_temperature", "0.01", "--contrastive_temperature", "0.2")
     assert trained == ["moco", "seed", "seed", "seed", "moco"]
     assert (
         len(list(work.glob("seed_student.recipe-*"))) == 2

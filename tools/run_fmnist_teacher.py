@@ -11,8 +11,11 @@ no collation), so the step is ``model(q, pixel_values_k=k)``, backward, optimize
 ``forward`` computes the loss against a snapshot of its queue and enqueues the keys itself; this
 loop never touches the queue (``tests/test_trust.py`` counts the keys enqueued per step).
 
-Resumable: ``--output_dir`` keeps ``checkpoint/`` (model, optimizer, scheduler, step; written
-atomically every ``--save_steps``); re-running the same command continues from it. Views are
+The learning rate follows transformers' linear warm-up and cosine schedule
+(``get_cosine_schedule_with_warmup``) from ``--base_learning_rate`` × ``--batch_size`` / 256.
+Resumable: ``--output_dir`` keeps ``checkpoint/`` (accelerate's ``save_state`` of model, optimizer
+and scheduler, plus the step; written atomically every ``--save_steps``); re-running the same
+command continues from it. Views are
 seeded by (seed, step), batches by (seed, epoch), so a resumed run draws the same data.
 
     python tools/run_fmnist_teacher.py --output_dir outputs/fmnist_teacher \
@@ -22,7 +25,6 @@ seeded by (seed, step), batches by (seed, epoch), so a resumed run draws the sam
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -30,21 +32,16 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
 
 from seed_hf import MocoConfig, MocoForPretraining
 from seed_hf.data.batched_transforms import BATCHED_PRESETS, BatchedSSLTransform
 from seed_hf.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
-from seed_hf.evaluation.evaluate import (
-    LabelledImages,
-    PooledBackbone,
-    eval_data_config,
-    eval_transform,
-    extract_features,
-    knn_accuracy,
-    load_labelled_splits,
-)
+from seed_hf.evaluation.features import PooledBackbone, eval_data_config, eval_transform, extract_features
+from seed_hf.evaluation.knn import knn_accuracy
+from seed_hf.evaluation.labelled import LabelledImages, load_labelled_splits
 from seed_hf.models.modeling_moco import load_query_encoder, save_query_encoder
+from seed_hf.training.arguments import scaled_learning_rate
 from seed_hf.training.distributed import shutdown_distributed
 from seed_hf.training.precision import cpu_has_native_bf16
 from seed_hf.training.run_folder import lock_run_folder
@@ -59,7 +56,7 @@ class TeacherArguments:
         default=None,
         metadata={"help": "Where the shipped teacher folder is written at the end (None: skip)."},
     )
-    fmnist_dir: str | None = field(
+    fashion_mnist_dir: str | None = field(
         default=None, metadata={"help": "Fashion-MNIST idx folder (default: Debian's)."}
     )
     init_from: str | None = field(
@@ -105,12 +102,23 @@ class TeacherArguments:
             "help": "Fit the run into this many seconds: after 30 timed steps max_steps is set from the measured rate."
         },
     )
-    learning_rate: float = field(
-        default=0.06, metadata={"help": "SGD learning rate per 256 images (scaled by batch/256)."}
+    base_learning_rate: float = field(
+        default=0.06,
+        metadata={
+            "help": "SGD learning rate per 256 images of the linear scaling rule: lr = base_learning_rate × "
+            "batch_size / 256 (run_seed.py's and run_moco.py's --base_learning_rate)."
+        },
     )
     weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay."})
-    warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
-    temperature: float = field(default=0.2, metadata={"help": "InfoNCE temperature (MoCo-v2: 0.2)."})
+    warmup_steps: int = field(
+        default=100,
+        metadata={
+            "help": "Linear warm-up steps of transformers' cosine schedule (as the Trainer's --warmup_steps)."
+        },
+    )
+    contrastive_temperature: float = field(
+        default=0.2, metadata={"help": "InfoNCE temperature (MoCo-v2: 0.2)."}
+    )
     moco_momentum: float = field(default=0.99, metadata={"help": "Key-encoder momentum."})
     queue_size: int = field(default=16384, metadata={"help": "Number of negative keys K."})
     key_bn_splits: int = field(default=8, metadata={"help": "Shuffle-BN sub-batches of the key encoder."})
@@ -180,8 +188,8 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, max_steps: i
 @torch.no_grad()
 def evaluate(model: MocoForPretraining, args: TeacherArguments, device) -> dict:
     """Weighted kNN (k=200, τ=0.07) of the pooled encoder features, train → test, with the
-    evaluation preprocessing of ``run_eval.py`` (``seed_hf.evaluation.evaluate``)."""
-    data = load_labelled_splits(fashion_mnist_dir=args.fmnist_dir).subsample(
+    evaluation preprocessing of ``run_eval.py`` (``seed_hf.evaluation.features``)."""
+    data = load_labelled_splits(fashion_mnist_dir=args.fashion_mnist_dir).subsample(
         args.max_eval_samples, args.max_eval_samples
     )
     c = model.config
@@ -222,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         in_chans=1,
         image_size=args.image_size,
         queue_size=args.queue_size,
-        contrastive_temperature=args.temperature,
+        contrastive_temperature=args.contrastive_temperature,
         momentum=args.moco_momentum,
         key_bn_splits=args.key_bn_splits,
         image_mean=FASHION_MNIST_MEAN,
@@ -233,21 +241,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.init_from and not progress_file.is_file():
         warm_start(model, args.init_from)
     model = model.to(device, memory_format=torch.channels_last)
-    lr = args.learning_rate * args.batch_size / 256
+    lr = scaled_learning_rate(args.base_learning_rate, args.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=args.weight_decay)
     max_steps = args.max_steps or 20000
     if progress_file.is_file() and args.max_steps is None:  # a resumed run keeps its schedule
         max_steps = json.loads(progress_file.read_text())["max_steps"]
-    schedule = {"total": max_steps}
-
-    def lr_lambda(step: int) -> float:  # warm-up then cosine over schedule["total"] (may be set later)
-        if step < args.warmup_steps:
-            return (step + 1) / args.warmup_steps
-        t = (step - args.warmup_steps) / max(1, schedule["total"] - args.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    # transformers' linear warm-up and cosine over max_steps (a resume: over its new length, from its step)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, max_steps)
+    sgd = optimizer
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start = 0
     if progress_file.is_file():
@@ -255,14 +257,14 @@ def main(argv: list[str] | None = None) -> dict:
         start = json.loads(progress_file.read_text())["step"]
         print(f"resumed from step {start}/{max_steps}")
 
-    images, _ = load_fashion_mnist("train", args.fmnist_dir)
+    images, _ = load_fashion_mnist("train", args.fashion_mnist_dir)
     data = torch.from_numpy(images).unsqueeze(1).to(device)  # (60000, 1, 28, 28) uint8
     augment = build_augmentation(args)
     log = out / "log.jsonl"
     unwrapped = accelerator.unwrap_model(model)
     t0, timed_from = time.time(), None
     step = start
-    while step < schedule["total"]:
+    while step < max_steps:
         idx = batch_indices(step, args.batch_size, len(data), args.seed, device)
         generator = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
         x = data[idx]
@@ -283,13 +285,13 @@ def main(argv: list[str] | None = None) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rate = 30 / (time.time() - timed_from[0])
-            schedule["total"] = max(
-                step + 1, int(rate * (args.time_budget_seconds - (time.time() - t0))) + step
+            max_steps = max(step + 1, int(rate * (args.time_budget_seconds - (time.time() - t0))) + step)
+            # the schedule over the new length from this step on (the prepared scheduler wraps the new one)
+            scheduler.scheduler = get_cosine_schedule_with_warmup(
+                sgd, args.warmup_steps, max_steps, last_epoch=step - 1
             )
-            print(
-                f"{rate:.2f} steps/s ({rate * args.batch_size:.0f} img/s): max_steps set to {schedule['total']}"
-            )
-        if step % args.log_steps == 0 or step == schedule["total"]:
+            print(f"{rate:.2f} steps/s ({rate * args.batch_size:.0f} img/s): max_steps set to {max_steps}")
+        if step % args.log_steps == 0 or step == max_steps:
             record = {
                 "step": step,
                 "loss": output.loss.item(),
@@ -300,14 +302,14 @@ def main(argv: list[str] | None = None) -> dict:
             print(json.dumps(record), flush=True)
             with log.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-        if step % args.save_steps == 0 or step == schedule["total"]:
-            save_checkpoint(accelerator, out, step, schedule["total"])
+        if step % args.save_steps == 0 or step == max_steps:
+            save_checkpoint(accelerator, out, step, max_steps)
 
     metrics = evaluate(unwrapped, args, device)
     metrics.update(
-        steps=schedule["total"],
+        steps=max_steps,
         batch_size=args.batch_size,
-        epochs=schedule["total"] * args.batch_size / len(data),
+        epochs=max_steps * args.batch_size / len(data),
         train_seconds=time.time() - t0,
         device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         mixed_precision=precision,
