@@ -4,12 +4,13 @@
 Both use the same timm models and the same loss math; they run alternated in one process,
 median of --repeats after --warmup. The official-style step follows jacobswan1/SEED:
 NCHW, teacher under ``no_grad`` with its BatchNorm layers, einsum logits against a cloned
-(dim, K) queue, plain autograd. Ours is ``SeedTrainer.training_step`` on the path ``run_seed.py``
-takes by default: ``SeedTrainingArguments``' defaults resolved by the trainer's own
-``resolve_step_path`` (``--channels_last auto --student_dtype auto``: a timed probe of the real
+(dim, K) queue, plain autograd. Ours is ``SeedTrainer.training_step`` as ``run_seed.py`` runs it
+by default: ``SeedTrainingArguments``' defaults resolved by the trainer's own
+``resolve_step_choice`` (``--channels_last auto --student_dtype auto``: a timed probe of the real
 models picks each one's memory format and the student's precision, ``seed_hf.training.step_choice``), teacher
 BN folded and under ``inference_mode``, one GEMM for student and teacher logits. The row
-``seed_hf_previous_default`` is the path run_seed.py took before (NCHW, fp32 student, same teacher).
+``seed_hf_previous_default`` is the step run_seed.py ran before the autotuned choice (NCHW, fp32 student,
+same teacher).
 
 ``--end_to_end_steps N`` also runs ``examples/run_seed.py`` itself for N steps on Fashion-MNIST
 (the data loader, augmentation, logging and checkpoints included) with the same models and batch,
@@ -123,7 +124,7 @@ def build_ours(
     student_dtype: str | None = None,
 ):
     """A SeedTrainer on ``SeedTrainingArguments``' defaults (unless the flags say otherwise), its step
-    path resolved by the trainer's own ``resolve_step_path``, as ``train()`` does. ``args`` may also
+    choice resolved by the trainer's own ``resolve_step_choice``, as ``train()`` does. ``args`` may also
     be another benchmark's (bench_gpu_input.py: ``no_channels_last``, no ``in_chans``)."""
     if channels_last is None:
         channels_last = getattr(args, "channels_last", None) or ("false" if args.no_channels_last else "auto")
@@ -155,7 +156,7 @@ def build_ours(
     trainer = SeedTrainer(
         model=model, teacher=teacher, args=training_args, train_dataset=[], data_collator=collate_batch
     )
-    trainer.resolve_step_path()  # first, as train() does: the optimizer sees the final memory format
+    trainer.resolve_step_choice()  # first, as train() does: the optimizer sees the final memory format
     # as train() does: accelerate wraps the forward in its autocast (bf16) and places the model
     trainer.model_wrapped = trainer.accelerator.prepare_model(trainer.model)
     trainer.create_optimizer()
@@ -359,8 +360,8 @@ def main(argv=None) -> dict:
             embed = torch.compile(embed) if compiled else embed
 
             def run():
-                # the resolved path's student precision (bf16 autocast where the probe chose it)
-                bf16 = args.bf16 or ours.step_path.student_dtype == "bfloat16"
+                # the step choice's student precision (bf16 autocast where the probe chose it)
+                bf16 = args.bf16 or ours.step_choice.student_dtype == "bfloat16"
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
                     out = embed(x_ours)
                 out.float().square().mean().backward()
@@ -406,7 +407,7 @@ def main(argv=None) -> dict:
         "ratio_seed_hf_vs_official": median["official_style"] / median["seed_hf"],
         "ratio_seed_hf_vs_previous_default": median["seed_hf_previous_default"] / median["seed_hf"],
         "ratio_previous_default_vs_official": median["official_style"] / median["seed_hf_previous_default"],
-        "seed_hf_step_path": ours.step_path.to_dict(),
+        "seed_hf_step_choice": ours.step_choice.to_dict(),
         "seed_hf_teacher_dtype": f"{args.teacher_dtype} -> "
         + ("run's precision" if resolved is None else str(resolved).removeprefix("torch.")),
         "teacher_targets_bf16_vs_fp32": kl,
@@ -454,7 +455,7 @@ def main(argv=None) -> dict:
         f" -> ratio {result['ratio_seed_hf_vs_official']:.2f}; overhead {result['overhead']:.3f}"
         f" (limit {result['limit_img_per_s']:.1f} img/s); seed_hf teacher {result['seed_hf_teacher_dtype']}"
     )
-    print(f"seed_hf default path: {ours.step_path.describe()}")
+    print(f"seed_hf default step choice: {ours.step_choice.describe()}")
     print(
         f"previous default (NCHW, fp32 student) {result['img_per_s']['seed_hf_previous_default']:.1f} img/s"
         f" -> ratio {result['ratio_previous_default_vs_official']:.2f} vs official-style;"

@@ -34,7 +34,8 @@ from seed_hf.teachers.fingerprint import weights_fingerprint
 from seed_hf.teachers.frozen import FrozenTeacher
 from seed_hf.teachers.loading import load_teacher
 from seed_hf.training.arguments import SeedTrainingArguments
-from seed_hf.training.trainer import MocoTrainer, SeedTrainer
+from seed_hf.training.moco_trainer import MocoTrainer
+from seed_hf.training.seed_trainer import SeedTrainer
 
 __version__ = "0.1.0"
 

@@ -100,7 +100,7 @@ def test_bench_step_smoke(extra):
     assert ("multi_student" in out) == ("--num_students" in extra)
     # the default path is the trainer's own resolution (tiny shapes: the prior), next to the previous default
     assert out["ratio_seed_hf_vs_previous_default"] > 0 and out["img_per_s"]["seed_hf_previous_default"] > 0
-    assert out["seed_hf_step_path"]["sources"]["student_channels_last"] == "prior"
+    assert out["seed_hf_step_choice"]["sources"]["student_channels_last"] == "prior"
 
 
 @requires_fashion_mnist

@@ -191,7 +191,7 @@ def _user_path(family: str, tmp_path: Path, data: list[str], channels: int) -> N
     # 1. train with the default flags, a checkpoint per step, the ONNX export at the end
     metrics = run_seed.main(_argv(family, run, data))
     assert np.isfinite(metrics["train_loss"])
-    step_path = json.loads((run / "checkpoint-2" / "step_path.json").read_text())
+    step_path = json.loads((run / "checkpoint-2" / "step_choice.json").read_text())
     assert step_path["sources"]["student_channels_last"] in ("prior", "unsafe")
 
     # 2. the run folder reloads with the features of the model it saved (timm's non-persistent

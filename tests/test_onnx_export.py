@@ -575,7 +575,7 @@ def test_run_seed_onnx_exports_an_rgb_channels_last_run(tmp_path):
          "--per_device_train_batch_size", "16", "--max_steps", "2", "--use_cpu", "--report_to", "none",
          "--disable_tqdm", "true", "--save_steps", "1", "--output_dir", str(tmp_path / "run"), "--onnx"]
     )  # fmt: skip
-    assert json.loads((tmp_path / "run" / "step_path.json").read_text())["student_channels_last"] is True
+    assert json.loads((tmp_path / "run" / "step_choice.json").read_text())["student_channels_last"] is True
     assert (tmp_path / "run" / "checkpoint-1" / "model.safetensors").is_file()
     folder = tmp_path / "run" / "export"
     assert upload_plan(folder) == ["README.md", "config.json", "model.safetensors", ONNX_FILE]

@@ -395,8 +395,8 @@ def test_a_student_whose_channels_last_backward_crashes_trains_in_nchw(tmp_path)
     assert not channels_last_backward_hazards(model, torch.device("cuda"))
     trainer = _seed_trainer(tmp_path, model=model, max_steps=1)
     trainer.train()
-    assert trainer.step_path.student_channels_last is False
-    assert trainer.step_path.sources["student_channels_last"] == "unsafe"
+    assert trainer.step_choice.student_channels_last is False
+    assert trainer.step_choice.sources["student_channels_last"] == "unsafe"
     with pytest.raises(ValueError, match="channels_last=true.*crash"):
         _seed_trainer(tmp_path, model=model, max_steps=1, channels_last="true").train()
 

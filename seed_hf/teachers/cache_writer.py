@@ -1,9 +1,9 @@
 """Writes a teacher cache (:mod:`seed_hf.teachers.cache`): the frozen teacher run once over
 ``epochs`` epochs of a run's seeded views.
 
-The teacher runs exactly as ``SeedTrainer`` runs it (its data normalisation, BatchNorm folding,
-memory format, ``teacher_dtype`` autocast, inference mode), so an fp32 cache holds the values an
-online run's teacher computes. Writing is resumable: each shard is written to a temporary file
+The teacher runs exactly as ``SeedTrainer`` runs it (:mod:`seed_hf.teachers.inference`: its data
+normalisation, BatchNorm folding, memory-layout rule, ``teacher_dtype`` autocast, inference mode),
+so an fp32 cache holds the values an online run's teacher computes. Writing is resumable: each shard is written to a temporary file
 and renamed, a restarted writer skips the shards already there, and one writer holds the
 folder (the run-folder lock of :func:`seed_hf.training.run_folder.lock_run_folder`, taken by the caller).
 Under several processes each writes the shards ``k`` with ``k % num_processes ==
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from seed_hf.data.augmentation import SMALL_CROP_SCALE, SMALL_CROP_SIZE
 from seed_hf.data.sources import TrainData
 from seed_hf.data.train_dataset import build_train_dataset
 from seed_hf.models.configuration_seed import default_normalization
@@ -37,7 +38,15 @@ from seed_hf.teachers.cache import (
     shard_name,
 )
 from seed_hf.teachers.frozen import FrozenTeacher
-from seed_hf.training.precision import resolve_teacher_dtype
+from seed_hf.teachers.inference import (
+    choose_teacher_layout,
+    prepare_teacher,
+    probe_teacher_layout,
+    set_teacher_layout,
+    teacher_forward,
+)
+from seed_hf.training.precision import autocast_to, mixed_precision_dtype, resolve_teacher_dtype
+from seed_hf.training.step_choice import parse_switch, probe_images
 
 __all__ = ["write_teacher_cache"]
 
@@ -114,11 +123,11 @@ def write_teacher_cache(
     dtype: str = "float16",
     teacher_dtype: str = "auto",
     mixed_precision: str | None = None,
-    channels_last: bool = True,
+    channels_last: str | bool = "auto",
     optimize_teacher: bool = True,
     num_small_crops: int = 0,
-    small_crop_size: int = 96,
-    small_crop_scale: tuple[float, float] = (0.05, 0.14),
+    small_crop_size: int = SMALL_CROP_SIZE,
+    small_crop_scale: tuple[float, float] = SMALL_CROP_SCALE,
     shard_rows: int = 16384,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
@@ -141,8 +150,10 @@ def write_teacher_cache(
         teacher_dtype, mixed_precision: the teacher's autocast as in training (``teacher_dtype`` of
             ``SeedTrainingArguments``; ``"auto"`` resolves to ``mixed_precision``, ``"bf16"`` /
             ``"fp16"`` / None, where the CPU has no native bf16).
-        channels_last, optimize_teacher: the teacher's memory format and BatchNorm folding, as the
-            trainer's ``--channels_last`` / ``--optimize_teacher``.
+        channels_last, optimize_teacher: the teacher's memory format (``"auto"``, ``"true"``,
+            ``"false"`` or a bool; ``"auto"`` chooses by the trainer's rule, a resumed writer keeps
+            its manifest's) and BatchNorm folding, as the trainer's ``--channels_last`` /
+            ``--optimize_teacher``.
         num_small_crops, small_crop_size, small_crop_scale: the small-crop recipe of the students.
         shard_rows: rows per shard (the unit of resumption).
         num_workers: dataloader workers producing the views.
@@ -154,18 +165,21 @@ def write_teacher_cache(
             cache), or ``output_dir`` holding a cache of another recipe or teacher (each difference named).
     """
     if epochs < 1:
-        raise ValueError(f"`epochs` must be ≥ 1, got {epochs}.")
+        raise ValueError(f"--epochs must be ≥ 1, got {epochs}.")
     if dtype not in CACHE_DTYPES:
-        raise ValueError(f"`dtype` must be one of {CACHE_DTYPES}, got {dtype!r}.")
+        raise ValueError(f"--dtype must be one of {CACHE_DTYPES}, got {dtype!r}.")
     if batch_size < 1 or shard_rows < 1:
-        raise ValueError(f"`batch_size` and `shard_rows` must be ≥ 1, got {batch_size} and {shard_rows}.")
+        raise ValueError(
+            f"`batch_size` (--per_device_train_batch_size) and --shard_rows must be ≥ 1, got {batch_size} and "
+            f"{shard_rows}."
+        )
     if data.source.streaming:
         raise ValueError(
-            "A teacher cache indexes samples by their row, and a streamed source (`streaming`) has no row index: "
-            "cache a map-style source (drop `streaming`)."
+            "A teacher cache indexes samples by their row, and a streamed source (--streaming) has no row index: "
+            "cache a map-style source (drop --streaming)."
         )
     if data.data_device != "cpu":
-        raise ValueError("A teacher cache is written from views made on the CPU: drop `data_device` cuda.")
+        raise ValueError("A teacher cache is written from views made on the CPU: drop --data_device cuda.")
     device = torch.device(device)
     mean, std = default_normalization(data.in_chans, data.mean, data.std)
     dataset = build_train_dataset(
@@ -184,31 +198,30 @@ def write_teacher_cache(
     rows = len(dataset)
     recipe = cache_recipe(data, seed, mean, std, rows, num_small_crops, small_crop_size, small_crop_scale)
 
-    # the teacher as SeedTrainer prepares it: same normalisation, folding, layout and autocast
+    # the teacher as SeedTrainer prepares and runs it (seed_hf.teachers.inference)
     weights = _weights_sha256(teacher)
-    teacher.set_data_normalization(mean, std)
-    teacher.to(device)
     probe = torch.zeros(2, data.in_chans, data.image_size, data.image_size, device=device)
-    if optimize_teacher:
-        teacher.optimize_for_inference(channels_last=False, probe=probe)
-    teacher.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    autocast_dtype = resolve_teacher_dtype(teacher_dtype, device.type) or {
-        "bf16": torch.bfloat16,
-        "fp16": torch.float16,
-    }.get(mixed_precision or "", torch.float32)
+    teacher = prepare_teacher(teacher, mean, std, device, probe, optimize=optimize_teacher)
+    autocast_dtype = resolve_teacher_dtype(teacher_dtype, device.type) or mixed_precision_dtype(
+        mixed_precision
+    )
 
-    def embed(pixels: torch.Tensor) -> torch.Tensor:
-        pixels = pixels.to(device)
-        pixels = (
-            pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels.contiguous()
-        )
-        with (
-            torch.inference_mode(),
-            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32),
-        ):
-            return teacher(pixels).float()
+    def embed(pixels: torch.Tensor, layout: bool | None = None) -> torch.Tensor:
+        return teacher_forward(teacher, pixels.to(device), autocast_to(device.type, autocast_dtype), layout)
 
-    embed_dim = int(embed(probe).shape[-1])
+    held, folder = read_manifest(output_dir), Path(output_dir)
+    layout, _, _ = choose_teacher_layout(
+        parse_switch(channels_last, "channels_last"),
+        held.get("teacher_channels_last") if held else None,
+        batch_size * data.image_size * data.image_size,
+        compiled=False,
+        probe=lambda: probe_teacher_layout(
+            teacher, embed, probe_images(batch_size, data.in_chans, data.image_size, device), device
+        ),
+    )
+    set_teacher_layout(teacher, layout)
+
+    embed_dim = int(embed(probe, layout).shape[-1])
     record = teacher.record.to_dict()
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -219,7 +232,7 @@ def write_teacher_cache(
         "teacher_weights_sha256": weights,
         "teacher_arguments": teacher_arguments or {},
         "teacher_dtype": str(autocast_dtype).removeprefix("torch."),
-        "teacher_channels_last": bool(channels_last),
+        "teacher_channels_last": bool(layout),
         "optimize_teacher": bool(optimize_teacher),
         "embed_dim": embed_dim,
         "epochs": int(epochs),
@@ -227,7 +240,6 @@ def write_teacher_cache(
         "dtype": dtype,
         "shard_rows": int(shard_rows),
     }
-    folder = Path(output_dir)
     (folder / DATA_DIR).mkdir(parents=True, exist_ok=True)
     if process_index == 0:
         _start_manifest(folder, manifest)
@@ -251,7 +263,7 @@ def write_teacher_cache(
             dataset,
             epoch,
             range(start, min(start + shard_rows, rows)),
-            embed,
+            lambda pixels: embed(pixels, layout),
             manifest,
             batch_size,
             num_workers,
@@ -333,7 +345,7 @@ def _start_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     if held is None:
         if any(p.suffix == ".arrow" for p in (folder / DATA_DIR).iterdir()):
             raise ValueError(
-                f"{folder} holds cache shards but no {MANIFEST_FILE}: pass another `output_dir`."
+                f"{folder} holds cache shards but no {MANIFEST_FILE}: pass another --output_dir."
             )
         _atomic_write_text(
             folder / MANIFEST_FILE, json.dumps({**manifest, "complete": False}, indent=2) + "\n"
@@ -352,8 +364,8 @@ def _start_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     if differences:
         named = "; ".join(f"{k}: held {v[0]!r}, asked {v[1]!r}" for k, v in differences.items())
         raise ValueError(
-            f"`output_dir` {str(folder)!r} holds a teacher cache of another recipe or teacher ({named}): pass another "
-            "`output_dir`, or remove that folder to write this cache there."
+            f"--output_dir {str(folder)!r} holds a teacher cache of another recipe or teacher ({named}): pass another "
+            "--output_dir, or remove that folder to write this cache there."
         )
 
 

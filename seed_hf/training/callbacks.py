@@ -3,10 +3,10 @@ extension points only.
 
 * :class:`DatasetEpochCallback`: tells a per-sample seeded dataset the epoch it serves.
 * :class:`StreamPositionCallback`: keeps a :class:`seed_hf.data.shard_stream.ShardStream` where the run is.
-* :class:`StepPathCallback`: records the step's memory format and precision (``seed_hf.training.step_choice``)
-  in each checkpoint, for the resumed run to reuse.
+* :class:`StepChoiceCallback`: records the step's autotuned memory layout and precision
+  (:mod:`seed_hf.training.step_choice`) in each checkpoint, for the resumed run to reuse.
 * :class:`CheckpointCompletionCallback`: marks a checkpoint complete once every process has
-  written it; ``seed_hf.training.run_folder.last_complete_checkpoint`` resumes only from marked ones, so a run
+  written it; ``seed_hf.training.checkpoints.last_complete_checkpoint`` resumes only from marked ones, so a run
   killed while saving resumes from the checkpoint before (the Trainer writes ``checkpoint-N`` in
   place, so a Hub upload with ``hub_strategy="checkpoint"`` never sees a folder being renamed).
 * :class:`PreemptionCallback`: on SIGTERM or SIGUSR1, every process finishes its optimizer step,
@@ -27,9 +27,9 @@ from accelerate import PartialState
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from seed_hf.data.shard_stream import ShardStream
+from seed_hf.training.checkpoints import COMPLETE_MARKER, checkpoint_dir, is_complete_checkpoint
 from seed_hf.training.distributed import is_distributed, shutdown_distributed
-from seed_hf.training.run_folder import COMPLETE_MARKER, checkpoint_dir, is_complete_checkpoint
-from seed_hf.training.step_choice import STEP_PATH_FILE
+from seed_hf.training.step_choice import STEP_CHOICE_FILE
 
 __all__ = [
     "DatasetEpochCallback",
@@ -37,7 +37,7 @@ __all__ = [
     "PREEMPTED_EXIT_CODE",
     "PREEMPTION_SIGNALS",
     "PreemptionCallback",
-    "StepPathCallback",
+    "StepChoiceCallback",
     "StreamPositionCallback",
     "TrainingPreempted",
 ]
@@ -181,20 +181,21 @@ class StreamPositionCallback(TrainerCallback):
                 json.dump({"global_step": state.global_step, **self.layout()}, f, indent=2)
 
 
-class StepPathCallback(TrainerCallback):
-    """Writes the trainer's :class:`seed_hf.training.step_choice.StepPath` (memory formats, student precision,
-    the probe's timings) to ``step_path.json`` in every checkpoint, and in ``output_dir`` at the end
-    of training: a resumed run continues on the same numerics, and a finished run says how it ran.
-    ``get_path`` returns the trainer's current choice (None before it is resolved)."""
+class StepChoiceCallback(TrainerCallback):
+    """Writes the trainer's :class:`seed_hf.training.step_choice.StepChoice` (memory layouts, student
+    precision, the probe's timings) to :data:`~seed_hf.training.step_choice.STEP_CHOICE_FILE` in every
+    checkpoint, and in ``output_dir`` at the end of training: a resumed run continues on the same
+    numerics, and a finished run says how it ran. ``get_choice`` returns the trainer's current
+    choice (None before it is resolved)."""
 
-    def __init__(self, get_path):
-        self.get_path = get_path
+    def __init__(self, get_choice):
+        self.get_choice = get_choice
 
     def _write(self, folder: str) -> None:
-        path = self.get_path()
-        if path is not None and os.path.isdir(folder):
-            with open(os.path.join(folder, STEP_PATH_FILE), "w") as f:
-                json.dump(path.to_dict(), f, indent=2)
+        choice = self.get_choice()
+        if choice is not None and os.path.isdir(folder):
+            with open(os.path.join(folder, STEP_CHOICE_FILE), "w") as f:
+                json.dump(choice.to_dict(), f, indent=2)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if args.should_save:

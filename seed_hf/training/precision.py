@@ -12,11 +12,21 @@ mixed precision (``--bf16`` / ``--fp16``).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
 
-__all__ = ["NATIVE_BF16_CPU_FLAGS", "cpu_flags", "cpu_has_native_bf16", "resolve_teacher_dtype"]
+__all__ = [
+    "NATIVE_BF16_CPU_FLAGS",
+    "autocast_to",
+    "cpu_flags",
+    "cpu_has_native_bf16",
+    "mixed_precision_dtype",
+    "resolve_teacher_dtype",
+    "teacher_autocast",
+]
 
 # /proc/cpuinfo flags of CPUs with bf16 dot-product instructions
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -59,8 +69,33 @@ def resolve_teacher_dtype(
         return explicit[teacher_dtype]
     if teacher_dtype != "auto":
         raise ValueError(
-            f"`teacher_dtype` must be 'auto', 'bfloat16', 'float16' or 'float32', got {teacher_dtype!r}."
+            f"--teacher_dtype must be 'auto', 'bfloat16', 'float16' or 'float32', got {teacher_dtype!r}."
         )
     if device_type == "cpu" and cpu_has_native_bf16(flags):
         return torch.bfloat16
     return None
+
+
+def mixed_precision_dtype(mixed_precision: str | None) -> torch.dtype:
+    """The dtype of a run's mixed precision (``"bf16"``, ``"fp16"``; None or ``"no"``: fp32), for code
+    that runs the teacher outside the Trainer's accelerator (the teacher cache's writer)."""
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32, None: torch.float32}
+    if mixed_precision not in dtypes:
+        raise ValueError(f"`mixed_precision` must be 'bf16', 'fp16', 'no' or None, got {mixed_precision!r}.")
+    return dtypes[mixed_precision]
+
+
+def autocast_to(device_type: str, dtype: torch.dtype) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device_type``; ``torch.float32`` turns autocast off (also an
+    enclosing one: the block then computes in fp32)."""
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def teacher_autocast(
+    teacher_dtype: str, device_type: str, run_autocast: Callable[[], AbstractContextManager]
+) -> AbstractContextManager:
+    """The context the teacher's forward runs in: :func:`autocast_to` the dtype
+    :func:`resolve_teacher_dtype` gives, or ``run_autocast()`` (the run's own mixed precision, e.g.
+    ``accelerator.autocast``) where it gives None."""
+    dtype = resolve_teacher_dtype(teacher_dtype, device_type)
+    return run_autocast() if dtype is None else autocast_to(device_type, dtype)

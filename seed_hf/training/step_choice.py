@@ -23,7 +23,7 @@ The rule, deterministic given the timings (tests inject them):
 * Tiny workloads (fewer than :data:`PROBE_MIN_PIXELS` pixels per batch: unit tests, toy runs) keep
   the prior without probing: their steps take milliseconds, the probe would be noise, and their
   results then do not depend on timing.
-* A resumed run reuses the choice recorded in its checkpoint (``step_path.json``), so it continues
+* A resumed run reuses the choice recorded in its checkpoint (:data:`STEP_CHOICE_FILE`), so it continues
   on the same numerics; under DDP every rank takes rank 0's choice.
 
 The student's candidates are {channels_last, NCHW} × {fp32, bf16 autocast} where bf16 is native
@@ -53,14 +53,15 @@ __all__ = [
     "PRECISION_MARGIN",
     "PROBE_BUDGET_S",
     "PROBE_MIN_PIXELS",
-    "STEP_PATH_FILE",
-    "StepPath",
+    "STEP_CHOICE_FILE",
+    "StepChoice",
     "channels_last_backward_hazards",
     "choose",
     "is_noisy",
     "parse_switch",
     "preserved_state",
-    "read_step_path",
+    "probe_images",
+    "read_step_choice",
     "time_candidates",
     "timed_call",
 ]
@@ -83,7 +84,7 @@ MAX_PROBE_CALL_S = 2.0
 # a probe stops after the round in which it passed this many seconds (at least one timed round runs):
 # a loaded machine must not turn a few seconds of probing into minutes
 PROBE_BUDGET_S = 30.0
-STEP_PATH_FILE = "step_path.json"  # in each checkpoint: what a resumed run reuses
+STEP_CHOICE_FILE = "step_choice.json"  # in each checkpoint: what a resumed run reuses
 SWITCH_VALUES = ("auto", "true", "false")
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -100,20 +101,19 @@ def parse_switch(value: str | bool | None, name: str) -> str:
         return "false"
     if text == "auto":
         return "auto"
-    raise ValueError(f"`{name}` must be one of {SWITCH_VALUES} (or a bool), got {value!r}.")
+    raise ValueError(f"--{name} must be one of {SWITCH_VALUES} (or a bool), got {value!r}.")
 
 
 @dataclass
-class StepPath:
-    """How the training step runs: the student's and the teacher's memory format, and the precision
-    of the student's forward (``"float32"``; ``"bfloat16"``: bf16 autocast, the run's own under
-    ``--bf16``; ``"float16"`` under ``--fp16``).
+class StepChoice:
+    """The training step's autotuned choice: the student's and the teacher's memory format, and the
+    precision of the student's forward (``"float32"``; ``"bfloat16"``: bf16 autocast, the run's own
+    under ``--bf16``; ``"float16"`` under ``--fp16``).
 
     ``sources`` says, per choice, where it came from: ``"given"`` (the user's flag), ``"probe"``
     (measured; ``timings_s`` holds the seconds per call of each candidate), ``"unsafe"`` (NCHW:
     the student's backward crashes in channels_last, :func:`channels_last_backward_hazards`),
-    ``"prior"`` (the
-    table: tiny workload, a single candidate, or no candidate faster by :data:`MARGIN`) or
+    ``"prior"`` (the table: tiny workload, a single candidate, or no candidate faster by :data:`MARGIN`) or
     ``"resumed"`` (recorded in the checkpoint resumed from). ``noisy`` names the parts whose
     probe ran on a busy machine and so kept the prior (:func:`is_noisy`)."""
 
@@ -129,7 +129,7 @@ class StepPath:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StepPath:
+    def from_dict(cls, data: dict[str, Any]) -> StepChoice:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 
@@ -253,6 +253,14 @@ def choose(
     return min(winners, key=best.__getitem__) if winners else prior
 
 
+def probe_images(batch_size: int, in_chans: int, image_size: int, device: torch.device) -> torch.Tensor:
+    """Random NCHW images of the real batch shape for a probe, drawn from their own generator so that
+    the global RNG streams stay untouched."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, in_chans, image_size, image_size, generator=generator)
+    return x.to(device)
+
+
 @contextmanager
 def preserved_state(module: nn.Module, device: torch.device) -> Iterator[None]:
     """Runs a probe on ``module`` without leaving a trace: its buffers (BatchNorm statistics,
@@ -278,13 +286,13 @@ def preserved_state(module: nn.Module, device: torch.device) -> Iterator[None]:
             p.grad = None
 
 
-def read_step_path(checkpoint: str | os.PathLike | None) -> StepPath | None:
+def read_step_choice(checkpoint: str | os.PathLike | None) -> StepChoice | None:
     """The choice recorded in ``checkpoint`` (None: no checkpoint, or one written before seed_hf
     recorded it)."""
     if not checkpoint:
         return None
-    path = os.path.join(checkpoint, STEP_PATH_FILE)
+    path = os.path.join(checkpoint, STEP_CHOICE_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return StepPath.from_dict(json.load(f))
+        return StepChoice.from_dict(json.load(f))

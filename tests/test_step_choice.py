@@ -1,5 +1,5 @@
-"""The step's memory format and student precision (seed_hf.training.step_choice): resolution rule, what the
-trainer probes, records and reuses, and that explicit flags are kept. Timings are injected."""
+"""The step's autotuned choice of memory layout and student precision (seed_hf.training.step_choice): the rule,
+what the trainer probes, records and reuses, and that explicit flags are kept. Timings are injected."""
 
 import json
 
@@ -9,12 +9,11 @@ from helpers import TensorImages, tiny_student, tiny_teacher
 from transformers import HfArgumentParser
 
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch
-from seed_hf.training import step_choice as fast_path
-from seed_hf.training import trainer as trainer_module
+from seed_hf.training import step_choice, student_probe
 from seed_hf.training.step_choice import (
     MARGIN,
     PRECISION_MARGIN,
-    StepPath,
+    StepChoice,
     choose,
     is_noisy,
     parse_switch,
@@ -52,12 +51,12 @@ class FakeTimer:
 @pytest.fixture
 def probed(monkeypatch):
     """Probe even the tests' tiny workloads, with the timings a test injects."""
-    monkeypatch.setattr(fast_path, "PROBE_MIN_PIXELS", 0)
+    monkeypatch.setattr(step_choice, "PROBE_MIN_PIXELS", 0)
 
     def install(seconds, default=1.0, native_bf16=False):
         timer = FakeTimer(seconds, default)
-        monkeypatch.setattr(fast_path, "timed_call", timer)
-        monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: native_bf16)
+        monkeypatch.setattr(step_choice, "timed_call", timer)
+        monkeypatch.setattr(student_probe, "cpu_has_native_bf16", lambda: native_bf16)
         return timer
 
     return install
@@ -117,7 +116,7 @@ def test_auto_probes_chooses_records_and_reuses_on_resume(tmp_path, probed, capl
     trainer = _trainer(tmp_path, save_strategy="steps", save_steps=1)
     with caplog.at_level("INFO", logger="seed_hf"):
         trainer.train()
-    path = trainer.step_path
+    path = trainer.step_choice
     assert (path.student_channels_last, path.student_dtype, path.teacher_channels_last) == (
         False,
         "float32",
@@ -141,35 +140,40 @@ def test_auto_probes_chooses_records_and_reuses_on_resume(tmp_path, probed, capl
     )
     assert any("Training step: student NCHW (probe)" in r.getMessage() for r in caplog.records)
     for folder in (tmp_path / "checkpoint-2", tmp_path):  # every checkpoint, and the finished run
-        assert json.loads((folder / fast_path.STEP_PATH_FILE).read_text())["student_channels_last"] is False
+        assert (
+            json.loads((folder / step_choice.STEP_CHOICE_FILE).read_text())["student_channels_last"] is False
+        )
 
     # a resumed run keeps the recorded choice even where the probe would now choose otherwise
     timer = probed({"nchw/float32": 2.0, "channels_last/float32": 1.0, "channels_last": 1.0, "nchw": 0.1})
     resumed = _trainer(tmp_path, max_steps=3, save_strategy="steps", save_steps=1)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
-    assert (resumed.step_path.student_channels_last, resumed.step_path.teacher_channels_last) == (False, True)
-    assert set(resumed.step_path.sources.values()) == {"resumed"} and timer.calls == []
+    assert (resumed.step_choice.student_channels_last, resumed.step_choice.teacher_channels_last) == (
+        False,
+        True,
+    )
+    assert set(resumed.step_choice.sources.values()) == {"resumed"} and timer.calls == []
 
 
 def test_explicit_values_are_kept_and_tiny_workloads_take_the_prior(tmp_path, probed, monkeypatch):
     timer = probed({"nchw/float32": 0.1, "nchw": 0.1}, native_bf16=True)
-    path = _trainer(tmp_path, channels_last=True, student_dtype="float32").resolve_step_path()
+    path = _trainer(tmp_path, channels_last=True, student_dtype="float32").resolve_step_choice()
     assert (path.student_channels_last, path.teacher_channels_last, path.student_dtype) == (
         True,
         True,
         "float32",
     )
     assert set(path.sources.values()) == {"given"} and timer.calls == []
-    path = _trainer(tmp_path, channels_last="false", student_dtype="float32").resolve_step_path()
+    path = _trainer(tmp_path, channels_last="false", student_dtype="float32").resolve_step_choice()
     assert (path.student_channels_last, path.teacher_channels_last) == (False, False)
     # only what is still auto is probed: the layout is given, the precision is measured
     timer.calls.clear()
-    path = _trainer(tmp_path, channels_last="false").resolve_step_path()
+    path = _trainer(tmp_path, channels_last="false").resolve_step_choice()
     assert set(timer.calls) == {"nchw/float32", "nchw/bfloat16"} and path.sources["student_dtype"] == "probe"
     # tests' tiny batches are below PROBE_MIN_PIXELS: the prior, no probe call, independent of timing
-    monkeypatch.setattr(fast_path, "PROBE_MIN_PIXELS", 10**9)
+    monkeypatch.setattr(step_choice, "PROBE_MIN_PIXELS", 10**9)
     timer.calls.clear()
-    path = _trainer(tmp_path).resolve_step_path()
+    path = _trainer(tmp_path).resolve_step_choice()
     assert (path.student_channels_last, path.student_dtype, path.teacher_channels_last) == (
         True,
         "float32",
@@ -181,7 +185,7 @@ def test_explicit_values_are_kept_and_tiny_workloads_take_the_prior(tmp_path, pr
 def test_probe_chooses_bf16_student_where_faster_and_loss_stays_fp32(tmp_path, probed):
     probed({"channels_last/bfloat16": 0.3, "channels_last/float32": 1.0}, native_bf16=True)
     trainer = _trainer(tmp_path)
-    path = trainer.resolve_step_path()
+    path = trainer.resolve_step_choice()
     assert path.student_dtype == "bfloat16" and path.sources["student_dtype"] == "probe"
     dtypes = []
     conv = next(m for m in trainer.model.student.modules() if isinstance(m, torch.nn.Conv2d))
@@ -202,7 +206,7 @@ def test_busy_machine_keeps_the_prior(tmp_path, probed):
         {"nchw/float32": [0.2, 0.9], "channels_last/bfloat16": [0.3, 0.9], "nchw": [0.1, 0.8]},
         native_bf16=True,
     )
-    path = _trainer(tmp_path).resolve_step_path()
+    path = _trainer(tmp_path).resolve_step_choice()
     assert (path.student_channels_last, path.student_dtype, path.teacher_channels_last) == (
         True,
         "float32",
@@ -212,12 +216,12 @@ def test_busy_machine_keeps_the_prior(tmp_path, probed):
 
 
 def test_real_probe_leaves_model_and_rng_untouched(tmp_path, monkeypatch):
-    monkeypatch.setattr(fast_path, "PROBE_MIN_PIXELS", 0)
+    monkeypatch.setattr(step_choice, "PROBE_MIN_PIXELS", 0)
     trainer = _trainer(tmp_path)
     model = trainer.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    path = trainer.resolve_step_path()
+    path = trainer.resolve_step_choice()
     assert path.sources["student_channels_last"] == "probe" and all(
         t > 0 for t in path.timings_s["student"].values()
     )
@@ -227,8 +231,8 @@ def test_real_probe_leaves_model_and_rng_untouched(tmp_path, monkeypatch):
     assert all(p.grad is None for p in model.parameters()) and model.training
 
 
-def test_step_path_round_trip():
-    path = StepPath(student_channels_last=False, student_dtype="bfloat16", teacher_channels_last=True,
+def test_step_choice_round_trip():
+    path = StepChoice(student_channels_last=False, student_dtype="bfloat16", teacher_channels_last=True,
                     sources={"student_dtype": "probe"}, timings_s={"student": {"a": 1.0}}, probe_batch_size=64)  # fmt: skip
-    assert StepPath.from_dict(json.loads(json.dumps(path.to_dict()))) == path
+    assert StepChoice.from_dict(json.loads(json.dumps(path.to_dict()))) == path
     assert "student NCHW (prior), student bfloat16 (probe), teacher channels_last (prior)" in path.describe()
