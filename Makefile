@@ -29,7 +29,7 @@ DEMO_MANIFEST ?=
 SHIP_DEMO_DIR ?= outputs/demo_ship
 TEACHER ?= pretrained/fmnist-mocov2-resnet18
 TEACHER_RUN_DIR ?= outputs/fmnist_teacher
-TEACHER_ARGS ?= --batch_size 512 --learning_rate 0.03 --temperature 0.1 --queue_size 4096 --moco_momentum 0.99
+TEACHER_ARGS ?= --batch_size 512 --base_learning_rate 0.03 --contrastive_temperature 0.1 --queue_size 4096 --moco_momentum 0.99
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 # The shipped students' ONNX graphs (<folder>/onnx/) are not committed, their weights are (the tracked tree
 # must fit the 64 MiB working tree an accelerator machine takes): `make onnx` rebuilds them with the flags

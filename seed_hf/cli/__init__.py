@@ -1,5 +1,6 @@
 """The example scripts' layer: their argument dataclasses and recipe files (:mod:`.arguments`),
-set-up (:mod:`.script`), decisions on a run folder (:mod:`.runs`) and library errors shown as
+set-up (:mod:`.script`), training into a run folder (:mod:`.runs`; the decision on the folder is
+:class:`seed_hf.training.run_folder.RunFolder`'s) and library errors shown as
 their flags (:mod:`.flags`). The library (everything outside ``seed_hf.cli``) never imports it."""
 
 from seed_hf.cli.arguments import (
@@ -10,15 +11,7 @@ from seed_hf.cli.arguments import (
     parse_script_args,
 )
 from seed_hf.cli.flags import flags_in_errors
-from seed_hf.cli.runs import (
-    check_resumable,
-    check_run_folder,
-    check_same_teacher,
-    finished_run_results,
-    resolve_checkpoint,
-    run_recipe,
-    train_and_save,
-)
+from seed_hf.cli.runs import resolve_checkpoint, train_and_save
 from seed_hf.cli.script import (
     build_device_input,
     build_knn_monitor,
@@ -39,17 +32,12 @@ __all__ = [
     "build_script_dataset",
     "cached_training_dataset",
     "check_hub_arguments",
-    "check_resumable",
-    "check_run_folder",
-    "check_same_teacher",
-    "finished_run_results",
     "flags_in_errors",
     "onnx_export_options",
     "open_teacher_cache",
     "parse_script_args",
     "replayed_epochs",
     "resolve_checkpoint",
-    "run_recipe",
     "setup_logging",
     "train_and_save",
 ]

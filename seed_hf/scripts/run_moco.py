@@ -23,17 +23,14 @@ from seed_hf.cli import (
     build_knn_monitor,
     build_script_dataset,
     check_hub_arguments,
-    check_run_folder,
-    finished_run_results,
     flags_in_errors,
     parse_script_args,
-    resolve_checkpoint,
-    run_recipe,
     setup_logging,
     train_and_save,
 )
 from seed_hf.training.distributed import shutdown_distributed
-from seed_hf.training.run_folder import lock_run_folder
+from seed_hf.training.run_folder import RunFolder
+from seed_hf.training.run_recipe import run_recipe
 
 
 @dataclass
@@ -66,11 +63,9 @@ def pretrain(
 ) -> dict:
     logger = setup_logging(training_args)
     check_hub_arguments(training_args)
-    # one writer per run folder (main process): a second run into it is refused, naming the first
-    lock_run_folder(training_args.output_dir, training_args.should_save)
-    # a finished run returns its results, once the checks below found it of the same recipe
-    finished = finished_run_results(training_args)
-    last_checkpoint = None if finished is not None else resolve_checkpoint(training_args)
+    # fresh, resumed or finished; refused when in use (one writer per folder) or of another recipe
+    run = RunFolder.of(training_args).lock(training_args.should_save)
+    run.decide()
     set_seed(training_args.seed)
 
     data = data_args.train_data()  # resolution, channels, normalisation: derived once, passed on
@@ -89,9 +84,9 @@ def pretrain(
         image_std=data.std,
     )
     recipe = run_recipe(data, training_args.seed, [config])  # run_info.json's; a resume must match it
-    check_run_folder(training_args, finished, last_checkpoint, [config], recipe)
-    if finished is not None:
-        return finished
+    run.check_recipe([config], recipe, training_args)
+    if run.finished:  # its results, now that it is found of the same recipe
+        return run.results
     model = MocoForPretraining(config)
     train_dataset = build_script_dataset(data, training_args, config, num_views=2)
     # --data_device cuda: the workers pass JPEG bytes, decoded and augmented on the GPU by the trainer
@@ -108,7 +103,7 @@ def pretrain(
         knn_monitor=build_knn_monitor(data_args, config.image_mean, config.image_std, data.image_size),
         device_transform=device_transform,
     )
-    metrics = train_and_save(trainer, last_checkpoint, run_info={"method": "moco_v2", **recipe})
+    metrics = train_and_save(trainer, run.checkpoint, run_info={"method": "moco_v2", **recipe})
     return metrics
 
 

@@ -36,23 +36,19 @@ from seed_hf.cli import (
     build_script_dataset,
     cached_training_dataset,
     check_hub_arguments,
-    check_run_folder,
-    check_same_teacher,
-    finished_run_results,
     flags_in_errors,
     onnx_export_options,
     open_teacher_cache,
     parse_script_args,
     replayed_epochs,
-    resolve_checkpoint,
-    run_recipe,
     setup_logging,
     train_and_save,
 )
 from seed_hf.cli.script import ONNX_FLAGS, TEACHER_FLAGS, int8_refusals
 from seed_hf.teachers.fingerprint import weights_fingerprint
 from seed_hf.training.distributed import shutdown_distributed
-from seed_hf.training.run_folder import STUDENTS_DIR, lock_run_folder
+from seed_hf.training.run_folder import STUDENTS_DIR, RunFolder
+from seed_hf.training.run_recipe import run_recipe
 
 
 @dataclass
@@ -152,8 +148,8 @@ def distil(
     check_hub_arguments(training_args)
     # --onnx without the onnx extra, or --onnx_int8 without the student's own labelled data, stops before training
     onnx = onnx_export_options(onnx_args, data_args.source().describe()["dataset"])
-    # one writer per run folder (main process): a second run into it is refused, naming the first
-    lock_run_folder(training_args.output_dir, training_args.should_save)
+    # fresh, resumed or finished; refused when in use (one writer per folder) or of another teacher / recipe
+    run = RunFolder.of(training_args).lock(training_args.should_save)
     data = data_args.train_data()  # resolution, channels, normalisation: derived once, passed on
     cache = None
     if model_args.teacher_cache:  # the teacher's stored pass: no teacher loaded (seed_hf.teachers.cache)
@@ -169,10 +165,8 @@ def distil(
         raise ValueError("Pass --teacher_name_or_path (the teacher) or --teacher_cache (its stored pass).")
     else:
         fingerprint = weights_fingerprint(model_args.teacher_name_or_path, model_args.teacher_checkpoint)
-    check_same_teacher(training_args, fingerprint)
-    # a finished run returns its results, once the checks below found it of the same recipe
-    finished = finished_run_results(training_args)
-    last_checkpoint = None if finished is not None else resolve_checkpoint(training_args)
+    # fresh, resume or finished; refused: another teacher, files of no run
+    run.decide(teacher_sha256=fingerprint)
     set_seed(training_args.seed)
 
     teacher = None if cache is not None else load_teacher(**model_args.load_kwargs(), sha256=fingerprint)
@@ -216,15 +210,15 @@ def distil(
         for architecture in architectures
     ]
     recipe = run_recipe(data, training_args.seed, configs)  # run_info.json's; a resume must match it
-    check_run_folder(training_args, finished, last_checkpoint, configs, recipe)
-    if finished is not None:
+    run.check_recipe(configs, recipe, training_args)
+    if run.finished:  # its results, now that it is found of the same recipe
         if onnx is not None or training_args.push_to_hub:  # the export runs after training, which is done
             raise ValueError(
                 f"The run in {training_args.output_dir} is already complete, so this command exports nothing: export "
                 f"it with examples/run_export.py --student_dir {training_args.output_dir} --output_dir DIR and the "
                 "same --onnx* / --push_to_hub flags."
             )
-        return finished
+        return run.results
     config = configs[0]
     if len(configs) == 1:
         model = SeedForDistillation(config)
@@ -263,13 +257,14 @@ def distil(
     run_info = {
         "method": "seed",
         **recipe,
-        "teacher": teacher_record,
-        "teacher_sha256": fingerprint,  # what check_same_teacher compares on resume
+        # the weights' fingerprint once: teacher_sha256, what RunFolder.decide compares on resume
+        "teacher": {key: value for key, value in teacher_record.items() if key != "sha256"},
+        "teacher_sha256": fingerprint,
     }
     if cached is not None:
         run_info["teacher_cache"] = cached
         run_info["teacher_pass"] = f"cached: {cached['epochs']} epochs, replayed ×{cached['replayed']:g}"
-    metrics = train_and_save(trainer, last_checkpoint, run_info=run_info)
+    metrics = train_and_save(trainer, run.checkpoint, run_info=run_info)
     if isinstance(model, SeedStudentGroup) and training_args.should_save:
         for folder in model.save_students(Path(training_args.output_dir) / STUDENTS_DIR):
             logger.info(f"Saved student to {folder}")

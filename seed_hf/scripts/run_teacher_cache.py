@@ -30,7 +30,7 @@ from seed_hf.teachers.cache import CACHE_DTYPES
 from seed_hf.teachers.cache_writer import write_teacher_cache
 from seed_hf.teachers.fingerprint import weights_fingerprint
 from seed_hf.training.distributed import shutdown_distributed
-from seed_hf.training.run_folder import lock_run_folder
+from seed_hf.training.run_folder import RunFolder
 
 
 @dataclass
@@ -77,7 +77,7 @@ def write(
     if not teacher_args.teacher_name_or_path:
         raise ValueError("Pass --teacher_name_or_path: the teacher whose embeddings the cache stores.")
     # one writer per cache folder (main process); the other processes write their own shards
-    lock_run_folder(training_args.output_dir, training_args.process_index == 0)
+    RunFolder(training_args.output_dir).lock(training_args.process_index == 0)
     set_seed(training_args.seed)  # as run_seed.py: a random-weight teacher is the same one
     data = data_args.train_data()
     fingerprint = weights_fingerprint(teacher_args.teacher_name_or_path, teacher_args.teacher_checkpoint)
@@ -93,7 +93,7 @@ def write(
         dtype=cache_args.cache_dtype,
         teacher_dtype=training_args.teacher_dtype,
         mixed_precision=mixed,
-        channels_last=training_args.channels_last,
+        channels_last=training_args.channels_last != "false",
         optimize_teacher=training_args.optimize_teacher,
         num_small_crops=crops.num_small_crops,
         small_crop_size=crops.small_crop_size,
