@@ -32,7 +32,6 @@ webdataset tar members).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
@@ -43,6 +42,7 @@ from typing import Any
 from torch.utils.data import IterableDataset, get_worker_info
 
 from seed_hf.data.rows import INDEX_COLUMN, seeded_row_example
+from seed_hf.data.seeding import mix_seed
 from seed_hf.data.shard_index import Row, ShardIndex, count_rows, is_tar
 
 __all__ = [
@@ -71,15 +71,9 @@ def warn_on_uneven_shards(num_shards: int, world_size: int, num_workers: int) ->
     return True
 
 
-def _seed(*parts: int) -> int:
-    """A 64-bit seed from integers (stable across processes and Python runs)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
 def _epoch_shards(num_shards: int, seed: int, epoch: int) -> list[int]:
     order = list(range(num_shards))
-    random.Random(_seed(seed, epoch, 0x5EED)).shuffle(order)
+    random.Random(mix_seed(seed, epoch, 0x5EED)).shuffle(order)
     return order
 
 
@@ -277,7 +271,7 @@ class ShardStream(IterableDataset):
         epoch = self._next.epoch
         limit = self.rows_per_reader(epoch)
         shards = _epoch_shards(self.num_shards, self.seed, epoch)[reader :: self.num_readers]
-        rng = random.Random(_seed(self.seed, epoch, reader))
+        rng = random.Random(mix_seed(self.seed, epoch, reader))
         skip = self._skip_rows(worker)
         steps = _shuffled_positions(shards, self.row_counts, self.shuffle_buffer_size, rng, limit)
         # replay the positions of the rows already yielded: integers only, no reads

@@ -77,7 +77,7 @@ class SeedTrainingArguments(TrainingArguments):
         metadata={
             "help": "Precision of the frozen teacher's forward: auto (bf16 on CPUs with native bf16, "
             "AVX512-BF16 or AMX; otherwise the run's mixed precision: fp32 on other CPUs, --bf16/--fp16 on GPUs), "
-            "bfloat16 (bf16 autocast even when the student trains in fp32: ~2x faster teacher on CPUs with "
+            "bfloat16 (bf16 autocast even when the student trains in fp32: a faster teacher on CPUs with "
             "AVX512-BF16/AMX and on GPUs), float16 (fp16 autocast, the official SEED code's teacher precision) "
             "or float32 (fp32 teacher even under --bf16)."
         },
@@ -94,8 +94,8 @@ class SeedTrainingArguments(TrainingArguments):
         default=False,
         metadata={
             "help": "torch.compile the frozen teacher with inductor freezing (weights folded in as constants, "
-            "fused conv epilogues): a 1.08x faster teacher forward in bench_step on a 2-core CPU, one compile "
-            "(~30 s) per input shape. Combine with --torch_compile for the student."
+            "fused conv epilogues): a faster teacher forward, one compile per input shape (docs/performance.md). "
+            "Combine with --torch_compile for the student."
         },
     )
     sync_bn: bool = field(

@@ -2,8 +2,8 @@
 
 The teacher only runs inference, and its outputs are L2-normalised embeddings that the loss
 turns into softmax targets in fp32, so bf16 costs the targets little (``benchmarks/bench_step.py``
-reports the KL between bf16 and fp32 targets) and roughly halves the teacher's time on CPUs
-that compute in bf16 natively: AVX512-BF16 (``vdpbf16ps``, Cooper Lake, Zen 4 and later) or AMX
+reports the KL between bf16 and fp32 targets) and speeds the teacher up on CPUs that compute in
+bf16 natively: AVX512-BF16 (``vdpbf16ps``, Cooper Lake, Zen 4 and later) or AMX
 (Sapphire Rapids and later). On other CPUs, oneDNN emulates bf16 through fp32 conversions and
 bf16 is slower than fp32, so ``auto`` keeps fp32 there. On GPUs ``auto`` follows the run's
 mixed precision (``--bf16`` / ``--fp16``).

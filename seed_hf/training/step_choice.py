@@ -3,8 +3,7 @@ architecture by what is measured faster (``channels_last="auto"``, ``student_dty
 
 Why measure instead of a fixed rule: channels_last speeds some students up and bf16 autocast
 slows others down (depthwise convolutions), by amounts that depend on the architecture, the
-CPU's instructions and the device (the figures measured here: README, "The training step on
-CPU"). So the trainer times the real models at the real batch shape once, before the first step
+CPU's instructions and the device (docs/performance.md). So the trainer times the real models at the real batch shape once, before the first step
 (a few seconds), and keeps the fastest.
 
 The rule, deterministic given the timings (tests inject them):
@@ -68,13 +67,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# a candidate must beat the prior by more than this to replace it (run-to-run noise of the fastest of
-# 2 alternated calls is a few % on a quiet machine; the gains worth taking are 1.2–2.6x)
+# a candidate must beat the prior by more than this to replace it: above the run-to-run noise of the
+# fastest of 2 alternated calls on a quiet machine, below the gains worth taking
 MARGIN = 0.10
 # the same for a candidate of another precision than the prior's (bf16 autocast moves the numerics
-# more than a layout does; the gains worth it are 1.5-2.6x)
+# more than a layout does)
 PRECISION_MARGIN = 0.25
-# fastest / slowest timed call of a candidate beyond which the probe counts as noisy (quiet: < 1.05)
+# fastest / slowest timed call of a candidate beyond which the probe counts as noisy
 MAX_SPREAD = 1.15
 # batch × height × width below which the probe is skipped: 64 images of 64 px (a test's 8 × 32 × 32 is
 # 32x smaller; the Fashion-MNIST demo's 256 × 64 × 64 is 4x larger)
