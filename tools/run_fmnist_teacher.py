@@ -11,8 +11,9 @@ no collation), so the step is ``model(q, pixel_values_k=k)``, backward, optimize
 ``forward`` computes the loss against a snapshot of its queue and enqueues the keys itself; this
 loop never touches the queue (``tests/test_trust.py`` counts the keys enqueued per step).
 
-The learning rate follows transformers' linear warm-up and cosine schedule
-(``get_cosine_schedule_with_warmup``) from ``--base_learning_rate`` × ``--batch_size`` / 256.
+The learning rate warms up linearly and follows a cosine from ``--base_learning_rate`` × ``--batch_size``
+/ 256 (the shipped teacher's schedule: transformers' ``get_cosine_schedule_with_warmup`` starts its warm-up
+one step lower, at 0, so it would not retrain that teacher).
 Resumable: ``--output_dir`` keeps ``checkpoint/`` (accelerate's ``save_state`` of model, optimizer
 and scheduler, plus the step; written atomically every ``--save_steps``); re-running the same
 command continues from it. Views are
@@ -25,6 +26,7 @@ seeded by (seed, step), batches by (seed, epoch), so a resumed run draws the sam
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
+from transformers import HfArgumentParser
 
 from seed_hf import MocoConfig, MocoForPretraining
 from seed_hf.data.batched_transforms import BATCHED_PRESETS, BatchedSSLTransform
@@ -207,6 +209,21 @@ def evaluate(model: MocoForPretraining, args: TeacherArguments, device) -> dict:
     return {f"knn_{k}": v for k, v in scores.items()}
 
 
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, last_epoch: int = -1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The shipped teacher's schedule: (step + 1) / warmup_steps for the warm-up steps, then a cosine
+    from 1 to 0 over the remaining ``total_steps - warmup_steps``."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier, last_epoch=last_epoch)
+
+
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(TeacherArguments).parse_args_into_dataclasses(argv)
     out = Path(args.output_dir)
@@ -247,8 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
     max_steps = args.max_steps or 20000
     if progress_file.is_file() and args.max_steps is None:  # a resumed run keeps its schedule
         max_steps = json.loads(progress_file.read_text())["max_steps"]
-    # transformers' linear warm-up and cosine over max_steps (a resume: over its new length, from its step)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, max_steps)
+    # linear warm-up and cosine over max_steps (a resume: over its new length, from its step)
+    scheduler = warmup_cosine_schedule(optimizer, args.warmup_steps, max_steps)
     sgd = optimizer
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start = 0
@@ -287,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
             rate = 30 / (time.time() - timed_from[0])
             max_steps = max(step + 1, int(rate * (args.time_budget_seconds - (time.time() - t0))) + step)
             # the schedule over the new length from this step on (the prepared scheduler wraps the new one)
-            scheduler.scheduler = get_cosine_schedule_with_warmup(
+            scheduler.scheduler = warmup_cosine_schedule(
                 sgd, args.warmup_steps, max_steps, last_epoch=step - 1
             )
             print(f"{rate:.2f} steps/s ({rate * args.batch_size:.0f} img/s): max_steps set to {max_steps}")
