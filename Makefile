@@ -88,9 +88,10 @@ demo: setup
 	$(PY) examples/run_eval.py --models $(DEMO_EXPORT_DIR) --linear_probe \
 	  --reference_results results/teacher/eval_results.json results/demo/moco_baseline/eval_results.json \
 	  --output_file $(DEMO_EVAL_FILE)
-	$(PY) examples/run_export.py --student_dir $(DEMO_DIR)/student --output_dir $(DEMO_EXPORT_DIR) \
-	  --eval_results $(DEMO_EVAL_FILE) --hub_model_id your-org/seed-demo-mobilenetv3-small-fmnist \
-	  $(if $(DEMO_MANIFEST),--manifest $(DEMO_MANIFEST) --manifest_name seed-demo-mobilenetv3-small-fmnist)
+	$(PY) $(if $(DEMO_MANIFEST),tools/ship_model.py --manifest $(DEMO_MANIFEST) \
+	  --manifest_name seed-demo-mobilenetv3-small-fmnist run_export.py,examples/run_export.py) \
+	  --student_dir $(DEMO_DIR)/student --output_dir $(DEMO_EXPORT_DIR) \
+	  --eval_results $(DEMO_EVAL_FILE) --hub_model_id your-org/seed-demo-mobilenetv3-small-fmnist
 	@echo "Student written to $(DEMO_EXPORT_DIR) (model card: $(DEMO_EXPORT_DIR)/README.md)"
 
 # The paper's baseline for the demo's table: the same student by MoCo-v2 alone at the demo's budget
@@ -125,8 +126,8 @@ ship-demo: setup
 	  $(MAKE) --no-print-directory demo DEMO_DIR=$(SHIP_DEMO_DIR) DEMO_EXPORT_DIR=results/demo/student \
 	    DEMO_EVAL_FILE=results/demo/eval_results.json DEMO_MANIFEST=model_cards/models.json && \
 	  wall=$$(( $$(date +%s) - start )) && \
-	  $(PY) examples/run_export_onnx.py --folder results/demo/student $(ONNX_EXPORT_FLAGS) \
-	    --manifest model_cards/models.json --manifest_name seed-demo-mobilenetv3-small-fmnist && \
+	  $(PY) tools/ship_model.py --manifest model_cards/models.json --manifest_name seed-demo-mobilenetv3-small-fmnist \
+	    run_export_onnx.py --folder results/demo/student $(ONNX_EXPORT_FLAGS) && \
 	  $(PY) benchmarks/bench_infer.py --student results/demo/student --teacher $(TEACHER) --threads 1 \
 	    --output_json results/speed/seed-demo-mobilenetv3-small-fmnist.json \
 	    --manifest model_cards/models.json --manifest_name seed-demo-mobilenetv3-small-fmnist && \
@@ -172,8 +173,8 @@ study: setup
 	$(PY) tools/run_fmnist_study.py --output_dir results/fmnist
 	for method in seed moco; do \
 	  name=$$method-fmnist-mobilenetv3_small_100; \
-	  $(PY) examples/run_export_onnx.py --folder results/fmnist/students/$$method $(ONNX_EXPORT_FLAGS) \
-	    --manifest model_cards/models.json --manifest_name $$name && \
+	  $(PY) tools/ship_model.py --manifest model_cards/models.json --manifest_name $$name \
+	    run_export_onnx.py --folder results/fmnist/students/$$method $(ONNX_EXPORT_FLAGS) && \
 	  $(PY) benchmarks/bench_infer.py --student results/fmnist/students/$$method --teacher $(TEACHER) --threads 1 \
 	    --output_json results/speed/$$name.json --manifest model_cards/models.json --manifest_name $$name || exit 1; \
 	done

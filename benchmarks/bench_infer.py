@@ -37,18 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seed_hf.evaluation.evaluate import LabelledImages, eval_data_config, eval_transform, load_labelled_splits
+from seed_hf.evaluation.features import eval_data_config, eval_transform
+from seed_hf.evaluation.labelled import LabelledImages, load_labelled_splits
 from seed_hf.evaluation.subsets import balanced_subset
-from seed_hf.export.onnx_export import (
-    ONNX_FILE,
-    ONNX_INT8_FILE,
-    export_onnx,
-    export_pooled_onnx,
-    folder_transform,
-    ort_session,
-    quantize_int8,
-    require_onnx,
-)
+from seed_hf.export.onnx_export import export_onnx
+from seed_hf.export.onnx_graph import ONNX_FILE, ONNX_INT8_FILE, export_pooled_onnx, ort_session, require_onnx
+from seed_hf.export.onnx_int8 import quantize_int8
+from seed_hf.export.onnx_verify import folder_transform
 
 RUNTIMES = ("PyTorch eager, NCHW", "PyTorch eager, channels_last", "ONNX Runtime fp32", "ONNX Runtime int8")
 

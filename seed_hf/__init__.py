@@ -2,7 +2,7 @@
 
 The public API: configs, models and their outputs, trainers and their arguments, teachers,
 the loss and queue, training data and augmentation, and export to the Hub. Everything else
-is reachable through its module (``seed_hf.evaluation.evaluate``, ``seed_hf.training.run_folder``, ...).
+is reachable through its module (``seed_hf.evaluation.probe``, ``seed_hf.training.run_folder``, ...).
 """
 
 from transformers import AutoConfig, AutoModel
@@ -18,7 +18,7 @@ from seed_hf.data import (
     collate_batch,
     load_fashion_mnist,
 )
-from seed_hf.evaluation.evaluate import KnnMonitor
+from seed_hf.evaluation.monitor import KnnMonitor
 from seed_hf.export.hub import export_moco_encoder, export_student, push_student_to_hub
 from seed_hf.export.onnx_export import export_onnx
 from seed_hf.models.configuration_moco import MocoConfig

@@ -340,7 +340,7 @@ def test_a_refusal_prints_its_message_alone_and_exits_1():
 
 def test_run_script_keeps_the_traceback_of_an_unexpected_error(capsys, tmp_path):
     from seed_hf.cli.script import run_script
-    from seed_hf.evaluation.evaluate import weighted_knn_predict
+    from seed_hf.evaluation.knn import weighted_knn_predict
 
     cleaned = []
 
@@ -457,7 +457,7 @@ def test_refusals_of_the_command_line(tmp_path, capsys):
 
 
 def test_an_image_folder_is_named_by_its_own_name_unless_it_is_a_split(tmp_path):
-    from seed_hf.evaluation.evaluate import load_labelled_splits
+    from seed_hf.evaluation.labelled import load_labelled_splits
 
     for folder in (tmp_path / "photos", tmp_path / "mydata" / "train"):
         for label in ("a", "b"):

@@ -76,7 +76,7 @@ def test_fashion_mnist_reader():
     assert sorted(np.unique(labels).tolist()) == list(range(10))
     from PIL import Image as PILImage
 
-    from seed_hf.evaluation.evaluate import eval_data_config, eval_transform
+    from seed_hf.evaluation.features import eval_data_config, eval_transform
 
     out = eval_transform(eval_data_config(1, 32, [0.286], [0.353]))(PILImage.fromarray(images[0]))
     assert out.shape == (1, 32, 32)

@@ -44,7 +44,8 @@ def _gray_images(n: int = 16) -> torch.Tensor:
 
 def _evaluation_features(name: str, images: torch.Tensor) -> torch.Tensor:
     """seed_hf's evaluation features (what run_eval measures) of ``images``."""
-    from seed_hf.evaluation.evaluate import LabelledImages, eval_transform, extract_features, load_encoder
+    from seed_hf.evaluation.features import eval_transform, extract_features, load_encoder
+    from seed_hf.evaluation.labelled import LabelledImages
 
     spec = load_encoder(name)
     dataset = LabelledImages(images.numpy(), [0] * len(images), eval_transform(spec.data_config))
@@ -232,7 +233,7 @@ def test_card_names_the_local_term_when_trained_with_it(tmp_path, local_loss_wei
 def _rgb_images(n: int = 8) -> list:
     """Colour photos (crops of scikit-image's samples, converted to RGB)."""
     pytest.importorskip("skimage")
-    from seed_hf.export.onnx_export import sample_images
+    from seed_hf.export.onnx_verify import sample_images
 
     return [image.convert("RGB") for image in sample_images(n)]
 
@@ -256,7 +257,7 @@ def test_a_channels_last_student_exports_and_stays_as_it_was(tmp_path, in_chans)
     from helpers import TensorImages, tiny_teacher
 
     from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch
-    from seed_hf.evaluation.evaluate import eval_data_config, eval_transform
+    from seed_hf.evaluation.features import eval_data_config, eval_transform
 
     model = tiny_student(in_chans=in_chans, image_mean=[0.5] * in_chans, image_std=[0.25] * in_chans)
     args = SeedTrainingArguments(

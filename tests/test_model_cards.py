@@ -111,6 +111,47 @@ def test_an_export_recorded_through_its_hook_renders_the_same_card(tmp_path):
         manifest_entry(manifest, "tiny", tmp_path / "elsewhere")
 
 
+def test_ship_model_records_what_the_installed_export_script_wrote(tmp_path, monkeypatch):
+    """``tools/ship_model.py`` (make ship-demo's step) runs the installed ``run_export.py``, which
+    knows nothing of the manifest, and records its folder through the script's ``on_exported``
+    hook, the card rows to come from the script's ``--eval_results``; a multi-student run is
+    refused before anything is exported, and ``run_export_onnx.py`` needs the entry's name."""
+    from helpers import tiny_student
+
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import ship_model
+
+    run = tmp_path / "run"
+    tiny_student().save_pretrained(run)
+    manifest = tmp_path / "model_cards" / "models.json"
+    results = tmp_path / "results" / "eval.json"
+    results.parent.mkdir()
+    results.write_text("[]")  # run_eval.py's rows: none yet
+    script = [
+        "--student_dir",
+        str(run),
+        "--output_dir",
+        str(tmp_path / "student"),
+        "--eval_results",
+        str(results),
+    ]
+    (folder,) = ship_model.main(["--manifest", str(manifest), "run_export.py", *script])
+    (entry,) = json.loads(manifest.read_text())
+    assert (entry["name"], entry["folder"], entry["results"]) == ("student", "student", "results/eval.json")
+    assert folder == tmp_path / "student" and entry["facts"]["method"] == "seed"
+    (tmp_path / "multi" / "students").mkdir(parents=True)
+    for name in ("a", "b"):
+        tiny_student().save_pretrained(tmp_path / "multi" / "students" / name)
+    with pytest.raises(ValueError, match="--manifest records one model"):
+        ship_model.main(
+            ["--manifest", str(manifest), "run_export.py", "--student_dir", str(tmp_path / "multi"),
+             "--output_dir", str(tmp_path / "out")]
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="--manifest_name is required"):
+        ship_model.main(["--manifest", str(manifest), "run_export_onnx.py", "--folder", str(folder)])
+
+
 def test_tracked_tree_fits_a_gpu_run():
     """The accelerator machine takes at most 64 MiB of working tree: the tracked files (what a
     session's checkout carries there) stay within TRACKED_TREE_LIMIT_MIB."""

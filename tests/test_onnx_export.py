@@ -15,23 +15,14 @@ import pytest
 import torch
 from helpers import tiny_student
 
-from seed_hf.cli import flags_in_errors
-from seed_hf.cli.script import ONNX_FLAGS
-from seed_hf.evaluation.evaluate import LabelledSplits
-from seed_hf.export import onnx_export
+from seed_hf.evaluation.labelled import LabelledSplits
+from seed_hf.export import onnx_export, onnx_graph, onnx_int8
 from seed_hf.export.cards import render_model_card
 from seed_hf.export.hub import export_student, upload_plan
-from seed_hf.export.onnx_export import (
-    DEFAULT_RTOL,
-    ONNX_FILE,
-    ONNX_INT8_FILE,
-    OnnxVerificationError,
-    export_onnx,
-    folder_transform,
-    int8_shortfalls,
-    ort_session,
-    sample_images,
-)
+from seed_hf.export.onnx_export import export_onnx
+from seed_hf.export.onnx_graph import ONNX_FILE, ONNX_INT8_FILE, ort_session
+from seed_hf.export.onnx_int8 import int8_shortfalls
+from seed_hf.export.onnx_verify import DEFAULT_RTOL, OnnxVerificationError, folder_transform, sample_images
 
 pytest.importorskip("onnxruntime")
 LOADER = Path(__file__).with_name("load_exported.py")
@@ -110,7 +101,7 @@ def test_export_round_trips_every_family_at_batch_1_and_64(tmp_path, arch, in_ch
     print(f"{arch} in_chans={in_chans}: {record['max_abs_diff']} of features up to {record['feature_scale']}")
     assert set(record["max_abs_diff"]) == {"batch_1", "batch_64"} and record["rtol"] == DEFAULT_RTOL
     assert max(record["max_abs_diff"].values()) <= DEFAULT_RTOL * record["feature_scale"]
-    assert record["exporter"] == "torchscript" and record["opset"] == onnx_export.DEFAULT_OPSET
+    assert record["exporter"] == "torchscript" and record["opset"] == onnx_graph.DEFAULT_OPSET
     assert [f["path"] for f in record["files"]] == [ONNX_FILE]
     assert sorted(p.name for p in folder.iterdir()) == [
         "README.md",
@@ -149,7 +140,7 @@ def _small_splits(n_train: int = 300, n_eval: int = 100) -> LabelledSplits:
     from conftest import FASHION_MNIST_AVAILABLE
 
     if FASHION_MNIST_AVAILABLE:
-        from seed_hf.evaluation.evaluate import load_labelled_splits
+        from seed_hf.evaluation.labelled import load_labelled_splits
 
         return load_labelled_splits().subsample(n_train, n_eval)
     images = sample_images(n_train + n_eval)
@@ -185,7 +176,7 @@ def test_int8_is_kept_above_the_bar_with_its_figures_and_the_k_used(tmp_path, ca
         "Conv/MatMul/Gemm" in int8["method"]
         and "64 class-balanced images of skimage_crops" in int8["calibration"]
     )
-    assert int8["cosine_to_fp32"]["num_images"] == 60 and int8["bar"] == onnx_export.INT8_QUALITY_BAR
+    assert int8["cosine_to_fp32"]["num_images"] == 60 and int8["bar"] == onnx_int8.INT8_QUALITY_BAR
     assert int8["cosine_to_fp32"]["mean"] >= int8["cosine_to_fp32"]["p1"] >= int8["cosine_to_fp32"]["min"]
     assert int8_shortfalls(int8) == []
     knn = int8["knn"]
@@ -221,7 +212,7 @@ def test_int8_quantizes_only_conv_matmul_gemm(tmp_path):
     figures = record.get("int8") or record["int8_refused"]
     graph_path = folder / ONNX_INT8_FILE
     if not graph_path.exists():  # refused: quantize again to look at the graph itself
-        onnx_export.quantize_int8(folder / ONNX_FILE, graph_path, np.zeros((32, 3, 64, 64), np.float32))
+        onnx_int8.quantize_int8(folder / ONNX_FILE, graph_path, np.zeros((32, 3, 64, 64), np.float32))
     graph = onnx.load(graph_path).graph
     initializers = {tensor.name for tensor in graph.initializer}
     weights = {
@@ -236,7 +227,7 @@ def test_int8_below_the_bar_is_refused_with_its_figures(tmp_path, monkeypatch, c
     """Below the bar (here an unattainable one), the int8 graph is not written: the fp32 graph is,
     the record keeps the figures and the shortfalls, the card says why there is no int8 graph, and
     the scripts end with an error naming them."""
-    monkeypatch.setitem(onnx_export.INT8_QUALITY_BAR, "mean_cosine", 1.01)
+    monkeypatch.setitem(onnx_int8.INT8_QUALITY_BAR, "mean_cosine", 1.01)
     folder = _exported(tmp_path, "test_efficientnet", 3, 64, {})
     data = _rgb_splits(120, 60)
     with caplog.at_level("WARNING", logger="seed_hf.export.onnx_export"):
@@ -271,7 +262,7 @@ def test_a_graph_onnxruntime_cannot_quantize_keeps_its_fp32_export(tmp_path, mon
     def fail(*args, **kwargs):
         raise Exception("Incomplete symbolic shape inference")
 
-    monkeypatch.setattr(onnx_export, "quantize_int8", fail)
+    monkeypatch.setattr(onnx_int8, "quantize_int8", fail)
     folder = _exported(tmp_path, "test_efficientnet", 3, 64, {})
     record = export_onnx(folder, int8=True, eval_data=_rgb_splits(120, 60), num_calibration=64)
     assert sorted(p.name for p in (folder / "onnx").iterdir()) == ["model.onnx"]
@@ -417,7 +408,7 @@ def test_reparameterizable_students_are_exported_fused(tmp_path, arch, in_chans,
     transform, _ = folder_transform(folder)
     images = [im.convert("L" if in_chans == 1 else "RGB") for im in sample_images(16)]
     pixel_values = torch.stack([transform(im.convert("RGB")) for im in images])
-    from seed_hf.evaluation.evaluate import eval_data_config, eval_transform
+    from seed_hf.evaluation.features import eval_data_config, eval_transform
 
     own = eval_transform(eval_data_config(in_chans, 32, [0.5] * in_chans, [0.25] * in_chans))
     with torch.no_grad():
@@ -533,7 +524,7 @@ def test_run_export_onnx_int8_flags(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--onnx_rtol"):
         run_export.main([*argv, "--onnx", "--onnx_rtol", "0"])
     # the bar's figures on an untrained student are not the point here (the bar is tested above)
-    monkeypatch.setattr(onnx_export, "INT8_QUALITY_BAR", {**onnx_export.INT8_QUALITY_BAR, "mean_cosine": 0.0,
+    monkeypatch.setattr(onnx_int8, "INT8_QUALITY_BAR", {**onnx_int8.INT8_QUALITY_BAR, "mean_cosine": 0.0,
                                                           "p1_cosine": 0.0, "max_knn_drop": 100.0})  # fmt: skip
     (folder,) = run_export.main(
         [*argv, "--onnx_int8", "--onnx_max_train_samples", "200", "--onnx_max_eval_samples", "50"]
@@ -590,5 +581,4 @@ def test_too_few_verification_images_name_where_they_came_from(tmp_path):
     splits = _small_splits(40, 10)
     match = "the evaluation split of --onnx_dataset_name / --onnx_train_dir holds 10"
     with pytest.raises(ValueError, match=match):
-        with flags_in_errors(aliases=ONNX_FLAGS):  # as run_export_onnx.py shows it
-            export_onnx(folder, eval_data=splits)
+        export_onnx(folder, eval_data=splits)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import run_fmnist_teacher  # noqa: E402
 
-from seed_hf.evaluation.evaluate import load_labelled_splits  # noqa: E402
+from seed_hf.evaluation.labelled import load_labelled_splits  # noqa: E402
 from seed_hf.export.hub import export_student  # noqa: E402
 from seed_hf.scripts import (
     run_eval,  # noqa: E402
@@ -58,7 +58,7 @@ def class_sorted_folders(root: Path, per_class: dict[str, int], classes=(0, 1, 2
 
 
 def test_balanced_subset_draws_every_class_and_is_seeded():
-    from seed_hf.evaluation.evaluate import balanced_subset
+    from seed_hf.evaluation.subsets import balanced_subset
 
     labels = np.repeat(np.arange(4), [50, 50, 5, 100])  # sorted by class, one small class
     keep = balanced_subset(labels, 100, seed=0)
@@ -441,7 +441,7 @@ def test_evaluation_converts_16_bit_images_as_training_does():
     from PIL import Image
 
     from seed_hf.data.decode import convert_image
-    from seed_hf.evaluation.evaluate import eval_transform
+    from seed_hf.evaluation.features import eval_transform
 
     ramp = np.linspace(0, 4000, 32 * 32).reshape(32, 32).astype(np.uint16)  # a 12-bit sensor's range
     image = Image.fromarray(ramp)
@@ -480,7 +480,8 @@ def _png_bytes(value: int, size: int = 16) -> bytes:
 
 def test_evaluation_leaves_out_and_names_a_corrupt_image_of_an_imagefolder(tmp_path, caplog):
     """Training skips and counts a corrupt file; evaluation and the kNN monitor did crash on it."""
-    from seed_hf.evaluation.evaluate import LabelledImages, extract_features, load_labelled_splits
+    from seed_hf.evaluation.features import extract_features
+    from seed_hf.evaluation.labelled import LabelledImages, load_labelled_splits
 
     for split in ("train", "val"):
         for label, value in (("a", 10), ("b", 240)):
@@ -503,13 +504,8 @@ def test_evaluation_reads_parquet_image_structs_without_feature_metadata(tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from seed_hf.evaluation.evaluate import (
-        LabelledImages,
-        eval_data_config,
-        eval_transform,
-        extract_features,
-        load_labelled_splits,
-    )
+    from seed_hf.evaluation.features import eval_data_config, eval_transform, extract_features
+    from seed_hf.evaluation.labelled import LabelledImages, load_labelled_splits
 
     images = [{"bytes": _png_bytes(v), "path": None} for v in (10, 20, 230, 240)]
     for split in ("train", "test"):
@@ -647,7 +643,8 @@ def test_overwrite_with_a_bad_argument_deletes_nothing_and_removes_a_groups_stud
 
 
 def test_evaluation_of_a_batch_of_only_corrupt_images_goes_on(tmp_path):
-    from seed_hf.evaluation.evaluate import LabelledImages, extract_features
+    from seed_hf.evaluation.features import extract_features
+    from seed_hf.evaluation.labelled import LabelledImages
 
     images = [{"bytes": b"not an image", "path": None}] * 2 + [{"bytes": _png_bytes(9), "path": None}] * 2
     features, labels = extract_features(None, LabelledImages(images, [0, 0, 1, 1]), batch_size=2)

@@ -138,7 +138,7 @@ def test_internal_loads_and_saves_show_no_progress_bars(tmp_path, capfd, monkeyp
 
 
 def test_linear_probe_shows_progress_over_the_l2_grid(capfd):
-    from seed_hf.evaluation.evaluate import linear_probe
+    from seed_hf.evaluation.probe import linear_probe
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(60, 8, generator=g), torch.arange(60) % 3

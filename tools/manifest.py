@@ -3,8 +3,9 @@ re-rendered from it (``make cards``).
 
 Each entry is ``{"name", "folder", "results", "aliases", "facts", "repo_id", "license"}``, paths
 relative to the repository root (the manifest's parent's parent). An export reaches it through
-the library's ``on_exported`` hook (:func:`shipped_model_recorder`), a benchmark or an ONNX export
-adds its record to an entry's facts (:func:`add_entry_facts`), and :func:`render_manifest_cards`
+the library's ``on_exported`` hook (:func:`shipped_model_recorder`, which ``ship_model.py`` hands to
+``run_export.py``), a benchmark or an ONNX export adds its record to an entry's facts
+(:func:`add_entry_facts`), and :func:`render_manifest_cards`
 writes every card from the facts and the results file each entry names. A user's export never
 needs it: it belongs to a repository that ships several models and keeps their cards in step.
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seed_hf.export.atomic import atomic_write_text
 from seed_hf.export.cards import render_model_card, results_for
 from seed_hf.export.hub import ExportRecord
 from seed_hf.teachers.fingerprint import weights_fingerprint
@@ -100,8 +102,9 @@ def upsert_manifest_entry(manifest: str | os.PathLike, entry: dict[str, Any]) ->
     if onnx and onnx.get("files"):
         onnx["rebuilt_by"] = ONNX_REBUILD
     entries = [e for e in _entries(manifest) if e["name"] != entry["name"]] + [entry]
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(sorted(entries, key=lambda e: e["name"]), indent=2, default=str) + "\n")
+    atomic_write_text(
+        manifest, json.dumps(sorted(entries, key=lambda e: e["name"]), indent=2, default=str) + "\n"
+    )
 
 
 def manifest_entry(

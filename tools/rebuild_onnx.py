@@ -7,7 +7,8 @@ model with ``onnx/``, the record of the export that measured its card's figures 
 sha256, max abs difference to PyTorch, int8 cosine and kNN). For every such entry the folder's
 ``config.json`` and ``model.safetensors`` are copied into ``--work_dir/<name>/model`` beside a
 manifest of that entry alone, exported there by ``run_export_onnx.py`` with ``--export_flags`` and
-that ``--manifest`` (the step of ``make ship-demo`` / ``make study``, whose flags ``make`` passes),
+recorded into that manifest (``ship_model.py``: the step of ``make ship-demo`` / ``make study``, whose
+flags ``make`` passes),
 and the new record is checked against the recorded one (``tools.manifest.check_onnx_rebuild``):
 byte-identical graphs pass; other bytes pass when the export settings and data are the recorded
 ones and the kNN top-1 figures are within ``ONNX_REBUILD_TOLERANCE``. A rebuild that passes becomes
@@ -18,8 +19,8 @@ exits with status 1. The shipped manifest and cards are not written.
     python tools/rebuild_onnx.py --record          # make onnx-record
 
 ``--record`` measures and records anew instead (after a change of the export or of its stack): each
-folder is exported in place with ``--manifest``, as ``make ship-demo`` / ``make study`` do, and the
-cards are re-rendered from the new records.
+folder is exported in place and recorded in ``--manifest``, as ``make ship-demo`` / ``make study`` do,
+and the cards are re-rendered from the new records.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ from manifest import (
     onnx_entries,
     upsert_manifest_entry,
 )
+from ship_model import ship_onnx
 from transformers import HfArgumentParser
 
-from seed_hf.scripts import run_export_onnx
 from seed_hf.teachers.fingerprint import weights_fingerprint
 
 
@@ -73,11 +74,12 @@ class RebuildArguments:
     )
 
 
-def _export(argv: list[str]) -> str | None:
-    """run_export_onnx.py's main on ``argv``; the message it exits with when the int8 graph is
-    refused (the fp32 graph and the record are written first), else None."""
+def _export(manifest: str | Path, name: str, argv: list[str]) -> str | None:
+    """run_export_onnx.py on ``argv``, recorded as entry ``name`` of ``manifest``; the message it
+    exits with when the int8 graph is refused (the fp32 graph and the record are written first),
+    else None."""
     try:
-        run_export_onnx.main(argv)
+        ship_onnx(str(manifest), name, argv)
     except SystemExit as refusal:
         if refusal.code in (None, 0):
             raise
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, OnnxRebuildCheck | dict]:
     for name in args.names or sorted(entries):
         entry, folder = entries[name], entry_folder(args.manifest, entries[name])
         if args.record:  # make ship-demo's / make study's step, in place
-            _export(["--folder", str(folder), *flags, "--manifest", args.manifest, "--manifest_name", name])
+            _export(args.manifest, name, ["--folder", str(folder), *flags])
             results[name] = manifest_entry(args.manifest, name)["facts"]["onnx"]
             continue
         recorded = entry["facts"]["onnx"]
@@ -128,9 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, OnnxRebuildCheck | dict]:
         facts = {k: v for k, v in entry["facts"].items() if k != "onnx"}
         upsert_manifest_entry(scratch, {**entry, "folder": "model", "results": None, "facts": facts})
         print(f"== {name}: rebuilding {folder}/onnx/ in {work}/model")
-        _export(
-            ["--folder", str(work / "model"), *flags, "--manifest", str(scratch), "--manifest_name", name]
-        )
+        _export(scratch, name, ["--folder", str(work / "model"), *flags])
         check = check_onnx_rebuild(recorded, manifest_entry(scratch, name)["facts"].get("onnx") or {})
         results[name] = check
         print("\n".join(f"  {line}" for line in check.figures))

@@ -17,7 +17,9 @@ from seed_hf.cli.flags import flags_in_errors
 from seed_hf.data.batched_transforms import BATCHED_PRESETS
 from seed_hf.data.sources import TrainData, TrainSource
 from seed_hf.data.transforms import AUGMENTATION_BACKENDS, AUGMENTATION_PRESETS
-from seed_hf.export.onnx_export import DEFAULT_OPSET, DEFAULT_RTOL, INT8_QUALITY_BAR
+from seed_hf.export.onnx_graph import DEFAULT_OPSET
+from seed_hf.export.onnx_int8 import INT8_QUALITY_BAR
+from seed_hf.export.onnx_verify import DEFAULT_RTOL
 
 __all__ = [
     "DataTrainingArguments",
@@ -323,7 +325,7 @@ class OnnxArguments:
             "and kept only when it meets the quality bar against fp32 on that data's evaluation split (per-image "
             f"cosine >= {INT8_QUALITY_BAR['mean_cosine']} on average and >= {INT8_QUALITY_BAR['p1_cosine']} for 99%% "
             f"of the images, kNN top-1 not more than {INT8_QUALITY_BAR['max_knn_drop']} point lower beyond noise: "
-            "seed_hf.export.onnx_export.INT8_QUALITY_BAR); otherwise only the fp32 graph is written, the figures are "
+            "seed_hf.export.onnx_int8.INT8_QUALITY_BAR); otherwise only the fp32 graph is written, the figures are "
             "printed and the script exits with an error. Implies --onnx."
         },
     )

@@ -17,13 +17,9 @@ from seed_hf.data.decode import collate_batch
 from seed_hf.data.gpu_input import build_device_transform, collate_encoded_batch
 from seed_hf.data.sources import TrainData
 from seed_hf.data.train_dataset import build_train_dataset
-from seed_hf.evaluation.evaluate import (
-    KnnMonitor,
-    LabelledImages,
-    eval_data_config,
-    eval_transform,
-    load_labelled_splits,
-)
+from seed_hf.evaluation.features import eval_data_config, eval_transform
+from seed_hf.evaluation.labelled import LabelledImages, load_labelled_splits
+from seed_hf.evaluation.monitor import KnnMonitor
 from seed_hf.training.run_folder import RunFolderInUseError
 
 __all__ = [
@@ -114,7 +110,7 @@ def _labelled(args, prefix: str):
 
 def build_knn_monitor(data_args: DataTrainingArguments, mean, std, image_size: int) -> KnnMonitor | None:
     """The online kNN monitor datasets (labelled train / evaluation images with the evaluation
-    preprocessing of ``seed_hf.evaluation.evaluate``), or None when disabled."""
+    preprocessing of ``seed_hf.evaluation.features``), or None when disabled."""
     if not data_args.knn_monitor_samples:
         given = [
             f"--{name}"
@@ -186,7 +182,7 @@ def onnx_export_options(args: OnnxArguments, training_dataset: str | None = None
     as its ``dataset``) is the default ``fashion_mnist``; with neither, it is refused here."""
     if not (args.onnx or args.onnx_int8):
         return None
-    from seed_hf.export.onnx_export import require_onnx
+    from seed_hf.export.onnx_graph import require_onnx
 
     require_onnx("--onnx_int8" if args.onnx_int8 and not args.onnx else "--onnx")
     if not args.onnx_rtol > 0:
@@ -207,7 +203,7 @@ def onnx_export_options(args: OnnxArguments, training_dataset: str | None = None
         with flags_in_errors(OnnxArguments, aliases=LABELLED_DATA_FLAGS["onnx"]):
             data = _labelled(args, "onnx")
         options["eval_data"] = data.subsample(args.onnx_max_train_samples, args.onnx_max_eval_samples)
-        from seed_hf.export.onnx_export import VERIFY_SINGLES
+        from seed_hf.export.onnx_verify import VERIFY_SINGLES
 
         num_eval = len(options["eval_data"].eval_labels)
         if num_eval < VERIFY_SINGLES:  # now, not after training: the graphs are verified on these images

@@ -1,3 +1,4 @@
-"""Evaluation of frozen features: extraction, kNN, the linear probe and the kNN monitor of training
-(:mod:`.evaluate`), class-balanced and labelled subsets (:mod:`.subsets`), and the ``evaluate`` metric
-(:mod:`.metrics`)."""
+"""Evaluation of frozen features: the preprocessing and feature extraction (:mod:`.features`),
+weighted kNN (:mod:`.knn`), the linear probe (:mod:`.probe`), the online kNN monitor of training
+(:mod:`.monitor`), labelled data (:mod:`.labelled`), class-balanced subsets (:mod:`.subsets`), and
+the ``evaluate`` metric (:mod:`.metrics`)."""

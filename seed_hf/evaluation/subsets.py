@@ -1,6 +1,11 @@
 """Class-balanced, seeded subsets: what every "use N images" option draws (evaluation splits,
-the online kNN monitor, ``max_train_samples`` of a training source). Never the first N rows: an
-imagefolder (ImageNet's too) is sorted by class, so those would be one class."""
+the online kNN monitor, ``max_train_samples`` of a training source, ONNX verification and
+calibration) and the 1% / 10% label protocols. Never the first N rows: an imagefolder (ImageNet's
+too) is sorted by class, so those would be one class.
+
+One sampler, :func:`_draw_per_class`, takes a seeded draw of each class's quota; the two public
+functions differ only in the quotas: :func:`balanced_subset` spreads ``n`` images equally over the
+classes, :func:`label_subset` keeps the same ``fraction`` of each class."""
 
 from __future__ import annotations
 
@@ -9,7 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["balanced_subset", "subset_record"]
+__all__ = ["balanced_subset", "label_subset", "subset_record"]
+
+
+def _draw_per_class(
+    labels: np.ndarray, classes: np.ndarray, quota: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted indices of ``quota[i]`` images of each ``classes[i]``, drawn without replacement by
+    ``rng`` class after class (classes in ascending order, a quota of 0 draws nothing)."""
+    keep = [rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota) if q]
+    return np.sort(np.concatenate(keep))
 
 
 def balanced_subset(labels: np.ndarray | torch.Tensor, n: int, seed: int = 0) -> np.ndarray:
@@ -35,8 +49,16 @@ def balanced_subset(labels: np.ndarray | torch.Tensor, n: int, seed: int = 0) ->
         quota += grant
         left -= int(grant.sum())
         open_ &= quota < counts
-    keep = [rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota) if q]
-    return np.sort(np.concatenate(keep))
+    return _draw_per_class(labels, classes, quota, rng)
+
+
+def label_subset(labels: np.ndarray | torch.Tensor, fraction: float, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded draw of ``fraction`` of each class of ``labels`` (at least one
+    image each): the 1% / 10% label protocols."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.maximum(1, np.round(fraction * counts).astype(int))
+    return _draw_per_class(labels, classes, quota, np.random.default_rng(seed))
 
 
 def subset_record(labels: np.ndarray, keep: np.ndarray, seed: int) -> dict[str, Any]:

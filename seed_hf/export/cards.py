@@ -256,7 +256,7 @@ def teacher_card_facts(folder: str | os.PathLike, training: dict[str, Any] | Non
     """Card facts of a seed_hf MoCo-v2 teacher folder (query encoder + head, ``load_teacher``
     format) from its config and what its training recorded (``training``: steps, batch size,
     epochs, dataset, device)."""
-    from seed_hf.evaluation.evaluate import EVAL_INTERPOLATION
+    from seed_hf.evaluation.features import EVAL_INTERPOLATION
     from seed_hf.models.modeling_moco import load_query_encoder
 
     encoder, _, config = load_query_encoder(folder)

@@ -9,10 +9,8 @@ without ``trust_remote_code`` through ``transformers`` (as ``timm_wrapper``: ``A
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import torch
 
+from seed_hf.export.atomic import atomic_folder
 from seed_hf.export.cards import (
     moco_facts,
     render_model_card,
@@ -27,7 +26,14 @@ from seed_hf.export.cards import (
     student_license,
     teacher_facts,
 )
-from seed_hf.export.onnx_export import ONNX_FILES, export_onnx
+from seed_hf.export.hub_weights import (
+    export_copy,
+    fix_config_for_transformers,
+    grayscale_to_rgb,
+    reparameterized_form,
+)
+from seed_hf.export.onnx_export import export_onnx
+from seed_hf.export.onnx_graph import ONNX_FILES
 from seed_hf.models.backbones import pooled_width
 from seed_hf.models.modeling_seed import SeedForDistillation
 from seed_hf.teachers.fingerprint import weights_fingerprint
@@ -93,7 +99,7 @@ def export_encoder(
     onnx: dict[str, Any] | None = None,
 ) -> Path:
     """Writes a timm backbone as a timm-format folder (``config.json`` + ``model.safetensors``)
-    with a model card. Its ``pretrained_cfg`` is :func:`~seed_hf.evaluation.evaluate.eval_data_config`:
+    with a model card. Its ``pretrained_cfg`` is :func:`~seed_hf.evaluation.features.eval_data_config`:
     the exact preprocessing of seed_hf's evaluation, which timm, ``AutoImageProcessor`` and the
     pipeline rebuild. A 1-channel backbone is exported as a 3-channel one whose first conv
     averages the channels (every Hub loader feeds RGB; on gray images it gives the same features).
@@ -115,26 +121,21 @@ def export_encoder(
     ``out_dir`` is replaced as a whole, and an interrupted export leaves it as it was."""
     from timm.models import save_for_hf
 
-    from seed_hf.evaluation.evaluate import eval_data_config
+    from seed_hf.evaluation.features import eval_data_config
 
-    backbone = _export_copy(backbone)
+    backbone = export_copy(backbone)
     if in_chans == 1:
         backbone, in_chans, mean, std = (
-            _grayscale_to_rgb(backbone, architecture, model_args),
+            grayscale_to_rgb(backbone, architecture, model_args),
             3,
             mean * 3,
             std * 3,
         )
-    backbone, model_args, reparameterized = _reparameterized(backbone, architecture, model_args, in_chans)
+    backbone, model_args, reparameterized = reparameterized_form(backbone, architecture, model_args, in_chans)
     out = Path(out_dir)
-    # written into a temporary sibling and renamed into place: a killed export leaves the previous
-    # folder (or none), never one that looks complete and is not
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_exports(out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    # written beside out_dir and renamed into place: a killed export leaves the previous folder (or
+    # none), never one that looks complete and is not
+    with atomic_folder(out) as tmp:
         data_config = eval_data_config(in_chans, image_size, mean, std)
         pretrained_cfg = {
             "tag": card_facts.get("method", "seed"),
@@ -150,7 +151,7 @@ def export_encoder(
             safe_serialization=True,
             data_config=data_config,
         )
-        _fix_config_for_transformers(tmp / "config.json", pretrained_cfg)
+        fix_config_for_transformers(tmp / "config.json", pretrained_cfg)
         sha256 = weights_fingerprint(tmp)  # config and weights are final: hashed once
         facts = {
             **card_facts,
@@ -171,47 +172,14 @@ def export_encoder(
             facts["onnx"] = export_onnx(tmp, **onnx)
         card = render_model_card(facts, results or [], repo_id or f"your-org/{out.name}", license)
         card.save(tmp / "README.md")
-        for file in tmp.rglob("*"):  # safetensors writes 0600; a published folder is world-readable
-            file.chmod(0o755 if file.is_dir() else 0o644)
         if (out / "model.safetensors").is_file() and (previous := weights_fingerprint(out)) != sha256:
             logger.warning(
                 f"{out} held the export of other weights or config (sha256 {previous}): replaced by this one "
                 f"({sha256})."
             )
-        _replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if on_exported is not None:
         on_exported(ExportRecord(out, facts, license, repo_id))
     return out
-
-
-def _remove_dead_exports(out: Path) -> None:
-    """Removes the partial / replaced siblings of ``out`` that killed exports left behind."""
-    for leftover in out.parent.glob(f".{out.name}.*-*"):
-        kind, _, pid = leftover.name.rpartition("-")
-        if not kind.endswith((".partial", ".old")) or not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # an export still running
-        except ProcessLookupError:
-            shutil.rmtree(leftover, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            continue
-
-
-def _replace_folder(new: Path, out: Path) -> None:
-    """Puts the finished folder ``new`` at ``out``, replacing what was there (renames only)."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        new.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(out)
 
 
 def export_student(
@@ -340,76 +308,6 @@ def _export_with_config(
         else None,
         onnx=onnx,
     )
-
-
-def _export_copy(backbone: torch.nn.Module) -> torch.nn.Module:
-    """A CPU copy of ``backbone`` in eval mode with contiguous (NCHW) weights."""
-    import copy
-
-    return copy.deepcopy(backbone).to(device="cpu", memory_format=torch.contiguous_format).eval()
-
-
-def _grayscale_to_rgb(
-    backbone: torch.nn.Module, architecture: str, model_args: dict[str, Any]
-) -> torch.nn.Module:
-    """Copy of a 1-channel timm backbone taking 3 channels: every weight that reads the input (the
-    first conv, and each branch of a multi-branch stem) repeated over the channels / 3."""
-    from seed_hf.models.backbones import create_backbone
-
-    rgb = create_backbone(architecture, 3, model_args)
-    state = dict(backbone.state_dict())
-    target = rgb.state_dict()
-    if set(state) != set(target):
-        raise ValueError(f"The 1- and 3-channel {architecture} have different weights: cannot convert.")
-    inputs = [k for k, v in state.items() if v.shape != target[k].shape]
-    for key in inputs:
-        value, shape = state[key], target[key].shape
-        if value.ndim < 2 or value.shape[1] != 1 or shape[1] != 3 or value.shape[2:] != shape[2:]:
-            raise ValueError(f"Cannot convert {key!r} {tuple(value.shape)} of {architecture} to 3 channels.")
-        state[key] = value.repeat(1, 3, *([1] * (value.ndim - 2))) / 3
-    if not inputs:
-        raise ValueError(f"Cannot find the 1-channel first conv of {architecture}.")
-    rgb.load_state_dict(state)
-    return rgb.eval()
-
-
-def _reparameterized(
-    backbone: torch.nn.Module, architecture: str, model_args: dict[str, Any], in_chans: int
-) -> tuple[torch.nn.Module, dict[str, Any], str | None]:
-    """``(backbone, model_args, form)`` to write: the fused copy with ``inference_mode`` in its
-    model_args (form ``"fused"``) when timm builds exactly that structure from them; else the
-    backbone itself, form ``"training"`` for a reparameterizable one and None for the others."""
-    from seed_hf.models.backbones import create_backbone, fused_copy, state_shapes
-
-    fused = fused_copy(backbone)
-    if fused is None:
-        return backbone, model_args, None
-    fused_args = {**model_args, "inference_mode": True}
-    try:
-        rebuilt = create_backbone(architecture, in_chans, fused_args)
-    except TypeError:  # the architecture has no inference_mode argument
-        rebuilt = None
-    if rebuilt is not None and state_shapes(rebuilt) == state_shapes(fused):
-        return fused, fused_args, "fused"
-    logger.info(
-        f"{architecture} is written in its unfused training form: timm does not rebuild its fused form "
-        "from config.json. timm.utils.reparameterize_model fuses it after loading; the ONNX graph is fused."
-    )
-    return backbone, model_args, "training"
-
-
-def _fix_config_for_transformers(config_path: Path, pretrained_cfg: dict[str, Any]) -> None:
-    """transformers' TimmWrapperModel passes num_classes itself: a second one in model_args fails with
-    "multiple values for keyword argument 'num_classes'". Also pin the preprocessing explicitly."""
-    cfg = json.loads(config_path.read_text())
-    cfg.get("model_args", {}).pop("num_classes", None)
-    cfg["num_classes"] = 0
-    for inherited in ("origin_url", "paper_ids", "paper_name", "hf_hub_id", "url", "classifier"):
-        cfg.get("pretrained_cfg", {}).pop(inherited, None)  # the architecture default's, not ours
-    cfg.setdefault("pretrained_cfg", {}).update(
-        {k: list(v) if isinstance(v, tuple) else v for k, v in pretrained_cfg.items()}
-    )
-    config_path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 def upload_plan(folder: str | os.PathLike) -> list[str]:

@@ -22,20 +22,17 @@ import torch
 from transformers import HfArgumentParser
 
 from seed_hf.cli import flags_in_errors
-from seed_hf.evaluation.evaluate import (
-    LINEAR_PROBE_PROTOCOL,
+from seed_hf.evaluation.features import (
     PIXEL_BASELINES,
-    LabelledImages,
-    LabelledSplits,
     eval_data_config,
     eval_transform,
     extract_features,
-    knn_accuracy,
-    label_subset,
-    linear_probe,
     load_encoder,
-    load_labelled_splits,
 )
+from seed_hf.evaluation.knn import knn_accuracy
+from seed_hf.evaluation.labelled import LabelledImages, LabelledSplits, load_labelled_splits
+from seed_hf.evaluation.probe import LINEAR_PROBE_PROTOCOL, linear_probe
+from seed_hf.evaluation.subsets import label_subset
 from seed_hf.teachers.fingerprint import weights_fingerprint
 from seed_hf.training.run_folder import STUDENTS_DIR
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from seed_hf.cli import OnnxArguments, flags_in_errors, onnx_export_options
-from seed_hf.cli.script import ONNX_FLAGS, int8_refusals
+from seed_hf.cli import OnnxArguments, onnx_export_options
+from seed_hf.cli.script import int8_refusals
 from seed_hf.export.cards import run_summary
 from seed_hf.export.hub import (
     ExportRecord,
@@ -32,7 +33,6 @@ from seed_hf.export.hub import (
     upload_plan,
 )
 from seed_hf.training.run_folder import STUDENTS_DIR
-from tools.manifest import shipped_model_recorder
 
 
 @dataclass
@@ -56,14 +56,6 @@ class ExportArguments:
             "(trained without a teacher) apache-2.0. A license more permissive than the teacher's is warned about."
         },
     )
-    manifest: str | None = field(
-        default=None,
-        metadata={
-            "help": "Record the export as a model the repository ships in this manifest (model_cards/models.json), "
-            "under --manifest_name, so `make cards` re-renders its card from --eval_results."
-        },
-    )
-    manifest_name: str | None = field(default=None, metadata={"help": "Name of the card in the manifest."})
     hub_model_id: str | None = field(default=None, metadata={"help": "org/name on the Hub."})
     push_to_hub: bool = field(
         default=False, metadata={"help": "Upload the folder with HfApi().upload_folder."}
@@ -89,47 +81,48 @@ def student_folders(student_dir: str) -> dict[str, Path]:
     return {p.name: p for p in students}
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    args, onnx_args = HfArgumentParser((ExportArguments, OnnxArguments)).parse_args_into_dataclasses(
+def parse_args(argv: list[str] | None = None) -> tuple[ExportArguments, OnnxArguments]:
+    """The script's arguments (``sys.argv[1:]`` when ``argv`` is None)."""
+    return HfArgumentParser((ExportArguments, OnnxArguments)).parse_args_into_dataclasses(
         sys.argv[1:] if argv is None else argv
     )
+
+
+def main(
+    argv: list[str] | None = None, on_exported: Callable[[ExportRecord], None] | None = None
+) -> list[Path]:
+    """Exports (and pushes) each student of ``--student_dir``; returns the folders written.
+    ``on_exported`` is called with the :class:`ExportRecord` of each folder once it is in place, before
+    an int8 refusal ends the script (a repository that ships models records them there)."""
+    args, onnx_args = parse_args(argv)
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id org/name.")
     # before any export: a missing onnx extra, or --onnx_int8 without the student's own data, stops here
     onnx = onnx_export_options(onnx_args, run_summary(args.student_dir).get("dataset"))
     students = student_folders(args.student_dir)
-    if len(students) > 1 and args.manifest:
-        raise ValueError(
-            "--manifest records one model: export the students of a multi-student run one by one."
-        )
     folders, onnx_records = [], {}
+
+    def exported(record: ExportRecord) -> None:
+        if on_exported is not None:
+            on_exported(record)
+        onnx_records[str(record.folder)] = record.facts.get("onnx")
+
     for name, student_dir in students.items():  # a multi-student run: output_dir/<name>, repo id <id>-<name>
         output_dir = Path(args.output_dir) / name if name else Path(args.output_dir)
         repo_id = f"{args.hub_model_id}-{name}" if args.hub_model_id and name else args.hub_model_id
         model_type = json.loads((student_dir / "config.json").read_text()).get("model_type")
         export = export_moco_encoder if model_type == "seed_moco" else export_student
-        recorder = (
-            shipped_model_recorder(args.manifest, args.manifest_name or output_dir.name, args.eval_results)
-            if args.manifest
-            else None
+
+        folder = export(
+            student_dir,
+            output_dir,
+            eval_results=args.eval_results,
+            training_summary=run_summary(student_dir),
+            repo_id=repo_id,
+            license=args.license,
+            on_exported=exported,
+            onnx=onnx,
         )
-
-        def on_exported(record: ExportRecord, recorder=recorder) -> None:
-            if recorder is not None:
-                recorder(record)
-            onnx_records[str(record.folder)] = record.facts.get("onnx")
-
-        with flags_in_errors(aliases=ONNX_FLAGS):  # export_onnx names its parameters: say the flags
-            folder = export(
-                student_dir,
-                output_dir,
-                eval_results=args.eval_results,
-                training_summary=run_summary(student_dir),
-                repo_id=repo_id,
-                license=args.license,
-                on_exported=on_exported,
-                onnx=onnx,
-            )
         print(f"Exported {upload_plan(folder)} to {folder}")
         if args.push_to_hub:
             print(push_student_to_hub(folder, repo_id, token=args.hub_token, private=args.hub_private_repo))
@@ -138,7 +131,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if refusal:
         raise SystemExit(refusal)
     return folders
-
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -45,7 +45,7 @@ class KnnAccuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, train_features, train_labels, k=200, temperature=0.07):
-        from seed_hf.evaluation.evaluate import knn_accuracy
+        from seed_hf.evaluation.knn import knn_accuracy
 
         return knn_accuracy(
             torch.as_tensor(np.asarray(train_features), dtype=torch.float32),
