@@ -101,7 +101,7 @@ demo: setup
 DEMO_BASELINE_DIR ?= outputs/demo_moco_baseline
 demo-baseline: setup
 	$(PY) examples/run_moco.py --architecture mobilenetv3_small_100 --key_bn_splits 4 --momentum 0.99 \
-	  --temperature 0.1 --image_size 64 --queue_size 4096 --base_learning_rate 0.06 --max_grad_norm $(DEMO_MAX_GRAD_NORM) \
+	  --contrastive_temperature 0.1 --image_size 64 --queue_size 4096 --base_learning_rate 0.06 --max_grad_norm $(DEMO_MAX_GRAD_NORM) \
 	  --per_device_train_batch_size 256 --max_steps $(DEMO_STUDENT_STEPS) --warmup_steps 20 \
 	  --save_steps 100 --save_total_limit 2 --logging_steps 25 --use_cpu --disable_tqdm true \
 	  --dataloader_num_workers $(DEMO_DATALOADER_WORKERS) --output_dir $(DEMO_BASELINE_DIR)

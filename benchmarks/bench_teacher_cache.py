@@ -76,7 +76,7 @@ def write_cache(args, teacher_flags: list[str], output_dir: str) -> dict:
 
     start = time.perf_counter()
     manifest = run_teacher_cache.main(
-        [*teacher_flags, *_common(args), "--cache_epochs", "1", "--output_dir", output_dir]
+        [*teacher_flags, *_common(args), "--epochs", "1", "--output_dir", output_dir]
     )
     wall = time.perf_counter() - start
     return {

@@ -51,7 +51,7 @@ log() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.txt"; }
 
 log "(a) teacher from scratch"
 $PY tools/run_fmnist_teacher.py --output_dir "$WORK/teacher" --export_dir "$WORK/teacher_export" \
-  --learning_rate 0.03 --temperature 0.1 --moco_momentum 0.99 \
+  --learning_rate 0.03 --contrastive_temperature 0.1 --moco_momentum 0.99 \
   --augmentation_overrides '{"jitter": [0.8, 0.8, 0, 0], "scale": [0.2, 1.0]}' "${TEACHER[@]}" |
   tee "$OUT/teacher_train.log"
 cp "$WORK/teacher/log.jsonl" "$OUT/teacher_log.jsonl"

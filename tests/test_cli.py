@@ -14,8 +14,8 @@ from helpers import tiny_student, tiny_teacher, write_jpeg_shards
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch  # noqa: E402
-from seed_hf.cli.arguments import DataTrainingArguments, parse_script_args  # noqa: E402
-from seed_hf.cli.flags import flags_in_errors  # noqa: E402
+from seed_hf.cli.arguments import DataTrainingArguments  # noqa: E402
+from seed_hf.cli.command_line import parse_script_args  # noqa: E402
 from seed_hf.data.train_dataset import build_train_dataset  # noqa: E402
 from seed_hf.scripts import run_moco, run_seed  # noqa: E402
 from seed_hf.training.run_folder import COMPLETE_MARKER  # noqa: E402
@@ -198,8 +198,7 @@ def test_source_without_a_decodable_image_stops_before_training(tmp_path):
     good = write_jpeg_shards(tmp_path / "good", shards=1, rows=4)
     data_args = DataTrainingArguments(train_files=good, streaming=True, image_column="id", image_size=16)
     with pytest.raises(ValueError, match="Column 'id' of --train_files .* holds no images.*--image_column"):
-        with flags_in_errors(DataTrainingArguments):  # as the scripts show the library's errors
-            build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3)
+        build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3)
 
 
 def _copy_of(finished_run, tmp_path) -> Path:
@@ -373,8 +372,7 @@ def test_a_labels_only_parquet_is_told_it_has_no_image_column(tmp_path, streamin
         train_files=[str(path)], streaming=streaming, image_size=16, cache_dir=str(tmp_path / "c")
     )
     with pytest.raises(ValueError) as error:
-        with flags_in_errors(DataTrainingArguments):
-            build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3)
+        build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3)
     message = str(error.value)
     assert "has no image column: its columns are ['label', 'id'] and none of them holds images" in message
     assert "--image_column" not in message, message
@@ -383,8 +381,7 @@ def test_a_labels_only_parquet_is_told_it_has_no_image_column(tmp_path, streamin
     with pytest.raises(
         ValueError, match=r"column\(s\) \['photo'\] look like images: pass .* as --image_column"
     ):
-        with flags_in_errors(DataTrainingArguments):
-            build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3)
+        build_train_dataset(data_args.train_data(), 1, 3, [0.5] * 3, [0.5] * 3)
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,7 @@ def test_recipe_dry_run(tmp_path, recipe):
         "--cache_dir",
         str(tmp_path / "cache"),
     ]
-    metrics = run_seed.main([str(recipe), *overrides])
+    metrics = run_seed.main(["--recipe", str(recipe), *overrides])
     assert metrics["train_loss"] > 0
     saved = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert saved["global_step"] == 2

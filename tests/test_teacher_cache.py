@@ -143,7 +143,7 @@ def test_fp32_cache_trains_exactly_as_the_online_teacher(files, tmp_path, monkey
     online = tmp_path / "online"
     run_seed.main(_seed_flags(online, files, *TEACHER))
     cache = tmp_path / "cache"
-    flags = [*TEACHER, *_common(files), "--cache_epochs", "2", "--cache_dtype", "float32"]
+    flags = [*TEACHER, *_common(files), "--epochs", "2", "--dtype", "float32"]
     run_teacher_cache.main([*flags, "--output_dir", str(cache)])
 
     def no_teacher(*args, **kwargs):

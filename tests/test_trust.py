@@ -534,8 +534,8 @@ def test_run_seed_errors_name_the_flags_the_user_typed(tmp_path, extra, message)
 
 @requires_fashion_mnist
 def test_run_moco_errors_name_its_flags(tmp_path):
-    with pytest.raises(ValueError, match="--temperature must be > 0"):
-        run_moco.main(["--architecture", "test_resnet", "--queue_size", "64", "--temperature", "0",
+    with pytest.raises(ValueError, match="--contrastive_temperature must be > 0"):
+        run_moco.main(["--architecture", "test_resnet", "--queue_size", "64", "--contrastive_temperature", "0",
                        "--output_dir", str(tmp_path / "run"), *TRAIN])  # fmt: skip
 
 

@@ -11,7 +11,8 @@ from helpers import IMAGE_SIZE, tiny_moco, tiny_student
 from transformers import HfArgumentParser
 
 from seed_hf import SeedConfig, SeedForDistillation, SeedTrainingArguments, load_teacher
-from seed_hf.cli.arguments import DataTrainingArguments, parse_script_args
+from seed_hf.cli.arguments import DataTrainingArguments
+from seed_hf.cli.command_line import parse_script_args
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -33,7 +34,7 @@ def test_recipe_json_syntax_error_names_the_file_and_position(tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text('{\n  "teacher_name_or_path": "x",\n  "max_steps": 2,,\n}\n')
     with pytest.raises(SystemExit) as error:
-        parse_script_args(_parser(), [str(recipe), *_required(tmp_path)])
+        parse_script_args(_parser(), ["--recipe", str(recipe), *_required(tmp_path)])
     message = str(error.value)
     assert str(recipe) in message and "line 3, column 18" in message, message
 
@@ -42,7 +43,7 @@ def test_recipe_key_typo_names_close_keys(tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"teacher_name_or_path": "x", "lerning_rate": 0.1, "_comment": "ok"}))
     with pytest.raises(SystemExit) as error:
-        parse_script_args(_parser(), [str(recipe), *_required(tmp_path)])
+        parse_script_args(_parser(), ["--recipe", str(recipe), *_required(tmp_path)])
     message = str(error.value)
     assert str(recipe) in message and "'lerning_rate'" in message and "learning_rate" in message, message
 
@@ -53,7 +54,7 @@ def test_recipe_at_any_position_and_any_case_with_later_flags_winning(tmp_path, 
     recipe.write_text(json.dumps({"teacher_name_or_path": "x", "max_steps": 7, "queue_size": 128}))
     parser = _parser()
     # the recipe after other flags: command-line flags still win, wherever they are
-    argv = ["--max_steps", "3", *_required(tmp_path), str(recipe), "--queue_size", "256"]
+    argv = ["--max_steps", "3", *_required(tmp_path), "--recipe", str(recipe), "--queue_size", "256"]
     model_args, _, training_args = parse_script_args(parser, argv)
     assert model_args.teacher_name_or_path == "x"
     assert training_args.max_steps == 3 and model_args.queue_size == 256
@@ -62,6 +63,23 @@ def test_recipe_at_any_position_and_any_case_with_later_flags_winning(tmp_path, 
         parser, ["--teacher_name_or_path", "x", "--teacher_checkpoint", str(recipe), *_required(tmp_path)]
     )
     assert model_args.teacher_checkpoint == str(recipe)
+
+
+def test_recipe_is_an_explicit_flag_of_the_scripts(tmp_path):
+    """``--recipe FILE`` is a flag of the scripts' parser (in --help); a recipe given without it is
+    refused with a hint, a missing one by its name."""
+    from seed_hf.cli.command_line import script_parser
+
+    parser = script_parser((run_seed.ModelArguments, DataTrainingArguments, SeedTrainingArguments))
+    assert "--recipe FILE" in parser.format_help()
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"teacher_name_or_path": "x", "queue_size": 128}))
+    model_args, _, _ = parse_script_args(parser, [*_required(tmp_path), "--recipe", str(recipe)])
+    assert model_args.teacher_name_or_path == "x" and model_args.queue_size == 128
+    with pytest.raises(ValueError, match="A recipe file is passed as --recipe FILE"):
+        parse_script_args(parser, [str(recipe), *_required(tmp_path)])
+    with pytest.raises(SystemExit, match=r"recipe file '.*missing\.json' does not exist"):
+        parse_script_args(parser, ["--recipe", str(tmp_path / "missing.json"), *_required(tmp_path)])
 
 
 # item 16: input sizes, crop sizes, step counts

@@ -1,16 +1,16 @@
-"""The example scripts' layer: their argument dataclasses and recipe files (:mod:`.arguments`),
-set-up (:mod:`.script`), training into a run folder (:mod:`.runs`; the decision on the folder is
-:class:`seed_hf.training.run_folder.RunFolder`'s) and library errors shown as
-their flags (:mod:`.flags`). The library (everything outside ``seed_hf.cli``) never imports it."""
+"""The example scripts' layer: their argument dataclasses (:mod:`.arguments`), the command line
+with its ``--recipe`` files (:mod:`.command_line`), set-up (:mod:`.script`) and training into a run
+folder (:mod:`.runs`; the decision on the folder is :class:`seed_hf.training.run_folder.RunFolder`'s).
+A flag is named as the library parameter it sets, so the library's errors name the flags. The library
+(everything outside ``seed_hf.cli``) never imports it."""
 
 from seed_hf.cli.arguments import (
     DataTrainingArguments,
     OnnxArguments,
     SmallCropArguments,
     TeacherArguments,
-    parse_script_args,
 )
-from seed_hf.cli.flags import flags_in_errors
+from seed_hf.cli.command_line import parse_script_args, script_parser
 from seed_hf.cli.runs import resolve_checkpoint, train_and_save
 from seed_hf.cli.script import (
     build_device_input,
@@ -32,12 +32,12 @@ __all__ = [
     "build_script_dataset",
     "cached_training_dataset",
     "check_hub_arguments",
-    "flags_in_errors",
     "onnx_export_options",
     "open_teacher_cache",
     "parse_script_args",
     "replayed_epochs",
     "resolve_checkpoint",
+    "script_parser",
     "setup_logging",
     "train_and_save",
 ]

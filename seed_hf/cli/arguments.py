@@ -1,19 +1,19 @@
-"""The example scripts' arguments: where the training images come from
+"""The example scripts' argument dataclasses: where the training images come from
 (:class:`DataTrainingArguments`, which builds the data layer's :class:`~seed_hf.data.TrainData`),
-ONNX export (:class:`OnnxArguments`), and the command line with recipe files
-(:func:`parse_script_args`)."""
+ONNX export (:class:`OnnxArguments`), the frozen teacher (:class:`TeacherArguments`) and the
+small crops (:class:`SmallCropArguments`). The command line that parses them is
+:mod:`seed_hf.cli.command_line`."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from seed_hf.cli.flags import flags_in_errors
+from seed_hf.data.augmentation import SMALL_CROP_SIZE
 from seed_hf.data.batched_transforms import BATCHED_PRESETS
 from seed_hf.data.sources import TrainData, TrainSource
 from seed_hf.data.transforms import AUGMENTATION_BACKENDS, AUGMENTATION_PRESETS
@@ -26,7 +26,6 @@ __all__ = [
     "OnnxArguments",
     "SmallCropArguments",
     "TeacherArguments",
-    "parse_script_args",
 ]
 
 
@@ -136,7 +135,7 @@ class DataTrainingArguments:
                 setattr(self, name, None)
         if self.knn_monitor_samples < 0:
             raise ValueError(f"--knn_monitor_samples must be an integer ≥ 0, got {self.knn_monitor_samples}.")
-        self.train_data()  # the library checks the source and its views, here in flags
+        self.train_data()  # the library checks the source and its views (its errors name the flags)
         if self.data_device == "cuda":
             self._check_device_input()
 
@@ -161,148 +160,27 @@ class DataTrainingArguments:
 
     def source(self) -> TrainSource:
         """Where the images come from, as the data layer takes it."""
-        with flags_in_errors(DataTrainingArguments):
-            return TrainSource(
-                dataset_name=self.dataset_name,
-                dataset_config_name=self.dataset_config_name,
-                train_dir=self.train_dir,
-                train_files=tuple(self.train_files) if self.train_files else None,
-                train_split=self.train_split,
-                image_column=self.image_column,
-                streaming=self.streaming,
-                shuffle_buffer_size=self.shuffle_buffer_size,
-                fashion_mnist_dir=self.fashion_mnist_dir,
-                cache_dir=self.cache_dir,
-                max_train_samples=self.max_train_samples,
-            )
+        return TrainSource(
+            dataset_name=self.dataset_name,
+            dataset_config_name=self.dataset_config_name,
+            train_dir=self.train_dir,
+            train_files=tuple(self.train_files) if self.train_files else None,
+            train_split=self.train_split,
+            image_column=self.image_column,
+            streaming=self.streaming,
+            shuffle_buffer_size=self.shuffle_buffer_size,
+            fashion_mnist_dir=self.fashion_mnist_dir,
+            cache_dir=self.cache_dir,
+            max_train_samples=self.max_train_samples,
+        )
 
     def train_data(self) -> TrainData:
         """The source and its views with every default resolved (resolution, channels, preset,
         normalisation): derived here once, passed on to the data layer, the config and the cards."""
         source = self.source()
-        with flags_in_errors(DataTrainingArguments):
-            return TrainData.resolve(
-                source, self.augmentation, self.image_size, self.augmentation_backend, self.data_device
-            )
-
-
-def parse_script_args(parser, argv: list[str] | None = None) -> tuple:
-    """``HfArgumentParser`` dataclasses from the command line and recipe ``.json`` files (keys:
-    the flags without ``--``; keys starting with ``_`` are comments): ``run_seed.py recipes/x.json
-    --max_steps 2``. A recipe may stand anywhere (``.json`` in any case, an existing file that is
-    not the value of a flag); command-line flags override its values wherever they stand.
-
-    Raises:
-        SystemExit: with a message and no traceback, for a recipe that is missing, is not valid
-            JSON (file, line and column named) or has a key that is no flag (close names given).
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    recipes, rest = _split_recipes(parser, argv)
-    flags = [flag for recipe in recipes for flag in _recipe_flags(parser, recipe)]
-    parsed = parser.parse_args_into_dataclasses(flags + rest)  # later flags win
-    _check_evaluation(parsed)
-    return parsed
-
-
-def _check_evaluation(parsed: tuple) -> None:
-    """Refuses ``--eval_strategy`` steps / epoch without the kNN monitor, the scripts' only
-    evaluation (the Trainer would ask for an ``eval_dataset`` the scripts have no flag for)."""
-    strategy = next((a.eval_strategy for a in parsed if hasattr(a, "eval_strategy")), None)
-    data = next((a for a in parsed if isinstance(a, DataTrainingArguments)), None)
-    if data is None or strategy is None or strategy == "no" or data.knn_monitor_samples:
-        return
-    raise ValueError(
-        f"--eval_strategy {getattr(strategy, 'value', strategy)} evaluates with the online kNN monitor, which "
-        "--knn_monitor_samples 0 (the default) turns off: pass --knn_monitor_samples N (N labelled train images, "
-        "N//5 evaluation images, from --knn_dataset_name or --knn_train_dir / --knn_validation_dir; default "
-        "Fashion-MNIST), or drop --eval_strategy."
-    )
-
-
-def _is_flag(token: str) -> bool:
-    if not token.startswith("-"):
-        return False
-    try:  # "-1" is a value (--max_steps -1), not a flag
-        float(token)
-        return False
-    except ValueError:
-        return True
-
-
-def _split_recipes(parser, argv: list[str]) -> tuple[list[str], list[str]]:
-    """(recipe files, the other arguments): a ``.json`` token is a recipe unless a preceding flag
-    takes it as its value (``--teacher_checkpoint x.json``, ``--train_files a.json b.json``)."""
-    actions = {option: action for action in parser._actions for option in action.option_strings}
-    recipes: list[str] = []
-    rest: list[str] = []
-    takes: int | str = 0  # values the last flag still takes: a count, "many" (nargs + / *) or "bool"
-    for token in argv:
-        if _is_flag(token):
-            action = actions.get(token.split("=", 1)[0])
-            nargs = getattr(action, "nargs", 0)
-            if "=" in token or action is None or nargs == 0:
-                takes = 0
-            elif nargs in ("+", "*"):
-                takes = "many"
-            elif nargs == "?":  # HfArgumentParser's bools: --flag [true|false]
-                takes = "bool" if action.const is True else 1
-            else:
-                takes = 1 if nargs is None else int(nargs)
-            rest.append(token)
-            continue
-        is_json = token.lower().endswith(".json")
-        if takes == "many" or (isinstance(takes, int) and takes > 0):
-            takes = takes - 1 if isinstance(takes, int) else takes
-            rest.append(token)
-            continue
-        takes = 0
-        if not is_json:
-            rest.append(token)
-        elif Path(token).is_file():
-            recipes.append(token)
-        else:
-            raise SystemExit(f"error: recipe file {token!r} does not exist.")
-    return recipes, rest
-
-
-def _recipe_flags(parser, path: str) -> list[str]:
-    """A recipe file as command-line flags, checked against the parser's flags."""
-    import difflib
-
-    try:
-        recipe = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as error:
-        raise SystemExit(
-            f"error: recipe {path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}."
-        ) from None
-    if not isinstance(recipe, dict):
-        raise SystemExit(
-            f"error: recipe {path} must hold a JSON object of flag names to values, got a {type(recipe).__name__}."
+        return TrainData.resolve(
+            source, self.augmentation, self.image_size, self.augmentation_backend, self.data_device
         )
-    options = {
-        option[2:]
-        for action in parser._actions
-        for option in action.option_strings
-        if option.startswith("--")
-    }
-    dests = sorted({action.dest for action in parser._actions if action.option_strings} - {"help"})
-    unknown = [key for key in recipe if not key.startswith("_") and key not in options]
-    if unknown:
-        named = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, dests, n=3)
-            named.append(f"{key!r}" + (f" (close: {', '.join(close)})" if close else ""))
-        raise SystemExit(
-            f"error: recipe {path}: unknown key{'s' if len(unknown) > 1 else ''} {'; '.join(named)}. Keys are "
-            "the script's flags without '--' (see --help); keys starting with '_' are comments."
-        )
-    flags: list[str] = []
-    for key, value in recipe.items():
-        if key.startswith("_") or value is None:
-            continue
-        flags.append(f"--{key}")
-        flags.extend(str(v) for v in value) if isinstance(value, list) else flags.append(str(value))
-    return flags
 
 
 @dataclass
@@ -451,4 +329,4 @@ class SmallCropArguments:
             "help": "Small crops per image distilled against a second queue (official SwAV setting: 6)."
         },
     )
-    small_crop_size: int = field(default=96, metadata={"help": "Resolution of the small crops."})
+    small_crop_size: int = field(default=SMALL_CROP_SIZE, metadata={"help": "Resolution of the small crops."})

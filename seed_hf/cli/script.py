@@ -1,6 +1,5 @@
 """Set-up shared by the example scripts: logging, the Hub flags, the training set, the online kNN
-monitor and the ONNX options, each from the scripts' argument dataclasses; library errors come back
-in the scripts' flags (:mod:`.flags`)."""
+monitor and the ONNX options, each from the scripts' argument dataclasses."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from typing import Any
 import transformers
 
 from seed_hf.cli.arguments import DataTrainingArguments, OnnxArguments
-from seed_hf.cli.flags import flags_in_errors
+from seed_hf.data.augmentation import SMALL_CROP_SCALE, SMALL_CROP_SIZE
 from seed_hf.data.decode import collate_batch
 from seed_hf.data.gpu_input import build_device_transform, collate_encoded_batch
 from seed_hf.data.sources import TrainData
@@ -23,7 +22,6 @@ from seed_hf.evaluation.monitor import KnnMonitor
 from seed_hf.training.run_folder import RunFolderInUseError
 
 __all__ = [
-    "LABELLED_DATA_FLAGS",
     "build_device_input",
     "build_knn_monitor",
     "build_script_dataset",
@@ -35,30 +33,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# load_labelled_splits' parameters -> the flags of each labelled source the scripts take: the kNN
-# monitor's (--knn_*) and the int8 calibration's (--onnx_*); run_eval.py's flags are the parameters
-LABELLED_DATA_FLAGS = {
-    prefix: {
-        "dataset_name": f"--{prefix}_dataset_name",
-        "train_dir": f"--{prefix}_train_dir",
-        "validation_dir": f"--{prefix}_validation_dir",
-        "train_split": f"--{prefix}_train_split",
-        "validation_split": f"--{prefix}_validation_split",
-        "image_column": f"--{prefix}_image_column",
-        "label_column": f"--{prefix}_label_column",
-        "fashion_mnist_dir": f"--{prefix}_fashion_mnist_dir" if prefix == "onnx" else "--fashion_mnist_dir",
-    }
-    for prefix in ("knn", "onnx")
-}
-# load_teacher's parameters -> the flags of run_seed.py that set them
-TEACHER_FLAGS = {"model_args": "--teacher_model_args", "embedding": "--teacher_embedding"}
-# export_onnx's parameters -> the flags that set them
-ONNX_FLAGS = {
-    "rtol": "--onnx_rtol",
-    "opset": "--onnx_opset",
-    "eval_data": "--onnx_dataset_name / --onnx_train_dir",
-}
 
 
 def setup_logging(training_args) -> logging.Logger:
@@ -93,7 +67,7 @@ def check_hub_arguments(training_args) -> None:
 
 
 def _labelled(args, prefix: str):
-    """``load_labelled_splits`` of the ``--{prefix}_*`` flags."""
+    """``load_labelled_splits`` of the ``--{prefix}_*`` flags, its errors naming them."""
     flag = lambda name: getattr(args, f"{prefix}_{name}")  # noqa: E731
     return load_labelled_splits(
         flag("dataset_name"),
@@ -105,6 +79,7 @@ def _labelled(args, prefix: str):
         flag("image_column"),
         flag("label_column"),
         args.onnx_fashion_mnist_dir if prefix == "onnx" else args.fashion_mnist_dir,
+        flag_prefix=f"{prefix}_",  # its errors name our flags: --knn_label_column
     )
 
 
@@ -130,8 +105,7 @@ def build_knn_monitor(data_args: DataTrainingArguments, mean, std, image_size: i
             "--knn_label_column) or --knn_train_dir and --knn_validation_dir."
         )
     n = data_args.knn_monitor_samples
-    with flags_in_errors(DataTrainingArguments, aliases=LABELLED_DATA_FLAGS["knn"]):
-        data = _labelled(data_args, "knn").subsample(n, max(1, n // 5))
+    data = _labelled(data_args, "knn").subsample(n, max(1, n // 5))
     transform = eval_transform(eval_data_config(len(mean), image_size, mean, std))
     return KnnMonitor(
         LabelledImages(data.train_images, data.train_labels, transform),
@@ -143,20 +117,19 @@ def build_script_dataset(data: TrainData, training_args, config, num_views: int)
     """The example scripts' training set of ``data`` for a SEED or MoCo ``config``; for a stream it
     also turns off batch dispatching, so accelerate shards the unsplit stream itself (splitting it
     here as well would silently drop data)."""
-    with flags_in_errors(DataTrainingArguments):
-        dataset = build_train_dataset(
-            data,
-            num_views,
-            config.in_chans,
-            config.image_mean,
-            config.image_std,
-            training_args.seed,
-            training_args.world_size,
-            training_args.dataloader_num_workers,
-            getattr(config, "num_small_crops", 0),
-            getattr(config, "small_crop_size", 96),
-            getattr(config, "small_crop_scale", (0.05, 0.14)),
-        )
+    dataset = build_train_dataset(
+        data,
+        num_views,
+        config.in_chans,
+        config.image_mean,
+        config.image_std,
+        training_args.seed,
+        training_args.world_size,
+        training_args.dataloader_num_workers,
+        getattr(config, "num_small_crops", 0),  # a MocoConfig has no small crops
+        getattr(config, "small_crop_size", SMALL_CROP_SIZE),
+        getattr(config, "small_crop_scale", SMALL_CROP_SCALE),
+    )
     if data.source.streaming:
         training_args.accelerator_config.dispatch_batches = False
     return dataset
@@ -200,8 +173,7 @@ def onnx_export_options(args: OnnxArguments, training_dataset: str | None = None
                 "--onnx_label_column) or --onnx_train_dir and --onnx_validation_dir, or drop --onnx_int8 (--onnx "
                 "writes the fp32 graph alone)."
             )
-        with flags_in_errors(OnnxArguments, aliases=LABELLED_DATA_FLAGS["onnx"]):
-            data = _labelled(args, "onnx")
+        data = _labelled(args, "onnx")
         options["eval_data"] = data.subsample(args.onnx_max_train_samples, args.onnx_max_eval_samples)
         from seed_hf.export.onnx_verify import VERIFY_SINGLES
 

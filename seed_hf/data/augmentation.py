@@ -6,8 +6,9 @@ pipeline of :func:`seed_hf.data.transforms.build_ssl_transform` (opencv and torc
 and the batched GPU one of :meth:`seed_hf.data.batched_transforms.BatchedSSLTransform.from_preset`.
 The public names ``AUGMENTATION_PRESETS`` (transforms) and ``BATCHED_PRESETS`` (batched_transforms)
 are derived from it. The module also holds the blur kernel size of both paths
-(:func:`blur_kernel_size`) and the names of the views a multi-view transform returns
-(:data:`VIEW_KEYS`). It imports nothing of seed_hf, so that every data module may import it.
+(:func:`blur_kernel_size`), the names of the views a multi-view transform returns
+(:data:`VIEW_KEYS`) and the small crops' defaults (:data:`SMALL_CROP_SIZE`, :data:`SMALL_CROP_SCALE`).
+It imports nothing of seed_hf, so that every data module may import it.
 
 Presets (crop scale, then ops in order; jitter = brightness/contrast/saturation/hue, its four ops
 in random order as torchvision's ``ColorJitter`` does):
@@ -35,11 +36,24 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["AugmentationSpec", "PRESETS", "VIEW_KEYS", "blur_kernel_size"]
+__all__ = [
+    "AugmentationSpec",
+    "PRESETS",
+    "SMALL_CROP_SCALE",
+    "SMALL_CROP_SIZE",
+    "VIEW_KEYS",
+    "blur_kernel_size",
+]
 
 
 VIEW_KEYS = ("pixel_values", "pixel_values_k")
 """Batch keys of the first and second view of a multi-view transform (per-image and batched)."""
+
+SMALL_CROP_SIZE = 96
+"""Default resolution of the small crops (SwAV's multi-crop, SEED's small-patch variant)."""
+
+SMALL_CROP_SCALE = (0.05, 0.14)
+"""Default ``RandomResizedCrop`` area range of the small crops (the official SEED ``swav_small_aug``)."""
 
 OPS = ("crop", "center_crop", "jitter", "grayscale", "blur", "flip")
 """The op names an :attr:`AugmentationSpec.order` may hold."""

@@ -46,7 +46,7 @@ def load_fashion_mnist(
             raise FileNotFoundError(
                 f"Fashion-MNIST not found at {root} (missing {file.name}). Install it with "
                 "`apt-get install -y dataset-fashion-mnist`, set SEED_HF_FASHION_MNIST_DIR, or pass "
-                "`dataset_name` / `train_dir` (another source)."
+                "--dataset_name / --train_dir (another source)."
             )
     pick = lambda f: f if f.is_file() else f.with_suffix("")  # noqa: E731
     return _read_idx(pick(image_file)), _read_idx(pick(label_file)).astype(np.int64)

@@ -50,7 +50,7 @@ def load_image_dataset(
         )
     if train_dir is not None:
         if not Path(train_dir).is_dir():
-            raise FileNotFoundError(f"`train_dir` {train_dir!r} is not a folder.")
+            raise FileNotFoundError(f"--train_dir {train_dir!r} is not a folder.")
         return load_dataset(
             "imagefolder", data_dir=train_dir, split=split, streaming=streaming, cache_dir=cache_dir
         )
@@ -60,7 +60,7 @@ def load_image_dataset(
         return load_dataset(
             builder, data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir
         )
-    raise ValueError("Pass one of `dataset_name`, `train_dir` or `train_files`.")
+    raise ValueError("Pass one of --dataset_name, --train_dir or --train_files.")
 
 
 def stream_shards(source: TrainSource) -> list[str] | None:
@@ -94,7 +94,7 @@ def expand_files(patterns: Sequence[str]) -> list[str]:
     for pattern in map(str, patterns):
         fs, _, paths = fsspec.get_fs_token_paths(pattern, expand=True)
         if not paths or (not any(ch in pattern for ch in "*?[") and not fs.exists(paths[0])):
-            raise FileNotFoundError(f"`train_files` {pattern!r} matches no file.")
+            raise FileNotFoundError(f"--train_files {pattern!r} matches no file.")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         files += [p if protocol in ("file", "local") else f"{protocol}://{p}" for p in sorted(paths)]
     return files
@@ -138,7 +138,7 @@ def find_image_column(
     if candidates:
         raise ValueError(
             f"{source.name()} has no column named image, img, jpg, ... but its column(s) {candidates} look like "
-            f"images: pass the one that holds them as `image_column` (columns: {columns})."
+            f"images: pass the one that holds them as --image_column (columns: {columns})."
         )
     raise ValueError(
         f"{source.name()} has no image column: its columns are {columns} and none of them holds images (encoded "
@@ -166,7 +166,7 @@ def undecoded_images(dataset, image_column: str, in_chans: int, source: TrainSou
     except (TypeError, ValueError, NotImplementedError) as error:  # arrow: a column of other values
         raise ValueError(
             f"Column {image_column!r} of {source.name()} holds no images ({type(error).__name__}: "
-            f"{str(error)[:200]}): pass the column that holds the images as `image_column` (columns: {columns})."
+            f"{str(error)[:200]}): pass the column that holds the images as --image_column (columns: {columns})."
         ) from error
     check_decodable(cells, image_column, in_chans, source, columns)
     return dataset
@@ -181,7 +181,7 @@ def check_decodable(cells, image_column: str, in_chans: int, source: TrainSource
         kinds = sorted({type(cell).__name__ for cell in cells})
         raise ValueError(
             f"Column {image_column!r} of {source.name()} holds no images (values of type {kinds}): pass "
-            f"the column that holds the images as `image_column` (columns: {columns})."
+            f"the column that holds the images as --image_column (columns: {columns})."
         )
     stats = DecodeStats(log_first=0)  # a probe: not logged as skipped training images
     for cell in cells:
@@ -192,5 +192,5 @@ def check_decodable(cells, image_column: str, in_chans: int, source: TrainSource
         raise ValueError(
             f"None of the first {stats.seen} images of {source.name()} could be decoded from column "
             f"{image_column!r} (last error: {stats.last_error}). Check the source's files, or pass the column that "
-            f"holds the images as `image_column` (columns: {columns})."
+            f"holds the images as --image_column (columns: {columns})."
         )

@@ -114,12 +114,12 @@ def detect_image_column(column_names: Sequence[str], image_column: str | None = 
     """Returns ``image_column`` if present, else the first of image/img/jpg/png/webp found."""
     if image_column is not None:
         if image_column not in column_names:
-            raise ValueError(f"`image_column` {image_column!r} not found; columns are {list(column_names)}.")
+            raise ValueError(f"--image_column {image_column!r} not found; columns are {list(column_names)}.")
         return image_column
     for candidate in IMAGE_COLUMN_CANDIDATES:
         if candidate in column_names:
             return candidate
-    raise ValueError(f"No image column among {list(column_names)}; pass `image_column`.")
+    raise ValueError(f"No image column among {list(column_names)}; pass --image_column.")
 
 
 @dataclass

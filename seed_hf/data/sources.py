@@ -2,8 +2,7 @@
 views (:class:`TrainData`, every default resolved once). :mod:`.train_dataset` builds the training
 dataset from them, through :mod:`.loading` for ``datasets`` sources.
 
-Errors name this module's parameters in backticks (`` `image_column` ``); the example scripts show
-them as their flags (``seed_hf.cli.flags``).
+Errors name this module's parameters as the scripts' flags of the same name (``--image_column``).
 """
 
 from __future__ import annotations
@@ -49,10 +48,10 @@ class TrainSource:
             object.__setattr__(self, "train_files", tuple(map(str, self.train_files)))
         sources = [s for s in (self.dataset_name, self.train_dir, self.train_files) if s]
         if len(sources) > 1:
-            raise ValueError("Pass at most one of `dataset_name`, `train_dir`, `train_files`.")
+            raise ValueError("Pass at most one of --dataset_name, --train_dir, --train_files.")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(
-                f"`max_train_samples` must be an integer ≥ 1 (or left unset), got {self.max_train_samples}."
+                f"--max_train_samples must be an integer ≥ 1 (or left unset), got {self.max_train_samples}."
             )
 
     @property
@@ -67,11 +66,11 @@ class TrainSource:
     def name(self) -> str:
         """The source as errors name it (its parameter and value)."""
         if self.dataset_name:
-            return f"`dataset_name` {self.dataset_name!r}"
+            return f"--dataset_name {self.dataset_name!r}"
         if self.train_dir:
-            return f"`train_dir` {self.train_dir!r}"
+            return f"--train_dir {self.train_dir!r}"
         if self.train_files:
-            return f"`train_files` {list(self.train_files)}"
+            return f"--train_files {list(self.train_files)}"
         return "Fashion-MNIST"
 
     def identity(self) -> str:
@@ -144,14 +143,14 @@ class TrainData:
         normalisation, ``moco_v2``."""
         if augmentation_backend not in AUGMENTATION_BACKENDS:
             raise ValueError(
-                f"`augmentation_backend` must be one of {AUGMENTATION_BACKENDS}, got {augmentation_backend!r}."
+                f"--augmentation_backend must be one of {AUGMENTATION_BACKENDS}, got {augmentation_backend!r}."
             )
         if augmentation is not None and augmentation not in AUGMENTATION_PRESETS:
-            raise ValueError(f"`augmentation` must be one of {AUGMENTATION_PRESETS}, got {augmentation!r}.")
+            raise ValueError(f"--augmentation must be one of {AUGMENTATION_PRESETS}, got {augmentation!r}.")
         if image_size is not None and image_size < 1:
-            raise ValueError(f"`image_size` must be an integer ≥ 1 (or left unset), got {image_size}.")
+            raise ValueError(f"--image_size must be an integer ≥ 1 (or left unset), got {image_size}.")
         if data_device not in DATA_DEVICES:
-            raise ValueError(f"`data_device` must be one of {DATA_DEVICES}, got {data_device!r}.")
+            raise ValueError(f"--data_device must be one of {DATA_DEVICES}, got {data_device!r}.")
         fmnist = source.is_fashion_mnist
         return cls(
             source=source,

@@ -15,6 +15,7 @@ import logging
 import numpy as np
 from torch.utils.data import Dataset
 
+from seed_hf.data.augmentation import SMALL_CROP_SCALE, SMALL_CROP_SIZE
 from seed_hf.data.fashion_mnist import load_fashion_mnist
 from seed_hf.data.loading import (
     check_decodable,
@@ -45,8 +46,8 @@ def build_train_dataset(
     world_size: int = 1,
     num_workers: int = 0,
     num_small_crops: int = 0,
-    small_crop_size: int = 96,
-    small_crop_scale: tuple[float, float] = (0.05, 0.14),
+    small_crop_size: int = SMALL_CROP_SIZE,
+    small_crop_scale: tuple[float, float] = SMALL_CROP_SCALE,
 ) -> Dataset:
     """Training dataset yielding ``pixel_values`` (``pixel_values_k`` for 2 views, and
     ``pixel_values_small`` with ``num_small_crops`` small crops), normalised with ``mean`` /

@@ -7,6 +7,7 @@ from typing import Any
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers import PreTrainedConfig
 
+from seed_hf.data.augmentation import SMALL_CROP_SCALE, SMALL_CROP_SIZE
 from seed_hf.models.losses import LOSS_VARIANTS, check_temperature
 
 __all__ = ["SeedConfig", "SMALL_QUEUE_KEYS", "default_normalization"]
@@ -115,7 +116,7 @@ class SeedConfig(PreTrainedConfig):
         teacher_temperature: float = 0.01,
         loss_variant: str = "official",
         num_small_crops: int = 0,
-        small_crop_size: int = 96,
+        small_crop_size: int = SMALL_CROP_SIZE,
         small_crop_scale: list[float] | None = None,
         small_queue_size: int | None = None,
         small_queue_keys: str = "first_crop",
@@ -159,7 +160,9 @@ class SeedConfig(PreTrainedConfig):
         # checked even without small crops: a 0 would otherwise only fail in OpenCV once they are on
         if not (isinstance(small_crop_size, int) and small_crop_size > 0):
             raise ValueError(f"small_crop_size must be a positive integer, got {small_crop_size!r}.")
-        small_crop_scale = [0.05, 0.14] if small_crop_scale is None else [float(v) for v in small_crop_scale]
+        small_crop_scale = (
+            list(SMALL_CROP_SCALE) if small_crop_scale is None else [float(v) for v in small_crop_scale]
+        )
         if len(small_crop_scale) != 2 or not 0 < small_crop_scale[0] <= small_crop_scale[1] <= 1:
             raise ValueError(f"small_crop_scale must be [min, max] within (0, 1], got {small_crop_scale}.")
         if small_queue_size is not None and small_queue_size <= 0:

@@ -53,8 +53,8 @@ class EmbeddingQueue(nn.Module):
             if "alloc" not in str(error).lower():
                 raise
             raise ValueError(
-                f"queue_size={self.size} could not be allocated: {_queue_memory(self.size, self.dim)} "
-                f"({type(error).__name__}: {str(error)[:200]}). Pass a smaller `queue_size` (the paper's: 65536)."
+                f"--queue_size={self.size} could not be allocated: {_queue_memory(self.size, self.dim)} "
+                f"({type(error).__name__}: {str(error)[:200]}). Pass a smaller --queue_size (the paper's: 65536)."
             ) from error
 
     @torch.no_grad()
@@ -122,6 +122,6 @@ def _check_queue_memory(size: int, dim: int) -> None:
     total = _physical_memory()
     if total is not None and 2 * size * dim * 4 > total:
         raise ValueError(
-            f"queue_size={size} does not fit in memory: {_queue_memory(size, dim)}, and this machine has "
-            f"{_gib(total)}. Pass a smaller `queue_size` (the paper's: 65536)."
+            f"--queue_size={size} does not fit in memory: {_queue_memory(size, dim)}, and this machine has "
+            f"{_gib(total)}. Pass a smaller --queue_size (the paper's: 65536)."
         )

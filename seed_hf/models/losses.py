@@ -30,8 +30,10 @@ LOSS_VARIANTS = ("official", "batch_keys")
 
 
 def check_temperature(name: str, value: float) -> None:
+    """Refuses a temperature ≤ 0, naming it as the flag that sets it (``--{name}``: the scripts'
+    flags are named as the parameters they set)."""
     if not value > 0:
-        raise ValueError(f"`{name}` must be > 0, got {value}.")
+        raise ValueError(f"--{name} must be > 0, got {value}.")
 
 
 def seed_logits(

@@ -14,14 +14,12 @@ on raw [0, 1] pixels, ``pixels_centred`` the same after subtracting the train sp
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
-from seed_hf.cli import flags_in_errors
+from seed_hf.cli.command_line import parse_script_args, script_parser
 from seed_hf.evaluation.features import (
     PIXEL_BASELINES,
     eval_data_config,
@@ -232,11 +230,9 @@ def evaluate_model(name: str, args: EvalArguments, data: LabelledSplits, pixels=
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(
-        sys.argv[1:] if argv is None else argv
-    )
-    with flags_in_errors(EvalArguments):  # the library names its parameters: say the flags
-        return _evaluate(args)
+    # its flags and --recipe files, as every script's
+    (args,) = parse_script_args(script_parser(EvalArguments), argv)
+    return _evaluate(args)
 
 
 def _evaluate(args: EvalArguments) -> list[dict]:
@@ -295,7 +291,6 @@ def write_results(path: str, rows: list[dict]) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(rows, indent=2) + "\n")
     partial.replace(path)
-
 
 
 def cli(argv: list[str] | None = None) -> None:

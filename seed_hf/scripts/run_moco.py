@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 from seed_hf import MocoConfig, MocoForPretraining, MocoTrainer, SeedTrainingArguments
 from seed_hf.cli import (
@@ -23,8 +23,8 @@ from seed_hf.cli import (
     build_knn_monitor,
     build_script_dataset,
     check_hub_arguments,
-    flags_in_errors,
     parse_script_args,
+    script_parser,
     setup_logging,
     train_and_save,
 )
@@ -44,7 +44,7 @@ class ModelArguments:
     projection_dim: int = field(default=128, metadata={"help": "Embedding width."})
     head_hidden_dim: int | None = field(default=None, metadata={"help": "Hidden width of the MLP head."})
     queue_size: int = field(default=65536, metadata={"help": "Number of negative keys K."})
-    temperature: float = field(default=0.2, metadata={"help": "InfoNCE temperature."})
+    contrastive_temperature: float = field(default=0.2, metadata={"help": "InfoNCE temperature τ."})
     momentum: float = field(default=0.999, metadata={"help": "Key encoder momentum."})
     key_bn_splits: int = field(
         default=1, metadata={"help": "Shuffle-BN sub-batches of the key encoder per process."}
@@ -52,10 +52,8 @@ class ModelArguments:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SeedTrainingArguments))
-    # the library names its parameters (`queue_size`, image_size=32): its errors show them as our flags
-    with flags_in_errors(parser, aliases={"contrastive_temperature": "--temperature"}):
-        return pretrain(*parse_script_args(parser, argv))
+    parser = script_parser((ModelArguments, DataTrainingArguments, SeedTrainingArguments))
+    return pretrain(*parse_script_args(parser, argv))
 
 
 def pretrain(
@@ -77,7 +75,7 @@ def pretrain(
         projection_dim=model_args.projection_dim,
         head_hidden_dim=model_args.head_hidden_dim,
         queue_size=model_args.queue_size,
-        contrastive_temperature=model_args.temperature,
+        contrastive_temperature=model_args.contrastive_temperature,
         momentum=model_args.momentum,
         key_bn_splits=model_args.key_bn_splits,
         image_mean=data.mean,
@@ -105,7 +103,6 @@ def pretrain(
     )
     metrics = train_and_save(trainer, run.checkpoint, run_info={"method": "moco_v2", **recipe})
     return metrics
-
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 from seed_hf import (
     SeedConfig,
@@ -36,15 +36,15 @@ from seed_hf.cli import (
     build_script_dataset,
     cached_training_dataset,
     check_hub_arguments,
-    flags_in_errors,
     onnx_export_options,
     open_teacher_cache,
     parse_script_args,
     replayed_epochs,
+    script_parser,
     setup_logging,
     train_and_save,
 )
-from seed_hf.cli.script import ONNX_FLAGS, TEACHER_FLAGS, int8_refusals
+from seed_hf.cli.script import int8_refusals
 from seed_hf.teachers.fingerprint import weights_fingerprint
 from seed_hf.training.distributed import shutdown_distributed
 from seed_hf.training.run_folder import STUDENTS_DIR, RunFolder
@@ -132,10 +132,8 @@ def student_model_args_for(architecture: str, architectures: list[str], value: s
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SeedTrainingArguments, OnnxArguments))
-    # the library names its parameters (`queue_size`, image_size=32): its errors show them as our flags
-    with flags_in_errors(parser, aliases=TEACHER_FLAGS):
-        return distil(*parse_script_args(parser, argv))
+    parser = script_parser((ModelArguments, DataTrainingArguments, SeedTrainingArguments, OnnxArguments))
+    return distil(*parse_script_args(parser, argv))
 
 
 def distil(
@@ -276,17 +274,16 @@ def distil(
         onnx_records = {}
         for name, student in students:
             repo_id = training_args.hub_model_id and training_args.hub_model_id + (f"-{name}" if name else "")
-            with flags_in_errors(aliases=ONNX_FLAGS):  # export_onnx names its parameters: say the flags
-                folder = export_student(
-                    student,
-                    f"{training_args.output_dir}/export/{name}",
-                    training_summary=run_summary(training_args.output_dir),
-                    repo_id=repo_id,
-                    on_exported=lambda record: onnx_records.update(
-                        {str(record.folder): record.facts.get("onnx")}
-                    ),
-                    onnx=onnx,
-                )
+            folder = export_student(
+                student,
+                f"{training_args.output_dir}/export/{name}",
+                training_summary=run_summary(training_args.output_dir),
+                repo_id=repo_id,
+                on_exported=lambda record: onnx_records.update(
+                    {str(record.folder): record.facts.get("onnx")}
+                ),
+                onnx=onnx,
+            )
             logger.info(
                 push_student_to_hub(folder, repo_id, token=training_args.hub_token)
                 if push_to_hub
@@ -296,7 +293,6 @@ def distil(
         if refusal:
             raise SystemExit(refusal)
     return metrics
-
 
 
 def cli(argv: list[str] | None = None) -> None:

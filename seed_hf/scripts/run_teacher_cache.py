@@ -4,7 +4,7 @@ embeddings (a teacher cache, seed_hf.teachers.cache), so that any number of stud
 without a teacher (run_seed.py --teacher_cache DIR, with the same data flags and --seed).
 
     python examples/run_teacher_cache.py --teacher_name_or_path pretrained/fmnist-mocov2-resnet18 \
-        --image_size 64 --cache_epochs 10 --per_device_train_batch_size 256 --output_dir caches/fmnist-r18
+        --image_size 64 --epochs 10 --per_device_train_batch_size 256 --output_dir caches/fmnist-r18
 
 Resumable: run the same command again after an interruption (completed shards are kept). Under
 `accelerate launch` / torchrun every process writes its own shards.
@@ -14,18 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 from seed_hf import SeedTrainingArguments, load_teacher
 from seed_hf.cli import (
     DataTrainingArguments,
     SmallCropArguments,
     TeacherArguments,
-    flags_in_errors,
     parse_script_args,
+    script_parser,
     setup_logging,
 )
-from seed_hf.cli.script import TEACHER_FLAGS
 from seed_hf.teachers.cache import CACHE_DTYPES
 from seed_hf.teachers.cache_writer import write_teacher_cache
 from seed_hf.teachers.fingerprint import weights_fingerprint
@@ -37,33 +36,28 @@ from seed_hf.training.run_folder import RunFolder
 class CacheArguments:
     """What the cache stores."""
 
-    cache_epochs: int = field(
+    epochs: int = field(
         default=1,
         metadata={
             "help": "Epochs of views to embed; a longer training run replays them (epoch e reads e mod E)."
         },
     )
-    cache_dtype: str = field(
+    dtype: str = field(
         default="float16",
         metadata={
             "help": f"Stored precision, one of {CACHE_DTYPES} (float32: exactly the teacher's output)."
         },
     )
-    cache_shard_rows: int = field(
+    shard_rows: int = field(
         default=16384, metadata={"help": "Rows per shard file (the unit a resumed writer skips)."}
     )
 
 
-# write_teacher_cache's parameters -> this script's flags
-CACHE_FLAGS = {"epochs": "--cache_epochs", "dtype": "--cache_dtype", "shard_rows": "--cache_shard_rows"}
-
-
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser(
+    parser = script_parser(
         (TeacherArguments, SmallCropArguments, DataTrainingArguments, SeedTrainingArguments, CacheArguments)
     )
-    with flags_in_errors(parser, aliases={**TEACHER_FLAGS, **CACHE_FLAGS}):
-        return write(*parse_script_args(parser, argv))
+    return write(*parse_script_args(parser, argv))
 
 
 def write(
@@ -87,17 +81,17 @@ def write(
         teacher,
         data,
         training_args.seed,
-        cache_args.cache_epochs,
+        cache_args.epochs,
         training_args.output_dir,
         batch_size=training_args.per_device_train_batch_size,
-        dtype=cache_args.cache_dtype,
+        dtype=cache_args.dtype,
         teacher_dtype=training_args.teacher_dtype,
         mixed_precision=mixed,
         channels_last=training_args.channels_last != "false",
         optimize_teacher=training_args.optimize_teacher,
         num_small_crops=crops.num_small_crops,
         small_crop_size=crops.small_crop_size,
-        shard_rows=cache_args.cache_shard_rows,
+        shard_rows=cache_args.shard_rows,
         num_workers=training_args.dataloader_num_workers,
         device=training_args.device,
         process_index=training_args.process_index,
@@ -108,7 +102,6 @@ def write(
     if training_args.process_index == 0:
         logger.info(f"Teacher cache written to {training_args.output_dir}: {manifest.get('write')}")
     return manifest
-
 
 
 def cli(argv: list[str] | None = None) -> None:

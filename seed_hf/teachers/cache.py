@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from seed_hf.data.augmentation import PRESETS
+from seed_hf.data.augmentation import PRESETS, SMALL_CROP_SCALE, SMALL_CROP_SIZE
 
 __all__ = [
     "CACHE_DTYPES",
@@ -76,8 +76,8 @@ def cache_recipe(
     image_std: list[float],
     rows: int,
     num_small_crops: int = 0,
-    small_crop_size: int = 96,
-    small_crop_scale: tuple[float, float] = (0.05, 0.14),
+    small_crop_size: int = SMALL_CROP_SIZE,
+    small_crop_scale: tuple[float, float] = SMALL_CROP_SCALE,
 ) -> dict[str, Any]:
     """What determines a run's views, as JSON values: the data (``data``: a ``TrainData``, as
     ``run_info.json`` records it, its source's identity and ``rows``), the augmentation preset's
@@ -136,16 +136,16 @@ class TeacherCache:
         manifest = read_manifest(self.folder)
         if manifest is None:
             raise FileNotFoundError(
-                f"`teacher_cache` {str(self.folder)!r} holds no {MANIFEST_FILE}: not a teacher cache (write one with "
+                f"--teacher_cache {str(self.folder)!r} holds no {MANIFEST_FILE}: not a teacher cache (write one with "
                 "examples/run_teacher_cache.py or seed_hf.write_teacher_cache)."
             )
         if manifest.get("format") != FORMAT:
             raise ValueError(
-                f"`teacher_cache` {str(self.folder)!r} has format {manifest.get('format')!r}; this seed_hf reads {FORMAT!r}."
+                f"--teacher_cache {str(self.folder)!r} has format {manifest.get('format')!r}; this seed_hf reads {FORMAT!r}."
             )
         if not manifest.get("complete"):
             raise ValueError(
-                f"`teacher_cache` {str(self.folder)!r} is incomplete (its writing was interrupted): run the same "
+                f"--teacher_cache {str(self.folder)!r} is incomplete (its writing was interrupted): run the same "
                 "run_teacher_cache.py command again to finish it (completed shards are kept)."
             )
         self.manifest = manifest

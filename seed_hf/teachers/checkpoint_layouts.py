@@ -306,9 +306,9 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, ar
         if any(k.startswith("pos_embed") or ".position_embeddings" in k for k in misshaped):
             message += (
                 " A position embedding of another length: the weights were trained at another resolution or "
-                'patch size; build the model at theirs through `model_args` (e.g. {"img_size": 64}).'
+                'patch size; build the model at theirs through --teacher_model_args (`model_args`, e.g. {"img_size": 64}).'
             )
         elif architecture:
-            message += " Weights of another architecture? Name the one they were trained with in `teacher_name_or_path`."
+            message += " Weights of another architecture? Name the one they were trained with in --teacher_name_or_path."
         raise ValueError(message)
     module.load_state_dict(state)

@@ -41,11 +41,11 @@ class TransformersVisionBackbone(nn.Module):
     def __init__(self, model: nn.Module, embedding: str = "auto", use_pooler: bool = True):
         super().__init__()
         if embedding not in self.EMBEDDINGS:
-            raise ValueError(f"embedding must be one of {self.EMBEDDINGS}, got {embedding!r}.")
+            raise ValueError(f"--teacher_embedding must be one of {self.EMBEDDINGS}, got {embedding!r}.")
         if embedding == "pooler" and not use_pooler:
             raise ValueError(
-                f"embedding='pooler': the checkpoint of {type(model).__name__} has no pooler weights (they would be "
-                "random); use embedding='auto', 'cls' or 'mean'."
+                f"--teacher_embedding pooler: the checkpoint of {type(model).__name__} has no pooler weights (they "
+                "would be random); use auto, cls or mean (`embedding`)."
             )
         self.model = model
         self.embedding = embedding
@@ -151,12 +151,13 @@ class TransformersVisionBackbone(nn.Module):
             return out.pooler_output.flatten(1)  # ResNet pools to (n, c, 1, 1)
         if self.embedding == "pooler":
             raise ValueError(
-                f"{type(self.model).__name__} has no pooler output; use embedding='cls' or 'mean'."
+                f"{type(self.model).__name__} has no pooler output; use --teacher_embedding cls or mean (`embedding`)."
             )
         if hidden is not None and hidden.ndim == 4:  # only a feature map (n, c, h, w): its average
             if self.embedding == "cls":
                 raise ValueError(
-                    f"{type(self.model).__name__} gives a feature map, no CLS token; use embedding='auto' or 'mean'."
+                    f"{type(self.model).__name__} gives a feature map, no CLS token; use --teacher_embedding auto or mean "
+                    "(`embedding`)."
                 )
             return hidden.mean(dim=(2, 3))
         return hidden[:, 0]

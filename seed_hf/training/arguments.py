@@ -140,10 +140,10 @@ class SeedTrainingArguments(TrainingArguments):
             )
             self.save_total_limit = 2
         if self.teacher_dtype not in TEACHER_DTYPES:
-            raise ValueError(f"`teacher_dtype` must be one of {TEACHER_DTYPES}, got {self.teacher_dtype!r}.")
+            raise ValueError(f"--teacher_dtype must be one of {TEACHER_DTYPES}, got {self.teacher_dtype!r}.")
         self.channels_last = parse_switch(self.channels_last, "channels_last")
         if self.student_dtype not in STUDENT_DTYPES:
-            raise ValueError(f"`student_dtype` must be one of {STUDENT_DTYPES}, got {self.student_dtype!r}.")
+            raise ValueError(f"--student_dtype must be one of {STUDENT_DTYPES}, got {self.student_dtype!r}.")
         if self.student_dtype == "float32" and (self.bf16 or self.fp16):
             raise ValueError("student_dtype=float32 contradicts --bf16 / --fp16 (mixed precision): drop one.")
         if self.student_dtype == "bfloat16" and self.fp16:
