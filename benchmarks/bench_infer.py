@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seed_hf.data.subsets import balanced_subset
 from seed_hf.evaluation.features import eval_data_config, eval_transform
 from seed_hf.evaluation.labelled import LabelledImages, load_labelled_splits
-from seed_hf.evaluation.subsets import balanced_subset
 from seed_hf.export.onnx_export import export_onnx
 from seed_hf.export.onnx_graph import ONNX_FILE, ONNX_INT8_FILE, export_pooled_onnx, ort_session, require_onnx
 from seed_hf.export.onnx_int8 import quantize_int8

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from seed_hf.data.subsets import label_subset
 from seed_hf.evaluation.knn import knn_accuracy, weighted_knn_predict
 from seed_hf.evaluation.probe import linear_probe
-from seed_hf.evaluation.subsets import label_subset
 
 
 def _clusters(n_per_class=30, classes=4, dim=8, seed=0):

@@ -93,7 +93,7 @@ def test_moco_then_seed_then_eval(tmp_path):
     )
     assert [r["model"] for r in results] == [str(teacher_dir)] * 2 + [str(student_dir)] * 2
     from seed_hf.data.fashion_mnist import load_fashion_mnist
-    from seed_hf.evaluation.subsets import balanced_subset, label_subset
+    from seed_hf.data.subsets import balanced_subset, label_subset
 
     labels = load_fashion_mnist("train")[1]  # --max_train_samples 2000 draws 200 per class
     tenth = len(label_subset(labels[balanced_subset(labels, 2000)], 0.1))  # class-balanced: ≈ 200

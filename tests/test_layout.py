@@ -5,6 +5,7 @@ library never imports its command-line layer (``seed_hf.cli`` and the scripts, `
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "seed_hf"
@@ -132,3 +133,26 @@ def test_the_library_never_imports_the_cli_layer():
     }
     offenders = {module: cli for module, cli in offenders.items() if cli}
     assert not offenders, f"library modules importing seed_hf.cli: {offenders}"
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_over_400_lines():
+    """One concept a module: the package and the repository's tooling (tools/) stay readable."""
+    files = sorted(PACKAGE.rglob("*.py")) + sorted((PACKAGE.parent / "tools").glob("*.py"))
+    assert len(files) > 20
+    long = {
+        str(p.relative_to(PACKAGE.parent)): n
+        for p in files
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_no_module_shadows_the_standard_library():
+    """``seed_hf/.../queue.py`` once shadowed ``queue`` for anything run from its folder."""
+    shadowing = sorted(
+        str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py") if p.stem in sys.stdlib_module_names
+    )
+    assert not shadowing, shadowing

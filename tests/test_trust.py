@@ -58,7 +58,7 @@ def class_sorted_folders(root: Path, per_class: dict[str, int], classes=(0, 1, 2
 
 
 def test_balanced_subset_draws_every_class_and_is_seeded():
-    from seed_hf.evaluation.subsets import balanced_subset
+    from seed_hf.data.subsets import balanced_subset
 
     labels = np.repeat(np.arange(4), [50, 50, 5, 100])  # sorted by class, one small class
     keep = balanced_subset(labels, 100, seed=0)

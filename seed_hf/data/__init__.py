@@ -5,7 +5,8 @@ per-sample seeded rows (:mod:`.rows`), row access to parquet / webdataset shards
 augmentation presets (:mod:`.augmentation`, one table for both paths), per image
 (:mod:`.transforms`, OpenCV kernels in :mod:`.opencv_kernels`, crop-aware JPEG decode in
 :mod:`.crop_decode`) and batched on the GPU (:mod:`.batched_transforms`, :mod:`.gpu_input`), and
-Fashion-MNIST (:mod:`.fashion_mnist`). Nothing here knows the example scripts' arguments: a
+Fashion-MNIST (:mod:`.fashion_mnist`); class-balanced seeded subsets (:mod:`.subsets`), drawn for training
+and evaluation alike. Nothing here knows the example scripts' arguments: a
 source is a :class:`TrainSource`, its views a :class:`TrainData`."""
 
 from seed_hf.data.decode import SKIPPED_KEY, collate_batch

@@ -28,8 +28,8 @@ from seed_hf.data.rows import ArrayImageDataset, ImageColumnTransform, SeededRow
 from seed_hf.data.shard_index import ShardIndex
 from seed_hf.data.shard_stream import ShardStream, warn_on_uneven_shards
 from seed_hf.data.sources import TrainData, TrainSource
+from seed_hf.data.subsets import balanced_subset
 from seed_hf.data.transforms import MultiViewTransform, build_ssl_transform
-from seed_hf.evaluation.subsets import balanced_subset
 
 __all__ = ["build_train_dataset", "training_subset"]
 

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from seed_hf.data.decode import DecodeStats, cell_name, open_image
-from seed_hf.evaluation.subsets import balanced_subset, subset_record
+from seed_hf.data.subsets import balanced_subset, subset_record
 
 __all__ = ["LabelledImages", "LabelledSplits", "SPLIT_FOLDER_NAMES", "load_labelled_splits"]
 

@@ -225,7 +225,7 @@ def int8_graph(
     on ``num_calibration`` class-balanced train images of ``eval_data``, and measures it against the
     fp32 graph (:func:`int8_quality`). Returns ``(figures, shortfalls)``: with shortfalls (below
     :data:`INT8_QUALITY_BAR`, or a graph onnxruntime cannot quantize) the int8 file is removed."""
-    from seed_hf.evaluation.subsets import balanced_subset
+    from seed_hf.data.subsets import balanced_subset
 
     keep = balanced_subset(eval_data.train_labels, num_calibration, seed)
     calibration = _whole_batches(pixel_values(eval_data.train_images, transform, keep))

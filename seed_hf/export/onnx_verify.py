@@ -107,7 +107,7 @@ def verification_pixels(
     """The preprocessed images a graph is verified on and what they are: ``images`` when given,
     else :data:`VERIFY_BATCH` class-balanced evaluation images of ``eval_data``, else as many crops
     of scikit-image's sample photos. Refuses fewer than :data:`VERIFY_SINGLES`."""
-    from seed_hf.evaluation.subsets import balanced_subset
+    from seed_hf.data.subsets import balanced_subset
 
     if images is not None:
         pixels, verified_on = pixel_values(images, transform), f"{len(images)} given images"

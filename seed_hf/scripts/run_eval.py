@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from seed_hf.cli.command_line import parse_script_args, script_parser
+from seed_hf.data.subsets import label_subset
 from seed_hf.evaluation.features import (
     PIXEL_BASELINES,
     eval_data_config,
@@ -30,7 +31,6 @@ from seed_hf.evaluation.features import (
 from seed_hf.evaluation.knn import knn_accuracy
 from seed_hf.evaluation.labelled import LabelledImages, LabelledSplits, load_labelled_splits
 from seed_hf.evaluation.probe import LINEAR_PROBE_PROTOCOL, linear_probe
-from seed_hf.evaluation.subsets import label_subset
 from seed_hf.teachers.fingerprint import weights_fingerprint
 from seed_hf.training.run_folder import STUDENTS_DIR
 
