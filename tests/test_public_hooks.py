@@ -11,7 +11,7 @@ from helpers import TensorImages, tiny_student, tiny_teacher
 from transformers import Trainer
 
 import seed_hf
-from seed_hf import SeedTrainer, SeedTrainingArguments, collate_batch
+from seed_hf import MocoTrainer, SeedTrainer, SeedTrainingArguments, collate_batch
 from seed_hf.training.callbacks import DatasetEpochCallback
 from seed_hf.training.run_folder import COMPLETE_MARKER
 
@@ -24,7 +24,9 @@ PRIVATE_TRAINER_NAMES = {
 
 def _seed_hf_trainer_classes() -> list[type]:
     classes = set()
-    for module_info in pkgutil.iter_modules(seed_hf.__path__, "seed_hf."):
+    for module_info in pkgutil.walk_packages(seed_hf.__path__, "seed_hf."):
+        if module_info.name.endswith("__main__"):  # `python -m seed_hf`: importing it runs the command
+            continue
         module = importlib.import_module(module_info.name)
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if issubclass(obj, Trainer) and obj is not Trainer and obj.__module__.startswith("seed_hf"):
@@ -34,6 +36,10 @@ def _seed_hf_trainer_classes() -> list[type]:
 
 def test_private_trainer_names_are_known():
     assert {"_save_checkpoint", "_load_rng_state", "_get_output_dir"} <= PRIVATE_TRAINER_NAMES
+
+
+def test_the_scan_finds_every_trainer_in_the_package_folders():
+    assert {SeedTrainer, MocoTrainer} <= set(_seed_hf_trainer_classes())
 
 
 @pytest.mark.parametrize("cls", _seed_hf_trainer_classes(), ids=lambda c: c.__qualname__)
