@@ -200,8 +200,8 @@ test-all: setup
 
 # run by `make test` (so by CI): lint rules and formatting of every Python file
 lint: setup
-	$(PY) -m ruff check seed_hf examples tests benchmarks results
-	$(PY) -m ruff format --check seed_hf examples tests benchmarks results
+	$(PY) -m ruff check seed_hf examples tools tests benchmarks results
+	$(PY) -m ruff format --check seed_hf examples tools tests benchmarks results
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
