@@ -1,7 +1,7 @@
 """Several SEED students distilled from one teacher forward.
 
-The teacher's forward is 43–68% of a SEED step; distilling N students at once pays for it
-once instead of N times. Each student keeps its own head and queue (queues receive the same
+The teacher's forward is a large part of a SEED step (docs/performance.md); distilling N students at
+once pays for it once instead of N times. Each student keeps its own head and queue (queues receive the same
 teacher keys) and is saved / exported on its own.
 """
 
