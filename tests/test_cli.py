@@ -469,3 +469,55 @@ def test_an_image_folder_is_named_by_its_own_name_unless_it_is_a_split(tmp_path)
     )
     train = tmp_path / "mydata" / "train"
     assert load_labelled_splits(train_dir=str(train), validation_dir=str(train)).name == "mydata"
+
+
+def _seed_parser():
+    from seed_hf.cli.command_line import script_parser
+
+    return script_parser((run_seed.ModelArguments, DataTrainingArguments, SeedTrainingArguments))
+
+
+def test_an_abbreviated_recipe_flag_is_refused_not_dropped(tmp_path):
+    """`--rec FILE` once matched `--recipe` in the main parser and the file was never read."""
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"max_steps": 3}))
+    argv = ["--teacher_name_or_path", "x", "--output_dir", str(tmp_path / "o"), "--use_cpu"]
+    *_, training_args = parse_script_args(_seed_parser(), [*argv, "--recipe", str(recipe)])
+    assert training_args.max_steps == 3
+    with pytest.raises((ValueError, SystemExit), match="rec"):
+        parse_script_args(_seed_parser(), [*argv, "--rec", str(recipe)])
+
+
+def test_a_renamed_flag_is_refused_naming_its_new_name(tmp_path):
+    from seed_hf.cli.command_line import script_parser
+
+    parser = script_parser((run_moco.ModelArguments, DataTrainingArguments, SeedTrainingArguments))
+    argv = ["--output_dir", str(tmp_path / "o"), "--use_cpu", "--temperature", "0.2"]
+    with pytest.raises(ValueError, match="--temperature is now --contrastive_temperature"):
+        parse_script_args(parser, argv)
+    with pytest.raises(ValueError, match="did you mean --max_steps"):
+        parse_script_args(parser, ["--output_dir", str(tmp_path / "o"), "--max_step", "2"])
+
+
+def test_a_recipe_object_value_reaches_its_flag_as_json(tmp_path):
+    """A recipe's `{"drop_rate": 0.2}` was passed on as Python's repr, which the flag's JSON parse refused."""
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"student_model_args": {"drop_rate": 0.2}}))
+    argv = [
+        "--teacher_name_or_path",
+        "x",
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--use_cpu",
+        "--recipe",
+        str(recipe),
+    ]
+    model_args, *_ = parse_script_args(_seed_parser(), argv)
+    assert json.loads(model_args.student_model_args) == {"drop_rate": 0.2}
+
+
+def test_train_files_matching_nothing_is_refused_naming_the_flag_also_when_not_streamed(tmp_path):
+    from seed_hf.data.loading import load_image_dataset
+
+    with pytest.raises(FileNotFoundError, match="--train_files .*nope-\\*.parquet.* matches no file"):
+        load_image_dataset(train_files=[str(tmp_path / "nope-*.parquet")])

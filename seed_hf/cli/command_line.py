@@ -19,6 +19,16 @@ from seed_hf.cli.arguments import DataTrainingArguments
 __all__ = ["RECIPE_FLAG", "parse_script_args", "script_parser"]
 
 RECIPE_FLAG = "--recipe"
+# flags renamed to the parameter they set (CHANGELOG, issue 31): named in the refusal of the old spelling
+RENAMED_FLAGS = {
+    "--temperature": "--contrastive_temperature",
+    "--moco_temperature": "--contrastive_temperature",
+    "--cache_epochs": "--epochs",
+    "--cache_dtype": "--dtype",
+    "--cache_shard_rows": "--shard_rows",
+    "--fmnist_dir": "--fashion_mnist_dir",
+    "--learning_rate_per_256": "--base_learning_rate",
+}
 _RECIPE_HELP = (
     "A recipe file: a JSON object of flag names (without '--') to values, e.g. recipes/*.json; keys "
     "starting with '_' are comments. May be given several times; flags on the command line override "
@@ -29,7 +39,7 @@ _RECIPE_HELP = (
 def script_parser(dataclass_types: Any) -> HfArgumentParser:
     """``HfArgumentParser`` of ``dataclass_types`` with the ``--recipe FILE`` flag (shown by
     ``--help``; :func:`parse_script_args` expands it)."""
-    parser = HfArgumentParser(dataclass_types)
+    parser = HfArgumentParser(dataclass_types, allow_abbrev=False)  # flags in full: `--rec` is no `--recipe`
     parser.add_argument(
         RECIPE_FLAG, metavar="FILE", action="append", default=argparse.SUPPRESS, help=_RECIPE_HELP
     )
@@ -58,10 +68,23 @@ def parse_script_args(parser: HfArgumentParser, argv: list[str] | None = None) -
         raise ValueError(
             f"Arguments no flag takes: {unused}."
             + (f" A recipe file is passed as {RECIPE_FLAG} FILE." if recipe_hint else "")
+            + _flag_hints(parser, unused)
         )
     parsed = tuple(p for p in parsed if not isinstance(p, argparse.Namespace))  # --recipe's, when added
     _check_evaluation(parsed)
     return parsed
+
+
+def _flag_hints(parser: HfArgumentParser, unused: list[str]) -> str:
+    """`` --old is now --new.`` for a renamed flag, `` Did you mean --x?`` for a close spelling."""
+    known = {f"--{name}" for name in _field_names(parser)} | {RECIPE_FLAG}
+    hints = []
+    for token in (str(t).split("=", 1)[0] for t in unused if str(t).startswith("--")):
+        if RENAMED_FLAGS.get(token) in known:
+            hints.append(f"{token} is now {RENAMED_FLAGS[token]}")
+        elif close := difflib.get_close_matches(token, sorted(known), n=2):
+            hints.append(f"{token}: did you mean {' or '.join(close)}?")
+    return (" " + "; ".join(hints) + ".") if hints else ""
 
 
 def _check_evaluation(parsed: tuple) -> None:
@@ -79,6 +102,11 @@ def _check_evaluation(parsed: tuple) -> None:
     )
 
 
+def _field_names(parser: HfArgumentParser) -> list[str]:
+    """The fields of the parser's dataclasses: the script's flags without '--'."""
+    return sorted({f.name for kind in parser.dataclass_types for f in dataclasses.fields(kind) if f.init})
+
+
 def _recipe_flags(parser: HfArgumentParser, path: str) -> list[str]:
     """A recipe file as command-line flags, its keys checked against the fields of the parser's
     dataclasses (the flags' names)."""
@@ -94,7 +122,7 @@ def _recipe_flags(parser: HfArgumentParser, path: str) -> list[str]:
         raise SystemExit(
             f"error: recipe {path} must hold a JSON object of flag names to values, got a {type(recipe).__name__}."
         )
-    names = sorted({f.name for kind in parser.dataclass_types for f in dataclasses.fields(kind) if f.init})
+    names = _field_names(parser)
     unknown = [key for key in recipe if not key.startswith("_") and key not in names]
     if unknown:
         named = []
@@ -110,5 +138,7 @@ def _recipe_flags(parser: HfArgumentParser, path: str) -> list[str]:
         if key.startswith("_") or value is None:
             continue
         flags.append(f"--{key}")
-        flags.extend(str(v) for v in value) if isinstance(value, list) else flags.append(str(value))
+        values = value if isinstance(value, list) else [value]
+        # a JSON object (e.g. student_model_args) is passed on as JSON, as the flag takes it on the command line
+        flags.extend(json.dumps(v) if isinstance(v, dict) else str(v) for v in values)
     return flags

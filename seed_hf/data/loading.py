@@ -55,7 +55,7 @@ def load_image_dataset(
             "imagefolder", data_dir=train_dir, split=split, streaming=streaming, cache_dir=cache_dir
         )
     if train_files:
-        files = list(train_files)
+        files = expand_files(train_files)  # a pattern or path matching nothing is refused naming it
         builder = "webdataset" if all(str(f).endswith(".tar") for f in files) else "parquet"
         return load_dataset(
             builder, data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir

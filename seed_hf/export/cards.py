@@ -162,14 +162,14 @@ def results_for(
                 )
                 logger.warning(
                     f"Dropped the result row of {r.get('model')} (label fraction {r.get('label_fraction', 1.0):g}): "
-                    f"{why}. Re-evaluate these weights with run_eval.py."
+                    f"{why}. Re-evaluate these weights with `seed-hf eval` (run_eval.py)."
                 )
         matched = kept
     if rows and not matched:
         logger.warning(
             f"No row of the evaluation results matches {sorted(targets)}"
             + (" and these weights" if fingerprints is not None else "")
-            + f" (rows: {[r.get('model') for r in rows]}); the card gets no results. Evaluate this model with run_eval.py."
+            + f" (rows: {[r.get('model') for r in rows]}); the card gets no results. Evaluate this model with `seed-hf eval` (run_eval.py)."
         )
     return matched
 

@@ -63,7 +63,7 @@ def main(
     else:
         print(
             f"The card {args.folder}/README.md was rendered without onnx/ and is left as it is: export from the run "
-            "folder with run_export.py --onnx to get a card that lists it."
+            "folder with `seed-hf export --onnx` (run_export.py) to get a card that lists it."
         )
     refusal = int8_refusals({args.folder: record})
     if refusal:

@@ -58,7 +58,7 @@ class ModelArguments(SmallCropArguments, TeacherArguments):
     teacher_cache: str | None = field(
         default=None,
         metadata={
-            "help": "A teacher cache folder (examples/run_seed.py's teacher pass stored by run_teacher_cache.py with "
+            "help": "A teacher cache folder (this script's teacher pass stored by `seed-hf cache` / run_teacher_cache.py with "
             "the same data flags and seed): no teacher is loaded or run, the cached embeddings of each view feed "
             "the loss and the queue. Teacher flags, when given, are checked against the cache's."
         },
@@ -213,7 +213,7 @@ def distil(
         if onnx is not None or training_args.push_to_hub:  # the export runs after training, which is done
             raise ValueError(
                 f"The run in {training_args.output_dir} is already complete, so this command exports nothing: export "
-                f"it with examples/run_export.py --student_dir {training_args.output_dir} --output_dir DIR and the "
+                f"it with `seed-hf export` (run_export.py) --student_dir {training_args.output_dir} --output_dir DIR and the "
                 "same --onnx* / --push_to_hub flags."
             )
         return run.results

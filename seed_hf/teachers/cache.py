@@ -137,7 +137,7 @@ class TeacherCache:
         if manifest is None:
             raise FileNotFoundError(
                 f"--teacher_cache {str(self.folder)!r} holds no {MANIFEST_FILE}: not a teacher cache (write one with "
-                "examples/run_teacher_cache.py or seed_hf.write_teacher_cache)."
+                "`seed-hf cache` (examples/run_teacher_cache.py) or seed_hf.write_teacher_cache)."
             )
         if manifest.get("format") != FORMAT:
             raise ValueError(
@@ -146,7 +146,7 @@ class TeacherCache:
         if not manifest.get("complete"):
             raise ValueError(
                 f"--teacher_cache {str(self.folder)!r} is incomplete (its writing was interrupted): run the same "
-                "run_teacher_cache.py command again to finish it (completed shards are kept)."
+                "`seed-hf cache` (run_teacher_cache.py) command again to finish it (completed shards are kept)."
             )
         self.manifest = manifest
         self.recipe: dict[str, Any] = manifest["recipe"]
@@ -175,7 +175,7 @@ class TeacherCache:
             )
             raise ValueError(
                 f"The teacher cache {str(self.folder)!r} was written for other views than this run's: {named}. Pass the "
-                "flags the cache was written with, or write a cache for this recipe (examples/run_teacher_cache.py)."
+                "flags the cache was written with, or write a cache for this recipe (`seed-hf cache`, examples/run_teacher_cache.py)."
             )
 
     def _shard(self, epoch: int, start: int) -> dict[str, np.ndarray]:

@@ -65,7 +65,7 @@ tags:
 ---
 A seed_hf teacher cache: the frozen teacher's embeddings of {epochs} epoch(s) of seeded views of
 {rows} images (`manifest.json` records the teacher, the data and the augmentation). Train from it
-with `run_seed.py --teacher_cache <this folder>` and the same data flags.
+with `seed-hf distill --teacher_cache <this folder>` (examples/run_seed.py) and the same data flags.
 """
 
 
