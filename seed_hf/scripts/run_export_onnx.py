@@ -62,8 +62,8 @@ def main(
         on_exported(record)
     else:
         print(
-            f"The card {args.folder}/README.md was rendered without onnx/ and is left as it is: export from the run "
-            "folder with `seed-hf export --onnx` (run_export.py) to get a card that lists it."
+            f"The card {args.folder}/README.md is left as the export rendered it and does not list the graphs written "
+            "now: export from the run folder with `seed-hf export --onnx` (run_export.py) to get a card that lists them."
         )
     refusal = int8_refusals({args.folder: record})
     if refusal:

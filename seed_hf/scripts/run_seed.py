@@ -180,7 +180,7 @@ def distil(
             ),
             in_chans=data.in_chans,
             image_size=data.image_size,
-            projection_dim=model_args.projection_dim or embed_dim,
+            projection_dim=embed_dim if model_args.projection_dim is None else model_args.projection_dim,
             head_hidden_dim=model_args.head_hidden_dim,
             queue_size=model_args.queue_size,
             student_temperature=model_args.student_temperature,
