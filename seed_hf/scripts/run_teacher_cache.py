@@ -87,7 +87,7 @@ def write(
         dtype=cache_args.dtype,
         teacher_dtype=training_args.teacher_dtype,
         mixed_precision=mixed,
-        channels_last=training_args.channels_last != "false",
+        channels_last=training_args.channels_last,  # "auto" follows the trainer's rule (teachers/inference.py)
         optimize_teacher=training_args.optimize_teacher,
         num_small_crops=crops.num_small_crops,
         small_crop_size=crops.small_crop_size,
