@@ -499,3 +499,87 @@ def test_checkpoint_layouts_see_the_keys_without_ddp_and_compile_wrappers(wrappe
         backbone_state.keys() == backbone.state_dict().keys()
         and head_state.keys() == head.state_dict().keys()
     )
+
+
+def _seed_hf_folders(tmp_path):
+    """A MoCo run folder and a SEED student folder (tiny, saved with save_pretrained)."""
+    from helpers import tiny_student
+
+    moco, seed = tiny_moco().eval(), tiny_student().eval()
+    moco.save_pretrained(tmp_path / "moco")
+    seed.save_pretrained(tmp_path / "seed")
+    return {"moco": (tmp_path / "moco", moco), "seed": (tmp_path / "seed", seed)}
+
+
+@pytest.mark.parametrize(
+    "kwargs,flag",
+    [
+        (dict(checkpoint="/nonexistent.pth"), "--teacher_checkpoint"),
+        (dict(model_args={"drop_rate": 0.1}), "--teacher_model_args"),
+        (dict(embedding="cls"), "--teacher_embedding"),
+        (dict(in_chans=1), "in_chans"),
+    ],
+)
+def test_seed_hf_folder_refuses_the_arguments_it_cannot_honour(tmp_path, kwargs, flag):
+    for folder, _ in _seed_hf_folders(tmp_path).values():
+        with pytest.raises(ValueError, match=flag) as refused:
+            load_teacher(str(folder), **kwargs)
+        assert "\n" not in str(refused.value)
+
+
+def test_seed_hf_folder_without_head_gives_its_pooled_backbone_features(tmp_path):
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    for folder, model in _seed_hf_folders(tmp_path).values():
+        with_head, pooled = load_teacher(str(folder)), load_teacher(str(folder), use_head=False)
+        features = model.get_features(x)
+        expected = torch.nn.functional.normalize(model.head(features), dim=1)
+        assert torch.allclose(with_head(x), expected, atol=1e-5)
+        assert pooled.embed_dim == features.shape[1] != with_head.embed_dim
+        assert torch.allclose(pooled(x), torch.nn.functional.normalize(features, dim=1), atol=1e-5)
+        assert (with_head.record.embedding, pooled.record.embedding) == ("head", "pooled")
+
+
+def test_a_folder_teachers_fingerprint_is_of_the_weights_it_loads(tmp_path):
+    from seed_hf.teachers.fingerprint import weights_fingerprint
+
+    folders = {kind: str(folder) for kind, (folder, _) in _seed_hf_folders(tmp_path).items()}
+    for folder in folders.values():  # a checkpoint given with a folder is not what the folder loads
+        assert weights_fingerprint(folder, "/nonexistent.pth") == weights_fingerprint(folder) is not None
+    # so another folder teacher with the same checkpoint flag is another teacher (RunFolder.decide refuses it)
+    assert weights_fingerprint(folders["moco"], "/nonexistent.pth") != weights_fingerprint(
+        folders["seed"], "/nonexistent.pth"
+    )
+    _moco_v2_checkpoint(tmp_path / "moco.pth.tar")  # a timm name loads its checkpoint: that is hashed
+    assert weights_fingerprint("test_resnet", tmp_path / "moco.pth.tar") not in (
+        None,
+        weights_fingerprint(folders["moco"]),
+    )
+    with pytest.raises(FileNotFoundError, match="teacher_checkpoint"):  # a missing one is still refused
+        load_teacher("test_resnet", tmp_path / "nonexistent.pth")
+
+
+def test_timm_and_transformers_teachers_refuse_the_arguments_of_other_kinds(tmp_path):
+    with pytest.raises(ValueError, match="--teacher_embedding"):
+        load_teacher("test_resnet", allow_random=True, embedding="cls")
+    _tiny_transformers_model("vit", tmp_path)
+    with pytest.raises(ValueError, match="--teacher_checkpoint"):
+        load_teacher(str(tmp_path), checkpoint=tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="--teacher_model_args"):
+        load_teacher(str(tmp_path), model_args={"drop_rate": 0.1})
+
+
+def test_run_seed_refuses_a_checkpoint_flag_with_a_run_folder_teacher(tmp_path, monkeypatch):
+    from seed_hf.scripts import run_seed
+
+    folder = tmp_path / "moco"
+    tiny_moco().save_pretrained(folder)
+
+    def load_then_stop(*args, **kwargs):  # what the old code did: load the folder's weights, then train
+        load_teacher(*args, **kwargs)
+        raise RuntimeError("the teacher was loaded")
+
+    monkeypatch.setattr(run_seed, "load_teacher", load_then_stop)
+    argv = ["--teacher_name_or_path", str(folder), "--teacher_checkpoint", "/nonexistent.pth"]
+    argv += ["--output_dir", str(tmp_path / "out"), "--use_cpu", "--report_to", "none"]
+    with pytest.raises(ValueError, match="--teacher_checkpoint"):
+        run_seed.main(argv)

@@ -38,7 +38,7 @@ from seed_hf.teachers.checkpoint_layouts import (
     load_strict,
     split_checkpoint,
 )
-from seed_hf.teachers.fingerprint import weights_fingerprint
+from seed_hf.teachers.fingerprint import folder_model_type, weights_fingerprint
 from seed_hf.teachers.frozen import FrozenTeacher
 from seed_hf.teachers.record import TeacherRecord, card_license, local_name
 from seed_hf.teachers.transformers_backbone import (
@@ -51,6 +51,8 @@ from seed_hf.training.progress import quiet_loading
 __all__ = ["load_teacher"]
 
 logger = logging.getLogger(__name__)
+
+_TRANSFORMERS = "a transformers model loads its own architecture and weights"
 
 
 def load_teacher(
@@ -72,16 +74,17 @@ def load_teacher(
 
     Args:
         name_or_path: a seed_hf folder, a timm name, or ``hf-hub:org/name``.
-        checkpoint: weights for a timm name (safetensors, timm state dict or MoCo checkpoint).
+        checkpoint: weights for a timm name (safetensors, timm state dict or MoCo checkpoint); refused
+            for a seed_hf or transformers folder, which loads its own weights.
         in_chans: input channels of a timm teacher (default 3).
-        model_args: extra ``timm.create_model`` arguments.
+        model_args: extra ``timm.create_model`` arguments of a timm teacher; refused for others.
         pretrained: download timm's weights (default: only when no ``checkpoint`` is given and
             the spec is ``hf-hub:``).
-        use_head: keep the checkpoint's projection head (SEED distils after it: 128-d for MoCo-v2
-            and SwAV); False distils the pooled backbone features.
-        embedding: for transformers models: ``"auto"`` (CLIP: image embeds; others: pooler
-            output), ``"cls"`` (CLS token after the final norm), ``"mean"`` (mean patch token),
-            ``"pooler"``.
+        use_head: keep the checkpoint's (or seed_hf folder's) projection head (SEED distils after it:
+            128-d for MoCo-v2 and SwAV); False distils the pooled backbone features.
+        embedding: for transformers models (refused for others): ``"auto"`` (CLIP: image embeds;
+            others: pooler output), ``"cls"`` (CLS token after the final norm), ``"mean"`` (mean patch
+            token), ``"pooler"``.
         allow_random: accept a timm architecture without weights (no ``checkpoint``, not
             ``pretrained``): a randomly initialised teacher, for tests and smoke runs only.
         teacher_image_mean, teacher_image_std: the normalisation the teacher was trained with
@@ -98,7 +101,9 @@ def load_teacher(
         FileNotFoundError: ``checkpoint`` or the folder (or its config.json) is missing, or a
             transformers teacher has no preprocessor_config.json and no ``teacher_image_mean``.
         ValueError: unknown architecture, keys that do not match it, a pickled model as
-            ``checkpoint``, or a timm architecture without weights (unless ``allow_random``).
+            ``checkpoint``, a timm architecture without weights (unless ``allow_random``), or an
+            argument the teacher's kind cannot honour (named by its flag, e.g. ``--teacher_checkpoint``
+            for a seed_hf folder).
     """
     if (teacher_image_mean is None) != (teacher_image_std is None):
         raise ValueError(
@@ -159,19 +164,42 @@ def _load_teacher(
     """The loader of the spec's kind: a seed_hf, timm-format or transformers folder, ``hf:`` (transformers
     on the Hub), else a timm architecture (a name or ``hf-hub:``)."""
     path = Path(name_or_path)
-    config_file = path / "config.json"
-    if path.is_dir() and config_file.is_file():
-        model_type = json.loads(config_file.read_text()).get("model_type")
+    model_type = folder_model_type(path) if path.is_dir() else None
+    if model_type is not None:
         if model_type in ("seed_moco", "seed_distillation"):
-            return _load_seed_hf_folder(path, model_type)
-        if model_type in (None, "timm_wrapper"):  # a timm-format folder, e.g. an exported student
+            chans = json.loads((path / "config.json").read_text()).get("in_chans", 3)
+            method = "MoCo" if model_type == "seed_moco" else "SEED"
+            _refuse_ignored(
+                str(path),
+                f"a seed_hf {method} folder loads its own architecture and weights and distils its projection "
+                "head (use_head=False: its pooled backbone features)",
+                {
+                    f"--teacher_checkpoint {str(checkpoint)!r}": checkpoint is not None,
+                    f"--teacher_model_args {model_args}": bool(model_args),
+                    f"--teacher_embedding {embedding}": embedding != "auto",
+                    f"in_chans={in_chans} (it takes {chans})": in_chans not in (None, chans),
+                    "pretrained=False": pretrained is False,
+                },
+            )
+            return _load_seed_hf_folder(path, model_type, use_head)
+        if model_type == "timm_wrapper":  # a timm-format folder, e.g. an exported student
             name_or_path = f"local-dir:{path}"
             pretrained = True
         else:  # a transformers vision model folder (ViT, DINOv2, CLIP, ...)
+            _refuse_ignored(
+                str(path),
+                _TRANSFORMERS,
+                {"--teacher_checkpoint": checkpoint is not None, "--teacher_model_args": bool(model_args)},
+            )
             return _load_transformers_teacher(str(path), embedding, not explicit_normalization)
     elif path.is_dir() and not _is_timm_name(str(name_or_path)):
         raise FileNotFoundError(_folder_without_config(path))
     elif str(name_or_path).startswith("hf:"):  # a transformers model on the Hub: hf:facebook/dinov2-base
+        _refuse_ignored(
+            str(name_or_path),
+            _TRANSFORMERS,
+            {"--teacher_checkpoint": checkpoint is not None, "--teacher_model_args": bool(model_args)},
+        )
         return _load_transformers_teacher(str(name_or_path)[3:], embedding, not explicit_normalization)
     elif os.sep in str(name_or_path) and not str(name_or_path).startswith(("hf-hub:", "hf_hub:")):
         raise FileNotFoundError(
@@ -179,9 +207,21 @@ def _load_teacher(
             "run folder, a timm name (with teacher_checkpoint for local weights), hf-hub:org/name (timm) or "
             "hf:org/name (transformers)."
         )
+    timm_kind = (
+        "a timm teacher distils its checkpoint's projection head or its pooled features (use_head=False)"
+    )
+    _refuse_ignored(str(name_or_path), timm_kind, {f"--teacher_embedding {embedding}": embedding != "auto"})
     return _load_timm_teacher(
         name_or_path, checkpoint, in_chans, model_args, pretrained, use_head, allow_random
     )
+
+
+def _refuse_ignored(spec: str, kind: str, arguments: dict[str, bool]) -> None:
+    """Refuses the first given argument (named as its flag) that a teacher of ``kind`` cannot honour:
+    loading it anyway would silently distil another teacher than the one asked for."""
+    for argument, given in arguments.items():
+        if given:
+            raise ValueError(f"{argument} cannot apply to teacher_name_or_path {spec!r}: {kind}. Drop it.")
 
 
 def _load_timm_teacher(
@@ -254,7 +294,9 @@ def _load_timm_teacher(
     )
 
 
-def _load_seed_hf_folder(path: Path, model_type: str) -> FrozenTeacher:
+def _load_seed_hf_folder(path: Path, model_type: str, use_head: bool = True) -> FrozenTeacher:
+    """The query encoder + head of a MoCo folder or the student + head of a SEED one; without the
+    head (``use_head=False``) the teacher gives the backbone's pooled features, the head's input."""
     license = card_license(path)
     if model_type == "seed_moco":
         from seed_hf.models.modeling_moco import load_query_encoder
@@ -273,11 +315,12 @@ def _load_seed_hf_folder(path: Path, model_type: str) -> FrozenTeacher:
             seed.config.in_chans,
         )
         license = license or (seed.config.teacher or {}).get("license")  # a student inherits its teacher's
+    head = head if use_head else None
     record = TeacherRecord(
         kind="seed_hf",
         source=local_name(path),
         ssl_method=method,
-        embedding="head",
+        embedding="head" if use_head else "pooled",
         image_size=config.image_size,
         license=license,
         license_source="model card" if license else None,
