@@ -294,3 +294,97 @@ def test_linear_probe_gives_the_same_figure_from_features_rounded_otherwise():
     fixed = linear_probe(x, y, xe, ye, l2_grid=(1e-4,))  # one weight: no held-out split to reorder
     permuted = linear_probe(x[order], y[order], xe, ye, l2_grid=(1e-4,))
     assert (permuted["top1"], permuted["top5"]) == (fixed["top1"], fixed["top5"])
+
+
+def _wide_features(n_train: int = 24, n_test: int = 12, dim: int = 2000, classes: int = 3):
+    """Few images, many features (raw pixels of a handful of photos): ``dim`` far above ``n_train``."""
+    g = torch.Generator().manual_seed(3)
+    centers = torch.randn(classes, dim, generator=g)
+    y, ye = torch.arange(n_train) % classes, torch.arange(n_test) % classes
+    x = centers[y] + 2 * torch.randn(n_train, dim, generator=g)
+    xe = centers[ye] + 2 * torch.randn(n_test, dim, generator=g)
+    return x, y, xe, ye
+
+
+def _reference_fit(x, y, num_classes, l2, max_iter, init=None):
+    """The probe's iteration with the ``d × d`` preconditioner ``(XᵀX/n + l2·I)⁻¹`` built outright."""
+    from torch import nn
+
+    n, d = x.shape
+    precond = torch.cholesky_inverse(torch.linalg.cholesky(x.T @ x / n + l2 * torch.eye(d, dtype=x.dtype)))
+    targets = torch.nn.functional.one_hot(y, num_classes).to(x.dtype)
+    if init is not None:
+        weight, bias = init.weight.detach().clone(), init.bias.detach().clone()
+    else:
+        weight, bias = x.new_zeros(num_classes, d), x.new_zeros(num_classes)
+    look_w, look_b, t = weight, bias, 1.0
+    with torch.no_grad():
+        for _ in range(max_iter):
+            residual = (torch.softmax(x @ look_w.T + look_b, dim=1) - targets) / n
+            new_w = look_w - (residual.T @ x + l2 * look_w) @ precond
+            new_b = look_b - residual.sum(0)
+            t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
+            momentum = (t - 1.0) / t_next
+            look_w, look_b = new_w + momentum * (new_w - weight), new_b + momentum * (new_b - bias)
+            weight, bias, t = new_w, new_b, t_next
+    classifier = nn.Linear(d, num_classes, dtype=x.dtype)
+    with torch.no_grad():
+        classifier.weight.copy_(weight)
+        classifier.bias.copy_(bias)
+    return classifier
+
+
+def test_wide_features_probe_matches_the_d_by_d_iteration(monkeypatch):
+    """Features wider than the train split (d > n) are fitted without the d × d preconditioner; each
+    fit of the warm-started L2 chain gives the d × d iteration's weights to 1e-9, and the probe the
+    same L2, held-out scores and accuracy."""
+    from seed_hf.evaluation import probe
+
+    x, y, xe, ye = _wide_features(n_train=40, dim=300, classes=4)
+    x = ((x - x.mean(0)) / x.std(0)).double()
+    ours = reference = None
+    for l2 in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6):
+        ours = probe._fit_logistic(x, y, 4, l2, probe.PROBE_ITERATIONS, ours)
+        reference = _reference_fit(x, y, 4, l2, probe.PROBE_ITERATIONS, reference)
+        for a, b in ((ours.weight, reference.weight), (ours.bias, reference.bias)):
+            assert (a - b).norm() <= 1e-9 * b.norm(), (l2, float((a - b).norm() / b.norm()))
+    xt, yt, xte, yte = _wide_features(n_train=60, dim=400)
+    wide = probe.linear_probe(xt, yt, xte, yte)
+    monkeypatch.setattr(probe, "_fit_logistic", _reference_fit)
+    assert probe.linear_probe(xt, yt, xte, yte) == wide
+
+
+def test_wide_features_probe_holds_no_d_by_d_matrix():
+    """A probe on a few images' raw pixels (d ≫ n) allocates nothing bigger than the features (a d × d
+    float64 matrix is 180 GB for 224 px RGB) and still separates the classes."""
+    from torch.overrides import TorchFunctionMode
+
+    class LargestTensor(TorchFunctionMode):
+        largest = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple) else (out,):
+                if isinstance(t, torch.Tensor):
+                    LargestTensor.largest = max(LargestTensor.largest, t.numel())
+            return out
+
+    x, y, xe, ye = _wide_features()
+    with LargestTensor():
+        result = linear_probe(x, y, xe, ye, l2_grid=(1e-4,))
+    assert LargestTensor.largest <= x.numel(), (LargestTensor.largest, x.shape)
+    assert result["top1"] == 100.0
+
+
+def test_linear_probe_refuses_what_exceeds_the_machines_memory(monkeypatch):
+    """Features whose probe would not fit in memory are refused before anything is allocated, naming the
+    width, the memory it needs and the remedy."""
+    from seed_hf.evaluation import probe
+
+    x, y, xe, ye = _wide_features()
+    need = probe.probe_memory_bytes(len(x), len(xe), x.shape[1])
+    monkeypatch.setattr(probe, "_physical_memory_bytes", lambda: need - 1)
+    with pytest.raises(ValueError, match=r"width 2000 needs ~.* GiB.*--pixel_size N"):
+        probe.linear_probe(x, y, xe, ye)
+    monkeypatch.setattr(probe, "_physical_memory_bytes", lambda: need)
+    assert probe.linear_probe(x, y, xe, ye, l2_grid=(1e-4,))["top1"] == 100.0
