@@ -52,8 +52,6 @@ __all__ = ["load_teacher"]
 
 logger = logging.getLogger(__name__)
 
-_TRANSFORMERS = "a transformers model loads its own architecture and weights"
-
 
 def load_teacher(
     name_or_path: str,
@@ -165,6 +163,7 @@ def _load_teacher(
     on the Hub), else a timm architecture (a name or ``hf-hub:``)."""
     path = Path(name_or_path)
     model_type = folder_model_type(path) if path.is_dir() else None
+    transformers_spec = None  # (the spec as given, what transformers loads)
     if model_type is not None:
         if model_type in ("seed_moco", "seed_distillation"):
             chans = json.loads((path / "config.json").read_text()).get("in_chans", 3)
@@ -186,27 +185,25 @@ def _load_teacher(
             name_or_path = f"local-dir:{path}"
             pretrained = True
         else:  # a transformers vision model folder (ViT, DINOv2, CLIP, ...)
-            _refuse_ignored(
-                str(path),
-                _TRANSFORMERS,
-                {"--teacher_checkpoint": checkpoint is not None, "--teacher_model_args": bool(model_args)},
-            )
-            return _load_transformers_teacher(str(path), embedding, not explicit_normalization)
+            transformers_spec = (str(path), str(path))
     elif path.is_dir() and not _is_timm_name(str(name_or_path)):
         raise FileNotFoundError(_folder_without_config(path))
     elif str(name_or_path).startswith("hf:"):  # a transformers model on the Hub: hf:facebook/dinov2-base
-        _refuse_ignored(
-            str(name_or_path),
-            _TRANSFORMERS,
-            {"--teacher_checkpoint": checkpoint is not None, "--teacher_model_args": bool(model_args)},
-        )
-        return _load_transformers_teacher(str(name_or_path)[3:], embedding, not explicit_normalization)
+        transformers_spec = (str(name_or_path), str(name_or_path)[3:])
     elif os.sep in str(name_or_path) and not str(name_or_path).startswith(("hf-hub:", "hf_hub:")):
         raise FileNotFoundError(
             f"teacher_name_or_path {str(name_or_path)!r} is no folder (it does not exist). Pass a seed_hf "
             "run folder, a timm name (with teacher_checkpoint for local weights), hf-hub:org/name (timm) or "
             "hf:org/name (transformers)."
         )
+    if transformers_spec is not None:
+        shown, loaded = transformers_spec
+        _refuse_ignored(
+            shown,
+            "a transformers model loads its own architecture and weights",
+            {"--teacher_checkpoint": checkpoint is not None, "--teacher_model_args": bool(model_args)},
+        )
+        return _load_transformers_teacher(loaded, embedding, not explicit_normalization)
     timm_kind = (
         "a timm teacher distils its checkpoint's projection head or its pooled features (use_head=False)"
     )
