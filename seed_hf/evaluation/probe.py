@@ -5,7 +5,7 @@ same figure on any CPU), its L2 strength chosen on a held-out 10% of the train s
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -80,17 +80,36 @@ def _fit_logistic(
     precond = torch.cholesky_inverse(
         torch.linalg.cholesky(x.T @ x / n + l2 * torch.eye(d, dtype=x.dtype, device=x.device))
     )  # (d, d)
+    weight, bias = _nesterov(x, targets, l2, max_iter, weight, bias, lambda grad: grad @ precond)
+    return _linear(weight, bias)
+
+
+def _nesterov(
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    l2: float,
+    max_iter: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    precondition: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``max_iter`` steps of Nesterov's accelerated gradient (FISTA momentum, step 1) on
+    ``mean CE(x Wᵀ + b) + l2/2 ||W||²`` from ``weight``, ``bias``, the weights' gradient passed
+    through ``precondition`` (see :func:`_fit_logistic`); returns the last ``(weight, bias)``.
+
+    Shape: ``x (n, d)``, ``targets (n, C)`` one-hot, ``weight (C, d)``, ``bias (C,)``."""
+    n = x.shape[0]
     look_w, look_b, t = weight, bias, 1.0  # the extrapolated point the gradient is taken at
     with torch.no_grad():
         for _ in range(max_iter):
             residual = (torch.softmax(x @ look_w.T + look_b, dim=1) - targets) / n  # (n, C)
-            new_w = look_w - (residual.T @ x + l2 * look_w) @ precond
+            new_w = look_w - precondition(residual.T @ x + l2 * look_w)
             new_b = look_b - residual.sum(0)
             t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
             momentum = (t - 1.0) / t_next
             look_w, look_b = new_w + momentum * (new_w - weight), new_b + momentum * (new_b - bias)
             weight, bias, t = new_w, new_b, t_next
-    return _linear(weight, bias)
+    return weight, bias
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
@@ -121,16 +140,7 @@ def _fit_logistic_dual(
     xv = u * s  # (n, n): X V
     scale = 1.0 / (s * s / n + l2)  # (n,): M on span V
     coords = weight @ vh.T  # (C, n): A, the weights' part in span V
-    look_a, look_b, t = coords, bias, 1.0
-    with torch.no_grad():
-        for _ in range(max_iter):
-            residual = (torch.softmax(xv @ look_a.T + look_b, dim=1) - targets) / n  # (n, C)
-            new_a = look_a - (residual.T @ xv + l2 * look_a) * scale
-            new_b = look_b - residual.sum(0)
-            t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
-            momentum = (t - 1.0) / t_next
-            look_a, look_b = new_a + momentum * (new_a - coords), new_b + momentum * (new_b - bias)
-            coords, bias, t = new_a, new_b, t_next
+    coords, bias = _nesterov(xv, targets, l2, max_iter, coords, bias, lambda grad: grad * scale)
     return _linear(coords @ vh, bias)
 
 
