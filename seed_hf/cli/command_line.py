@@ -27,7 +27,6 @@ RENAMED_FLAGS = {
     "--cache_dtype": "--dtype",
     "--cache_shard_rows": "--shard_rows",
     "--fmnist_dir": "--fashion_mnist_dir",
-    "--learning_rate_per_256": "--base_learning_rate",
 }
 _RECIPE_HELP = (
     "A recipe file: a JSON object of flag names (without '--') to values, e.g. recipes/*.json; keys "

@@ -15,14 +15,11 @@ script exits with an error naming the figures.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
-from seed_hf.cli import OnnxArguments, onnx_export_options
+from seed_hf.cli import OnnxArguments, onnx_export_options, parse_script_args, script_parser
 from seed_hf.cli.script import int8_refusals
 from seed_hf.export.cards import run_summary
 from seed_hf.export.hub import (
@@ -83,9 +80,7 @@ def student_folders(student_dir: str) -> dict[str, Path]:
 
 def parse_args(argv: list[str] | None = None) -> tuple[ExportArguments, OnnxArguments]:
     """The script's arguments (``sys.argv[1:]`` when ``argv`` is None)."""
-    return HfArgumentParser((ExportArguments, OnnxArguments)).parse_args_into_dataclasses(
-        sys.argv[1:] if argv is None else argv
-    )
+    return parse_script_args(script_parser((ExportArguments, OnnxArguments)), argv)
 
 
 def main(

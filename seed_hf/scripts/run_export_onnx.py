@@ -19,14 +19,11 @@ not written: the fp32 graph and the record are, and the script exits with an err
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import HfArgumentParser
-
-from seed_hf.cli import OnnxArguments, onnx_export_options
+from seed_hf.cli import OnnxArguments, onnx_export_options, parse_script_args, script_parser
 from seed_hf.cli.script import int8_refusals
 from seed_hf.export.onnx_export import export_onnx
 
@@ -38,9 +35,7 @@ class FolderArguments:
 
 def parse_args(argv: list[str] | None = None) -> tuple[FolderArguments, OnnxArguments]:
     """The script's arguments (``sys.argv[1:]`` when ``argv`` is None)."""
-    return HfArgumentParser((FolderArguments, OnnxArguments)).parse_args_into_dataclasses(
-        sys.argv[1:] if argv is None else argv
-    )
+    return parse_script_args(script_parser((FolderArguments, OnnxArguments)), argv)
 
 
 def main(
